@@ -18,6 +18,15 @@ The filterbank is computed here in numpy by our own code, not by calling librosa
 heavy import (numba) and only serves as the oracle in ``tests/test_mel.py``, which checks this filterbank
 and the whole recipe against it to 1e-5.
 
+Precision. Upstream runs the recipe in float32. In float32, the STFT's rounding error is about 1e-7 of a
+frame's peak magnitude; that is invisible in loud bins but, after the log, reaches about 1e-3 nats in the
+quiet bins that sit just above the 1e-5 floor (measured on the shipped recording against a float64 oracle;
+it also differs between FFT back ends). :func:`mel_spectrogram` therefore computes in float64 by default
+and rounds the result to float32: that output is within 1e-6 of a float64 librosa oracle and is stable
+across machines, which keeps the fixture bundles reproducible bit for bit. Pass
+``compute_dtype=torch.float32`` to reproduce upstream's float32 arithmetic instead. The filterbank is used
+with upstream's float32 values in both cases (``torch.from_numpy(librosa_mel).float()``).
+
 Upstream computes the mel channel-major, ``[1, 80, frames]``; the CosyVoice front end then transposes it to
 the time-major ``prompt_feat`` ``[1, frames, 80]`` that ``flow.inference`` takes.
 :func:`mel_spectrogram` returns the former, :func:`prompt_feat_from_wave` the latter.
@@ -121,13 +130,16 @@ def _as_batch_wave(wave, what: str) -> torch.Tensor:
     return wave.to(torch.float32)
 
 
-def mel_spectrogram(wave, cfg: MelConfig | None = None) -> torch.Tensor:
+def mel_spectrogram(wave, cfg: MelConfig | None = None, *, compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Log-mel of a 24 kHz wave by the Matcha/CosyVoice recipe (module docstring), channel-major.
 
     Args:
         wave: float wave in [-1, 1] at ``cfg.sampling_rate``, shape ``[N]`` or ``[1, N]`` (``[B, N]``
-            works too). Computed in float32, as upstream.
+            works too). It is first rounded to float32, as upstream's input is.
         cfg: the mel settings; ``MelConfig()`` (the CosyVoice 3 values) when omitted.
+        compute_dtype: arithmetic precision of the pad/STFT/magnitude/projection/log steps:
+            ``torch.float64`` (default, accurate and machine-stable) or ``torch.float32`` (upstream's own
+            arithmetic; see "Precision" in the module docstring).
 
     Returns:
         float32 ``[B, num_mels, frames]`` (``[1, 80, N // 480]`` for one wave), natural-log mel with
@@ -145,13 +157,17 @@ def mel_spectrogram(wave, cfg: MelConfig | None = None) -> torch.Tensor:
     if n <= pad or n + 2 * pad < n_fft:
         raise InputError(f"mel_spectrogram: the wave has {n} samples; the recipe needs more than {pad} "
                          f"(reflect pad) and at least {max(n_fft - 2 * pad, pad + 1)} to give one frame")
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise InputError(f"mel_spectrogram: compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
+    y = y.to(compute_dtype)
     y = torch.nn.functional.pad(y.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-    window = torch.hann_window(win, dtype=torch.float32)  # periodic, as torch's default
+    window = torch.hann_window(win, dtype=compute_dtype)  # periodic, torch's default
     spec = torch.stft(y, n_fft, hop_length=hop, win_length=win, window=window, center=bool(cfg.center),
                       pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
     spec = torch.view_as_real(spec)
     mag = torch.sqrt(spec.pow(2).sum(-1) + MAG_EPS)  # [B, n_fft//2+1, frames]
     basis = torch.from_numpy(mel_filterbank(cfg.sampling_rate, n_fft, cfg.num_mels, cfg.fmin, cfg.fmax).copy())
+    basis = basis.to(compute_dtype)  # float32 values, as upstream's, widened if computing in float64
     mel = torch.matmul(basis, mag)
     return torch.log(torch.clamp(mel, min=LOG_FLOOR)).to(torch.float32)
 
@@ -176,14 +192,16 @@ def resample(wave: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(np.asarray(wave, dtype=np.float64), int(target_sr) // g, int(sr) // g, axis=-1)
 
 
-def prompt_feat_from_wave(wave, sr: int, cfg: MelConfig | None = None) -> torch.Tensor:
+def prompt_feat_from_wave(wave, sr: int, cfg: MelConfig | None = None, *,
+                          compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """``prompt_feat`` as upstream's front end makes it: time-major float32 ``[1, frames, num_mels]``.
 
     ``wave`` is a mono float wave (numpy or torch, ``[N]`` or ``[1, N]``) at ``sr`` Hz. If ``sr`` differs
     from ``cfg.sampling_rate`` (24 kHz) it is first resampled with :func:`resample` (scipy
     ``resample_poly``; upstream uses torchaudio, see there). Like upstream's ``load_wav(min_sr=16000)``,
     rates below 16 kHz are refused. The zero-shot length rule (cut to ``2 * min(frames // 2, n_tokens)``)
-    is not applied here: see ``fixtures/make_fixtures.py``.
+    is not applied here: see ``fixtures/make_fixtures.py``. ``compute_dtype`` is passed to
+    :func:`mel_spectrogram`.
     """
     cfg = cfg or MelConfig()
     if isinstance(wave, torch.Tensor):
@@ -200,7 +218,8 @@ def prompt_feat_from_wave(wave, sr: int, cfg: MelConfig | None = None) -> torch.
             raise InputError(f"prompt_feat_from_wave: sample rate {sr} Hz is below {MIN_SAMPLE_RATE} Hz, which "
                              f"upstream's load_wav refuses")
         wave = resample(wave, int(sr), int(cfg.sampling_rate))
-    mel = mel_spectrogram(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), cfg)
+    mel = mel_spectrogram(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), cfg,
+                          compute_dtype=compute_dtype)
     return mel.transpose(1, 2).contiguous()
 
 

@@ -1,0 +1,191 @@
+"""Switches and profiles of the candidate pipeline.
+
+A profile is only a named set of switches. Shipped profiles live in :data:`PROFILES`; users add
+their own in ``pyproject.toml``::
+
+    [tool.parity.profiles.my-fp16]
+    base = "fp16-flow"              # optional: start from another profile
+    attention = "sdpa-math"
+    keep_fp32 = ["residual", "adaln", "block3"]
+    faults = ["istft-gain"]         # faults are switches too (for self-tests and bisecting)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reference.errors import InputError
+
+ATTENTION = ("explicit", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flash-attn")
+DTYPES = ("fp32", "bf16", "fp16")
+PRECISION_MODES = ("autocast", "cast")
+CFG_MODES = ("batch2", "two-calls")
+DEVICES = ("cpu", "cuda")
+# keep-in-fp32 islands: the upstream fp16 fixes plus every component `parity bisect precision` can pick
+KEEP_FP32_GLOBAL = ("residual", "adaln", "time_grid", "euler", "time_embed", "input_embed", "norm_out", "proj_out",
+                    "hift.f0_predictor", "hift.source", "hift.conv_pre", "hift.ups", "hift.source_fusion",
+                    "hift.resblocks", "hift.conv_post", "hift.istft")
+KEEP_FP32_BLOCK_PARTS = ("adaln", "attn", "ff")  # block{i} or block{i}.{part}
+
+
+@dataclass(frozen=True)
+class Switches:
+    attention: str = "explicit"
+    attention_fallback: bool = True  # on a kernel error, fall back to the explicit path (and record it)
+    flow_dtype: str = "fp32"
+    hift_dtype: str = "fp32"
+    precision_mode: str = "autocast"  # autocast (upstream's eager AMP) or cast (weights and activations cast)
+    keep_fp32: tuple[str, ...] = ()
+    fused_rope: bool = False  # cached cos/sin applied to the rotated slice only
+    fused_adaln: bool = False  # all blocks' AdaLN modulations in one matmul per step
+    fold_weightnorm_once: bool = True  # False: re-fold g*v/||v|| on every call (as parametrizations do)
+    cfg_mode: str = "batch2"
+    compile: bool = False
+    int8_dynamic: bool = False
+    device: str = "cpu"
+    tf32: bool = False  # allow TF32 matmuls/convs on CUDA (off for parity, like vllm-omni)
+    faults: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        check = [("attention", ATTENTION), ("flow_dtype", DTYPES), ("hift_dtype", DTYPES),
+                 ("precision_mode", PRECISION_MODES), ("cfg_mode", CFG_MODES), ("device", DEVICES)]
+        for name, allowed in check:
+            if getattr(self, name) not in allowed:
+                raise InputError(f"switch {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for k in self.keep_fp32:
+            if not is_keep_fp32_name(k):
+                raise InputError(f"switch keep_fp32 entry {k!r} is not a known component (expected one of "
+                                 f"{', '.join(KEEP_FP32_GLOBAL)}, block<i> or block<i>.<adaln|attn|ff>)")
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """The precision class used to pick tolerance rules: the lowest float dtype anywhere, or int8."""
+        if self.int8_dynamic:
+            return "int8"
+        for d in ("fp16", "bf16"):
+            if d in (self.flow_dtype, self.hift_dtype):
+                return d
+        return "fp32"
+
+    def keeps(self, component: str) -> bool:
+        if component in self.keep_fp32:
+            return True
+        # block3.attn is kept when block3 is
+        return "." in component and component.split(".")[0] in self.keep_fp32 and component.startswith("block")
+
+    def with_(self, **changes) -> "Switches":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["keep_fp32"] = list(self.keep_fp32)
+        d["faults"] = list(self.faults)
+        return d
+
+    def differences(self, other: "Switches | None" = None) -> dict:
+        """Switches that differ from ``other`` (default: the all-defaults reference-equivalent set)."""
+        base = (other or Switches()).to_dict()
+        return {k: v for k, v in self.to_dict().items() if base[k] != v}
+
+
+def is_keep_fp32_name(k: str) -> bool:
+    if k in KEEP_FP32_GLOBAL:
+        return True
+    if k.startswith("block"):
+        head, _, part = k.partition(".")
+        return head[5:].isdigit() and (part == "" or part in KEEP_FP32_BLOCK_PARTS)
+    return False
+
+
+UPSTREAM_FP16_FIXES = ("residual", "adaln", "time_grid", "euler")
+
+PROFILES: dict[str, dict] = {
+    "fp32-explicit": dict(),
+    "fp32-sdpa": dict(attention="sdpa", fused_rope=True, fused_adaln=True, cfg_mode="batch2",
+                      fold_weightnorm_once=True),
+    "fp32-sdpa-math": dict(attention="sdpa-math"),
+    "fp32-two-calls": dict(attention="sdpa", cfg_mode="two-calls"),
+    "bf16-flow": dict(attention="sdpa", flow_dtype="bf16", keep_fp32=UPSTREAM_FP16_FIXES),
+    "fp16-flow": dict(attention="sdpa", flow_dtype="fp16", keep_fp32=UPSTREAM_FP16_FIXES),
+    "fp16-all": dict(attention="sdpa", flow_dtype="fp16", hift_dtype="fp16",
+                     keep_fp32=UPSTREAM_FP16_FIXES + ("hift.f0_predictor", "hift.istft")),
+    "compiled": dict(attention="sdpa", fused_rope=True, compile=True),
+    "int8-dynamic": dict(attention="sdpa", fused_rope=True, int8_dynamic=True),
+    "fp16-flash-cuda": dict(attention="sdpa-flash", flow_dtype="fp16", keep_fp32=UPSTREAM_FP16_FIXES, device="cuda"),
+    "bf16-flash-cuda": dict(attention="sdpa-flash", flow_dtype="bf16", keep_fp32=UPSTREAM_FP16_FIXES, device="cuda"),
+}
+PROFILE_HELP = {
+    "fp32-explicit": "the reference's own code path through the candidate (sanity: must be bit-identical)",
+    "fp32-sdpa": "fp32 with PyTorch SDPA and every fusion on (cached RoPE, fused AdaLN, weight norm folded once)",
+    "fp32-sdpa-math": "fp32 with SDPA forced to the math kernel",
+    "fp32-two-calls": "fp32 SDPA, CFG as two estimator calls instead of one batch of 2",
+    "bf16-flow": "DiT under bf16 autocast, with residual/AdaLN/time grid/Euler kept in fp32",
+    "fp16-flow": "DiT under fp16 autocast, with the upstream fp16 fixes (residual/AdaLN/time grid/Euler in fp32)",
+    "fp16-all": "fp16 DiT (with fixes) and fp16 HiFT (F0 predictor and iSTFT kept in fp32)",
+    "compiled": "fp32 SDPA with the DiT under torch.compile (inductor)",
+    "int8-dynamic": "dynamic int8 quantization of the DiT's linear layers (the reduced precision that pays on CPU)",
+    "fp16-flash-cuda": "CUDA: SDPA flash kernel in fp16 with the upstream fixes",
+    "bf16-flash-cuda": "CUDA: SDPA flash kernel in bf16 with the upstream fixes",
+}
+CUDA_ONLY = {"fp16-flash-cuda", "bf16-flash-cuda"}
+
+
+def _coerce(d: dict, source: str) -> dict:
+    fields = {f.name for f in dataclasses.fields(Switches)}
+    out = {}
+    for k, v in d.items():
+        k2 = k.replace("-", "_")
+        if k2 in ("base", "description"):
+            continue
+        if k2 not in fields:
+            raise InputError(f"{source}: unknown switch {k!r} (known: {', '.join(sorted(fields))})")
+        out[k2] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def load_user_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
+    """``[tool.parity.profiles]`` from a pyproject.toml (default: ./pyproject.toml if present)."""
+    import tomllib
+
+    path = Path(pyproject) if pyproject else Path.cwd() / "pyproject.toml"
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise InputError(f"{path}: cannot read TOML ({exc})") from exc
+    return dict(data.get("tool", {}).get("parity", {}).get("profiles", {}))
+
+
+def all_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
+    profiles = dict(PROFILES)
+    profiles.update(load_user_profiles(pyproject))
+    return profiles
+
+
+def resolve_profile(name: str, pyproject: str | Path | None = None, _seen: tuple = ()) -> Switches:
+    profiles = all_profiles(pyproject)
+    if name not in profiles:
+        raise InputError(f"unknown profile {name!r}; known profiles: {', '.join(sorted(profiles))} "
+                         f"(user profiles go in [tool.parity.profiles] of pyproject.toml)")
+    if name in _seen:
+        raise InputError(f"profile {name!r}: circular 'base' chain {' -> '.join(_seen + (name,))}")
+    spec = dict(profiles[name])
+    base = spec.get("base")
+    src = f"profile {name!r}"
+    if base:
+        parent = resolve_profile(base, pyproject, _seen + (name,))
+        return dataclasses.replace(parent, **_coerce(spec, src))
+    return Switches(**_coerce(spec, src))
+
+
+def switches_from(profile: str | None = None, faults: list[str] | tuple = (), pyproject=None, **overrides) -> Switches:
+    sw = resolve_profile(profile, pyproject) if profile else Switches()
+    if faults:
+        sw = sw.with_(faults=tuple(dict.fromkeys(tuple(sw.faults) + tuple(faults))))
+    if overrides:
+        sw = dataclasses.replace(sw, **_coerce(overrides, "overrides"))
+    return sw

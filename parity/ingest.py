@@ -1,0 +1,145 @@
+"""Reading traces from anywhere: this project's safetensors traces, other implementations' safetensors,
+``.npz`` archives and directories of ``.npy`` files (with an optional ``metadata.json``/``meta.json``).
+
+Names are mapped to canonical stages through :mod:`parity.aliases`; every rename and every
+combination is returned as a normalisation so the result can list it.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reference.errors import InputError
+
+from .aliases import ASSUMPTIONS, COMBINE, canonical_meta_key, canonical_name
+from .trace import JOURNAL_SUFFIX, journal_path, read_trace
+
+
+@dataclass
+class Loaded:
+    """A trace with canonical names: tensors (original dtypes kept), metadata, and what was done."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict
+    path: str
+    original_names: dict[str, str] = field(default_factory=dict)  # canonical -> name in the file
+    normalisations: list[dict] = field(default_factory=list)
+    dialect: str = "canonical"
+
+
+def _np_to_torch(a: np.ndarray, name: str, path: Path) -> torch.Tensor:
+    if a.dtype == object or a.dtype.kind in "USV":
+        raise InputError(f"{path}: array {name!r} has dtype {a.dtype}, expected a numeric tensor")
+    if a.dtype == np.uint16:  # raw bf16 bits written by some ports
+        return torch.from_numpy(a.astype(np.int32)).to(torch.int32)
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _read_meta_file(d: Path) -> dict:
+    for n in ("metadata.json", "meta.json", "__metadata__.json"):
+        if (d / n).exists():
+            try:
+                return json.loads((d / n).read_text())
+            except ValueError as exc:
+                raise InputError(f"{d / n}: not valid JSON ({exc})") from exc
+    return {}
+
+
+def read_any(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (file names) and metadata from a safetensors file, an npz, or an npy directory."""
+    path = Path(path)
+    if not path.exists() and not journal_path(path).exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        files = sorted(path.glob("*.npy"))
+        if not files:
+            sts = sorted(path.glob("*.safetensors"))
+            if len(sts) == 1:
+                return read_any(sts[0])
+            raise InputError(f"{path}: directory holds no .npy files (expected one file per tensor)")
+        tensors = {}
+        for f in files:
+            try:
+                tensors[f.stem] = _np_to_torch(np.load(f, allow_pickle=False), f.stem, f)
+            except (ValueError, OSError) as exc:
+                raise InputError(f"{f}: not a readable .npy file ({exc})") from exc
+        return tensors, _read_meta_file(path)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                tensors = {k: _np_to_torch(z[k], k, path) for k in z.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{path}: not a readable .npz archive ({exc})") from exc
+        meta = {}
+        side = path.with_suffix(".json")
+        if side.exists():
+            meta = json.loads(side.read_text())
+        return tensors, meta
+    if path.suffix == ".npy":
+        try:
+            return {path.stem: _np_to_torch(np.load(path, allow_pickle=False), path.stem, path)}, {}
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: not a readable .npy file ({exc})") from exc
+    tr = read_trace(path)  # safetensors (ours or foreign), or a journal left by a crash
+    return tr.tensors, tr.metadata
+
+
+def load(path: str | Path, extra_map: dict[str, str] | None = None) -> Loaded:
+    raw, meta = read_any(path)
+    out: dict[str, torch.Tensor] = {}
+    orig: dict[str, str] = {}
+    norms: list[dict] = []
+    dialect = "canonical"
+    # two-part tensors first
+    for canon, (a, b) in COMBINE.items():
+        if a in raw and b in raw and canon not in raw:
+            ra, rb = raw.pop(a), raw.pop(b)
+            if ra.shape != rb.shape:
+                raise InputError(f"{path}: {a} {list(ra.shape)} and {b} {list(rb.shape)} differ in shape")
+            out[canon] = torch.cat([ra.reshape(1, -1, ra.shape[-1]) if ra.dim() < 3 else ra,
+                                    rb.reshape(1, -1, rb.shape[-1]) if rb.dim() < 3 else rb], dim=1)
+            orig[canon] = f"{a}+{b}"
+            norms.append({"stage": canon, "kind": "combine", "detail": f"concatenated {a} and {b} along channels"})
+    for name, t in raw.items():
+        canon = canonical_name(name, extra_map)
+        if canon != name:
+            dialect = "aliased"
+        if canon in out:
+            # an exact canonical name beats an alias
+            if orig.get(canon) == canon:
+                norms.append({"stage": canon, "kind": "alias-collision",
+                              "detail": f"{name!r} also maps to {canon!r}; kept {orig[canon]!r}"})
+                continue
+            if name == canon:
+                norms.append({"stage": canon, "kind": "alias-collision",
+                              "detail": f"{orig[canon]!r} also maps to {canon!r}; kept {name!r}"})
+            else:
+                norms.append({"stage": canon, "kind": "alias-collision",
+                              "detail": f"{name!r} also maps to {canon!r}; kept {orig[canon]!r}"})
+                continue
+        out[canon] = t
+        orig[canon] = name
+        if canon != name:
+            note = {"stage": canon, "kind": "rename", "detail": f"{name!r} -> {canon!r}"}
+            if name in ASSUMPTIONS:
+                note["assumption"] = ASSUMPTIONS[name]
+            norms.append(note)
+    meta2 = {}
+    for k, v in meta.items():
+        ck = canonical_meta_key(k)
+        meta2.setdefault(ck, v)
+    return Loaded(out, meta2, str(path), orig, norms, dialect)
+
+
+def journal_for(path: str | Path) -> Path | None:
+    j = journal_path(path)
+    return j if j.exists() else None
+
+
+__all__ = ["Loaded", "load", "read_any", "JOURNAL_SUFFIX"]

@@ -1,0 +1,120 @@
+"""Canonical stage names, their pipeline order and their tensor layouts.
+
+Pipeline order: inputs, flow front end, noise, the ODE steps (t, dt, blocks, v1, v2, v_cfg, x per
+step), the flow mel, then HiFT (f0, source, s_stft, conv_pre, internals, magnitude, phase, audio).
+Names outside the table sort after the known ones of their group, in recording order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+INPUTS = ["token", "prompt_token", "prompt_feat", "embedding"]
+FRONT = ["mu", "spks", "cond", "x0"]
+STEP_FIELDS = ["t", "dt", "v1", "v2", "v_cfg", "x"]
+VOCODER = ["f0", "source", "s_stft", "conv_pre"]
+HIFT_INTERNAL_ORDER = ["ups", "source_down", "fusion", "resblocks"]
+VOCODER_TAIL = ["hift.conv_post", "magnitude", "phase", "audio_preclamp", "audio"]
+
+_STEP_RE = re.compile(r"^step(\d+)\.(.+)$")
+_BLOCK_RE = re.compile(r"^block(\d+)$")
+_HIFT_RE = re.compile(r"^hift\.([a-z_]+?)(\d*)$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which axis holds channels and which holds time, for a canonical stage (None: no such axis)."""
+
+    channel_axis: int | None
+    time_axis: int | None
+    kind: str  # "tokens", "mel", "vector", "scalar", "block", "frames", "wave", "spectrum"
+
+
+def parse_step(name: str) -> tuple[int, str] | None:
+    m = _STEP_RE.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def position(name: str) -> tuple:
+    """Sort key in pipeline order."""
+    if name in INPUTS:
+        return (0, INPUTS.index(name), 0, 0)
+    if name in FRONT:
+        return (1, FRONT.index(name), 0, 0)
+    st = parse_step(name)
+    if st:
+        k, field = st
+        if field in ("t", "dt"):
+            return (2, k, STEP_FIELDS.index(field), 0)
+        b = _BLOCK_RE.match(field)
+        if b:
+            return (2, k, 2, int(b.group(1)))
+        if field in STEP_FIELDS:
+            return (2, k, 3 + STEP_FIELDS.index(field), 0)
+        return (2, k, 50, 0)
+    if name == "flow_mel":
+        return (3, 0, 0, 0)
+    if name in VOCODER:
+        return (4, VOCODER.index(name), 0, 0)
+    m = _HIFT_RE.match(name)
+    if m and name not in VOCODER_TAIL:
+        part, idx = m.group(1), m.group(2)
+        stage = int(idx) if idx else 0
+        order = HIFT_INTERNAL_ORDER.index(part) if part in HIFT_INTERNAL_ORDER else len(HIFT_INTERNAL_ORDER)
+        return (5, stage, order, 0)
+    if name in VOCODER_TAIL:
+        return (6, VOCODER_TAIL.index(name), 0, 0)
+    return (7, 0, 0, 0)
+
+
+def sort_stages(names) -> list[str]:
+    names = list(names)
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(names, key=lambda n: (position(n), order[n]))
+
+
+def layout(name: str) -> Layout:
+    if name in ("token", "prompt_token"):
+        return Layout(None, 1, "tokens")
+    if name == "prompt_feat":
+        return Layout(2, 1, "mel")  # time-major, as upstream
+    if name in ("embedding", "spks"):
+        return Layout(1, None, "vector")
+    if name in ("mu", "cond", "x0", "flow_mel"):
+        return Layout(1, 2, "mel")
+    st = parse_step(name)
+    if st:
+        field = st[1]
+        if field in ("t", "dt"):
+            return Layout(None, None, "scalar")
+        if _BLOCK_RE.match(field):
+            return Layout(2, 1, "block")
+        return Layout(1, 2, "mel")
+    if name == "f0":
+        return Layout(None, 1, "frames")
+    if name in ("source", "audio", "audio_preclamp"):
+        return Layout(None, -1, "wave")
+    if name in ("s_stft", "conv_pre", "magnitude", "phase") or name.startswith("hift."):
+        return Layout(1, 2, "spectrum")
+    return Layout(None, None, "other")
+
+
+def is_flow_stage(name: str) -> bool:
+    return position(name)[0] in (1, 2, 3)
+
+
+def is_vocoder_stage(name: str) -> bool:
+    return position(name)[0] in (4, 5, 6)
+
+
+def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True) -> list[str]:
+    """The canonical stages a complete trace holds (used to name where a crashed run stopped)."""
+    out = list(INPUTS) + list(FRONT)
+    for k in range(1, n_steps + 1):
+        out += [f"step{k}.t", f"step{k}.dt"] + [f"step{k}.block{i}" for i in range(blocks)]
+        out += [f"step{k}.{f}" for f in ("v1", "v2", "v_cfg", "x")]
+    out.append("flow_mel")
+    if vocoder:
+        out += VOCODER + ["magnitude", "phase", "audio_preclamp", "audio"]
+    return out
