@@ -1,0 +1,376 @@
+"""Diagnosis: turn per-stage judgements into an ordered list of findings an engineer can act on.
+
+Each finding: ``code``, ``stage``, ``severity`` (error | failure | warning | info), a one-line
+``message`` in the engineer's terms and the ``evidence`` (numbers) behind it. Findings are ordered
+by severity class first (errors, then failures, warnings, info) and by pipeline position within a
+class; the first error or failure is the headline (the first divergence).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from . import metrics as M
+from .stages import FRONT, INPUTS, VOCODER, canonical_expected, is_vocoder_stage, parse_step, position, sort_stages
+
+SEVERITY_ORDER = {"error": 0, "failure": 1, "warning": 2, "info": 3}
+FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
+
+# what each first-divergence code means, in the engineer's terms
+EXPLAIN = {
+    "inputs_differ": "the two sides were not given the same inputs",
+    "frontend_mismatch": "the flow front end (token embedding, pre-lookahead, speaker affine) differs",
+    "noise_not_shared": "the initial noise x0 differs: the candidate does not use the shared rand_noise",
+    "schedule_mismatch": "the ODE time grid differs (t/dt or the number of steps)",
+    "estimator_mismatch": "the DiT estimator's conditional velocity differs while its inputs match",
+    "uncond_branch_mismatch": "the unconditional CFG row differs while the conditional one matches "
+                              "(the uncond row must zero mu, spks and cond, not x)",
+    "cfg_combination_mismatch": "v1 and v2 match but their CFG combination does not (guidance rate?)",
+    "euler_update_mismatch": "v_cfg matches but the Euler update x + dt * v_cfg does not",
+    "error_amplification": "each step's own (local) error is within tolerance; the ODE amplifies it",
+    "nonfinite_origin": "non-finite values (NaN/Inf) first appear here",
+    "flow_mel_mismatch": "every step matches but the flow output (prompt slicing?) does not",
+    "vocoder_divergence": "the flow mel matches; the vocoder diverges here",
+    "shape_mismatch": "the tensors cannot be aligned",
+    "length_mismatch": "lengths differ (never truncated silently; --allow-trim to opt in)",
+    "stage_mismatch": "this stage differs",
+    "candidate_crashed": "the candidate raised an exception",
+}
+
+
+def _f(code, stage, severity, message, evidence=None):
+    return {"code": code, "stage": stage, "severity": severity, "message": message, "evidence": evidence or {},
+            "position": list(position(stage)) if stage else [-1]}
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+
+_DT = {"fp32": "float32", "f32": "float32", "float": "float32", "float32": "float32", "torch.float32": "float32",
+       "fp16": "float16", "f16": "float16", "half": "float16", "float16": "float16", "torch.float16": "float16",
+       "bf16": "bfloat16", "bfloat16": "bfloat16", "torch.bfloat16": "bfloat16", "fp64": "float64", "float64": "float64",
+       "f64": "float64", "double": "float64"}
+
+
+def _norm_dtypes(v):
+    if isinstance(v, dict):
+        return {k: _DT.get(str(x).lower(), str(x).lower()) for k, x in v.items()}
+    if v is None:
+        return None
+    return _DT.get(str(v).lower(), str(v).lower())
+
+
+def _noise_id(v):
+    if isinstance(v, dict):
+        return v.get("fingerprint") or v.get("sha256") or v.get("source")
+    return str(v) if v is not None else None
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _boolish(v):
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v) if v is not None else None
+
+
+def metadata_findings(ref: dict, cand: dict) -> list[dict]:
+    out = []
+
+    def both(key):
+        return key in ref and key in cand and ref[key] is not None and cand[key] is not None
+
+    if both("n_timesteps") and _num(ref["n_timesteps"]) != _num(cand["n_timesteps"]):
+        out.append(_f("schedule_mismatch", "step1.dt", "failure",
+                      f"n_timesteps differs: reference {ref['n_timesteps']}, candidate {cand['n_timesteps']} "
+                      f"(a {cand['n_timesteps']}-step candidate cannot match a {ref['n_timesteps']}-step reference)",
+                      {"key": "n_timesteps", "ref": ref["n_timesteps"], "cand": cand["n_timesteps"]}))
+    if both("t_scheduler") and str(ref["t_scheduler"]).lower() != str(cand["t_scheduler"]).lower():
+        out.append(_f("schedule_mismatch", "step1.dt", "failure",
+                      f"t_scheduler differs: reference {ref['t_scheduler']}, candidate {cand['t_scheduler']}",
+                      {"key": "t_scheduler", "ref": ref["t_scheduler"], "cand": cand["t_scheduler"]}))
+    if both("cfg_rate") and (_num(ref["cfg_rate"]) is None or _num(cand["cfg_rate"]) is None
+                             or abs(_num(ref["cfg_rate"]) - _num(cand["cfg_rate"])) > 1e-9):
+        out.append(_f("cfg_combination_mismatch", "step1.v_cfg", "failure",
+                      f"cfg_rate differs: reference {ref['cfg_rate']}, candidate {cand['cfg_rate']}",
+                      {"key": "cfg_rate", "ref": ref["cfg_rate"], "cand": cand["cfg_rate"]}))
+    if both("weights_sha256") and str(ref["weights_sha256"]) != str(cand["weights_sha256"]):
+        out.append(_f("weights_mismatch", "mu", "failure",
+                      f"the two sides ran different weights: {str(ref['weights_sha256'])[:20]} vs "
+                      f"{str(cand['weights_sha256'])[:20]}",
+                      {"key": "weights_sha256", "ref": ref["weights_sha256"], "cand": cand["weights_sha256"]}))
+    if both("noise") and _noise_id(ref["noise"]) != _noise_id(cand["noise"]):
+        out.append(_f("noise_not_shared", "x0", "failure",
+                      f"noise provenance differs: reference {_noise_id(ref['noise'])}, candidate "
+                      f"{_noise_id(cand['noise'])}", {"key": "noise", "ref": ref["noise"], "cand": cand["noise"]}))
+    for key in ("streaming", "finalize"):
+        if both(key) and _boolish(ref[key]) != _boolish(cand[key]):
+            out.append(_f("metadata_mismatch", "mu", "failure",
+                          f"{key} differs: reference {ref[key]}, candidate {cand[key]}",
+                          {"key": key, "ref": ref[key], "cand": cand[key]}))
+    # information: what legitimately differs between a reference and an optimized candidate
+    if both("dtypes") and _norm_dtypes(ref["dtypes"]) != _norm_dtypes(cand["dtypes"]):
+        out.append(_f("dtype_differs", None, "info", f"dtypes differ: reference {json.dumps(ref['dtypes'])}, "
+                      f"candidate {json.dumps(cand['dtypes'])}", {"ref": ref["dtypes"], "cand": cand["dtypes"]}))
+    if both("device") and str(ref["device"]).split(":")[0] != str(cand["device"]).split(":")[0]:
+        out.append(_f("device_differs", None, "info", f"device differs: {ref['device']} vs {cand['device']}"))
+    if both("attention") and str(ref["attention"]) != str(cand["attention"]):
+        out.append(_f("attention_differs", None, "info", f"attention: reference {ref['attention']}, candidate "
+                      f"{cand['attention']}; kernels that ran: "
+                      f"{json.dumps((cand.get('attention_kernels') or {}).get('counts', cand.get('attention_kernels')))}"))
+    fb = (cand.get("attention_kernels") or {}).get("fallbacks") if isinstance(cand.get("attention_kernels"), dict) else None
+    if fb:
+        out.append(_f("attention_fallback", None, "warning",
+                      "the candidate's requested attention kernel failed and it fell back to the manual path: "
+                      + "; ".join(f"{f['requested']} x{f['count']}: {f['reason']}" for f in fb), {"fallbacks": fb}))
+    # reference hygiene (field notes: a "reference" that silently ran TensorRT / fp16)
+    if ref.get("pipeline") not in (None, "reference"):
+        out.append(_f("reference_hygiene", None, "warning",
+                      f"the reference side was produced by the '{ref.get('pipeline')}' pipeline, not the reference"))
+    rd = _norm_dtypes(ref.get("dtypes"))
+    if isinstance(rd, dict) and any(v in ("float16", "bfloat16") for v in rd.values()):
+        out.append(_f("reference_hygiene", None, "warning", f"the reference ran in reduced precision: {rd}"))
+    if _boolish(ref.get("tensorrt")):
+        out.append(_f("reference_hygiene", None, "warning", "the reference ran with TensorRT"))
+    env_r, env_c = ref.get("env") or {}, cand.get("env") or {}
+    if isinstance(env_r, dict) and isinstance(env_c, dict):
+        diff = {k: (env_r.get(k), env_c.get(k)) for k in ("torch", "git_sha", "threads")
+                if k in env_r and k in env_c and env_r[k] != env_c[k]}
+        if diff:
+            out.append(_f("env_differs", None, "info", "environment differs: " + ", ".join(
+                f"{k} {a} vs {b}" for k, (a, b) in diff.items()), diff))
+    only_r = sorted(k for k in ("n_timesteps", "t_scheduler", "cfg_rate", "weights_sha256", "noise") if k in ref and k not in cand)
+    if only_r and cand:
+        out.append(_f("metadata_missing", None, "info", f"the candidate's metadata lacks {', '.join(only_r)}"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+def _nonfinite(entry: dict, side: str = "cand") -> int:
+    st = entry.get(f"{side}_stats") or {}
+    return int(st.get("nan_count") or 0) + int(st.get("inf_count") or 0)
+
+
+def _passes(by_name: dict, name: str) -> bool | None:
+    e = by_name.get(name)
+    if e is None or e["status"] in ("missing", "extra"):
+        return None
+    return e["status"] in ("pass", "info", "skip")
+
+
+def _num_ev(entry: dict) -> dict:
+    m = entry.get("metrics") or {}
+    ev = {k: m.get(k) for k in ("max_abs_err", "mean_abs_err", "rel_l2", "cosine", "snr_db", "max_abs_err_at")
+          if k in m}
+    ev.update({"statistic": entry.get("statistic"), "value": entry.get("value"), "limit": entry.get("limit")})
+    return ev
+
+
+def _classify(name: str, entry: dict, by_name: dict, local_stages: dict) -> tuple[str, str]:
+    """(code, message) for the first failing stage."""
+    if entry.get("problem"):
+        return entry["problem"]["code"], entry["problem"]["message"]
+    if _nonfinite(entry) and not _nonfinite(entry, "ref"):
+        st = entry["cand_stats"]
+        return "nonfinite_origin", (f"non-finite values first appear at {name}: NaN {st.get('nan_count')}, "
+                                    f"Inf {st.get('inf_count')} of {st.get('numel')} (first at index "
+                                    f"{st.get('first_nonfinite_index')})")
+    m = entry.get("metrics") or {}
+    err = f"max |diff| {m.get('max_abs_err'):.3g}" if isinstance(m.get("max_abs_err"), float) else ""
+    where = m.get("max_abs_err_at") or {}
+    loc = ""
+    if where.get("channel") is not None or where.get("frame") is not None:
+        loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
+    judged = f"{entry.get('statistic')} {entry.get('value'):.3g} vs limit {entry.get('limit'):.3g}" \
+        if isinstance(entry.get("value"), float) and isinstance(entry.get("limit"), float) else entry.get("detail", "")
+    tail = f" ({err}{loc}; {judged})"
+    if name in INPUTS:
+        return "inputs_differ", f"input '{name}' differs between the two sides" + tail
+    if name in ("mu", "spks", "cond"):
+        return "frontend_mismatch", f"{name} differs with identical inputs: {EXPLAIN['frontend_mismatch']}" + tail
+    if name == "x0":
+        return "noise_not_shared", EXPLAIN["noise_not_shared"] + tail
+    st = parse_step(name)
+    if st:
+        k, field = st
+        if field in ("t", "dt"):
+            return "schedule_mismatch", f"step {k}: {field} differs ({EXPLAIN['schedule_mismatch']})" + tail
+        if field.startswith("block"):
+            return "estimator_mismatch", f"step {k}: DiT {field} output differs while the step's inputs match" + tail
+        if field == "v1":
+            loc_e = local_stages.get(name)
+            if k > 1 and loc_e is not None and loc_e["status"] == "pass":
+                return "error_amplification", (f"step {k}: v1 exceeds its tolerance only through accumulated error; "
+                                               f"driven from the reference's own step{k - 1}.x the step's error is "
+                                               f"within tolerance" + tail)
+            return "estimator_mismatch", f"step {k}: {EXPLAIN['estimator_mismatch']}" + tail
+        if field == "v2":
+            return "uncond_branch_mismatch", f"step {k}: {EXPLAIN['uncond_branch_mismatch']}" + tail
+        if field == "v_cfg":
+            return "cfg_combination_mismatch", f"step {k}: {EXPLAIN['cfg_combination_mismatch']}" + tail
+        if field == "x":
+            return "euler_update_mismatch", f"step {k}: {EXPLAIN['euler_update_mismatch']}" + tail
+    if name == "flow_mel":
+        return "flow_mel_mismatch", EXPLAIN["flow_mel_mismatch"] + tail
+    if is_vocoder_stage(name):
+        fm = _passes(by_name, "flow_mel")
+        lead = "the flow mel matches; " if fm else ""
+        return "vocoder_divergence", f"{lead}the vocoder diverges at {name}" + tail
+    return "stage_mismatch", f"{name} differs" + tail
+
+
+def diagnose(stages: list[dict], by_name: dict, steps: list[dict], local_stages: dict, ref, cand,
+             meta_find: list[dict], precision: str, audio: dict | None) -> list[dict]:
+    out: list[dict] = list(meta_find)
+    common = [s for s in stages if s["status"] not in ("missing", "extra")]
+    if not common:
+        out.append(_f("nothing_to_compare", None, "error",
+                      "the two traces share no stage (check the names; --map a=b maps a name onto a canonical stage)",
+                      {"ref": list(ref.tensors)[:30], "cand": list(cand.tensors)[:30]}))
+    # the reference itself must be usable
+    ref_bad = [s["name"] for s in stages if s.get("ref_stats") and _nonfinite(s, "ref")]
+    if ref_bad:
+        out.append(_f("reference_nonfinite", ref_bad[0], "error",
+                      f"the reference itself holds NaN/Inf (first at {ref_bad[0]}; {len(ref_bad)} stages): "
+                      f"nothing can be judged against it", {"stages": ref_bad}))
+    if ref.metadata.get("status") in ("crashed", "incomplete"):
+        out.append(_f("reference_incomplete", None, "error",
+                      f"the reference trace is {ref.metadata.get('status')}: {ref.metadata.get('error')}"))
+    # crash of the candidate
+    status = cand.metadata.get("status")
+    if status in ("crashed", "incomplete"):
+        err = cand.metadata.get("error") or {}
+        missing = [n for n in sort_stages(ref.tensors) if n not in cand.tensors]
+        at = err.get("stage") if isinstance(err, dict) and err.get("stage") else (missing[0] if missing else None)
+        last = err.get("last_recorded") if isinstance(err, dict) else None
+        if status == "crashed":
+            msg = (f"candidate crashed while computing {at}" + (f" (after {last})" if last else "") + f": "
+                   f"{err.get('type', 'error')}: {err.get('message', '')}")
+        else:
+            msg = f"candidate trace is incomplete (the run was killed); it stops before {at}"
+        out.append(_f("candidate_crashed", at, "failure", msg, {"error": err, "last_recorded": last,
+                                                                "missing_stages": missing[:50]}))
+    # the first failing stage, classified
+    failing = [s for s in stages if s["status"] == "fail"]
+    first = failing[0] if failing else None
+    if first is not None:
+        code, msg = _classify(first["name"], first, by_name, local_stages)
+        out.append(_f(code, first["name"], "failure", msg, _num_ev(first)))
+        later = [s["name"] for s in failing[1:]]
+        if later:
+            out.append(_f("downstream_failures", later[0], "info",
+                          f"{len(later)} later stages also fail (downstream of {first['name']}): "
+                          + ", ".join(later[:8]) + (" ..." if len(later) > 8 else ""), {"stages": later}))
+        # vocoder-only divergence, stated explicitly
+        if is_vocoder_stage(first["name"]) and _passes(by_name, "flow_mel"):
+            pass  # already the headline's message
+    # step count differs (a 1-step candidate against a 10-step reference)
+    rk = max([parse_step(n)[0] for n in ref.tensors if parse_step(n)] or [0])
+    ck = max([parse_step(n)[0] for n in cand.tensors if parse_step(n)] or [0])
+    if rk and ck and rk != ck and status not in ("crashed", "incomplete"):
+        out.append(_f("schedule_mismatch", "step1.dt", "failure",
+                      f"the candidate ran {ck} ODE steps, the reference {rk}", {"ref_steps": rk, "cand_steps": ck}))
+    # where non-finite values first appear (if not the headline already), with the block when captured
+    nf = [s for s in stages if s.get("cand_stats") and _nonfinite(s) and not (s.get("ref_stats") and _nonfinite(s, "ref"))]
+    if nf:
+        s0 = nf[0]
+        st = parse_step(s0["name"])
+        blk = ""
+        if st and st[1].startswith("block"):
+            blk = f" (step {st[0]}, DiT {st[1]})"
+        if not (first is not None and first["name"] == s0["name"]):
+            out.append(_f("nonfinite_origin", s0["name"], "failure",
+                          f"non-finite values first appear at {s0['name']}{blk}", {"stages": [s["name"] for s in nf][:20]}))
+        elif blk:
+            for f in out:
+                if f["stage"] == s0["name"] and f["code"] == "nonfinite_origin":
+                    f["message"] += blk
+    # error growth across steps
+    grows = [r for r in steps if r.get("growth") not in (None,) and r["growth"] > 1.0]
+    if steps and any(r.get("local_x") is not None for r in steps):
+        amp = [r["step"] for r in steps if r.get("status_x") == "fail" and r.get("local_x") is not None
+               and by_name.get(f"step{r['step']}.x") and local_stages.get(f"step{r['step']}.x", {}).get("status") == "pass"]
+        if amp:
+            k = amp[0]
+            ratio = None
+            if steps[-1].get("acc_x") and steps[-1].get("local_x"):
+                ratio = steps[-1]["acc_x"] / max(steps[-1]["local_x"], 1e-30)
+            out.append(_f("error_amplification", f"step{k}.x", "warning",
+                          f"from step {k} on the accumulated error exceeds the tolerance while each step's own error "
+                          f"is within it" + (f"; at the last step accumulated/local = {ratio:.3g}x" if ratio else ""),
+                          {"steps": amp}))
+    if grows:
+        worst = max(grows, key=lambda r: r["growth"])
+        out.append(_f("error_growth", f"step{worst['step']}.x", "info",
+                      f"accumulated x error grows up to {worst['growth']:.3g}x per step (step {worst['step']})",
+                      {"growth": {r["step"]: r["growth"] for r in steps if r.get("growth") is not None}}))
+    # fp16/bf16 overflow risk from the reference's magnitudes
+    if precision in FP_MAX:
+        lim = FP_MAX[precision]
+        risky = []
+        for s in stages:
+            rs = s.get("ref_stats") or {}
+            mx = max(abs(rs.get("min") or 0.0), abs(rs.get("max") or 0.0)) if rs else 0.0
+            if mx and mx > lim / 64:
+                risky.append((s["name"], mx))
+        if risky:
+            nm, mx = max(risky, key=lambda x: x[1])
+            out.append(_f("overflow_risk", risky[0][0], "warning",
+                          f"{precision} range is +-{lim:.5g}; the reference reaches {mx:.4g} at {nm} "
+                          f"({len(risky)} stages within 64x of the limit)", {"stages": dict(risky[:20])}))
+    # presence
+    miss = [s["name"] for s in stages if s["status"] == "missing"]
+    if miss and status not in ("crashed", "incomplete"):
+        out.append(_f("stage_missing", miss[0], "info", f"{len(miss)} reference stages are absent from the candidate "
+                      f"(not a failure: dumps from other implementations often hold a subset): " + ", ".join(miss[:8])
+                      + (" ..." if len(miss) > 8 else ""), {"stages": miss}))
+    req = [s["name"] for s in stages if s["status"] == "fail" and (s.get("rule") or {}).get("required")
+           and s.get("cand_stats") is None]
+    if req:
+        out.append(_f("stage_missing_required", req[0], "failure", f"required stages absent: {', '.join(req)}"))
+    extra = [s["name"] for s in stages if s["status"] == "extra"]
+    if extra:
+        out.append(_f("stage_extra", None, "info", f"{len(extra)} candidate stages have no reference counterpart: "
+                      + ", ".join(extra[:8]), {"stages": extra}))
+    # audio-level observations
+    if audio and audio.get("comparable"):
+        out.extend(_audio_findings(audio))
+    for f in out:
+        if f["position"] == [-1] and f["stage"]:
+            f["position"] = list(position(f["stage"]))
+    out.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], f["position"] if f["stage"] else [-1],
+                            0 if f["evidence"].get("key") else 1))
+    return out
+
+
+def _audio_findings(a: dict) -> list[dict]:
+    out = []
+    cand, ref = a.get("cand") or {}, a.get("ref") or {}
+    nf = (cand.get("nonfinite") or {}).get("total") if isinstance(cand.get("nonfinite"), dict) else None
+    if nf:
+        out.append(_f("audio_nonfinite", "audio", "failure", f"the candidate audio holds {nf} non-finite samples"))
+    cr, rr = (cand.get("clipping") or {}), (ref.get("clipping") or {})
+    if cr.get("runs", 0) > rr.get("runs", 0):
+        out.append(_f("audio_clipping", "audio", "warning",
+                      f"candidate clips at the 0.99 clamp in {cr.get('runs')} runs (reference {rr.get('runs', 0)}); "
+                      f"longest {cr.get('longest_run')} samples", {"cand": cr, "ref": rr}))
+    dc_c, dc_r = cand.get("dc_offset"), ref.get("dc_offset")
+    if isinstance(dc_c, float) and isinstance(dc_r, float) and abs(dc_c - dc_r) > 0.01:
+        out.append(_f("audio_dc_offset", "audio", "warning", f"DC offset {dc_c:.4f} vs reference {dc_r:.4f}"))
+    clicks = a.get("clicks") or {}
+    if isinstance(clicks.get("ratio_max"), float) and clicks["ratio_max"] > 10:
+        t = clicks.get("worst_time_s")
+        out.append(_f("audio_click", "audio", "warning",
+                      f"high-frequency burst {clicks['ratio_max']:.3g}x the reference's"
+                      + (f" at {t:.3f} s" if isinstance(t, float) else ""), clicks))
+    return out

@@ -1,0 +1,218 @@
+"""Tolerance policy: which statistic and which limit apply to a stage, for a candidate's precision and
+attention kernel. Metrics (parity.metrics) are separate; this module only decides.
+
+A policy is a TOML file of rules (the default is ``fixtures/tolerances.toml``; ``[tool.parity.tolerances]``
+in pyproject.toml and ``--policy FILE`` add rules on top)::
+
+    [[rule]]
+    stage = "step*.v1"          # glob over canonical stage names
+    precision = ["fp16"]        # optional: fp32, bf16, fp16, int8 (the candidate's precision class)
+    attention = ["sdpa*"]       # optional: globs over the candidate's attention switch
+    statistic = "elementwise"   # elementwise | max_abs | mean_abs | rmse | rel_l2 | nmse | quantile |
+                                # cosine | snr_db | ulp | exact
+    atol = 1e-4                 # elementwise: |c - r| <= atol + rtol * |r| for all but max_frac elements
+    rtol = 1e-3
+    max_frac = 0.0
+    limit = 1e-3                # the bound for the other statistics (a minimum for cosine and snr_db)
+    quantile = 0.99             # for statistic = "quantile"
+    arbiter = { k = 4.0, floor = 1e-6 }   # fp64 arbiter, when a float64 reference trace is available
+    required = true             # a missing candidate stage fails instead of being reported
+    skip = true                 # do not judge this stage
+
+Choosing a rule: among the rules whose stage, precision and attention match, the most specific wins
+(more qualifiers first, then the stage pattern with more literal characters); a tie goes to the rule
+read last, so user rules override the defaults.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reference.errors import InputError
+
+STATISTICS = ("elementwise", "max_abs", "mean_abs", "rmse", "rel_l2", "nmse", "quantile", "cosine", "snr_db", "ulp",
+              "exact")
+HIGHER_IS_BETTER = {"cosine", "snr_db"}
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.toml"
+_METRIC_KEY = {"max_abs": "max_abs_err", "mean_abs": "mean_abs_err", "rmse": "rmse", "rel_l2": "rel_l2",
+               "nmse": "nmse", "cosine": "cosine", "snr_db": "snr_db", "ulp": "max_ulp"}
+
+
+@dataclass
+class Rule:
+    stage: str
+    statistic: str = "elementwise"
+    precision: list[str] | None = None
+    attention: list[str] | None = None
+    atol: float = 0.0
+    rtol: float = 0.0
+    max_frac: float = 0.0
+    limit: float | None = None
+    quantile: float | None = None
+    arbiter: dict | None = None
+    required: bool = False
+    skip: bool = False
+    source: str = "builtin"
+    index: int = 0
+
+    def matches(self, stage: str, precision: str, attention: str) -> bool:
+        if not fnmatch.fnmatchcase(stage, self.stage):
+            return False
+        if self.precision and precision not in self.precision:
+            return False
+        if self.attention and not any(fnmatch.fnmatchcase(attention, a) for a in self.attention):
+            return False
+        return True
+
+    def specificity(self) -> tuple:
+        literal = sum(1 for ch in self.stage if ch not in "*?[]")
+        return (int(bool(self.precision)) + int(bool(self.attention)), literal, self.index)
+
+    def describe(self) -> str:
+        if self.skip:
+            return "skipped"
+        if self.statistic == "elementwise":
+            return f"|c-r| <= {self.atol:g} + {self.rtol:g}*|r|" + (f" (all but {self.max_frac:g})" if self.max_frac else "")
+        if self.statistic == "exact":
+            return "bit-identical"
+        op = ">=" if self.statistic in HIGHER_IS_BETTER else "<="
+        q = f" q{self.quantile:g}" if self.statistic == "quantile" else ""
+        return f"{self.statistic}{q} {op} {self.limit:g}"
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("stage", "statistic", "precision", "attention", "atol", "rtol", "max_frac",
+                                           "limit", "quantile", "arbiter", "required", "skip", "source")}
+        return {k: v for k, v in d.items() if v not in (None, False) or k in ("stage", "statistic")}
+
+
+@dataclass
+class Policy:
+    rules: list[Rule] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def rule_for(self, stage: str, precision: str = "fp32", attention: str = "explicit") -> Rule | None:
+        hits = [r for r in self.rules if r.matches(stage, precision, attention)]
+        return max(hits, key=Rule.specificity) if hits else None
+
+    def required_stages(self, precision: str, attention: str) -> list[str]:
+        return [r.stage for r in self.rules if r.required and (not r.precision or precision in r.precision)]
+
+    def extend(self, rules: list[dict], source: str) -> "Policy":
+        start = len(self.rules)
+        for i, d in enumerate(rules):
+            self.rules.append(_rule_from_dict(d, f"{source} rule {i + 1}", start + i))
+        self.sources.append(source)
+        return self
+
+
+def _rule_from_dict(d: dict, source: str, index: int) -> Rule:
+    known = {"stage", "statistic", "precision", "attention", "atol", "rtol", "max_frac", "limit", "quantile", "arbiter",
+             "required", "skip"}
+    bad = set(d) - known
+    if bad:
+        raise InputError(f"{source}: unknown key(s) {', '.join(sorted(bad))} (known: {', '.join(sorted(known))})")
+    if "stage" not in d:
+        raise InputError(f"{source}: a rule needs a 'stage' pattern")
+    stat = d.get("statistic", "elementwise")
+    if stat not in STATISTICS:
+        raise InputError(f"{source}: statistic {stat!r} is not one of {', '.join(STATISTICS)}")
+    if stat not in ("elementwise", "exact") and not d.get("skip") and d.get("limit") is None:
+        raise InputError(f"{source}: statistic {stat!r} needs a 'limit'")
+    if stat == "quantile" and not (0 < float(d.get("quantile", 0)) <= 1):
+        raise InputError(f"{source}: statistic 'quantile' needs 'quantile' in (0, 1]")
+    listify = lambda v: [v] if isinstance(v, str) else (list(v) if v else None)  # noqa: E731
+    arb = d.get("arbiter")
+    if arb is not None and (not isinstance(arb, dict) or "k" not in arb):
+        raise InputError(f"{source}: arbiter must be a table with 'k' (and optionally 'floor')")
+    return Rule(stage=d["stage"], statistic=stat, precision=listify(d.get("precision")),
+                attention=listify(d.get("attention")), atol=float(d.get("atol", 0.0)), rtol=float(d.get("rtol", 0.0)),
+                max_frac=float(d.get("max_frac", 0.0)), limit=None if d.get("limit") is None else float(d["limit"]),
+                quantile=None if d.get("quantile") is None else float(d["quantile"]), arbiter=arb,
+                required=bool(d.get("required", False)), skip=bool(d.get("skip", False)), source=source, index=index)
+
+
+def read_policy_file(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: policy file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from exc
+    rules = data.get("rule", [])
+    if not isinstance(rules, list):
+        raise InputError(f"{path}: expected [[rule]] tables")
+    return rules
+
+
+def load_policy(path: str | Path | None = None, pyproject: str | Path | None = None, use_default: bool = True) -> Policy:
+    """Default rules, then ``[tool.parity.tolerances]`` of the pyproject, then ``path``."""
+    pol = Policy()
+    if use_default:
+        pol.extend(read_policy_file(DEFAULT_POLICY), str(DEFAULT_POLICY.name))
+    pp = Path(pyproject) if pyproject else Path.cwd() / "pyproject.toml"
+    if pp.exists():
+        try:
+            tool = tomllib.loads(pp.read_text()).get("tool", {}).get("parity", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{pp}: not valid TOML ({exc})") from exc
+        tol = tool.get("tolerances", {})
+        if tol.get("rule"):
+            pol.extend(tol["rule"], f"{pp.name} [tool.parity.tolerances]")
+        if tool.get("policy") and path is None:
+            path = (pp.parent / tool["policy"]).resolve()
+    if path is not None:
+        pol.extend(read_policy_file(path), str(path))
+    return pol
+
+
+# ---------------------------------------------------------------------------------------------
+# judging one stage
+
+@dataclass
+class Judgement:
+    status: str  # pass | fail | skip
+    statistic: str
+    value: float | None
+    limit: float | None
+    detail: str = ""
+    arbiter: dict | None = None
+
+
+def judge(rule: Rule, m: dict, arbiter: dict | None = None) -> Judgement:
+    """Apply ``rule`` to the pair metrics ``m`` (from parity.metrics.pair_metrics, computed with the rule's
+    atol/rtol). A non-finite mismatch always fails: NaN never compares equal."""
+    if rule.skip:
+        return Judgement("skip", rule.statistic, None, None, "skipped by policy")
+    if not m.get("finite_ok", True):
+        nf = m.get("nonfinite", {})
+        cn, rn = nf.get("cand") or {}, nf.get("ref") or {}
+        return Judgement("fail", rule.statistic, None, None,
+                         f"non-finite values: candidate NaN {cn.get('nan', 0)} Inf {cn.get('posinf', 0) + cn.get('neginf', 0)}, "
+                         f"reference NaN {rn.get('nan', 0)} Inf {rn.get('posinf', 0) + rn.get('neginf', 0)}")
+    stat = rule.statistic
+    if arbiter is not None and rule.arbiter:
+        k, floor = float(rule.arbiter["k"]), float(rule.arbiter.get("floor", 0.0))
+        lim = k * arbiter["ref_err"] + floor
+        ok = arbiter["cand_err"] <= lim
+        return Judgement("pass" if ok else "fail", f"arbiter:{arbiter.get('statistic', 'rmse')}", arbiter["cand_err"], lim,
+                         f"err(candidate, fp64) {arbiter['cand_err']:.3g} vs {k:g} x err(fp32 reference, fp64) "
+                         f"{arbiter['ref_err']:.3g} + {floor:g}", arbiter)
+    if stat == "exact":
+        ok = bool(m.get("exact_match"))
+        return Judgement("pass" if ok else "fail", stat, m.get("max_abs_err"), 0.0)
+    if stat == "elementwise":
+        v = m.get("frac_outside")
+        ok = v is not None and v <= rule.max_frac
+        return Judgement("pass" if ok else "fail", stat, v, rule.max_frac, rule.describe())
+    from .metrics import metric_value
+
+    v = m.get("quantile_abs_err") if stat == "quantile" else metric_value(m, _METRIC_KEY[stat])
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return Judgement("fail", stat, None, rule.limit, f"statistic {stat} is undefined for this pair")
+    ok = v >= rule.limit if stat in HIGHER_IS_BETTER else v <= rule.limit
+    return Judgement("pass" if ok else "fail", stat, float(v), rule.limit, rule.describe())
