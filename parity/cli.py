@@ -1,0 +1,290 @@
+"""``parity`` and ``parity-report``: thin command-line wrappers over capture, compare and report.
+
+Exit codes: 0 pass, 1 parity failure, 2 unusable input or user error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reference.errors import ParityUserError
+
+DEFAULT_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
+DEFAULT_REPORTS = Path.cwd() / "reports"
+
+
+class UsageError(ParityUserError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+
+def _add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
+    g = p.add_mutually_exclusive_group(required=default_preset is None)
+    g.add_argument("--preset", default=default_preset, help="built-in model: tiny | cosyvoice3-0.5b (seeded weights)")
+    g.add_argument("--model-dir", help="released layout: cosyvoice3.yaml + flow.pt/.safetensors + hift.pt/.safetensors")
+    p.add_argument("--noise", help="shared noise file (parity noise export); default: rebuilt by upstream's recipe")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+
+def _load_model(args):
+    from reference.model import Token2Wav
+    from reference.noise import SharedNoise
+
+    noise = SharedNoise.load(args.noise) if getattr(args, "noise", None) else None
+    preset = None if args.model_dir else args.preset
+    return Token2Wav.load(preset, args.model_dir, noise)
+
+
+def _candidate(ref_model, profile: str | None, faults, device: str, pyproject=None, require_kernel=None):
+    from candidate.pipeline import CandidateToken2Wav
+    from candidate.switches import switches_from
+
+    sw = switches_from(profile, faults or (), pyproject, **({"device": device} if device != "cpu" else {}))
+    return CandidateToken2Wav(ref_model, sw, profile_name=profile or "fp32-explicit")
+
+
+def _write_wav(path: str | Path, audio, sr: int) -> Path:
+    import numpy as np
+    from scipy.io import wavfile
+
+    a = audio.detach().float().reshape(-1).numpy()
+    a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0).clip(-1.0, 1.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wavfile.write(str(path), sr, (a * 32767.0).round().astype(np.int16))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+def cmd_dump(args) -> int:
+    from reference.bundle import load_bundle
+
+    from .runner import Progress, run_to_trace
+
+    model = _load_model(args)
+    inputs = load_bundle(args.inputs)
+    if args.pipeline == "candidate" or args.profile or args.fault:
+        pipe = _candidate(model, args.profile, args.fault, args.device)
+        label = f"candidate[{args.profile or 'fp32-explicit'}]"
+    else:
+        pipe = model
+        label = "reference"
+    res = run_to_trace(pipe, inputs, args.out, patterns=args.stages, streaming=args.streaming,
+                       finalize=not args.no_finalize, extra_meta={"inputs": str(args.inputs)},
+                       progress=Progress(label))
+    if res.error is not None:
+        print(f"parity dump: {label} crashed at {res.crashed_at}: {type(res.error).__name__}: {res.error}; "
+              f"partial trace with {len(res.stages)} stages written to {res.trace_path}", file=sys.stderr)
+        return 1
+    if args.require_kernel:
+        from candidate.provenance import check_required_kernel
+
+        msg = check_required_kernel(args.require_kernel, res.metadata.get("attention_kernels") or {})
+        if msg:
+            print(f"parity dump: {msg}", file=sys.stderr)
+            return 1
+    if args.wav and res.audio is not None:
+        _write_wav(args.wav, res.audio, model.cfg.sample_rate)
+    print(f"wrote {res.trace_path} ({len(res.stages)} stages, {res.seconds:.2f} s)")
+    return 0
+
+
+def cmd_noise_export(args) -> int:
+    from reference.noise import SharedNoise
+
+    n = SharedNoise.upstream()
+    path = n.save(args.out, frames=args.frames, samples=args.samples)
+    print(f"wrote {path}: rand_noise [1, 80, {args.frames or 15000}], hift_rand_ini [1, 9], hift_sine_noise "
+          f"[1, {args.samples or 24000 * 30}, 9]; fingerprint {n.fingerprint()}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .aliases import parse_maps
+    from .compare import CompareOptions, compare_paths, exit_code, write_json
+    from .summary import render
+
+    opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention)
+    result = compare_paths(args.ref, args.cand, policy_path=args.policy, maps=parse_maps(args.map), opts=opts,
+                           local_path=args.local, fp64_path=args.fp64)
+    print(render(result, verbose=args.verbose))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.report:
+        from .report import build_report
+
+        path = build_report(result, args.report)
+        print(f"report: {path}")
+    return exit_code(result)
+
+
+def cmd_profiles(args) -> int:
+    from candidate.switches import CUDA_ONLY, PROFILE_HELP, all_profiles, resolve_profile
+
+    for name in sorted(all_profiles()):
+        sw = resolve_profile(name)
+        desc = PROFILE_HELP.get(name) or "user profile: " + ", ".join(f"{k}={v}" for k, v in sw.differences().items())
+        print(f"{name:<18} {sw.precision:<5} {'cuda' if name in CUDA_ONLY else '    '} {desc}")
+    return 0
+
+
+def cmd_faults(args) -> int:
+    from candidate.faults import catalogue
+
+    for name, f in sorted(catalogue().items()):
+        print(f"{name:<22} -> {f.stage():<15} {f.description}")
+    return 0
+
+
+def cmd_export_model(args) -> int:
+    from reference.export import export_model_dir
+
+    out = export_model_dir(args.preset, args.out, fmt=args.format)
+    print(f"wrote {out} (cosyvoice3.yaml, flow.{args.format}, hift.{args.format}) in the upstream key format")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run_command
+
+    return run_command(args)
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate_command
+
+    return calibrate_command(args)
+
+
+def cmd_bisect(args) -> int:
+    from .bisect import bisect_command
+
+    return bisect_command(args)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for CosyVoice 3 token2wav ports")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace")
+    _add_model_args(d)
+    d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, embedding)")
+    d.add_argument("--out", required=True, help="trace to write (.safetensors)")
+    d.add_argument("--streaming", action="store_true", help="streaming: 50-frame static chunk attention mask")
+    d.add_argument("--no-finalize", action="store_true", help="non-final chunk: lookahead tokens/frames used as context")
+    d.add_argument("--wav", help="also write the audio as 16-bit WAV")
+    d.add_argument("--stages", help="stage globs: 'a,b' only these, '+a' defaults plus a, 'all'")
+    d.add_argument("--pipeline", choices=["reference", "candidate"], default="reference")
+    d.add_argument("--profile", help="candidate profile (parity profiles)")
+    d.add_argument("--fault", action="append", help="inject a catalogue fault into the candidate (parity faults)")
+    d.add_argument("--require-kernel", help="fail unless every attention call ran this kernel (flash, math, ...)")
+    d.set_defaults(func=cmd_dump)
+
+    n = sub.add_parser("noise", help="shared noise")
+    nsub = n.add_subparsers(dest="noise_cmd", required=True)
+    ne = nsub.add_parser("export", help="write the shared noise for another implementation")
+    ne.add_argument("--out", required=True)
+    ne.add_argument("--frames", type=int, default=None, help="flow noise frames (default 15000)")
+    ne.add_argument("--samples", type=int, default=None, help="HiFT sine-noise samples (default 720000 = 30 s)")
+    ne.set_defaults(func=cmd_noise_export)
+
+    c = sub.add_parser("compare", help="compare two traces from anywhere")
+    c.add_argument("ref")
+    c.add_argument("cand")
+    c.add_argument("--policy", help="tolerance policy TOML (added on top of the defaults)")
+    c.add_argument("--map", action="append", help="extra alias NAME=CANONICAL (repeatable)")
+    c.add_argument("--allow-trim", action="store_true", help="trim length mismatches instead of failing them")
+    c.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], help="candidate precision class for the policy")
+    c.add_argument("--attention", help="candidate attention kernel for the policy")
+    c.add_argument("--local", help="step-local trace of the candidate (driven from the reference's tensors)")
+    c.add_argument("--fp64", help="float64 reference trace for the arbiter rules")
+    c.add_argument("--json", help="write the comparison result as JSON")
+    c.add_argument("--report", help="write the HTML report")
+    c.add_argument("-v", "--verbose", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the fixtures)")
+    _add_model_args(r, default_preset="tiny")
+    r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
+    r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
+    r.add_argument("--fault", action="append", help="inject a catalogue fault into the candidate")
+    r.add_argument("--streaming", action="store_true")
+    r.add_argument("--report", help="HTML report path (default reports/parity-<time>.html)")
+    r.add_argument("--json", help="comparison result JSON (same schema as parity compare --json)")
+    r.add_argument("--keep-traces", help="directory to keep the traces in")
+    r.add_argument("--policy", help="tolerance policy TOML (added on top of the defaults)")
+    r.add_argument("--stages", help="stage globs to capture (as parity dump)")
+    r.add_argument("--no-local", action="store_true", help="skip the step-local (teacher-forced) errors")
+    r.add_argument("--require-kernel", help="fail unless every candidate attention call ran this kernel")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    cal = sub.add_parser("calibrate", help="measure the fp32 noise floor against float64 and write per-stage tolerances")
+    _add_model_args(cal, default_preset="tiny")
+    cal.add_argument("--inputs", action="append")
+    cal.add_argument("--out", required=True, help="policy TOML to write")
+    cal.add_argument("--margin", type=float, default=10.0, help="limit = margin x measured fp32 error + floor")
+    cal.add_argument("--floor", type=float, default=1e-6)
+    cal.set_defaults(func=cmd_calibrate)
+
+    pr = sub.add_parser("profiles", help="list candidate profiles")
+    pr.set_defaults(func=cmd_profiles)
+    fa = sub.add_parser("faults", help="list injectable faults and where they must be localised")
+    fa.set_defaults(func=cmd_faults)
+
+    em = sub.add_parser("export-model", help="write a preset as a model directory in the upstream key format")
+    em.add_argument("--preset", default="tiny")
+    em.add_argument("--out", required=True)
+    em.add_argument("--format", choices=["pt", "safetensors"], default="pt")
+    em.set_defaults(func=cmd_export_model)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ParityUserError as exc:
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("parity: interrupted", file=sys.stderr)
+        return 130
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """``parity-report``: the HTML report from saved inputs (two traces, or a comparison JSON + traces)."""
+    p = argparse.ArgumentParser(prog="parity-report", description="build the HTML parity report from saved inputs")
+    p.add_argument("inputs", nargs="+", help="REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE]")
+    p.add_argument("-o", "--out", help="report path (default reports/<name>.html)")
+    p.add_argument("--policy")
+    p.add_argument("--map", action="append")
+    p.add_argument("--allow-trim", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        from .report import report_from_saved
+
+        path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
+                                         allow_trim=args.allow_trim)
+        print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result['verdict']}")
+        return {"pass": 0, "fail": 1}.get(result["verdict"], 2)
+    except ParityUserError as exc:
+        print(f"parity-report: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
