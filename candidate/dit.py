@@ -180,7 +180,8 @@ class CandidateDiT(nn.Module):
         scale = 1.0 / math.sqrt(q.shape[-1])
         if mode == "additive-fp16":  # fault: upstream's all-True mask turned additive in fp16 -> 0 * -inf = NaN
             full = mask if mask is not None else torch.ones(q.shape[-2], q.shape[-2], dtype=torch.bool, device=q.device)
-            add = (1 - full.to(torch.float16)) * -1e10
+            big = torch.full((), -1e10, dtype=torch.float16, device=q.device)  # -1e10 in fp16 is -inf
+            add = (1 - full.to(torch.float16)) * big  # attended positions: 0 * -inf = NaN
             scores = torch.matmul(q, k.transpose(-2, -1)) * scale + add.to(q.dtype)
             self.kernels.add("explicit")
             return torch.matmul(torch.softmax(scores, -1), v)

@@ -118,8 +118,8 @@ def _nan_at_block(t: torch.Tensor, ctx: dict, params: dict) -> torch.Tensor:
 
 def _shape_crash(t: torch.Tensor, ctx: dict, params: dict) -> torch.Tensor:
     # the field bug: noise_amp [1] times a [1, 1, L] mask done as a plain mul after a reshape went wrong
-    wrong = torch.ones(t.shape[-1] + 1, dtype=t.dtype)
-    return t * wrong  # raises: size mismatch in the last dimension
+    wrong = torch.ones(*t.shape[:-2], t.shape[-2] + 1, t.shape[-1], dtype=t.dtype)
+    return t * wrong  # raises: "The size of tensor a (L) must match the size of tensor b (L+1)"
 
 
 for _f in [
@@ -135,9 +135,11 @@ for _f in [
           "fork: Rust used a linear t-span although the yaml says cosine", overrides={"t_scheduler": "linear"}),
     Fault("steps-1", "one Euler step instead of 10", "step1.dt", "schedule_mismatch",
           "fork c35b6e0 edited n_timesteps from 10 to 1 in the Python reference", overrides={"n_timesteps": 1}),
-    Fault("time-scale-twice", "the timestep embedding applies t*1000 twice", "step1.v1", "estimator_mismatch",
-          "fork bca4a35: Rust TimestepEmbedding applied t*1000 twice", overrides={"time_scale": 1000.0 * 1000.0},
-          expected_stage_blocks="step1.block0"),
+    # t = 0 at step 1, where any scaling of t is invisible (sin 0 = 0, cos 0 = 1): the first step that can
+    # show it is step 2
+    Fault("time-scale-twice", "the timestep embedding applies t*1000 twice (invisible at step 1, where t = 0)",
+          "step2.v1", "estimator_mismatch", "fork bca4a35: Rust TimestepEmbedding applied t*1000 twice",
+          overrides={"time_scale": 1000.0 * 1000.0}, expected_stage_blocks="step2.block0"),
     Fault("rope-all-heads", "RoPE applied to every head instead of head 0 only", "step1.v1", "estimator_mismatch",
           "hazard 8.5", overrides={"rope_mode": "all-heads"}, expected_stage_blocks="step1.block0"),
     Fault("rope-half-split", "RoPE in the NeoX half-split layout instead of interleaved pairs", "step1.v1",

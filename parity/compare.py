@@ -84,6 +84,32 @@ def _upcast(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def _mel_of(wave: torch.Tensor) -> np.ndarray:
+    from reference.config import MelConfig
+    from reference.mel import mel_spectrogram
+
+    return mel_spectrogram(wave.detach().float().reshape(1, -1), MelConfig())[0].numpy()
+
+
+def domain_metrics(name: str, ra: torch.Tensor, ca: torch.Tensor) -> dict:
+    """Stage-specific statistics the policy can gate on: F0 in cents/GPE/VDE for ``f0``; log-mel L1 and
+    MCD through the pipeline's own mel recipe for ``audio``/``audio_preclamp``."""
+    from . import audio_metrics as A
+
+    out: dict = {}
+    if name == "f0":
+        fm = A.f0_metrics(ra.double().reshape(-1).numpy(), ca.double().reshape(-1).numpy())
+        out.update({k: fm[k] for k in ("f0_rmse_cents", "f0_max_abs_cents", "gpe", "vde", "f0_mae_hz", "f0_max_abs_hz",
+                                       "both_voiced")})
+    elif name in ("audio", "audio_preclamp") and ra.numel() >= 1920:
+        mr, mc = _mel_of(ra), _mel_of(ca)
+        ld = A.logmel_distance(mr, mc)
+        md = A.mcd(mr, mc)
+        out.update({"logmel_l1": ld["logmel_l1"], "logmel_l1_max": ld["logmel_l1_max"],
+                    "logmel_worst_frame": ld["worst_frame"], "mcd_db": md["mcd_db"]})
+    return out
+
+
 def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule, opts: CompareOptions, prompt_frames,
                    arbiter_ref: torch.Tensor | None = None) -> dict:
     al = align(name, r, c, prompt_frames=prompt_frames, allow_trim=opts.allow_trim)
@@ -104,6 +130,8 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule, opts: Comp
                        ref_dtype=_as_float_dtype_name(r), channel_axis=ch, time_axis=tx)
     if rule is not None and rule.statistic == "quantile" and m.get("finite_ok"):
         m["quantile_abs_err"] = M.quantile_abs_err(_upcast(ra), _upcast(ca), rule.quantile)
+    if m.get("finite_ok"):
+        m.update(domain_metrics(name, ra, ca))
     entry["metrics"] = m
     entry["first_values"] = {"ref": M.first_k_values(_upcast(ra)), "cand": M.first_k_values(_upcast(ca))}
     if opts.keep_vectors and tx is not None and ra.dim() >= 2 and ra.shape[tx] > 1 and ra.numel() < 5_000_000:
@@ -167,7 +195,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     if local is not None:
         for name, t in local.tensors.items():
             if name in ref.tensors:
-                rule = policy.rule_for(name, precision, attention)
+                rule = (policy.rule_for("local:" + name, precision, attention)
+                        or policy.rule_for(name, precision, attention))
                 local_stages[name] = _stage_compare(name, ref.tensors[name], t, rule, opts, prompt_frames)
     steps = step_table(ref, cand, by_name, local_stages)
     audio = None

@@ -54,8 +54,9 @@ _DT = {"fp32": "float32", "f32": "float32", "float": "float32", "float32": "floa
 
 
 def _norm_dtypes(v):
-    if isinstance(v, dict):
-        return {k: _DT.get(str(x).lower(), str(x).lower()) for k, x in v.items()}
+    if isinstance(v, dict):  # compare the component dtypes only (candidates add their switch details)
+        return {k: _DT.get(str(x).lower(), str(x).lower()) for k, x in v.items()
+                if k in ("flow", "hift", "f0_predictor", "dit", "vocoder")}
     if v is None:
         return None
     return _DT.get(str(v).lower(), str(v).lower())
@@ -159,6 +160,10 @@ def metadata_findings(ref: dict, cand: dict) -> list[dict]:
 def _nonfinite(entry: dict, side: str = "cand") -> int:
     st = entry.get(f"{side}_stats") or {}
     return int(st.get("nan_count") or 0) + int(st.get("inf_count") or 0)
+
+
+def _fmtv(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _passes(by_name: dict, name: str) -> bool | None:
@@ -274,6 +279,14 @@ def diagnose(stages: list[dict], by_name: dict, steps: list[dict], local_stages:
         # vocoder-only divergence, stated explicitly
         if is_vocoder_stage(first["name"]) and _passes(by_name, "flow_mel"):
             pass  # already the headline's message
+    # the vocoder driven by the reference's own mel: its own divergence, independent of the flow's
+    loc_voc = [e for n, e in sorted(local_stages.items(), key=lambda kv: position(kv[0]))
+               if is_vocoder_stage(n) and e["status"] == "fail"]
+    if loc_voc:
+        e = loc_voc[0]
+        out.append(_f("vocoder_local_mismatch", e["name"], "failure",
+                      f"fed the reference flow_mel, the candidate vocoder itself diverges at {e['name']} "
+                      f"({e.get('statistic')} {_fmtv(e.get('value'))} vs limit {_fmtv(e.get('limit'))})", _num_ev(e)))
     # step count differs (a 1-step candidate against a 10-step reference)
     rk = max([parse_step(n)[0] for n in ref.tensors if parse_step(n)] or [0])
     ck = max([parse_step(n)[0] for n in cand.tensors if parse_step(n)] or [0])

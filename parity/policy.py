@@ -17,7 +17,11 @@ in pyproject.toml and ``--policy FILE`` add rules on top)::
     quantile = 0.99             # for statistic = "quantile"
     arbiter = { k = 4.0, floor = 1e-6 }   # fp64 arbiter, when a float64 reference trace is available
     required = true             # a missing candidate stage fails instead of being reported
-    skip = true                 # do not judge this stage
+    skip = true                 # do not judge this stage (non-finite values still fail)
+
+A stage pattern starting with ``local:`` applies to the step-local (teacher-forced) comparison of that
+stage: the candidate's step driven from the reference's own state, its vocoder fed the reference mel.
+Without a ``local:`` rule the stage's own rule is used.
 
 Choosing a rule: among the rules whose stage, precision and attention match, the most specific wins
 (more qualifiers first, then the stage pattern with more literal characters); a tie goes to the rule
@@ -35,11 +39,16 @@ from pathlib import Path
 from reference.errors import InputError
 
 STATISTICS = ("elementwise", "max_abs", "mean_abs", "rmse", "rel_l2", "nmse", "quantile", "cosine", "snr_db", "ulp",
-              "exact")
+              "exact",
+              # domain statistics, computed for the stages they make sense for
+              "f0_rmse_cents", "f0_max_cents", "gpe", "vde",  # f0
+              "logmel_l1", "logmel_l1_max", "mcd")  # audio, audio_preclamp (through the pipeline's mel recipe)
 HIGHER_IS_BETTER = {"cosine", "snr_db"}
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.toml"
 _METRIC_KEY = {"max_abs": "max_abs_err", "mean_abs": "mean_abs_err", "rmse": "rmse", "rel_l2": "rel_l2",
-               "nmse": "nmse", "cosine": "cosine", "snr_db": "snr_db", "ulp": "max_ulp"}
+               "nmse": "nmse", "cosine": "cosine", "snr_db": "snr_db", "ulp": "max_ulp",
+               "f0_rmse_cents": "f0_rmse_cents", "f0_max_cents": "f0_max_abs_cents", "gpe": "gpe", "vde": "vde",
+               "logmel_l1": "logmel_l1", "logmel_l1_max": "logmel_l1_max", "mcd": "mcd_db"}
 
 
 @dataclass
@@ -60,6 +69,8 @@ class Rule:
     index: int = 0
 
     def matches(self, stage: str, precision: str, attention: str) -> bool:
+        if stage.startswith("local:") != self.stage.startswith("local:"):
+            return False  # "local:<stage>" rules judge the teacher-forced (step-local) comparisons only
         if not fnmatch.fnmatchcase(stage, self.stage):
             return False
         if self.precision and precision not in self.precision:
@@ -185,15 +196,15 @@ class Judgement:
 
 def judge(rule: Rule, m: dict, arbiter: dict | None = None) -> Judgement:
     """Apply ``rule`` to the pair metrics ``m`` (from parity.metrics.pair_metrics, computed with the rule's
-    atol/rtol). A non-finite mismatch always fails: NaN never compares equal."""
-    if rule.skip:
-        return Judgement("skip", rule.statistic, None, None, "skipped by policy")
+    atol/rtol). A non-finite mismatch always fails, even on a skipped stage: NaN never compares equal."""
     if not m.get("finite_ok", True):
         nf = m.get("nonfinite", {})
         cn, rn = nf.get("cand") or {}, nf.get("ref") or {}
         return Judgement("fail", rule.statistic, None, None,
                          f"non-finite values: candidate NaN {cn.get('nan', 0)} Inf {cn.get('posinf', 0) + cn.get('neginf', 0)}, "
                          f"reference NaN {rn.get('nan', 0)} Inf {rn.get('posinf', 0) + rn.get('neginf', 0)}")
+    if rule.skip:
+        return Judgement("skip", rule.statistic, None, None, "skipped by policy (finite on both sides)")
     stat = rule.statistic
     if arbiter is not None and rule.arbiter:
         k, floor = float(rule.arbiter["k"]), float(rule.arbiter.get("floor", 0.0))

@@ -1,0 +1,115 @@
+"""The candidate token2wav: built from the reference's weights and shared noise, reporting the same stage
+names to the same recorder, callable per component (estimator step, vocoder) like the reference."""
+
+from __future__ import annotations
+
+import torch
+
+from reference.model import Token2Wav, environment
+from reference.probe import NO_PROBE, Probe, as_probe
+
+from .faults import ActiveFaults, catalogue
+from .flow import CandidateFlow
+from .hift import CandidateHiFT
+from .provenance import KernelLog
+from .switches import Switches
+
+DTYPE_NAME = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class CandidateToken2Wav:
+    pipeline = "candidate"
+
+    def __init__(self, ref: Token2Wav, sw: Switches, profile_name: str = "custom"):
+        if sw.device == "cuda" and not torch.cuda.is_available():
+            from reference.errors import InputError
+
+            raise InputError(f"profile {profile_name!r} needs CUDA, and no CUDA device is available")
+        self.ref, self.sw, self.profile_name = ref, sw, profile_name
+        self.cfg, self.noise, self.device = ref.cfg, ref.noise, sw.device
+        self.faults = ActiveFaults.from_specs(sw.faults)
+        self.kernels = KernelLog()
+        if sw.device == "cuda" and not sw.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.flow = CandidateFlow(ref.flow, sw, self.faults, self.kernels, sw.device)
+        self.hift = CandidateHiFT(ref.hift, sw, self.faults, sw.device)
+
+    # -- provenance ------------------------------------------------------------------------------
+    def noise_provenance(self) -> dict:
+        seed = self.faults.override("noise_seed", None)
+        if seed is not None:
+            z = torch.randn(1, 80, 64, generator=torch.Generator().manual_seed(seed))
+            import hashlib
+
+            return {"source": f"candidate randn seed {seed}", "fingerprint": hashlib.sha256(z.numpy().tobytes()).hexdigest()[:16]}
+        return self.noise.provenance()
+
+    def provenance(self, *, streaming: bool, finalize: bool = True, n_timesteps: int | None = None) -> dict:
+        p = self.ref.provenance(streaming=streaming, finalize=finalize)
+        sw = self.sw
+        p.update({
+            "pipeline": "candidate",
+            "profile": self.profile_name,
+            "switches": sw.to_dict(),
+            "faults": list(sw.faults),
+            "precision": sw.precision,
+            "noise": self.noise_provenance(),
+            "n_timesteps": self.flow.n_timesteps,
+            "t_scheduler": self.flow.t_scheduler,
+            "cfg_rate": self.flow.cfg_rate,
+            "dtypes": {"flow": DTYPE_NAME[sw.flow_dtype], "hift": DTYPE_NAME[sw.hift_dtype],
+                       "f0_predictor": "float64" if (sw.hift_dtype == "fp32" or sw.keeps("hift.f0_predictor"))
+                       else DTYPE_NAME[sw.hift_dtype], "keep_fp32": list(sw.keep_fp32),
+                       "int8_dynamic": sw.int8_dynamic, "precision_mode": sw.precision_mode},
+            "device": sw.device,
+            "attention": sw.attention,
+            "attention_kernels": {"counts": {}, "fallbacks": []},
+            "compile": sw.compile,
+            "env": environment(),
+        })
+        if sw.device == "cuda":
+            p["gpu"] = torch.cuda.get_device_name(0)
+            p["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        return p
+
+    def run_metadata(self) -> dict:
+        """What actually executed in the last run (filled after it)."""
+        return {"attention_kernels": self.kernels.to_dict()}
+
+    def expected_stage(self, blocks_captured: bool = False) -> str | None:
+        """Where the harness must localise the active fault (the first fault's record)."""
+        if not self.faults.items:
+            return None
+        f, params = self.faults.items[0]
+        return f.stage(params, blocks_captured)
+
+    # -- running ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, inputs: dict, probe: Probe | None = None, *, streaming: bool = False, finalize: bool = True,
+            on_step=None) -> torch.Tensor:
+        probe = as_probe(probe)
+        self.kernels.counts.clear()
+        self.kernels.fallbacks.clear()
+        for k in ("token", "prompt_token", "prompt_feat", "embedding"):
+            if k in inputs:
+                probe(k, inputs[k])
+        mel = self.flow.inference(inputs["token"].long(), inputs["prompt_token"].long(), inputs["prompt_feat"].float(),
+                                  inputs["embedding"].float(), self.noise, streaming=streaming, finalize=finalize,
+                                  probe=probe, on_step=on_step)
+        return self.hift.inference(mel, self.noise, finalize=finalize, probe=probe)
+
+    # -- components (for step-local errors) ------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, x, t, dt, mu, mask, spks, cond, streaming=False, k: int = 0):
+        dev = self.device
+        args = [a.to(dev) for a in (x, t, dt, mu, mask, spks, cond)]
+        return self.flow.step(*args, streaming=streaming, probe=NO_PROBE, step=k)
+
+    @torch.inference_mode()
+    def vocode(self, mel: torch.Tensor, finalize: bool = True, probe: Probe | None = None) -> torch.Tensor:
+        return self.hift.inference(mel.to(self.device).float(), self.noise, finalize=finalize, probe=as_probe(probe))
+
+
+def fault_names() -> list[str]:
+    return sorted(catalogue())

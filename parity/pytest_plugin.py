@@ -1,0 +1,406 @@
+"""pytest plugin (entry point ``pytest11``): parity tests in one line.
+
+Options (each also an ini key in ``[tool.pytest.ini_options]``, or a key of ``[tool.parity]``):
+
+``--parity-preset`` (``parity_preset``), ``--parity-model-dir`` (``parity_model_dir``),
+``--parity-profile`` repeatable (``parity_profiles``), ``--parity-device`` (``parity_device``),
+``--parity-report PATH`` (``parity_report``: one summary page for the session plus a report per failing
+case), ``--parity-update-golden``, ``--parity-policy`` (``parity_policy``), ``--parity-bundle`` repeatable.
+
+Markers: ``parity_full`` (full-size model; selected with ``-m parity_full``), ``gpu`` (needs CUDA;
+skipped without), ``slow``.
+
+Fixtures:
+
+* ``parity_case`` -- parametrised over bundles x profiles x (offline, streaming); runs reference and
+  candidate and returns the :class:`parity.run.Case` (``case.result`` is the comparison result);
+* ``assert_parity(case)`` -- fails with the headline finding and the path of the report it writes;
+* ``parity_model``, ``parity_policy``, ``parity_reference(bundle, streaming)`` (cached reference runs),
+  ``parity_run(profile, bundle, streaming, faults=())`` (any candidate, cached reference),
+  ``parity_golden`` (``parity_golden.check(bundle, streaming)`` compares the reference with its golden
+  trace, or rewrites it under ``--parity-update-golden``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+SHIPPED_CPU_PROFILES = ["fp32-sdpa", "fp32-sdpa-math", "fp32-two-calls", "bf16-flow", "fp16-flow", "fp16-all",
+                        "compiled", "int8-dynamic"]
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("tts-parity", "TTS parity harness")
+    g.addoption("--parity-preset", default=None, help="built-in model preset (tiny | cosyvoice3-0.5b)")
+    g.addoption("--parity-model-dir", default=None, help="released model directory (cosyvoice3.yaml, flow.pt, hift.pt)")
+    g.addoption("--parity-profile", action="append", default=None, help="candidate profile (repeatable)")
+    g.addoption("--parity-device", default=None, choices=["cpu", "cuda"], help="candidate device")
+    g.addoption("--parity-report", default=None, help="write one summary report for the session (+ one per failing case)")
+    g.addoption("--parity-update-golden", action="store_true", default=False, help="rewrite the golden traces")
+    g.addoption("--parity-policy", default=None, help="extra tolerance policy TOML")
+    g.addoption("--parity-bundle", action="append", default=None, help="input bundle (repeatable; default: fixtures)")
+    parser.addini("parity_preset", "default model preset", default="tiny")
+    parser.addini("parity_model_dir", "model directory", default="")
+    parser.addini("parity_profiles", "candidate profiles", type="linelist", default=[])
+    parser.addini("parity_device", "candidate device", default="cpu")
+    parser.addini("parity_report", "session report path", default="")
+    parser.addini("parity_policy", "extra tolerance policy TOML", default="")
+
+
+def pytest_configure(config):
+    for line in ("parity_full: full-size model parity (selected with -m parity_full)",
+                 "gpu: needs a CUDA device (skipped without one)",
+                 "slow: slow test"):
+        config.addinivalue_line("markers", line)
+    config._parity = ParityConfig.from_config(config)
+
+
+@dataclass
+class ParityConfig:
+    preset: str = "tiny"
+    model_dir: str | None = None
+    profiles: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    report: str | None = None
+    update_golden: bool = False
+    policy: str | None = None
+    bundles: list[str] = field(default_factory=list)
+    rootdir: Path = Path(".")
+
+    @classmethod
+    def from_config(cls, config) -> "ParityConfig":
+        root = Path(str(config.rootpath))
+        tool = {}
+        pp = root / "pyproject.toml"
+        if pp.exists():
+            try:
+                tool = tomllib.loads(pp.read_text()).get("tool", {}).get("parity", {})
+            except tomllib.TOMLDecodeError:
+                tool = {}
+
+        def pick(opt, ini, key, default=None):
+            v = config.getoption(opt)
+            if v not in (None, [], ""):
+                return v
+            try:
+                iv = config.getini(ini)
+            except ValueError:
+                iv = None
+            if iv not in (None, [], ""):
+                return iv
+            return tool.get(key, default)
+
+        profiles = pick("--parity-profile", "parity_profiles", "profiles", None) or list(SHIPPED_CPU_PROFILES)
+        return cls(preset=pick("--parity-preset", "parity_preset", "preset", "tiny") or "tiny",
+                   model_dir=pick("--parity-model-dir", "parity_model_dir", "model_dir") or None,
+                   profiles=list(profiles), device=pick("--parity-device", "parity_device", "device", "cpu") or "cpu",
+                   report=pick("--parity-report", "parity_report", "report") or None,
+                   update_golden=bool(config.getoption("--parity-update-golden")),
+                   policy=pick("--parity-policy", "parity_policy", "policy") or None,
+                   bundles=list(config.getoption("--parity-bundle") or tool.get("bundles", []) or []), rootdir=root)
+
+
+# ---------------------------------------------------------------------------------------------
+# collection: parametrisation and markers
+
+def _bundles(pc: ParityConfig) -> list[Path]:
+    from .run import default_bundles
+
+    return [Path(b) for b in pc.bundles] if pc.bundles else default_bundles()
+
+
+def pytest_generate_tests(metafunc):
+    pc: ParityConfig = metafunc.config._parity
+    if "parity_case_spec" in metafunc.fixturenames:
+        specs, ids = [], []
+        for prof in pc.profiles:
+            for b in _bundles(pc):
+                for streaming in (False, True):
+                    specs.append((prof, str(b), streaming))
+                    ids.append(f"{b.stem}-{prof}-{'streaming' if streaming else 'offline'}")
+        metafunc.parametrize("parity_case_spec", specs, ids=ids)
+    if "parity_bundle_mode" in metafunc.fixturenames:
+        specs = [(str(b), s) for b in _bundles(pc) for s in (False, True)]
+        metafunc.parametrize("parity_bundle_mode", specs,
+                             ids=[f"{Path(b).stem}-{'streaming' if s else 'offline'}" for b, s in specs])
+    if "parity_fault" in metafunc.fixturenames:
+        from candidate.faults import catalogue
+
+        names = sorted(catalogue())
+        metafunc.parametrize("parity_fault", names, ids=names)
+
+
+def pytest_collection_modifyitems(config, items):
+    markexpr = config.getoption("-m") or ""
+    cuda = _cuda_available()
+    for item in items:
+        if item.get_closest_marker("parity_full") and "parity_full" not in markexpr:
+            item.add_marker(pytest.mark.skip(reason="full-size model parity: select with -m parity_full"))
+        if item.get_closest_marker("gpu") and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none available)"))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# session state
+
+class ParitySession:
+    def __init__(self, pc: ParityConfig):
+        self.pc = pc
+        self.models: dict = {}
+        self.ref_cache: dict = {}
+        self.candidates: dict = {}
+        self.cases: list = []
+        self._policy = None
+
+    def policy(self):
+        from .policy import load_policy
+
+        if self._policy is None:
+            self._policy = load_policy(self.pc.policy, self.pc.rootdir / "pyproject.toml")
+        return self._policy
+
+    def model(self, preset: str | None = None):
+        from reference.model import Token2Wav
+
+        key = preset or (self.pc.model_dir if self.pc.model_dir else self.pc.preset)
+        if key not in self.models:
+            if preset is None and self.pc.model_dir:
+                self.models[key] = Token2Wav.from_model_dir(self.pc.model_dir)
+            else:
+                self.models[key] = Token2Wav.from_preset(preset or self.pc.preset)
+        return self.models[key]
+
+    def candidate(self, model, profile: str, faults=(), device: str | None = None):
+        from candidate.pipeline import CandidateToken2Wav
+        from candidate.switches import switches_from
+
+        dev = device or self.pc.device
+        key = (id(model), profile, tuple(faults), dev)
+        if key not in self.candidates:
+            over = {"device": dev} if dev != "cpu" else {}
+            sw = switches_from(profile, tuple(faults), self.pc.rootdir / "pyproject.toml", **over)
+            label = profile + ("+" + "+".join(faults) if faults else "")
+            self.candidates[key] = CandidateToken2Wav(model, sw, label)
+        return self.candidates[key]
+
+    def run(self, profile: str, bundle, streaming: bool = False, faults=(), model=None, patterns=None,
+            local: bool = True):
+        from .run import run_case
+
+        model = model or self.model()
+        cand = self.candidate(model, profile, faults)
+        case = run_case(model, cand, bundle, streaming=streaming, policy=self.policy(), patterns=patterns,
+                        profile_name=cand.profile_name, ref_cache=self.ref_cache, local=local)
+        self.cases.append(case)
+        return case
+
+    def reference(self, bundle, streaming: bool = False, model=None, patterns=None):
+        from reference.bundle import load_bundle
+
+        from .runner import run_to_trace
+
+        model = model or self.model()
+        key = (id(model), str(bundle), streaming, True, str(patterns))
+        if key not in self.ref_cache:
+            self.ref_cache[key] = run_to_trace(model, load_bundle(bundle), None, patterns=patterns,
+                                               streaming=streaming, extra_meta={"inputs": Path(bundle).name},
+                                               raise_errors=True)
+        return self.ref_cache[key]
+
+    def report_dir(self) -> Path:
+        base = Path(self.pc.report) if self.pc.report else self.pc.rootdir / "reports" / "pytest-parity.html"
+        return base.with_suffix("")
+
+    def write_case_report(self, case) -> Path:
+        from .report import build_report
+
+        if case.report is None:
+            case.report = build_report(case.result, self.report_dir() / f"{case.name}.html", case=case)
+        return case.report
+
+
+def _session(config) -> ParitySession:
+    if not hasattr(config, "_parity_session"):
+        config._parity_session = ParitySession(config._parity)
+    return config._parity_session
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    ps = getattr(config, "_parity_session", None)
+    if ps is None or not ps.cases or not ps.pc.report:
+        return
+    from .report import build_summary_page
+
+    for c in ps.cases:
+        if c.verdict != "pass":
+            try:
+                ps.write_case_report(c)
+            except Exception as exc:  # noqa: BLE001 - a report failure must not hide the test results
+                c.report = None
+                print(f"\nparity: could not write the report of {c.name}: {exc}")
+    path = build_summary_page(ps.cases, Path(ps.pc.report))
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(f"parity: session report {path} ({len(ps.cases)} cases)")
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+@pytest.fixture(scope="session")
+def parity_session(request) -> ParitySession:
+    return _session(request.config)
+
+
+@pytest.fixture(scope="session")
+def parity_model(parity_session):
+    return parity_session.model()
+
+
+@pytest.fixture(scope="session")
+def parity_policy(parity_session):
+    return parity_session.policy()
+
+
+@pytest.fixture
+def parity_case(parity_session, parity_case_spec):
+    profile, bundle, streaming = parity_case_spec
+    return parity_session.run(profile, bundle, streaming)
+
+
+@pytest.fixture
+def parity_run(parity_session):
+    """``parity_run(profile, bundle, streaming=False, faults=(), patterns=None)`` -> Case."""
+    def run(profile, bundle, streaming=False, faults=(), patterns=None, local=True):
+        return parity_session.run(profile, bundle, streaming, tuple(faults), patterns=patterns, local=local)
+    return run
+
+
+@pytest.fixture
+def parity_reference(parity_session):
+    """``parity_reference(bundle, streaming=False)`` -> RunResult of the reference (cached per session)."""
+    def ref(bundle, streaming=False, patterns=None):
+        return parity_session.reference(bundle, streaming, patterns=patterns)
+    return ref
+
+
+def headline(result: dict) -> str:
+    fd = result.get("first_divergence")
+    if not fd:
+        bad = [f for f in result.get("findings", []) if f["severity"] in ("error", "failure")]
+        return bad[0]["message"] if bad else "no failing finding"
+    return f"{fd['stage']} [{fd['code']}]: {fd['message']}"
+
+
+@pytest.fixture
+def assert_parity(parity_session):
+    """``assert_parity(case)``: passes when the comparison passes; otherwise writes the case's report and
+    fails with the headline finding and the report path."""
+    def check(case, expect: str = "pass"):
+        v = case.result["verdict"]
+        if v == expect:
+            return case
+        try:
+            path = parity_session.write_case_report(case)
+            where = f"\n  report: {path}"
+        except Exception as exc:  # noqa: BLE001
+            where = f"\n  (report not written: {exc})"
+        pytest.fail(f"parity {v.upper()} for {case.name}: {headline(case.result)}{where}", pytrace=False)
+    return check
+
+
+class Golden:
+    """Golden regression of the reference: compact fp32 traces in fixtures/golden with their versions."""
+
+    STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.x", "step5.x", "step10.x", "flow_mel", "f0",
+              "conv_pre", "audio"]
+
+    def __init__(self, ps: ParitySession, update: bool):
+        self.ps = ps
+        self.update = update
+        self.dir = ps.pc.rootdir / "fixtures" / "golden"
+
+    def path(self, bundle, streaming: bool) -> Path:
+        return self.dir / f"{Path(bundle).stem}-{'streaming' if streaming else 'offline'}.safetensors"
+
+    def check(self, bundle, streaming: bool = False, model=None):
+        """Returns the comparison result of the reference against its golden trace (or rewrites it)."""
+        from .compare import CompareOptions, compare_loaded
+        from .ingest import Loaded, load
+        from .trace import write_trace
+
+        res = self.ps.reference(bundle, streaming, model=model)
+        tensors = {k: v for k, v in res.tensors.items() if k in self.STAGES}
+        meta = {k: res.metadata.get(k) for k in ("model", "weights_sha256", "noise", "n_timesteps", "t_scheduler",
+                                                 "cfg_rate", "streaming", "finalize", "dtypes", "attention")}
+        meta["env"] = res.metadata.get("env")
+        meta["versions"] = _versions()
+        meta["pipeline"] = "reference"
+        path = self.path(bundle, streaming)
+        if self.update or not path.exists():
+            old = load(path) if path.exists() else None
+            write_trace(path, tensors, meta)
+            if old is not None:
+                changed = []
+                for k, t in tensors.items():
+                    o = old.tensors.get(k)
+                    if o is None or o.shape != t.shape:
+                        changed.append(f"{k}: new or reshaped")
+                    else:
+                        d = float((o.double() - t.double()).abs().max())
+                        if d:
+                            changed.append(f"{k}: max |diff| {d:.3g}")
+                print(f"\nparity: golden {path.name} rewritten; "
+                      + ("; ".join(changed) if changed else "no tensor changed"))
+            else:
+                print(f"\nparity: golden {path.name} written")
+        gold = load(path)
+        cur = Loaded(tensors, dict(meta, env=res.metadata.get("env")), f"<reference {path.stem}>")
+        from .policy import load_policy
+
+        result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.rootdir / "pyproject.toml"),
+                                CompareOptions(precision="fp32", attention="explicit", audio_metrics=False))
+        return result
+
+
+def _versions() -> dict:
+    import platform
+
+    import numpy
+    import torch
+
+    return {"torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
+            "written": time.strftime("%Y-%m-%d")}
+
+
+@pytest.fixture(scope="session")
+def parity_golden(parity_session, request):
+    return Golden(parity_session, bool(request.config.getoption("--parity-update-golden")))
+
+
+def pytest_report_header(config):
+    pc = getattr(config, "_parity", None)
+    if pc is None:
+        return None
+    return (f"parity: preset={pc.model_dir or pc.preset} profiles={','.join(pc.profiles)} device={pc.device}"
+            + (f" report={pc.report}" if pc.report else ""))
+
+
+def dump_json(obj) -> str:
+    return json.dumps(obj, indent=1, default=str)

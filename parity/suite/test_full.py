@@ -1,0 +1,15 @@
+"""Full-size preset (random seeded weights of the released architecture): selected with -m parity_full."""
+
+import pytest
+
+from parity.run import default_bundles
+
+pytestmark = [pytest.mark.parity_full, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("profile", ["fp32-sdpa", "fp16-flow", "int8-dynamic"])
+def test_full_size_candidate(profile, parity_session, assert_parity):
+    model = parity_session.model("cosyvoice3-0.5b")
+    bundle = next(b for b in default_bundles() if b.stem == "short")
+    case = parity_session.run(profile, bundle, False, model=model, local=False)
+    assert_parity(case)
