@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ParityUserError
 from .hyperyaml import HyperYamlError, Tagged, load_hyperyaml
 
 
-class ConfigError(ValueError):
+class ConfigError(ParityUserError, ValueError):
     pass
 
 

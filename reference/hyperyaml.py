@@ -21,8 +21,10 @@ from typing import Any
 
 import yaml
 
+from .errors import ParityUserError
 
-class HyperYamlError(ValueError):
+
+class HyperYamlError(ParityUserError, ValueError):
     pass
 
 

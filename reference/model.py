@@ -81,14 +81,15 @@ class Token2Wav:
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, noise: SharedNoise | None = None) -> "Token2Wav":
-        from .hift import build_hift
+        from .hift import build_hift, hift_state_dict_upstream
 
         cfg = preset(name)
         flow = build_flow(cfg)
         hift = build_hift(cfg.hift, cfg.seed)
+        # hashes over the released key format, so a preset and its exported model directory agree
         weights = {"source": "seeded", "seed": cfg.seed,
                    "flow_sha256": state_dict_sha256(flow.state_dict()),
-                   "hift_sha256": state_dict_sha256(hift.state_dict())}
+                   "hift_sha256": state_dict_sha256(hift_state_dict_upstream(hift))}
         return cls(cfg, flow, hift, noise or upstream_noise(), f"preset:{name}", weights)
 
     @classmethod

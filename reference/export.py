@@ -1,0 +1,39 @@
+"""Write a model directory in the released layout and key format (``cosyvoice3.yaml``, ``flow.pt`` /
+``hift.pt`` or ``.safetensors``), so the real loading code is exercised on checkpoints we generate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import preset
+from .hift import hift_state_dict_upstream
+from .model import Token2Wav
+
+CONFIGS = Path(__file__).resolve().parent.parent / "fixtures" / "configs"
+_YAML = {"tiny": "tiny.yaml", "cosyvoice3-0.5b": "cosyvoice3.yaml"}
+
+
+def export_model_dir(preset_name: str, out: str | Path, fmt: str = "pt") -> Path:
+    cfg = preset(preset_name)
+    if preset_name not in _YAML:
+        raise ValueError(f"no yaml for preset {preset_name!r}")
+    model = Token2Wav.from_preset(preset_name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cosyvoice3.yaml").write_text((CONFIGS / _YAML[preset_name]).read_text())
+    flow_sd = {k: v.detach().clone().contiguous() for k, v in model.flow.state_dict().items()}
+    hift_sd = {k: v.contiguous() for k, v in hift_state_dict_upstream(model.hift).items()}
+    if fmt == "pt":
+        torch.save(flow_sd, out / "flow.pt")
+        torch.save(hift_sd, out / "hift.pt")
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(flow_sd, str(out / "flow.safetensors"))
+        save_file(hift_sd, str(out / "hift.safetensors"))
+    else:
+        raise ValueError(f"format must be pt or safetensors, got {fmt!r}")
+    del cfg
+    return out
