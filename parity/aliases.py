@@ -76,7 +76,7 @@ META_ALIASES: dict[str, str] = {
     "n_timestep": "n_timesteps", "timesteps": "n_timesteps",
     "scheduler": "t_scheduler", "t_schedule": "t_scheduler", "schedule": "t_scheduler",
     "cfg": "cfg_rate", "inference_cfg_rate": "cfg_rate", "guidance": "cfg_rate", "cfg_strength": "cfg_rate",
-    "weights_hash": "weights_sha256", "weights": "weights_sha256", "checkpoint_sha256": "weights_sha256",
+    "weights_hash": "weights_sha256", "checkpoint_sha256": "weights_sha256",
     "noise_fingerprint": "noise", "seed": "noise_seed",
     "attn": "attention", "attention_backend": "attention", "attn_backend": "attention",
     "dtype": "dtypes", "precision": "dtypes", "torch_dtype": "dtypes",

@@ -130,10 +130,11 @@ def load(path: str | Path, extra_map: dict[str, str] | None = None) -> Loaded:
             if name in ASSUMPTIONS:
                 note["assumption"] = ASSUMPTIONS[name]
             norms.append(note)
-    meta2 = {}
+    meta2 = dict(meta)  # exact keys win; aliases only fill canonical keys that are absent
     for k, v in meta.items():
         ck = canonical_meta_key(k)
-        meta2.setdefault(ck, v)
+        if ck != k and ck not in meta:
+            meta2.setdefault(ck, v)
     return Loaded(out, meta2, str(path), orig, norms, dialect)
 
 
