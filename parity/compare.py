@@ -134,7 +134,8 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule, opts: Comp
         m.update(domain_metrics(name, ra, ca))
     entry["metrics"] = m
     entry["first_values"] = {"ref": M.first_k_values(_upcast(ra)), "cand": M.first_k_values(_upcast(ca))}
-    if opts.keep_vectors and tx is not None and ra.dim() >= 2 and ra.shape[tx] > 1 and ra.numel() < 5_000_000:
+    if opts.keep_vectors and tx is not None and lay.kind != "wave" and ra.dim() >= 2 and ra.shape[tx] > 1 \
+            and ra.numel() < 5_000_000:  # waveforms: per-frame vectors live in the audio section
         entry["per_frame_error"] = M.to_jsonable(M.per_frame_error(_upcast(ra), _upcast(ca), time_axis=tx))
     arb = None
     if arbiter_ref is not None and rule is not None and rule.arbiter and m.get("finite_ok"):

@@ -194,8 +194,14 @@ def _classify(name: str, entry: dict, by_name: dict, local_stages: dict) -> tupl
     err = f"max |diff| {m.get('max_abs_err'):.3g}" if isinstance(m.get("max_abs_err"), float) else ""
     where = m.get("max_abs_err_at") or {}
     loc = ""
-    if where.get("channel") is not None or where.get("frame") is not None:
+    from .stages import layout
+
+    if layout(name).kind == "wave" and where.get("frame") is not None:
+        loc = f" at sample {where.get('frame')} ({where.get('frame') / 24000:.3f} s)"
+    elif where.get("channel") is not None and where.get("frame") is not None:
         loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
+    elif where.get("frame") is not None:
+        loc = f" at frame {where.get('frame')}"
     judged = f"{entry.get('statistic')} {entry.get('value'):.3g} vs limit {entry.get('limit'):.3g}" \
         if isinstance(entry.get("value"), float) and isinstance(entry.get("limit"), float) else entry.get("detail", "")
     tail = f" ({err}{loc}; {judged})"

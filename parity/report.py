@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -87,24 +88,6 @@ def compact(v: Any) -> str:
     if hasattr(v, "tolist"):
         return compact(v.tolist())
     return str(v)
-
-
-def _jsonish(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonish(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonish(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if hasattr(v, "tolist"):
-        return _jsonish(v.tolist())
-    return str(v)
-
-
-def pretty(v: Any) -> str:
-    return json.dumps(_jsonish(v), indent=1)
 
 
 def _loc(at: Any, stage: str | None = None) -> str:
@@ -225,6 +208,13 @@ def _logsafe(vals: list) -> np.ndarray:
 
 def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
     """Accumulated and local max |diff| of v1, v2, v_cfg, x per step (log y), growth factor and CFG gaps."""
+    from matplotlib.ticker import MaxNLocator, NullLocator
+
+    def steps_axis(ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+
     fig = _figure(8.4)
     gs = fig.add_gridspec(3, 2, hspace=0.55, wspace=0.25, left=0.08, right=0.98, top=0.94, bottom=0.07)
     k = np.array([r.get("step") for r in steps], dtype=float)
@@ -233,10 +223,13 @@ def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
         acc = _logsafe([r.get(f"acc_{f}") for r in steps])
         loc = _logsafe([r.get(f"local_{f}") for r in steps])
         if np.all(np.isnan(acc)) and np.all(np.isnan(loc)):
-            _no_data(ax, f"{f}: no errors recorded")
+            zero = any(r.get(f"acc_{f}") == 0 for r in steps)
+            _no_data(ax, f"{f}: exact match at every step (0 is not drawn on a log axis)" if zero
+                     else f"{f}: no errors recorded")
             ax.set_title(f"{f}: max |cand - ref|", fontsize=9)
             continue
         ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks cost most of the drawing time
         if not np.all(np.isnan(acc)):
             ax.plot(k, acc, "o-", color="C0", ms=4, label="accumulated")
         if not np.all(np.isnan(loc)):
@@ -249,8 +242,7 @@ def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
         if lim:
             ax.axhline(lim, color="0.5", lw=0.8, ls=":", label=f"atol {lim:.3g}")
         ax.set_title(f"{f}: max |cand - ref|", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
+        steps_axis(ax)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=6.5, loc="best")
     ax = fig.add_subplot(gs[2, 0])
@@ -260,7 +252,7 @@ def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
     else:
         ax.plot(k, g, "o-", color="C2", ms=4)
         ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
-        ax.set_xlabel("step", fontsize=8)
+        steps_axis(ax)
         ax.grid(True, alpha=0.3)
     ax.set_title("growth: rmse(x_k) / rmse(x_{k-1})", fontsize=9)
     ax.tick_params(labelsize=7)
@@ -272,7 +264,7 @@ def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
     else:
         ax.plot(k, gr, "o-", color="0.3", ms=4, label="reference")
         ax.plot(k, gc, "x--", color="C3", ms=5, label="candidate")
-        ax.set_xlabel("step", fontsize=8)
+        steps_axis(ax)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     ax.set_title("CFG gap: mean |v1 - v2|", fontsize=9)
@@ -298,8 +290,7 @@ def plot_mel(ref: np.ndarray, cand: np.ndarray | None, per_frame: list[tuple[str
     vmin, vmax = (np.percentile(rf, 1), np.percentile(rf, 99)) if rf.size else (-1.0, 1.0)
     if not vmax > vmin:
         vmax = vmin + 1e-6
-    mag = matplotlib.colormaps["magma"].copy()
-    mag.set_bad("#00e000")
+    mag = matplotlib.colormaps["magma"].with_extremes(bad="#00e000")
     ax0 = None
     for i, (name, m) in enumerate(rows):
         ax = fig.add_subplot(gs[i, 0], sharex=ax0)
@@ -316,16 +307,17 @@ def plot_mel(ref: np.ndarray, cand: np.ndarray | None, per_frame: list[tuple[str
     if same:
         d = cand - ref
         df = np.abs(d[np.isfinite(d)])
-        lim = float(df.max()) if df.size and df.max() > 0 else 1e-12
-        div = matplotlib.colormaps["RdBu_r"].copy()
-        div.set_bad("#00e000")
+        zero = not (df.size and df.max() > 0)
+        lim = 1e-12 if zero else float(df.max())
+        div = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#00e000")
         ax = fig.add_subplot(gs[row, 0], sharex=ax0)
         im = ax.imshow(_finite_nan(d), origin="lower", aspect="auto", interpolation="nearest", cmap=div,
                        norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim))
-        ax.set_title(f"candidate - reference (diverging scale, +-{lim:.3g}; white = 0)", fontsize=9)
+        ax.set_title("candidate - reference: " + ("no finite difference (identical where finite)" if zero else
+                     f"diverging scale +-{lim:.3g}, white = 0"), fontsize=9)
         ax.set_ylabel("mel bin", fontsize=8)
         ax.tick_params(labelsize=7)
-        fig.colorbar(im, cax=fig.add_subplot(gs[row, 1])).ax.tick_params(labelsize=6)
+        fig.colorbar(im, cax=fig.add_subplot(gs[row, 1]), format="%.2g").ax.tick_params(labelsize=6)
         row += 1
     if per_frame:
         ax = fig.add_subplot(gs[row, 0], sharex=ax0)
@@ -393,40 +385,43 @@ def plot_f0(ref: np.ndarray, cand: np.ndarray | None, threshold: float) -> str:
     return _png_uri(fig)
 
 
-def _env(x: np.ndarray, y: np.ndarray, bins: int = 4000):
-    """Min/max envelope of a long signal for display (a plot of 10^6 points says nothing more)."""
-    if y.size <= 2 * bins:
+def _env(x: np.ndarray, y: np.ndarray, bins: int = 2000, direct: int = 60000):
+    """Min/max envelope of a long signal for display (a line of 10^6 points shows nothing more)."""
+    if y.size <= direct:
         return x, y, None
-    n = y.size // bins * bins
-    yy = _finite_nan(y[:n]).reshape(bins, -1)
+    c = -(-y.size // bins)
+    m = -(-y.size // c)
+    yy = np.full(m * c, np.nan)
+    yy[: y.size] = _finite_nan(y)
+    yy = yy.reshape(m, c)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins stay NaN (a gap in the plot)
         lo, hi = np.nanmin(yy, axis=1), np.nanmax(yy, axis=1)
-    return x[:n].reshape(bins, -1)[:, 0], lo, hi
+    return x[::c][:m], lo, hi
 
 
-def _wave_plot(ax, x, y, color, label, lw=0.7):
+def _wave_plot(ax, x, y, color, label, lw=0.6, alpha=1.0):
     xs, a, b = _env(x, y)
     if b is None:
-        ax.plot(xs, _finite_nan(a), "-", color=color, lw=lw, label=label)
+        ax.plot(xs, _finite_nan(a), "-", color=color, lw=lw, label=label, alpha=alpha)
     else:
-        ax.fill_between(xs, a, b, color=color, alpha=0.7, lw=0, label=label)
+        ax.fill_between(xs, a, b, color=color, alpha=alpha, lw=0, label=label)
 
 
 def plot_waves(ref: np.ndarray, cand: np.ndarray | None, sr: int, worst: int | None, worst_label: str) -> str:
-    fig = _figure(7.4 if cand is not None else 2.6)
+    fig = _figure(7.4 if cand is not None else 2.8)
     n_rows = 4 if cand is not None else 1
-    gs = fig.add_gridspec(n_rows, 1, hspace=0.65, left=0.08, right=0.98, top=0.95, bottom=0.07)
+    gs = fig.add_gridspec(n_rows, 1, hspace=0.65, left=0.08, right=0.98, top=0.95 if cand is not None else 0.88,
+                          bottom=0.07 if cand is not None else 0.17)
     t = np.arange(ref.size) / sr
     ax = fig.add_subplot(gs[0, 0])
     _wave_plot(ax, t, ref, "0.35", "reference")
     if cand is not None:
-        _wave_plot(ax, np.arange(cand.size) / sr, cand, "C1", "candidate")
-        bad = ~np.isfinite(cand)
-        if bad.any():
-            first = int(np.argmax(bad))
-            ax.axvspan(first / sr, cand.size / sr if bad[first:].all() else (first + 1) / sr, color="red",
-                       alpha=0.15, label=f"candidate non-finite ({int(bad.sum())} samples)")
+        _wave_plot(ax, np.arange(cand.size) / sr, cand, "C1", "candidate", alpha=0.75)
+        bad = np.flatnonzero(~np.isfinite(cand))
+        if bad.size:
+            ax.axvspan(bad[0] / sr, (bad[-1] + 1) / sr, color="red", alpha=0.2,
+                       label=f"candidate non-finite ({bad.size} samples in {bad[0]}-{bad[-1]})")
     ax.set_title("waveforms", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     ax.tick_params(labelsize=7)
@@ -527,7 +522,9 @@ def audio_players(result: dict, ref: np.ndarray | None, cand: np.ndarray | None,
     if ref is not None and cand is not None:
         n = min(ref.size, cand.size)
         with np.errstate(all="ignore"):
-            sides.append(("difference (candidate - reference)", cand[:n] - ref[:n]))
+            sides.append(("difference (candidate - reference)" if ref.size == cand.size else
+                          f"difference (candidate - reference, first {n} samples: lengths differ)",
+                          cand[:n] - ref[:n]))
     sides = [(k, v) for k, v in sides if v is not None and v.size]
     if not sides:
         return {"windows": [], "note": None, "sanitised": []}
@@ -584,7 +581,7 @@ def _evidence(ev: Any, limit: int = 10) -> list[tuple[str, str]]:
         if k.endswith("_at") and isinstance(v, dict):
             out.append((k, _loc(v) or fmt(v)))
         elif isinstance(v, list) and len(v) > 8:
-            out.append((k, f"{len(v)} items: " + fmt(v[:8], limit=120)[:-1] + ", ...]"))
+            out.append((k, f"{len(v)} items: " + fmt(v[:8], limit=120) + " ..."))
         else:
             out.append((k, fmt(v, limit=200)))
         if len(out) >= limit:
@@ -614,7 +611,7 @@ def _error_text(e: Any) -> str | None:
 
 PROVENANCE = [
     # label, getter, highlight differences
-    ("pipeline", lambda m: m.get("pipeline"), True),
+    ("pipeline", lambda m: m.get("pipeline"), False),  # differs by design
     ("model", lambda m: m.get("model"), True),
     ("config", lambda m: m.get("config"), True),
     ("weights sha256", lambda m: m.get("weights_sha256"), True),
@@ -752,19 +749,19 @@ def _stats_table(rs: dict | None, cs: dict | None) -> list[tuple[str, str, str]]
             for k in keys if k != "special"]
 
 
-def raw_stats(stages: list[dict], local: list[dict]) -> list[dict]:
+def raw_stats(stages: list[dict]) -> list[dict]:
+    """Everything the result holds about each stage (the step-local stages' rows are in the stage section)."""
     out = []
-    for prefix, lst in (("", stages),):  # local stages: their rows are in the stage section
-        for s in lst:
-            m = s.get("metrics")
-            out.append({"name": prefix + str(s.get("name")), "status": s.get("status"),
-                        "stats": _stats_table(s.get("ref_stats"), s.get("cand_stats")),
-                        "metrics": "\n".join(f"{k}: {v}" for k, v in _kv_rows(m)) if m else "",
-                        "metrics_special": fmt((m or {}).get("special")) if (m or {}).get("special") else None,
-                        "rule": fmt(s.get("rule"), limit=400) if s.get("rule") else None,
-                        "first_values": fmt(s.get("first_values"), limit=400) if s.get("first_values") else None,
-                        "problem": fmt(s.get("problem"), limit=400) if s.get("problem") else None,
-                        "detail": s.get("detail")})
+    for s in stages:
+        m = s.get("metrics")
+        out.append({"name": str(s.get("name")), "status": s.get("status"),
+                    "stats": _stats_table(s.get("ref_stats"), s.get("cand_stats")),
+                    "metrics": "\n".join(f"{k}: {v}" for k, v in _kv_rows(m)) if m else "",
+                    "metrics_special": fmt((m or {}).get("special")) if (m or {}).get("special") else None,
+                    "rule": fmt(s.get("rule"), limit=400) if s.get("rule") else None,
+                    "first_values": fmt(s.get("first_values"), limit=400) if s.get("first_values") else None,
+                    "problem": fmt(s.get("problem"), limit=400) if s.get("problem") else None,
+                    "detail": s.get("detail")})
     return out
 
 
@@ -845,6 +842,10 @@ def _safe(fn, *a, **k) -> tuple[Any, str | None]:
         return None, f"could not draw this figure: {type(exc).__name__}: {exc}"
 
 
+def _join(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
+
+
 def _media(result: dict, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> _Media:
     rt, ct = rt or {}, ct or {}
     have = bool(rt) or bool(ct)
@@ -873,9 +874,10 @@ def _media(result: dict, rt: dict | None, ct: dict | None, budget: int, tensor_n
             from reference.config import MelConfig
             from reference.mel import mel_spectrogram
 
+            import torch
+
             def _m(w):
                 v = np.nan_to_num(_vec(w)).astype(np.float32)
-                import torch
                 return mel_spectrogram(torch.from_numpy(v)[None], MelConfig())[0].numpy().astype(np.float64)
 
             rm = _m(rt["audio"])
@@ -911,17 +913,17 @@ def _media(result: dict, rt: dict | None, ct: dict | None, budget: int, tensor_n
     if rf is None:
         f0_sec["note"] = no_t if not have else "no f0 in the reference trace"
     else:
-        f0_sec["img"], f0_sec["note"] = _safe(plot_f0, rf, cf, float(thr))
-        if cf is None:
-            f0_sec["note"] = "the candidate has no f0: reference only"
-        elif cf.size != rf.size:
-            f0_sec["note"] = f"F0 lengths differ ({rf.size} vs {cf.size} frames): no difference curve"
+        f0_sec["img"], err = _safe(plot_f0, rf, cf, float(thr))
+        f0_sec["note"] = _join(err, "the candidate has no f0: reference only" if cf is None else
+                               f"F0 lengths differ ({rf.size} vs {cf.size} frames): no difference curve"
+                               if cf.size != rf.size else None)
     f0_sec["threshold"] = fmt(thr)
 
     # waveform and players
     audio = result.get("audio") or {}
-    sr = audio.get("sr") or (result.get("metadata") or {}).get("ref", {}).get("sample_rate") or 24000
-    sr = int(sr) if isinstance(sr, (int, float)) else 24000
+    ref_meta = (result.get("metadata") or {}).get("ref")
+    sr = audio.get("sr") or (ref_meta.get("sample_rate") if isinstance(ref_meta, dict) else None)
+    sr = int(sr) if isinstance(sr, (int, float)) and sr > 0 else 24000
     ra, ca = _vec(rt.get("audio")), _vec(ct.get("audio"))
     wav_sec: dict = {"img": None, "note": None}
     listen: dict = {"windows": [], "note": None, "sanitised": [], "missing": None}
@@ -931,17 +933,13 @@ def _media(result: dict, rt: dict | None, ct: dict | None, budget: int, tensor_n
     else:
         pos = _worst_positions(result, sr, ra.size if ca is None else min(ra.size, ca.size))
         worst, wl = pos[0] if pos else (None, "")
-        wav_sec["img"], wav_sec["note"] = _safe(plot_waves, ra, ca, sr, worst, wl)
-        if ca is None:
-            wav_sec["note"] = (wav_sec["note"] or "") + "the candidate has no audio (it crashed or did not dump " \
-                                                         "it): reference only"
+        wav_sec["img"], err = _safe(plot_waves, ra, ca, sr, worst, wl)
+        no_cand = "the candidate has no audio (it crashed or did not dump it): reference only" if ca is None else None
+        wav_sec["note"] = _join(err, no_cand)
         lp, err = _safe(audio_players, result, ra, ca, sr, budget)
         if lp:
             listen.update(lp)
-        else:
-            listen["missing"] = err
-        if ca is None:
-            listen["missing"] = "the candidate has no audio: reference only"
+        listen["missing"] = _join(err, no_cand)
     return _Media(step_sec, mel_sec, f0_sec, wav_sec, listen)
 
 
@@ -954,20 +952,22 @@ def _env_jinja():
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
-    env.filters["pretty"] = pretty
     return env
 
 
+def _token(what: str) -> str:
+    return f"@@{what}-{os.urandom(8).hex()}@@"
+
+
 def _write_with_size(html: str, path: Path, token: str) -> int:
-    """Write ``html`` with ``token`` replaced by the page's own final size (a fixed point)."""
+    """Write ``html`` with ``token`` replaced by the page's own final size: the smallest size whose text
+    fits, padded with spaces (collapsed by the browser) so the stated number is exact."""
     base = len(html.encode("utf-8")) - len(token.encode("utf-8"))
-    size = base
-    for _ in range(8):
-        new = base + len(_size_text(size).encode("utf-8"))
-        if new == size:
-            break
-        size = new
-    data = html.replace(token, _size_text(size)).encode("utf-8")
+    size = base + len(_size_text(base))
+    while base + len(_size_text(size)) > size:
+        size += 1
+    text = _size_text(size)
+    data = html.replace(token, text + " " * (size - base - len(text))).encode("utf-8")
     path.write_bytes(data)
     return len(data)
 
@@ -1038,10 +1038,9 @@ def build_report(result: dict, path, case=None, ref_tensors: dict | None = None,
     if not title:
         title = f"{Path(str(src.get('cand') or 'candidate')).stem} vs {Path(str(src.get('ref') or 'reference')).stem}"
     nf_find = [f for f in findings if f["code"] in NONFINITE_CODES]
-    token = "@@REPORT-SIZE@@"
+    token, t_token = _token("SIZE"), _token("SECONDS")  # nonces: no trace string can collide with them
     ctx = {
         "title": title,
-        "result": result,
         "verdict": str(result.get("verdict")),
         "first": fd if isinstance(fd, dict) else None,
         "crash": crash,
@@ -1063,17 +1062,17 @@ def build_report(result: dict, path, case=None, ref_tensors: dict | None = None,
         "nonfinite": nonfinite_rows(stages),
         "nf_findings": nf_find,
         "audio_tables": audio_metric_tables(result.get("audio")),
-        "raw": raw_stats(stages, local),
+        "raw": raw_stats(stages),
         "notes": page_notes,
         "section_ids": SECTION_IDS,
         "size_token": token,
+        "seconds_token": t_token,
         "schema": result.get("schema"),
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
     env = _env_jinja()
     html = env.get_template("report.html.j2").render(**ctx)
-    ctx_time = time.perf_counter() - t0
-    html = html.replace("@@BUILD-SECONDS@@", f"{ctx_time:.2f}")
+    html = html.replace(t_token, f"{time.perf_counter() - t0:.2f}")
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_with_size(html, path, token)
     return path
@@ -1090,7 +1089,7 @@ def build_summary_page(cases, path) -> Path:
         rep = getattr(c, "report", None)
         link = None
         if rep:
-            link = os.path.relpath(Path(rep).resolve(), path.resolve().parent).replace(os.sep, "/")
+            link = quote(os.path.relpath(Path(rep).resolve(), path.resolve().parent).replace(os.sep, "/"), safe="/")
         secs = getattr(c, "seconds", None) or {}
         rows.append({"name": c.name, "bundle": c.bundle, "profile": c.profile,
                      "mode": "streaming" if c.streaming else "offline", "verdict": r.get("verdict"),
@@ -1099,7 +1098,7 @@ def build_summary_page(cases, path) -> Path:
                      "link": link})
     verdicts = [r["verdict"] for r in rows]
     overall = "error" if "error" in verdicts else ("fail" if "fail" in verdicts else "pass")
-    token = "@@REPORT-SIZE@@"
+    token = _token("SIZE")
     html = _env_jinja().get_template("summary.html.j2").render(
         rows=rows, verdict=overall, n_pass=verdicts.count("pass"), n=len(rows), size_token=token,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %z"))

@@ -140,8 +140,8 @@ class Token2Wav:
             "device": self.device,
             "attention": "explicit",
             # the reference always runs the explicit matmul-softmax: one call per block per step
-            "attention_kernels": {"explicit": self.cfg.flow.decoder.estimator.depth
-                                  * (n_timesteps or self.cfg.flow.n_timesteps)},
+            "attention_kernels": {"counts": {"explicit": self.cfg.flow.decoder.estimator.depth
+                                             * (n_timesteps or self.cfg.flow.n_timesteps)}, "fallbacks": []},
             "streaming": streaming,
             "finalize": finalize,
             "sample_rate": self.cfg.sample_rate,
