@@ -126,4 +126,4 @@ class CausalMaskedDiffWithDiT(nn.Module):
                             noise.flow_noise(mu.shape[2]), streaming=streaming, probe=probe)
         feat = feat[:, :, mel_len1:]
         probe("flow_mel", feat)
-        return feat.float()
+        return feat.float() if feat.dtype != torch.float64 else feat  # float64 only for the fp64 arbiter

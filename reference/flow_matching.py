@@ -75,7 +75,7 @@ class CausalConditionalCFM(nn.Module):
             t = t + dt
             if k < n:
                 dt = t_span[k + 1] - t
-        return x.float()
+        return x.float() if x.dtype != torch.float64 else x  # upstream returns float32; fp64 arbiter keeps fp64
 
     def forward(self, mu, mask, n_timesteps, spks, cond, noise: torch.Tensor, temperature: float = 1.0,
                 streaming: bool = False, probe: Probe = NO_PROBE):

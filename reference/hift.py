@@ -342,6 +342,10 @@ class CausalHiFTGenerator(nn.Module):
         return self
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _dtypes_ok(self) -> tuple:
+        """float32, plus float64 once the module itself was cast to float64 (the fp64 arbiter reference)."""
+        return (torch.float32, torch.float64) if self.conv_pre.weight.dtype == torch.float64 else (torch.float32,)
+
     def weight_norm_prefixes(self) -> list[str]:
         return [name for name, m in self.named_modules() if getattr(m, "weight_normed", False)]
 
@@ -351,7 +355,7 @@ class CausalHiFTGenerator(nn.Module):
         if mel.dim() != 3 or mel.shape[0] != 1 or mel.shape[1] != self.cfg.in_channels:
             raise InputError(f"hift: tensor '{what}' must be [1, {self.cfg.in_channels}, T] (channel-major), "
                              f"got {list(mel.shape)}")
-        if mel.dtype != torch.float32:
+        if mel.dtype not in self._dtypes_ok():
             raise InputError(f"hift: tensor '{what}' must be float32, got {mel.dtype}")
         T = mel.shape[2]
         need = 1 if finalize else self.f0_predictor.lookahead + self.conv_pre_look_right + 2
@@ -390,7 +394,7 @@ class CausalHiFTGenerator(nn.Module):
         if not isinstance(f0, torch.Tensor) or f0.dim() != 2 or f0.shape[0] != 1:
             raise InputError(f"hift: tensor 'f0' must be [1, frames], got "
                              f"{list(f0.shape) if isinstance(f0, torch.Tensor) else type(f0).__name__}")
-        if f0.dtype != torch.float32:
+        if f0.dtype not in self._dtypes_ok():
             raise InputError(f"hift: tensor 'f0' must be float32, got {f0.dtype}")
         if f0.shape[1] == 0:
             raise InputError("hift: tensor 'f0' is empty")
@@ -398,9 +402,9 @@ class CausalHiFTGenerator(nn.Module):
         f0_up = F.interpolate(f0[:, None], scale_factor=self.upsample_scale, mode="nearest").transpose(1, 2)
         L = f0_up.shape[1]  # f0_up: [1, L, 1]
         sine_waves = torch.sin(self.sine_phase(f0_up, noise.rand_ini)) * cfg.nsf_alpha
-        uv = (f0_up > cfg.nsf_voiced_threshold).type(torch.float32)
+        uv = (f0_up > cfg.nsf_voiced_threshold).type(f0_up.dtype)
         noise_amp = uv * cfg.nsf_sigma + (1 - uv) * cfg.nsf_alpha / 3
-        sine_waves = sine_waves * uv + noise_amp * noise.sine_noise(L).to(sine_waves.device)
+        sine_waves = sine_waves * uv + noise_amp * noise.sine_noise(L).to(sine_waves.device, sine_waves.dtype)
         return self.m_source(sine_waves).transpose(1, 2)
 
     def sine_phase(self, f0_up: torch.Tensor, rand_ini: torch.Tensor) -> torch.Tensor:
@@ -408,9 +412,9 @@ class CausalHiFTGenerator(nn.Module):
         harmonics h = 1..9: ``480 * 2pi * cumsum_{j<=k}((h * f0_j / sr) mod 1)`` for every sample of frame
         k (a staircase, constant over each frame; the non-causal SineGen2 ramps linearly instead)."""
         cfg, scale = self.cfg, self.upsample_scale
-        harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=torch.float32, device=f0_up.device).view(1, 1, -1)
+        harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=f0_up.dtype, device=f0_up.device).view(1, 1, -1)
         rad = (f0_up * harmonics / cfg.sampling_rate) % 1  # [1, L, 9] cycles per sample, integer part dropped
-        rad[:, 0, :] = rad[:, 0, :] + rand_ini.to(rad.device)  # sample 0 only: never read below (no effect)
+        rad[:, 0, :] = rad[:, 0, :] + rand_ini.to(rad.device, rad.dtype)  # sample 0 only: never read below (no effect)
         # linear resampling to frames reads samples 480k+239 and 480k+240: both hold frame k's value
         rad = F.interpolate(rad.transpose(1, 2), scale_factor=1 / scale, mode="linear").transpose(1, 2)
         phase = torch.cumsum(rad, dim=1) * 2 * math.pi  # [1, T, 9]
@@ -448,7 +452,7 @@ class CausalHiFTGenerator(nn.Module):
             got = list(source.shape) if isinstance(source, torch.Tensor) else type(source).__name__
             raise InputError(f"hift: tensor 'source' must be [1, 1, {want}] for {T} mel frames"
                              f"{'' if finalize else ' when not finalizing (3 frames of F0 lookahead)'}, got {got}")
-        if source.dtype != torch.float32:
+        if source.dtype not in self._dtypes_ok():
             raise InputError(f"hift: tensor 'source' must be float32, got {source.dtype}")
         x = mel if finalize else mel[:, :, :n_mel]
         s_stft = self._stft(source.squeeze(1))

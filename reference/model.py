@@ -77,6 +77,7 @@ class Token2Wav:
     weights: dict = field(default_factory=dict)
     device: str = "cpu"
     pipeline: str = "reference"
+    dtype: torch.dtype = torch.float32
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -122,6 +123,13 @@ class Token2Wav:
             raise InputError("give exactly one of a preset name or a model directory")
         return cls.from_model_dir(model_dir, noise) if model_dir is not None else cls.from_preset(preset_name, noise)
 
+    def to_float64(self) -> "Token2Wav":
+        """A float64 copy (same weights, same noise): the arbiter for fp32 noise-floor measurements."""
+        import copy
+
+        return Token2Wav(self.cfg, copy.deepcopy(self.flow).double(), copy.deepcopy(self.hift).double(), self.noise,
+                         self.model_id, dict(self.weights), self.device, "reference-fp64", torch.float64)
+
     # -- provenance ------------------------------------------------------------------------------
     def provenance(self, *, streaming: bool, finalize: bool = True, n_timesteps: int | None = None) -> dict:
         p = self.cfg.flow.decoder.cfm_params
@@ -136,7 +144,8 @@ class Token2Wav:
             "t_scheduler": p.t_scheduler,
             "cfg_rate": p.inference_cfg_rate,
             "sigma_min": p.sigma_min,
-            "dtypes": {"flow": "float32", "hift": "float32", "f0_predictor": "float64"},
+            "dtypes": {"flow": str(self.dtype).replace("torch.", ""), "hift": str(self.dtype).replace("torch.", ""),
+                       "f0_predictor": "float64"},
             "device": self.device,
             "attention": "explicit",
             # the reference always runs the explicit matmul-softmax: one call per block per step
@@ -157,7 +166,8 @@ class Token2Wav:
         for k in ("token", "prompt_token", "prompt_feat", "embedding"):
             if k in inputs:
                 probe(k, inputs[k])
-        mel = self.flow.inference(inputs["token"].long(), inputs["prompt_token"].long(), inputs["prompt_feat"].float(),
-                                  inputs["embedding"].float(), self.noise, streaming=streaming, finalize=finalize,
-                                  n_timesteps=n_timesteps, probe=probe)
+        mel = self.flow.inference(inputs["token"].long(), inputs["prompt_token"].long(),
+                                  inputs["prompt_feat"].to(self.dtype), inputs["embedding"].to(self.dtype), self.noise,
+                                  streaming=streaming, finalize=finalize, n_timesteps=n_timesteps, probe=probe)
+        mel = mel.to(self.dtype)  # the flow returns float32 as upstream does; the fp64 arbiter keeps float64
         return self.hift.inference(mel, self.noise, finalize=finalize, probe=probe)

@@ -266,3 +266,33 @@ def test_in_memory_compare_with_reduced_precision_context(ref_trace):
     r = compare_loaded(ref, cand, load_policy(), CompareOptions())
     assert r["context"]["precision"] == "fp16"
     assert r["verdict"] == "pass", r["first_divergence"]
+
+
+def test_calibrate_writes_loadable_rules(tmp_path, capsys):
+    out = tmp_path / "cal.toml"
+    assert main(["calibrate", "--preset", "tiny", "--inputs", str(FIXTURES / "bundles" / "short.safetensors"),
+                 "--out", str(out)]) == 0
+    pol = load_policy(out)
+    r = pol.rule_for("step4.v1", "fp32", "sdpa")
+    assert r.source.startswith(str(out)) and r.statistic == "elementwise" and r.arbiter["k"] == 10.0
+    assert 1e-6 < r.atol < 1e-2  # 10 x the measured fp32-vs-fp64 floor + 1e-6
+    assert pol.rule_for("x0", "fp32", "sdpa").statistic == "exact"
+
+
+def test_fp64_arbiter_rule(ref_trace, tmp_path):
+    """A candidate is judged against float64: err(cand, fp64) <= k * err(fp32 ref, fp64) + floor."""
+    model = Token2Wav.from_preset("tiny").to_float64()
+    p64 = tmp_path / "ref64.safetensors"
+    run_to_trace(model, load_bundle(MEDIUM), p64)
+    tr = read_trace(ref_trace)
+    t = dict(tr.tensors)
+    t["step5.v1"] = t["step5.v1"] * (1 + 3e-6)  # fp32-rounding-sized: passes the arbiter
+    p = write_trace(tmp_path / "c.safetensors", t, tr.metadata)
+    r = compare_paths(ref_trace, p, fp64_path=p64)
+    s = next(s for s in r["stages"] if s["name"] == "step5.v1")
+    assert s["statistic"] == "arbiter:rmse" and s["status"] == "pass"
+    t["step5.v1"] = tr["step5.v1"] + 1e-3  # far above the fp32 noise floor: fails the arbiter
+    p = write_trace(tmp_path / "c2.safetensors", t, tr.metadata)
+    r = compare_paths(ref_trace, p, fp64_path=p64)
+    s = next(s for s in r["stages"] if s["name"] == "step5.v1")
+    assert s["status"] == "fail" and s["value"] > s["limit"]
