@@ -225,12 +225,20 @@ def _classify(name: str, entry: dict, by_name: dict, local_stages: dict) -> tupl
                                                f"driven from the reference's own step{k - 1}.x the step's error is "
                                                f"within tolerance" + tail)
             return "estimator_mismatch", f"step {k}: {EXPLAIN['estimator_mismatch']}" + tail
+        # each explanation needs the stages it relies on to have been compared and to match
         if field == "v2":
-            return "uncond_branch_mismatch", f"step {k}: {EXPLAIN['uncond_branch_mismatch']}" + tail
+            if _passes(by_name, f"step{k}.v1"):
+                return "uncond_branch_mismatch", f"step {k}: {EXPLAIN['uncond_branch_mismatch']}" + tail
+            return "estimator_mismatch", f"step {k}: the unconditional velocity differs (v1 was not captured)" + tail
         if field == "v_cfg":
-            return "cfg_combination_mismatch", f"step {k}: {EXPLAIN['cfg_combination_mismatch']}" + tail
+            if _passes(by_name, f"step{k}.v1") and _passes(by_name, f"step{k}.v2"):
+                return "cfg_combination_mismatch", f"step {k}: {EXPLAIN['cfg_combination_mismatch']}" + tail
+            return "cfg_combination_mismatch", f"step {k}: the guided velocity differs (v1/v2 not both captured)" + tail
         if field == "x":
-            return "euler_update_mismatch", f"step {k}: {EXPLAIN['euler_update_mismatch']}" + tail
+            if _passes(by_name, f"step{k}.v_cfg"):
+                return "euler_update_mismatch", f"step {k}: {EXPLAIN['euler_update_mismatch']}" + tail
+            return "state_mismatch", (f"step {k}: the ODE state x differs; v_cfg of this step was not captured, so the "
+                                      f"velocity and the update cannot be told apart") + tail
     if name == "flow_mel":
         return "flow_mel_mismatch", EXPLAIN["flow_mel_mismatch"] + tail
     if is_vocoder_stage(name):

@@ -1,6 +1,7 @@
 """pytest plugin (entry point ``pytest11``): parity tests in one line.
 
-Options (each also an ini key in ``[tool.pytest.ini_options]``, or a key of ``[tool.parity]``):
+Options (each also an ini key in ``[tool.pytest.ini_options]``, or a key of ``[tool.parity]``: ``preset``,
+``model_dir``, ``suite_profiles``, ``device``, ``report``, ``policy``, ``bundles``):
 
 ``--parity-preset`` (``parity_preset``), ``--parity-model-dir`` (``parity_model_dir``),
 ``--parity-profile`` repeatable (``parity_profiles``), ``--parity-device`` (``parity_device``),
@@ -96,7 +97,8 @@ class ParityConfig:
                 return iv
             return tool.get(key, default)
 
-        profiles = pick("--parity-profile", "parity_profiles", "profiles", None) or list(SHIPPED_CPU_PROFILES)
+        # [tool.parity] suite_profiles (``profiles`` there is the table of user-defined profiles)
+        profiles = pick("--parity-profile", "parity_profiles", "suite_profiles", None) or list(SHIPPED_CPU_PROFILES)
         return cls(preset=pick("--parity-preset", "parity_preset", "preset", "tiny") or "tiny",
                    model_dir=pick("--parity-model-dir", "parity_model_dir", "model_dir") or None,
                    profiles=list(profiles), device=pick("--parity-device", "parity_device", "device", "cpu") or "cpu",
@@ -328,8 +330,8 @@ def assert_parity(parity_session):
 class Golden:
     """Golden regression of the reference: compact fp32 traces in fixtures/golden with their versions."""
 
-    STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.x", "step5.x", "step10.x", "flow_mel", "f0",
-              "conv_pre", "audio"]
+    STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "step1.x", "step5.x", "step10.x", "flow_mel",
+              "f0", "conv_pre", "audio"]
 
     def __init__(self, ps: ParitySession, update: bool):
         self.ps = ps

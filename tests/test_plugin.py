@@ -1,0 +1,108 @@
+"""The pytest plugin, exercised through pytester: options, ini keys, markers, one-line fixtures, the failure
+message with the headline finding and the report path, and the golden workflow."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT = ROOT / "fixtures" / "bundles" / "short.safetensors"
+
+ONE_LINE_TEST = """
+def test_case(parity_case, assert_parity):
+    assert_parity(parity_case)
+"""
+
+
+def _project(pytester, pyproject_extra: str = "") -> None:
+    pytester.makefile(".toml", pyproject=f"""
+[tool.pytest.ini_options]
+addopts = "--strict-markers"
+
+[tool.parity.profiles.sneaky]
+base = "fp32-sdpa"
+faults = ["uncond-keeps-cond"]
+{pyproject_extra}
+""")
+
+
+def test_faulty_profile_from_pyproject_fails_with_headline_and_report(pytester):
+    _project(pytester)
+    pytester.makepyfile(test_it=ONE_LINE_TEST)
+    report = pytester.path / "reports" / "session.html"
+    r = pytester.runpytest("--parity-profile", "sneaky", "--parity-profile", "fp32-sdpa", f"--parity-bundle={SHORT}",
+                           f"--parity-report={report}", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=2, failed=2)
+    out = r.stdout.str()
+    assert "step1.v2 [uncond_branch_mismatch]" in out
+    assert "report: " in out and "short-sneaky-offline.html" in out
+    assert report.exists() and (report.with_suffix("") / "short-sneaky-offline.html").exists()
+    assert "parity: session report" in out
+
+
+def test_ini_keys_select_profiles_and_markers_registered(pytester):
+    _project(pytester, '\n[tool.parity]\nsuite_profiles = ["fp32-sdpa-math"]\n')
+    pytester.makepyfile(test_it=ONE_LINE_TEST + """
+import pytest
+
+@pytest.mark.parity_full
+def test_full():
+    raise AssertionError("must be skipped without -m parity_full")
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu():
+    import torch
+    assert torch.cuda.is_available()
+""")
+    r = pytester.runpytest(f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-rs")
+    r.assert_outcomes(passed=2, skipped=2)
+    assert "select with -m parity_full" in r.stdout.str()
+    assert "short-fp32-sdpa-math-offline" in r.stdout.str() or "fp32-sdpa-math" in r.stdout.str()
+
+
+def test_update_golden_then_pass_then_a_changed_constant_fails(pytester):
+    _project(pytester)
+    pytester.makepyfile(test_gold="""
+def test_golden(parity_bundle_mode, parity_golden):
+    result = parity_golden.check(*parity_bundle_mode)
+    assert result["verdict"] == "pass", result["first_divergence"]
+""")
+    args = [f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-s"]
+    r = pytester.runpytest(*args, "--parity-update-golden")
+    r.assert_outcomes(passed=2)
+    assert "golden short-offline.safetensors written" in r.stdout.str()
+    gold = pytester.path / "fixtures" / "golden" / "short-offline.safetensors"
+    assert gold.exists()
+    r = pytester.runpytest(*args)
+    r.assert_outcomes(passed=2)
+    # a deliberately changed reference: one constant (the guidance rate) moved by 1.4 %
+    pytester.makeconftest("""
+import reference.flow_matching as fm
+_orig = fm.CausalConditionalCFM.__init__
+def _patched(self, cfg):
+    _orig(self, cfg)
+    self.inference_cfg_rate = 0.71
+fm.CausalConditionalCFM.__init__ = _patched
+""")
+    r = pytester.runpytest(*args)
+    r.assert_outcomes(failed=2)
+    assert "step1.v_cfg" in r.stdout.str()
+    # and rewriting prints what changed
+    r = pytester.runpytest(*args, "--parity-update-golden")
+    assert "golden short-offline.safetensors rewritten" in r.stdout.str() and "max |diff|" in r.stdout.str()
+
+
+def test_shipped_goldens_exist_with_versions():
+    from parity.trace import read_trace
+
+    gold = ROOT / "fixtures" / "golden"
+    files = sorted(gold.glob("*.safetensors"))
+    assert len(files) == 6
+    meta = read_trace(files[0]).metadata
+    assert meta["versions"]["torch"] and meta["pipeline"] == "reference" and meta["n_timesteps"] == 10
