@@ -249,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--format", choices=["pt", "safetensors"], default="pt")
     em.set_defaults(func=cmd_export_model)
 
+    b = sub.add_parser("bisect", help="find the culprit: which switch, which fp32 islands, which commit")
+    from .bisect import add_bisect_args
+
+    add_bisect_args(b)
+    b.set_defaults(func=cmd_bisect)
+
     return p
 
 
