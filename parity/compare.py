@@ -121,6 +121,10 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule, opts: Comp
                      detail=al.problem["message"], metrics=None)
         return entry
     ra, ca = al.ref, al.cand
+    for side, t in (("reference", r), ("candidate", c)):
+        if t.is_floating_point() and t.dtype != torch.float32:
+            entry["normalisations"].append({"stage": name, "kind": "upcast",
+                                            "detail": f"{side} stored as {_as_float_dtype_name(t)}; compared in float64"})
     lay = layout(name)
     nd = ra.dim()
     ch = lay.channel_axis if lay.channel_axis is not None and lay.channel_axis < nd else None

@@ -265,6 +265,13 @@ def diagnose(stages: list[dict], by_name: dict, steps: list[dict], local_stages:
     if ref.metadata.get("status") in ("crashed", "incomplete"):
         out.append(_f("reference_incomplete", None, "error",
                       f"the reference trace is {ref.metadata.get('status')}: {ref.metadata.get('error')}"))
+    # a reference stored in reduced precision is itself a finding (field notes: an F16 .bak reference)
+    low = [s["name"] for s in stages if (s.get("ref_stats") or {}).get("dtype") in ("float16", "bfloat16")]
+    if low:
+        out.append(_f("reference_low_precision", low[0], "warning",
+                      f"the reference stores {len(low)} stages in reduced precision (first {low[0]}: "
+                      f"{stages[[s['name'] for s in stages].index(low[0])]['ref_stats']['dtype']}); its own rounding "
+                      f"limits what can be judged", {"stages": low}))
     # crash of the candidate
     status = cand.metadata.get("status")
     if status in ("crashed", "incomplete"):
