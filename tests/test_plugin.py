@@ -1,5 +1,8 @@
 """The pytest plugin, exercised through pytester: options, ini keys, markers, one-line fixtures, the failure
-message with the headline finding and the report path, and the golden workflow."""
+message with the headline finding and the report path, and the golden workflow.
+
+Inner runs are subprocesses: an in-process pytester run restores sys.modules afterwards, and numpy's C
+extensions cannot be imported twice in one process."""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def test_faulty_profile_from_pyproject_fails_with_headline_and_report(pytester):
     _project(pytester)
     pytester.makepyfile(test_it=ONE_LINE_TEST)
     report = pytester.path / "reports" / "session.html"
-    r = pytester.runpytest("--parity-profile", "sneaky", "--parity-profile", "fp32-sdpa", f"--parity-bundle={SHORT}",
+    r = pytester.runpytest_subprocess("--parity-profile", "sneaky", "--parity-profile", "fp32-sdpa", f"--parity-bundle={SHORT}",
                            f"--parity-report={report}", "-p", "no:cacheprovider")
     r.assert_outcomes(passed=2, failed=2)
     out = r.stdout.str()
@@ -60,7 +63,7 @@ def test_gpu():
     import torch
     assert torch.cuda.is_available()
 """)
-    r = pytester.runpytest(f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-rs")
+    r = pytester.runpytest_subprocess(f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-rs")
     r.assert_outcomes(passed=2, skipped=2)
     assert "select with -m parity_full" in r.stdout.str()
     assert "short-fp32-sdpa-math-offline" in r.stdout.str() or "fp32-sdpa-math" in r.stdout.str()
@@ -74,28 +77,37 @@ def test_golden(parity_bundle_mode, parity_golden):
     assert result["verdict"] == "pass", result["first_divergence"]
 """)
     args = [f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-s"]
-    r = pytester.runpytest(*args, "--parity-update-golden")
+    r = pytester.runpytest_subprocess(*args, "--parity-update-golden")
     r.assert_outcomes(passed=2)
     assert "golden short-offline.safetensors written" in r.stdout.str()
     gold = pytester.path / "fixtures" / "golden" / "short-offline.safetensors"
     assert gold.exists()
-    r = pytester.runpytest(*args)
+    r = pytester.runpytest_subprocess(*args)
     r.assert_outcomes(passed=2)
     # a deliberately changed reference: one constant (the guidance rate) moved by 1.4 %
+    # (a fixture, so that the in-process pytester run restores it afterwards)
     pytester.makeconftest("""
+import pytest
 import reference.flow_matching as fm
-_orig = fm.CausalConditionalCFM.__init__
-def _patched(self, cfg):
-    _orig(self, cfg)
-    self.inference_cfg_rate = 0.71
-fm.CausalConditionalCFM.__init__ = _patched
+
+@pytest.fixture(autouse=True)
+def changed_constant(monkeypatch):
+    orig = fm.CausalConditionalCFM.__init__
+    def patched(self, cfg):
+        orig(self, cfg)
+        self.inference_cfg_rate = 0.71
+    monkeypatch.setattr(fm.CausalConditionalCFM, "__init__", patched)
 """)
-    r = pytester.runpytest(*args)
+    r = pytester.runpytest_subprocess(*args)
     r.assert_outcomes(failed=2)
     assert "step1.v_cfg" in r.stdout.str()
     # and rewriting prints what changed
-    r = pytester.runpytest(*args, "--parity-update-golden")
+    r = pytester.runpytest_subprocess(*args, "--parity-update-golden")
     assert "golden short-offline.safetensors rewritten" in r.stdout.str() and "max |diff|" in r.stdout.str()
+    import reference.flow_matching as fm
+    from reference.config import preset
+
+    assert fm.CausalConditionalCFM(preset("tiny").flow.decoder).inference_cfg_rate == 0.7  # restored
 
 
 def test_shipped_goldens_exist_with_versions():
