@@ -127,24 +127,33 @@ class CandidateFlow(nn.Module):
         z = self.faults.hook("x0", z)
         probe("x0", z)
         t_span = time_span(self.n_timesteps, self.t_scheduler, grid_dtype, self.device)
-        t, dt = t_span[0].unsqueeze(0), t_span[1] - t_span[0]
-        x = z
         n = len(t_span) - 1
+        # the (t, dt) of every step, with upstream's accumulation (t += dt; dt = t_span[k+1] - t)
+        grid = []
+        t, dt = t_span[0].unsqueeze(0), t_span[1] - t_span[0]
         for k in range(1, n + 1):
-            sp = probe.sub(f"step{k}.")
-            sp("t", t)
-            sp("dt", dt.reshape(1))
-            x, v1, v2, v_cfg = self.step(x, t, dt, mu, mask, spks, cond, streaming, sp, k)
-            sp("v1", v1)
-            sp("v2", v2)
-            sp("v_cfg", v_cfg)
-            x = self.faults.hook("x", x, step=k)
-            sp("x", x)
-            if on_step is not None:
-                on_step(k, n)
+            grid.append((t, dt))
             t = t + dt
             if k < n:
                 dt = t_span[k + 1] - t
+        if self.sw.adaln_cache:
+            self.estimator.cache_modulations([t.reshape(-1)[:1].to(spks.dtype) for t, _ in grid])
+        x = z
+        try:
+            for k, (t, dt) in enumerate(grid, start=1):
+                sp = probe.sub(f"step{k}.")
+                sp("t", t)
+                sp("dt", dt.reshape(1))
+                x, v1, v2, v_cfg = self.step(x, t, dt, mu, mask, spks, cond, streaming, sp, k)
+                sp("v1", v1)
+                sp("v2", v2)
+                sp("v_cfg", v_cfg)
+                x = self.faults.hook("x", x, step=k)
+                sp("x", x)
+                if on_step is not None:
+                    on_step(k, n)
+        finally:
+            self.estimator.clear_modulations()
         return x.float()
 
     def inference(self, token, prompt_token, prompt_feat, embedding, noise: SharedNoise, *, streaming=False,

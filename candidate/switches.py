@@ -40,6 +40,7 @@ class Switches:
     keep_fp32: tuple[str, ...] = ()
     fused_rope: bool = False  # cached cos/sin applied to the rotated slice only
     fused_adaln: bool = False  # all blocks' AdaLN modulations in one matmul per step
+    adaln_cache: bool = False  # AdaLN modulations of every solver step in one batched matmul before the solve
     fold_weightnorm_once: bool = True  # False: re-fold g*v/||v|| on every call (as parametrizations do)
     cfg_mode: str = "batch2"
     compile: bool = False
@@ -104,7 +105,7 @@ UPSTREAM_FP16_FIXES = ("residual", "adaln", "time_grid", "euler")
 
 PROFILES: dict[str, dict] = {
     "fp32-explicit": dict(),
-    "fp32-sdpa": dict(attention="sdpa", fused_rope=True, fused_adaln=True, cfg_mode="batch2",
+    "fp32-sdpa": dict(attention="sdpa", fused_rope=True, fused_adaln=True, adaln_cache=True, cfg_mode="batch2",
                       fold_weightnorm_once=True),
     "fp32-sdpa-math": dict(attention="sdpa-math"),
     "fp32-two-calls": dict(attention="sdpa", cfg_mode="two-calls"),
@@ -112,14 +113,14 @@ PROFILES: dict[str, dict] = {
     "fp16-flow": dict(attention="sdpa", flow_dtype="fp16", keep_fp32=UPSTREAM_FP16_FIXES),
     "fp16-all": dict(attention="sdpa", flow_dtype="fp16", hift_dtype="fp16",
                      keep_fp32=UPSTREAM_FP16_FIXES + ("hift.f0_predictor", "hift.istft")),
-    "compiled": dict(attention="sdpa", fused_rope=True, compile=True),
-    "int8-dynamic": dict(attention="sdpa", fused_rope=True, int8_dynamic=True),
+    "compiled": dict(attention="sdpa", fused_rope=True, fused_adaln=True, adaln_cache=True, compile=True),
+    "int8-dynamic": dict(attention="sdpa", fused_rope=True, fused_adaln=True, adaln_cache=True, int8_dynamic=True),
     "fp16-flash-cuda": dict(attention="sdpa-flash", flow_dtype="fp16", keep_fp32=UPSTREAM_FP16_FIXES, device="cuda"),
     "bf16-flash-cuda": dict(attention="sdpa-flash", flow_dtype="bf16", keep_fp32=UPSTREAM_FP16_FIXES, device="cuda"),
 }
 PROFILE_HELP = {
     "fp32-explicit": "the reference's own code path through the candidate (sanity: must be bit-identical)",
-    "fp32-sdpa": "fp32 with PyTorch SDPA and every fusion on (cached RoPE, fused AdaLN, weight norm folded once)",
+    "fp32-sdpa": "fp32 with PyTorch SDPA and every fusion on (cached RoPE, fused and per-solve cached AdaLN, weight norm folded once)",
     "fp32-sdpa-math": "fp32 with SDPA forced to the math kernel",
     "fp32-two-calls": "fp32 SDPA, CFG as two estimator calls instead of one batch of 2",
     "bf16-flow": "DiT under bf16 autocast, with residual/AdaLN/time grid/Euler kept in fp32",

@@ -138,6 +138,30 @@ def test_fused_rope_and_weightnorm_per_call_are_exact(model, inputs, ref_stages)
         assert torch.equal(out[k], v), k
 
 
+def test_adaln_cache_one_batched_matmul_per_solve(model, inputs, ref_stages):
+    """adaln_cache: the AdaLN modulations of all 10 steps come from one batched call before the solve
+    (cache hits on every step), agree with the per-step path within fp32 rounding, and the cache is gone
+    after the solve (a step driven with another t recomputes)."""
+    c = cand(model, fused_adaln=True, adaln_cache=True)
+    est = c.flow.estimator
+    calls, hits = [], []
+    orig_mod, orig_hit = est._modulations, est._cached_modulations
+    est._modulations = lambda cc: (calls.append(cc.shape[0]), orig_mod(cc))[1]
+    est._cached_modulations = lambda t: (lambda r: (hits.append(r is not None), r)[1])(orig_hit(t))
+    out = _run(c, inputs)
+    assert calls == [10] and hits == [True] * 10
+    assert est._mod_cache == {}
+    plain = _run(cand(model, fused_adaln=True), inputs)
+    assert 0 < maxdiff(out, plain, FLOW) <= 1e-5 or torch.equal(out["flow_mel"], plain["flow_mel"])
+    assert maxdiff(out, ref_stages[False], FLOW) <= 1e-5
+    calls.clear()
+    hits.clear()
+    ref = ref_stages[False]
+    c.step(ref["step2.x"], ref["step3.t"], ref["step3.dt"].reshape(()), ref["mu"], torch.ones(1, 1, ref["mu"].shape[2]),
+           ref["spks"], ref["cond"], k=3)
+    assert calls == [2] and hits == [False]
+
+
 def test_cfg_two_calls_within_rounding(model, inputs, ref_stages):
     c = cand(model, cfg_mode="two-calls")
     out = _run(c, inputs)
