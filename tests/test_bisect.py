@@ -482,9 +482,13 @@ def test_bisect_git_interrupted_restores_the_repo(history, tmp_path, frozen_ref)
     before = repo_state(repo)
     mark = tmp_path / "started"
     cmd = f"touch {mark} && sleep 120"
-    p = subprocess.Popen([sys.executable, "-m", "parity.cli", "bisect", "git", "--repo", str(repo), "--good", "v1",
-                          "--bad", "HEAD", "--cmd", cmd, "--ref-trace", str(frozen_ref), "--no-verify",
-                          "--workdir", str(tmp_path / "wd")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    argv = ["parity", "bisect", "git", "--repo", str(repo), "--good", "v1", "--bad", "HEAD", "--cmd", cmd,
+            "--ref-trace", str(frozen_ref), "--no-verify", "--workdir", str(tmp_path / "wd")]
+    # Ctrl-C semantics in the child even when this test runs with SIGINT ignored (a job started in the
+    # background by a non-interactive shell inherits SIG_IGN, and Python then installs no KeyboardInterrupt)
+    boot = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"sys.argv = {argv!r}; runpy.run_module('parity.cli', run_name='__main__')")
+    p = subprocess.Popen([sys.executable, "-c", boot], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          cwd=str(tmp_path), text=True)
     try:
         t0 = time.monotonic()
