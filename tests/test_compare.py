@@ -296,3 +296,27 @@ def test_fp64_arbiter_rule(ref_trace, tmp_path):
     r = compare_paths(ref_trace, p, fp64_path=p64)
     s = next(s for s in r["stages"] if s["name"] == "step5.v1")
     assert s["status"] == "fail" and s["value"] > s["limit"]
+
+
+def test_flow_mel_failing_only_on_its_own_limit_is_explained(ref_trace, tmp_path):
+    """The mel is the last ODE state without the prompt frames: when the same error passes step10.x's limit
+    but not flow_mel's, the finding says so instead of suggesting a prompt-slicing bug."""
+    tr = read_trace(ref_trace)
+    t = dict(tr.tensors)
+    n = t["flow_mel"].shape[2]
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(t["flow_mel"].shape, generator=g)
+    d *= 0.02 * t["flow_mel"].norm() / d.norm()
+    x = t["step10.x"].clone()
+    x[:, :, -n:] += d
+    t["step10.x"], t["flow_mel"] = x, t["flow_mel"] + d
+    pol = tmp_path / "p.toml"
+    pol.write_text('[[rule]]\nstage = "step*.x"\nprecision = ["int8"]\nstatistic = "rel_l2"\nlimit = 0.5\n'
+                   '[[rule]]\nstage = "flow_mel"\nprecision = ["int8"]\nstatistic = "rel_l2"\nlimit = 0.01\n')
+    r = compare_loaded(Loaded(dict(tr.tensors), dict(tr.metadata), "ref"),
+                       Loaded(t, dict(tr.metadata, precision="int8"), "cand"), load_policy(pol), CompareOptions())
+    assert r["verdict"] == "fail"
+    fd = r["first_divergence"]
+    assert fd["stage"] == "flow_mel" and fd["code"] == "flow_mel_mismatch"
+    head = next(f for f in r["findings"] if f["code"] == "flow_mel_mismatch")
+    assert "carries the last ODE state's error" in head["message"] and "prompt slicing" not in head["message"]
