@@ -66,7 +66,9 @@ def align(stage: str, ref: torch.Tensor, cand: torch.Tensor, *, prompt_frames: i
         t_ax = lay.time_axis % ref.dim()
         T_ref = ref.shape[t_ax]
         ref_others = [s for i, s in enumerate(ref.shape) if i != t_ax]
-        for c_ax in range(cand.dim()):
+        same = t_ax if cand.dim() == ref.dim() else None
+        # the axis at the reference's time position first: an ambiguous (square) candidate is never transposed
+        for c_ax in sorted(range(cand.dim()), key=lambda a: a != same):
             T_c = cand.shape[c_ax]
             c_others = [s for i, s in enumerate(cand.shape) if i != c_ax]
             if T_c == T_ref or _core(c_others) != _core(ref_others):

@@ -132,3 +132,12 @@ def test_policy_picks_the_most_specific_rule(k, prec, att):
     pol2 = Policy().extend(RULES + [{"stage": "step*.v1", "statistic": "max_abs", "limit": 9.0}], "test")
     if prec != "fp16":
         assert pol2.rule_for(f"step{k}.v1", prec, att).limit == 9.0
+
+
+def test_prompt_slice_on_a_square_candidate_keeps_the_time_axis():
+    """Found by hypothesis: t + p == 80 makes the candidate [1, 80, 80]; the slice must stay on time."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(1, 80, 40, generator=g)
+    full = torch.cat([torch.randn(1, 80, 40, generator=g), ref], 2)
+    a = align("flow_mel", ref, full, prompt_frames=40)
+    assert a.problem is None and torch.equal(a.cand, ref)
