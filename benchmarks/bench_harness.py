@@ -139,9 +139,11 @@ def main(argv=None) -> dict:
                 t0 = time.perf_counter()
                 p = subprocess.run([str(exe), "run", "--report", f"{td}/r{i}.html", "--no-progress"], cwd=ROOT,
                                    capture_output=True, text=True)
+                index = Path(f"{td}/r{i}.html")  # an index page; one report per case under r{i}/
+                cases = sorted(Path(f"{td}/r{i}").glob("*.html"))
                 runs.append({"s": time.perf_counter() - t0, "rc": p.returncode,
-                             "report_bytes": Path(f"{td}/r{i}.html").stat().st_size
-                             if Path(f"{td}/r{i}.html").exists() else None})
+                             "report_bytes": index.stat().st_size if index.exists() else None,
+                             "case_report_bytes": {c.name: c.stat().st_size for c in cases}})
                 log(f"  parity run #{i + 1}: {runs[-1]['s']:.1f} s rc={p.returncode}")
         res["parity_run"] = runs
     print(render(res))
@@ -174,7 +176,9 @@ def render(res: dict) -> str:
         ss = [x["s"] for x in res["parity_run"]]
         lines += [f"`parity run` (no arguments, fresh process): median {statistics.median(ss):.1f} s over {len(ss)} "
                   f"runs (min {min(ss):.1f}, max {max(ss):.1f}), exit codes {[x['rc'] for x in res['parity_run']]}, "
-                  f"report {statistics.median([x['report_bytes'] or 0 for x in res['parity_run']]) / 1024:.0f} KiB."]
+                  f"index page {statistics.median([x['report_bytes'] or 0 for x in res['parity_run']]) / 1024:.0f} KiB, "
+                  "case reports " + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in
+                                              res['parity_run'][-1]['case_report_bytes'].items()) + "."]
     return "\n".join(lines)
 
 

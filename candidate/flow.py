@@ -19,6 +19,11 @@ from .provenance import KernelLog
 from .switches import Switches
 
 
+def _estimator_t(t: torch.Tensor, spks: torch.Tensor) -> torch.Tensor:
+    """The t the estimator sees (one value, in the CFG batch's dtype): also the key of the AdaLN cache."""
+    return t.reshape(-1)[:1].to(spks.dtype)
+
+
 class _Collect(Probe):
     """Collects what ``probe`` wants from one of the two CFG calls, to be stacked afterwards."""
 
@@ -70,7 +75,7 @@ class CandidateFlow(nn.Module):
         keep_cond = self.faults.override("uncond_keeps_cond", False)
         dt_ = spks.dtype  # upstream builds the CFG batch in spks' dtype (fp16 under AMP)
         T = x.size(2)
-        tt = t.reshape(-1)[:1].to(dt_)
+        tt = _estimator_t(t, spks)
         if self.sw.cfg_mode == "two-calls":
             un = (mu, spks, cond) if keep_cond else (torch.zeros_like(mu), torch.zeros_like(spks), torch.zeros_like(cond))
             rows = []
@@ -137,7 +142,7 @@ class CandidateFlow(nn.Module):
             if k < n:
                 dt = t_span[k + 1] - t
         if self.sw.adaln_cache:
-            self.estimator.cache_modulations([t.reshape(-1)[:1].to(spks.dtype) for t, _ in grid])
+            self.estimator.cache_modulations([_estimator_t(t, spks) for t, _ in grid])
         x = z
         try:
             for k, (t, dt) in enumerate(grid, start=1):
