@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference.dit import DiT, rotate_half_interleaved, static_chunk_mask
+from reference.dit import DiT, rotate_half_interleaved
 from reference.probe import NO_PROBE, Probe
 
 from .faults import ActiveFaults
@@ -308,7 +308,7 @@ class CandidateDiT(nn.Module):
         if prec.reduced:
             h = h.float() if self.sw.keeps("residual") else h.to(prec.low)
         rope = self._rope(h.shape[1], h.device)
-        attn_mask = static_chunk_mask(h.shape[1], net.static_chunk_size, h.device)[None, None] if streaming else None
+        attn_mask = net.attention_mask(h.shape[1], streaming, h.device)  # the reference's rule, from the config
         if self.sw.compile and not probe.wants("block0") and not self.faults:
             out = self._compiled_trunk(h, mods, attn_mask, rope)
         else:

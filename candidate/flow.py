@@ -121,7 +121,7 @@ class CandidateFlow(nn.Module):
     def flow_noise(self, noise: SharedNoise, frames: int) -> torch.Tensor:
         seed = self.faults.override("noise_seed", None)
         if seed is not None:  # fault: the candidate draws its own noise
-            return torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(seed))
+            return torch.randn(1, noise.flow.shape[1], frames, generator=torch.Generator().manual_seed(seed))
         return noise.flow_noise(frames)
 
     def solve(self, mu, mask, spks, cond, noise: SharedNoise, streaming=False, probe: Probe = NO_PROBE,

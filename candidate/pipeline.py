@@ -39,7 +39,7 @@ class CandidateToken2Wav:
     def noise_provenance(self) -> dict:
         seed = self.faults.override("noise_seed", None)
         if seed is not None:
-            z = torch.randn(1, 80, 64, generator=torch.Generator().manual_seed(seed))
+            z = torch.randn(1, self.noise.flow.shape[1], 64, generator=torch.Generator().manual_seed(seed))
             import hashlib
 
             return {"source": f"candidate randn seed {seed}", "fingerprint": hashlib.sha256(z.numpy().tobytes()).hexdigest()[:16]}

@@ -64,12 +64,12 @@ def _write_wav(path: str | Path, audio, sr: int) -> Path:
 # commands
 
 def cmd_dump(args) -> int:
-    from reference.bundle import load_bundle
+    from reference.bundle import bundle_dims, load_bundle
 
     from .runner import Progress, run_to_trace
 
     model = _load_model(args)
-    inputs = load_bundle(args.inputs)
+    inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     if args.pipeline == "candidate" or args.profile or args.fault:
         pipe = _candidate(model, args.profile, args.fault, args.device)
         label = f"candidate[{args.profile or 'fp32-explicit'}]"
@@ -97,12 +97,21 @@ def cmd_dump(args) -> int:
 
 
 def cmd_noise_export(args) -> int:
+    from reference.config import config_from_yaml, preset
     from reference.noise import SharedNoise
 
-    n = SharedNoise.upstream()
+    if args.model_dir:  # the noise follows the model's yaml (its module sizes shape the sine noise)
+        yaml_path = Path(args.model_dir) / "cosyvoice3.yaml"
+        if not yaml_path.exists():
+            raise UsageError(f"{args.model_dir}: no cosyvoice3.yaml in the model directory")
+        cfg = config_from_yaml(yaml_path, name=Path(args.model_dir).name)
+    else:
+        cfg = preset(args.preset)
+    n = SharedNoise.from_config(cfg)
     path = n.save(args.out, frames=args.frames, samples=args.samples)
-    print(f"wrote {path}: rand_noise [1, 80, {args.frames or 15000}], hift_rand_ini [1, 9], hift_sine_noise "
-          f"[1, {args.samples or 24000 * 30}, 9]; fingerprint {n.fingerprint()}")
+    print(f"wrote {path} for config {cfg.name}: rand_noise [1, 80, {args.frames or 15000}], hift_rand_ini [1, 9], "
+          f"hift_sine_noise [1, {args.samples or 24000 * 30}, 9]; recipe {n.sizes.recipe()}; "
+          f"fingerprint {n.fingerprint()}")
     return 0
 
 
@@ -194,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     nsub = n.add_subparsers(dest="noise_cmd", required=True)
     ne = nsub.add_parser("export", help="write the shared noise for another implementation")
     ne.add_argument("--out", required=True)
+    src = ne.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="cosyvoice3-0.5b", help="the preset whose noise to write (default: released)")
+    src.add_argument("--model-dir", help="write the noise of this model directory's cosyvoice3.yaml")
     ne.add_argument("--frames", type=int, default=None, help="flow noise frames (default 15000)")
     ne.add_argument("--samples", type=int, default=None, help="HiFT sine-noise samples (default 720000 = 30 s)")
     ne.set_defaults(func=cmd_noise_export)

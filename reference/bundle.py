@@ -11,8 +11,10 @@ tensor             dtype        shape                        meaning
 ``embedding``      float32      ``[1, 192]``                 speaker x-vector (not normalised)
 =================  ===========  ===========================  ==========================================
 
-and string metadata (``__metadata__``) saying how it was made. Other tensors may ride along (a noise
-buffer, expected outputs): :func:`load_bundle` returns them unchecked.
+(the widths and the ``2`` are the released model's: ``bundle_dims(cfg)`` gives another model's vocabulary,
+mel width, x-vector width and ``token_mel_ratio``) and string metadata (``__metadata__``) saying how it
+was made. Other tensors may ride along (a noise buffer, expected outputs): :func:`load_bundle` returns
+them unchecked.
 
 Dtypes on reading: token ids may be stored as int32 (canonical; what :func:`save_bundle` writes) or int64;
 either way :func:`load_bundle` returns them as ``torch.int64`` (``long``), the dtype embedding look-ups
@@ -38,9 +40,11 @@ from .errors import InputError
 
 BUNDLE_FORMAT = "tts-parity-input-bundle/1"
 REQUIRED = ("token", "prompt_token", "prompt_feat", "embedding")
+# the released model's sizes: the defaults; bundle_dims(cfg) gives another model's
 VOCAB_SIZE = 6561
 MEL_DIM = 80
 SPK_DIM = 192
+TOKEN_MEL_RATIO = 2
 
 # names other dumps use for the same tensors (shared/docs/field-notes.md section 2), for error hints
 _ALIASES = {
@@ -132,8 +136,17 @@ def read_bundle_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def bundle_dims(cfg) -> dict[str, int]:
+    """The keyword arguments of :func:`load_bundle` / :func:`validate_bundle` for the model a
+    :class:`reference.config.ModelConfig` describes (vocabulary, mel width, x-vector width, mel frames
+    per token)."""
+    f = cfg.flow
+    return {"vocab": f.vocab_size, "mel_dim": f.output_size, "spk_dim": f.spk_embed_dim,
+            "token_mel_ratio": f.token_mel_ratio}
+
+
 def load_bundle(path: str | Path, *, vocab: int = VOCAB_SIZE, mel_dim: int = MEL_DIM,
-                spk_dim: int = SPK_DIM) -> dict[str, torch.Tensor]:
+                spk_dim: int = SPK_DIM, token_mel_ratio: int = TOKEN_MEL_RATIO) -> dict[str, torch.Tensor]:
     """Read and validate an input bundle; returns ``{name: tensor}`` for every tensor in the file.
 
     ``token``/``prompt_token`` come back as ``torch.int64``, ``prompt_feat``/``embedding`` as float32 (see
@@ -141,7 +154,8 @@ def load_bundle(path: str | Path, *, vocab: int = VOCAB_SIZE, mel_dim: int = MEL
     :class:`InputError` naming the file, the tensor and what was expected: a missing file, a file that is
     not safetensors (or is truncated), a missing tensor (with a hint when another dump's name for it is
     present), a wrong dtype, rank or shape, ``prompt_feat`` stored channel-major ``[1, 80, 2P]``, a
-    ``prompt_feat`` whose length is not ``2 * P``, NaN/Inf values, or token ids past the vocabulary.
+    ``prompt_feat`` whose length is not ``token_mel_ratio * P``, NaN/Inf values, or token ids past the
+    vocabulary. The sizes default to the released model's; pass ``**bundle_dims(cfg)`` for another model.
     """
     path = Path(path)
     with _open(path) as f:
@@ -152,11 +166,13 @@ def load_bundle(path: str | Path, *, vocab: int = VOCAB_SIZE, mel_dim: int = MEL
                 tensors[name] = f.get_tensor(name)
             except Exception as exc:
                 raise InputError(f"{path}: tensor '{name}' cannot be read ({exc})") from exc
-    return validate_bundle(tensors, source=str(path), vocab=vocab, mel_dim=mel_dim, spk_dim=spk_dim)
+    return validate_bundle(tensors, source=str(path), vocab=vocab, mel_dim=mel_dim, spk_dim=spk_dim,
+                           token_mel_ratio=token_mel_ratio)
 
 
 def validate_bundle(tensors: dict[str, torch.Tensor], *, source: str = "bundle", vocab: int = VOCAB_SIZE,
-                    mel_dim: int = MEL_DIM, spk_dim: int = SPK_DIM) -> dict[str, torch.Tensor]:
+                    mel_dim: int = MEL_DIM, spk_dim: int = SPK_DIM,
+                    token_mel_ratio: int = TOKEN_MEL_RATIO) -> dict[str, torch.Tensor]:
     """Check the four bundle tensors (rules of :func:`load_bundle`); returns a new dict with token tensors
     as int64 and float tensors as float32, other entries unchanged. ``source`` starts every message."""
 
@@ -194,19 +210,20 @@ def validate_bundle(tensors: dict[str, torch.Tensor], *, source: str = "bundle",
     feat = tensors["prompt_feat"]
     if not feat.is_floating_point():
         fail(f"tensor 'prompt_feat' must be float32 log-mel, got {feat.dtype}")
+    r = token_mel_ratio
     if feat.dim() != 3 or feat.shape[0] != 1:
         hint = " (add the batch axis: unsqueeze(0))" if feat.dim() == 2 else ""
-        fail(f"tensor 'prompt_feat' must have shape [1, 2*P, {mel_dim}] (time-major), got {list(feat.shape)}{hint}")
+        fail(f"tensor 'prompt_feat' must have shape [1, {r}*P, {mel_dim}] (time-major), got {list(feat.shape)}{hint}")
     if feat.shape[2] != mel_dim:
         if feat.shape[1] == mel_dim:
             fail(f"tensor 'prompt_feat' has shape {list(feat.shape)}: it looks channel-major [1, {mel_dim}, frames]; "
                  f"bundles store it time-major [1, frames, {mel_dim}] as upstream's flow.inference takes it: "
                  f"transpose(1, 2) it")
-        fail(f"tensor 'prompt_feat' must have shape [1, 2*P, {mel_dim}] (time-major), got {list(feat.shape)}")
-    if feat.shape[1] != 2 * n_prompt:
-        fail(f"tensor 'prompt_feat' has {feat.shape[1]} frames, expected 2 * P = {2 * n_prompt} for the "
-             f"{n_prompt} prompt tokens (upstream's zero-shot front end cuts both to L = min(frames // 2, P): "
-             f"prompt_feat[:, :2L], prompt_token[:, :L])")
+        fail(f"tensor 'prompt_feat' must have shape [1, {r}*P, {mel_dim}] (time-major), got {list(feat.shape)}")
+    if feat.shape[1] != r * n_prompt:
+        fail(f"tensor 'prompt_feat' has {feat.shape[1]} frames, expected {r} * P = {r * n_prompt} for the "
+             f"{n_prompt} prompt tokens (upstream's zero-shot front end cuts both to L = min(frames // {r}, P): "
+             f"prompt_feat[:, :{r}L], prompt_token[:, :L])")
 
     # embedding: [1, spk_dim]
     emb = tensors["embedding"]

@@ -3,6 +3,10 @@
 Field names equal the keyword arguments of the upstream classes in ``cosyvoice3.yaml``
 (``CausalMaskedDiffWithDiT``, ``CausalConditionalCFM`` + ``cfm_params``, ``DiT``,
 ``CausalHiFTGenerator``, ``CausalConvRNNF0Predictor``), so a released yaml maps onto them 1:1.
+The defaults are the released Fun-CosyVoice3-0.5B values; everything the reference builds or computes
+(module sizes, the fixed noise, rates, kernels, iSTFT sizes, lookahead, CFG rate, chunk mask) is read
+from a :class:`ModelConfig`, and :func:`validate` rejects values the reference cannot honour (most of
+them are values upstream's own code hard-codes and cannot run either), naming the yaml key.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ class DiTConfig:
     mel_dim: int = 80
     mu_dim: int = 80
     spk_dim: int = 80
-    out_channels: int = 80
-    static_chunk_size: int = 50
-    num_decoding_left_chunks: int = -1
+    out_channels: int = 80  # stored by upstream's DiT, never used (proj_out is Linear(dim, mel_dim))
+    static_chunk_size: int = 50  # streaming mask chunk in mel frames; <= 0: full attention (upstream's rule)
+    num_decoding_left_chunks: int = -1  # ignored: upstream's DiT.forward hard-codes -1 (all left chunks)
     dropout: float = 0.1  # class default; inert in eval
     long_skip_connection: bool = False
 
@@ -76,7 +80,8 @@ class FlowConfig:
     pre_lookahead_len: int = 3
     pre_lookahead_layer: PreLookaheadConfig = field(default_factory=PreLookaheadConfig)
     decoder: CFMConfig = field(default_factory=CFMConfig)
-    n_timesteps: int = 10  # hard-coded in upstream CausalMaskedDiffWithDiT.inference
+    # upstream hard-codes n_timesteps=10 in CausalMaskedDiffWithDiT.inference (the yaml cannot set it)
+    n_timesteps: int = 10
 
 
 @dataclass
@@ -172,7 +177,9 @@ PRESETS = {"cosyvoice3-0.5b": _cosyvoice3, "tiny": _tiny}
 def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]()
+    cfg = PRESETS[name]()
+    validate(cfg, f"preset {name}")
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,15 +252,125 @@ def config_from_yaml(path: str | Path, name: str | None = None) -> ModelConfig:
     mel_node = doc.get("feat_extractor") or doc.get("mel_spec_transform1")
     if isinstance(mel_node, Tagged):
         cfg.mel = _fill(MelConfig, mel_node.kwargs)
-    _validate(cfg, source)
+    if est_kw.get("mu_dim", 0) is None:  # upstream's DiT: mu_dim=None means mel_dim
+        cfg.flow.decoder.estimator.mu_dim = cfg.flow.decoder.estimator.mel_dim
+    validate(cfg, source)
     return cfg
 
 
-def _validate(cfg: ModelConfig, source: str) -> None:
-    est = cfg.flow.decoder.estimator
+# upstream's hard-coded widths (the yaml cannot change them)
+MEL_CHANNELS = 80  # CausalConditionalCFM: rand_noise [1, 80, 15000] and the CFG batch [2, 80, T], spks [2, 80]
+NB_HARMONICS = 8  # SineGen2 draws rand_ini [1, 9] and sine_waves [1, 7.2M, 9] whatever nb_harmonics is
+SINEGEN1_RATE = 22050  # CausalHiFTGenerator picks SineGen (fresh random noise per call) at this rate only
+CONV_POS_GROUPS = 16  # DiT CausalConvPositionEmbedding: Conv1d(dim, dim, 31, groups=16)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(cfg: ModelConfig, source: str = "config") -> None:
+    """Raise :class:`ConfigError`, naming the yaml key, for any value the reference cannot honour.
+
+    Most are values upstream's own code cannot run (its hard-codes are named in each message); the
+    rest are options the reference does not implement. Checked with upstream's classes where marked."""
+    f, dec, h = cfg.flow, cfg.flow.decoder, cfg.hift
+    est, pla, fp, cfm = dec.estimator, f.pre_lookahead_layer, h.f0_predictor, dec.cfm_params
+
+    def bad(key: str, value, why: str):
+        raise ConfigError(f"{source}: '{key}' = {value!r}: {why}")
+
+    def positive_ints(pairs):
+        for key, v in pairs:
+            if not _int(v) or v < 1:
+                bad(key, v, "must be a positive integer")
+
+    positive_ints([("flow.vocab_size", f.vocab_size), ("flow.input_size", f.input_size),
+                   ("flow.output_size", f.output_size), ("flow.spk_embed_dim", f.spk_embed_dim),
+                   ("flow.token_mel_ratio", f.token_mel_ratio),
+                   ("flow.pre_lookahead_layer.channels", pla.channels),
+                   ("flow.decoder.estimator.dim", est.dim), ("flow.decoder.estimator.depth", est.depth),
+                   ("flow.decoder.estimator.heads", est.heads), ("flow.decoder.estimator.dim_head", est.dim_head),
+                   ("flow.decoder.estimator.ff_mult", est.ff_mult),
+                   ("hift.base_channels", h.base_channels), ("hift.sampling_rate", h.sampling_rate),
+                   ("hift.f0_predictor.cond_channels", fp.cond_channels)])
+    for key, v in (("flow.pre_lookahead_len", f.pre_lookahead_len),
+                   ("flow.pre_lookahead_layer.pre_lookahead_len", pla.pre_lookahead_len),
+                   ("hift.conv_pre_look_right", h.conv_pre_look_right)):
+        if not _int(v) or v < 0:
+            bad(key, v, "must be a non-negative integer")
+    if not _int(est.static_chunk_size):
+        bad("flow.decoder.estimator.static_chunk_size", est.static_chunk_size, "must be an integer")
+
+    # flow: the mel width is fixed by upstream's CFM
+    for key, v in (("flow.input_size", f.input_size), ("flow.output_size", f.output_size),
+                   ("flow.decoder.estimator.mel_dim", est.mel_dim)):
+        if v != MEL_CHANNELS:
+            bad(key, v, f"upstream's CausalConditionalCFM hard-codes {MEL_CHANNELS} mel channels (rand_noise "
+                        f"[1, 80, 15000], the CFG batch [2, 80, T]); it cannot run another width")
+    if pla.in_channels != f.input_size:
+        bad("flow.pre_lookahead_layer.in_channels", pla.in_channels,
+            f"must equal flow.input_size ({f.input_size}): the layer adds its output to the token embedding")
+    if est.mu_dim != f.input_size:
+        bad("flow.decoder.estimator.mu_dim", est.mu_dim, f"must equal flow.input_size ({f.input_size}): mu is the "
+            "upsampled token embedding")
+    if est.spk_dim != f.output_size:
+        bad("flow.decoder.estimator.spk_dim", est.spk_dim, f"must equal flow.output_size ({f.output_size}): spks is "
+            "spk_embed_affine_layer's output (a DiT without speaker input is not implemented by the reference)")
+    if est.long_skip_connection:
+        bad("flow.decoder.estimator.long_skip_connection", est.long_skip_connection,
+            "the reference does not implement the DiT's long skip connection")
     if est.heads * est.dim_head != est.dim:
-        raise ConfigError(f"{source}: DiT heads*dim_head = {est.heads * est.dim_head} != dim {est.dim}")
-    if cfg.flow.decoder.cfm_params.solver != "euler":
-        raise ConfigError(f"{source}: solver {cfg.flow.decoder.cfm_params.solver!r} unsupported (upstream uses euler)")
-    if cfg.flow.decoder.cfm_params.t_scheduler not in ("cosine", "linear"):
-        raise ConfigError(f"{source}: t_scheduler {cfg.flow.decoder.cfm_params.t_scheduler!r} unsupported")
+        bad("flow.decoder.estimator.heads", est.heads,
+            f"heads * dim_head = {est.heads * est.dim_head} != dim {est.dim} (not supported by the reference)")
+    if est.dim % CONV_POS_GROUPS:
+        bad("flow.decoder.estimator.dim", est.dim, f"upstream's CausalConvPositionEmbedding hard-codes "
+            f"{CONV_POS_GROUPS} conv groups: dim must be a multiple of {CONV_POS_GROUPS}")
+    if cfm.solver != "euler":
+        bad("flow.decoder.cfm_params.solver", cfm.solver, "unsupported (upstream's CausalConditionalCFM uses euler)")
+    if cfm.t_scheduler not in ("cosine", "linear"):
+        bad("flow.decoder.cfm_params.t_scheduler", cfm.t_scheduler, "unsupported (expected cosine or linear)")
+    if isinstance(cfm.inference_cfg_rate, bool) or not isinstance(cfm.inference_cfg_rate, (int, float)):
+        bad("flow.decoder.cfm_params.inference_cfg_rate", cfm.inference_cfg_rate, "must be a number")
+
+    # hift
+    if h.nb_harmonics != NB_HARMONICS:
+        bad("hift.nb_harmonics", h.nb_harmonics, f"upstream's SineGen2 hard-codes {NB_HARMONICS + 1} harmonic "
+            f"columns in its fixed noise (rand(1, 9), rand(1, 300 * 24000, 9)); its inference fails for any other "
+            f"value (checked with upstream's code at ace7c47)")
+    if h.sampling_rate == SINEGEN1_RATE:
+        bad("hift.sampling_rate", h.sampling_rate, f"at {SINEGEN1_RATE} Hz upstream's CausalHiFTGenerator uses "
+            "SineGen, which draws fresh random noise on every call: no fixed noise to reproduce")
+    if h.in_channels != f.output_size:
+        bad("hift.in_channels", h.in_channels, f"must equal flow.output_size ({f.output_size}): HiFT reads the "
+            "flow's mel")
+    if fp.in_channels != h.in_channels:
+        bad("hift.f0_predictor.in_channels", fp.in_channels, f"must equal hift.in_channels ({h.in_channels})")
+    if fp.num_class != 1:
+        bad("hift.f0_predictor.num_class", fp.num_class, "must be 1: f0 = |classifier(x)|.squeeze(-1) is one "
+            "value per frame")
+    n_up = len(h.upsample_rates)
+    positive_ints([(f"hift.upsample_rates[{i}]", u) for i, u in enumerate(h.upsample_rates)]
+                  + [(f"hift.upsample_kernel_sizes[{i}]", k) for i, k in enumerate(h.upsample_kernel_sizes)])
+    if n_up < 1:
+        bad("hift.upsample_rates", h.upsample_rates, "needs at least one stage")
+    for key, seq in (("hift.upsample_kernel_sizes", h.upsample_kernel_sizes),
+                     ("hift.source_resblock_kernel_sizes", h.source_resblock_kernel_sizes),
+                     ("hift.source_resblock_dilation_sizes", h.source_resblock_dilation_sizes)):
+        if len(seq) != n_up:
+            bad(key, seq, f"needs one entry per upsampling stage ({n_up}, hift.upsample_rates); upstream zips "
+                "them and then fails on the missing stage")
+    if len(h.resblock_dilation_sizes) != len(h.resblock_kernel_sizes) or not h.resblock_kernel_sizes:
+        bad("hift.resblock_dilation_sizes", h.resblock_dilation_sizes,
+            f"needs one entry per hift.resblock_kernel_sizes entry ({len(h.resblock_kernel_sizes)})")
+    if h.base_channels // 2 ** n_up < 1:
+        bad("hift.base_channels", h.base_channels, f"halved {n_up} times it leaves no channel")
+    ist = h.istft_params
+    if not isinstance(ist, dict) or set(ist) != {"n_fft", "hop_len"}:
+        bad("hift.istft_params", ist, "must hold exactly n_fft and hop_len")
+    if not _int(ist["n_fft"]) or ist["n_fft"] < 2 or ist["n_fft"] % 2:
+        bad("hift.istft_params.n_fft", ist["n_fft"], "must be an even integer >= 2 (conv_post makes n_fft + 2 "
+            "channels: n_fft/2 + 1 magnitudes and as many phases)")
+    if not _int(ist["hop_len"]) or ist["hop_len"] < 1:
+        bad("hift.istft_params.hop_len", ist["hop_len"], "must be a positive integer")
+

@@ -202,8 +202,12 @@ class DiT(nn.Module):
         self.static_chunk_size = cfg.static_chunk_size
 
     def attention_mask(self, seq_len: int, streaming: bool, device) -> torch.Tensor | None:
-        """None (full attention) offline; the [1, 1, T, T] static chunk mask when streaming."""
-        if not streaming:
+        """None (full attention) offline; the [1, 1, T, T] static chunk mask when streaming.
+
+        The chunk is the yaml's ``static_chunk_size`` (50 released); upstream's ``add_optional_chunk_mask``
+        masks nothing when it is <= 0, and it hard-codes ``num_decoding_left_chunks = -1`` (all left
+        chunks) in ``DiT.forward``, whatever the yaml sets."""
+        if not streaming or self.static_chunk_size <= 0:
             return None  # upstream passes an all-True mask: identical to no mask
         return static_chunk_mask(seq_len, self.static_chunk_size, device)[None, None]
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from .config import preset
 from .hift import hift_state_dict_upstream
 from .model import Token2Wav
 
@@ -16,13 +15,18 @@ _YAML = {"tiny": "tiny.yaml", "cosyvoice3-0.5b": "cosyvoice3.yaml"}
 
 
 def export_model_dir(preset_name: str, out: str | Path, fmt: str = "pt") -> Path:
-    cfg = preset(preset_name)
+    """A preset as a model directory (its yaml from ``fixtures/configs``)."""
     if preset_name not in _YAML:
         raise ValueError(f"no yaml for preset {preset_name!r}")
-    model = Token2Wav.from_preset(preset_name)
+    return write_model_dir(Token2Wav.from_preset(preset_name), (CONFIGS / _YAML[preset_name]).read_text(), out, fmt)
+
+
+def write_model_dir(model: Token2Wav, yaml_text: str, out: str | Path, fmt: str = "pt") -> Path:
+    """Write ``model``'s weights in the upstream key format next to ``yaml_text`` (which must describe the
+    same configuration: loading the directory builds the modules from the yaml)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cosyvoice3.yaml").write_text((CONFIGS / _YAML[preset_name]).read_text())
+    (out / "cosyvoice3.yaml").write_text(yaml_text)
     flow_sd = {k: v.detach().clone().contiguous() for k, v in model.flow.state_dict().items()}
     hift_sd = {k: v.contiguous() for k, v in hift_state_dict_upstream(model.hift).items()}
     if fmt == "pt":
@@ -35,5 +39,4 @@ def export_model_dir(preset_name: str, out: str | Path, fmt: str = "pt") -> Path
         save_file(hift_sd, str(out / "hift.safetensors"))
     else:
         raise ValueError(f"format must be pt or safetensors, got {fmt!r}")
-    del cfg
     return out

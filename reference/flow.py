@@ -32,6 +32,10 @@ class PreLookaheadLayer(nn.Module):
         if context is None or context.size(1) == 0:
             out = F.pad(out, (0, self.pre_lookahead_len))
         else:
+            if context.size(1) != self.pre_lookahead_len:  # upstream asserts this in its streaming path
+                raise InputError(f"pre_lookahead_layer: {context.size(1)} context frames given, the layer's "
+                                 f"pre_lookahead_len is {self.pre_lookahead_len} (flow.pre_lookahead_len and "
+                                 f"flow.pre_lookahead_layer.pre_lookahead_len must agree for streaming)")
             ctx = context.transpose(1, 2).contiguous()
             out = F.pad(torch.concat([out, ctx], dim=2), (0, self.pre_lookahead_len - ctx.size(2)))
         out = F.leaky_relu(self.conv1(out))  # default slope 0.01
@@ -40,7 +44,7 @@ class PreLookaheadLayer(nn.Module):
 
 
 def check_flow_inputs(token, prompt_token, prompt_feat, embedding, *, vocab: int, mel_dim: int, spk_dim: int,
-                      lookahead: int, finalize: bool, source: str = "inputs") -> None:
+                      lookahead: int, finalize: bool, source: str = "inputs", token_mel_ratio: int = 2) -> None:
     """Shapes and dtypes the flow needs, with errors that name the tensor and what was expected."""
     def need(cond: bool, msg: str):
         if not cond:
@@ -61,11 +65,12 @@ def check_flow_inputs(token, prompt_token, prompt_feat, embedding, *, vocab: int
              f"needs more than the {lookahead}-token lookahead")
     need(isinstance(prompt_feat, torch.Tensor), "tensor 'prompt_feat' is missing")
     need(prompt_feat.dim() == 3 and prompt_feat.shape[0] == 1 and prompt_feat.shape[2] == mel_dim,
-         f"tensor 'prompt_feat' must be [1, 2*P, {mel_dim}] (time-major as upstream), got {list(prompt_feat.shape)}")
+         f"tensor 'prompt_feat' must be [1, {token_mel_ratio}*P, {mel_dim}] (time-major as upstream), "
+         f"got {list(prompt_feat.shape)}")
     need(prompt_feat.is_floating_point(), f"tensor 'prompt_feat' must be floating point, got {prompt_feat.dtype}")
-    need(prompt_feat.shape[1] == 2 * prompt_token.shape[1],
-         f"tensor 'prompt_feat' has {prompt_feat.shape[1]} frames, expected 2 * len(prompt_token) = "
-         f"{2 * prompt_token.shape[1]}")
+    need(prompt_feat.shape[1] == token_mel_ratio * prompt_token.shape[1],
+         f"tensor 'prompt_feat' has {prompt_feat.shape[1]} frames, expected token_mel_ratio * len(prompt_token) = "
+         f"{token_mel_ratio} * {prompt_token.shape[1]} = {token_mel_ratio * prompt_token.shape[1]}")
     need(isinstance(embedding, torch.Tensor), "tensor 'embedding' is missing")
     need(embedding.dim() == 2 and tuple(embedding.shape) == (1, spk_dim),
          f"tensor 'embedding' must be [1, {spk_dim}], got {list(embedding.shape)}")
@@ -92,7 +97,7 @@ class CausalMaskedDiffWithDiT(nn.Module):
         """The front end: returns (mu [1,80,T], mask [1,1,T], spks [1,80], cond [1,80,T], mel_len1)."""
         check_flow_inputs(token, prompt_token, prompt_feat, embedding, vocab=self.cfg.vocab_size,
                           mel_dim=self.cfg.output_size, spk_dim=self.cfg.spk_embed_dim,
-                          lookahead=self.pre_lookahead_len, finalize=finalize)
+                          lookahead=self.pre_lookahead_len, finalize=finalize, token_mel_ratio=self.token_mel_ratio)
         embedding = F.normalize(embedding, dim=1)  # e / max(||e||, 1e-12)
         spks = self.spk_embed_affine_layer(embedding)
         tok = torch.concat([prompt_token, token], dim=1)
@@ -118,9 +123,10 @@ class CausalMaskedDiffWithDiT(nn.Module):
 
     def inference(self, token, prompt_token, prompt_feat, embedding, noise, *, streaming: bool = False,
                   finalize: bool = True, n_timesteps: int | None = None, probe: Probe = NO_PROBE) -> torch.Tensor:
-        """Tokens -> mel [1, 80, 2*N_t] (or 2*(N_t - lookahead) when not finalizing).
+        """Tokens -> mel [1, 80, r*N_t] (or r*(N_t - lookahead) when not finalizing), r = token_mel_ratio.
 
-        ``noise`` is a :class:`reference.noise.SharedNoise`."""
+        ``noise`` is a :class:`reference.noise.SharedNoise`. ``n_timesteps`` defaults to the config's 10,
+        which upstream hard-codes in ``CausalMaskedDiffWithDiT.inference``."""
         mu, mask, spks, cond, mel_len1 = self.prepare(token, prompt_token, prompt_feat, embedding, finalize, probe)
         feat = self.decoder(mu, mask, n_timesteps or self.cfg.n_timesteps, spks, cond,
                             noise.flow_noise(mu.shape[2]), streaming=streaming, probe=probe)

@@ -45,7 +45,7 @@ from .probe import NO_PROBE, Probe, as_probe
 WN_G = "parametrizations.weight.original0"  # weight norm g [C_out, 1, 1] (torch.nn.utils.parametrizations)
 WN_V = "parametrizations.weight.original1"  # weight norm v [C_out, C_in, k]
 LEGACY_G, LEGACY_V = "weight_g", "weight_v"  # the old torch.nn.utils.weight_norm names
-MAGNITUDE_CLAMP = 1e2  # upstream clips the iSTFT magnitude at 100
+MAGNITUDE_CLAMP = 1e2  # upstream hard-codes the clip of the iSTFT magnitude at 100 (not in the yaml)
 DECODER_FOLD_DTYPE = torch.float32  # upstream's parametrization folds in the weights' dtype (fp32) per call
 
 
@@ -183,7 +183,8 @@ class ResBlock(nn.Module):
 
 class CausalConvRNNF0Predictor(nn.Module):
     """condnet: conv(k=4, right pad 3: 3 frames of lookahead) + ELU, then 4 x (conv k=3 left pad 2 + ELU);
-    ``classifier`` Linear(C -> 1); ``abs``. All five convs are weight-normed.
+    ``classifier`` Linear(C -> 1); ``abs``. All five convs are weight-normed. Upstream hard-codes the layer
+    count and the kernels 4 and 3; the widths come from the yaml (``in_channels``, ``cond_channels``).
 
     ``params`` optionally replaces tensors by state-dict key (the generator passes float64 copies)."""
 
@@ -231,8 +232,8 @@ class CausalConvRNNF0Predictor(nn.Module):
 # source module
 
 class SourceModuleHnNSF(nn.Module):
-    """Holds ``l_linear`` (Linear(9, 1)); the causal SineGen2 itself has no parameters and lives in
-    :meth:`CausalHiFTGenerator.make_source`."""
+    """Holds ``l_linear`` (Linear(nb_harmonics + 1, 1); 9 -> 1 released); the causal SineGen2 itself has no
+    parameters and lives in :meth:`CausalHiFTGenerator.make_source`."""
 
     def __init__(self, harmonic_num: int = 8):
         super().__init__()
@@ -307,7 +308,7 @@ class CausalHiFTGenerator(nn.Module):
             ch = base // 2 ** (i + 1)
             for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
                 self.resblocks.append(ResBlock(ch, k, d))
-        self.conv_post = _weight_normed(CausalConv1d(ch, n_bins, 7, 1, "left"))
+        self.conv_post = _weight_normed(CausalConv1d(ch, n_bins, 7, 1, "left"))  # kernel 7: upstream hard-codes it
         fp = cfg.f0_predictor
         self.f0_predictor = CausalConvRNNF0Predictor(fp.in_channels, fp.cond_channels, fp.num_class)
         self.register_buffer("stft_window", hann_window(self.n_fft), persistent=False)
@@ -362,8 +363,10 @@ class CausalHiFTGenerator(nn.Module):
         if T < need:
             raise InputError(f"hift: tensor '{what}' has {T} frames; "
                              + ("at least 1 is needed" if finalize else
-                                f"a non-final (streaming) call needs at least {need}: 3 frames of F0 lookahead "
-                                f"and 4 of conv_pre lookahead are held back, then one more frame of output is dropped"))
+                                f"a non-final (streaming) call needs at least {need}: "
+                                f"{self.f0_predictor.lookahead} frames of F0 lookahead and "
+                                f"{self.conv_pre_look_right} of conv_pre lookahead (hift.conv_pre_look_right) are "
+                                f"held back, then one more frame of output is dropped"))
         return T
 
     def _f0_params64(self) -> dict[str, torch.Tensor]:
@@ -387,10 +390,12 @@ class CausalHiFTGenerator(nn.Module):
 
     @torch.no_grad()
     def make_source(self, f0: torch.Tensor, noise: SharedNoise) -> torch.Tensor:
-        """f0 [1, N] (Hz) -> harmonic source [1, 1, 480 N] (causal SineGen2 + l_linear + tanh).
+        """f0 [1, N] (Hz) -> harmonic source [1, 1, S N] (causal SineGen2 + l_linear + tanh), where S =
+        prod(upsample_rates) * hop_len samples per frame (480 released).
 
-        The phase is a staircase: ``sin(480 * 2pi * cumsum_k((h * f0_k / sr) mod 1))``, constant over each
-        480-sample frame. Noise is the fixed uniform buffer ``noise.sine_noise(L)``."""
+        The phase is a staircase: ``sin(S * 2pi * cumsum_k((h * f0_k / sr) mod 1))``, constant over each
+        S-sample frame. Noise is the fixed uniform buffer ``noise.sine_noise(L)``: upstream's, drawn with
+        the sizes of this model's configuration (:mod:`reference.noise`)."""
         if not isinstance(f0, torch.Tensor) or f0.dim() != 2 or f0.shape[0] != 1:
             raise InputError(f"hift: tensor 'f0' must be [1, frames], got "
                              f"{list(f0.shape) if isinstance(f0, torch.Tensor) else type(f0).__name__}")
@@ -408,9 +413,10 @@ class CausalHiFTGenerator(nn.Module):
         return self.m_source(sine_waves).transpose(1, 2)
 
     def sine_phase(self, f0_up: torch.Tensor, rand_ini: torch.Tensor) -> torch.Tensor:
-        """The causal SineGen2 phase: f0 upsampled to samples [1, L, 1] -> sine argument [1, L, 9] for the
-        harmonics h = 1..9: ``480 * 2pi * cumsum_{j<=k}((h * f0_j / sr) mod 1)`` for every sample of frame
-        k (a staircase, constant over each frame; the non-causal SineGen2 ramps linearly instead)."""
+        """The causal SineGen2 phase: f0 upsampled to samples [1, L, 1] -> sine argument [1, L, nb_harmonics + 1]
+        for the harmonics h = 1..nb_harmonics + 1: ``S * 2pi * cumsum_{j<=k}((h * f0_j / sr) mod 1)`` for every
+        sample of frame k, S samples per frame (a staircase, constant over each frame; the non-causal SineGen2
+        ramps linearly instead)."""
         cfg, scale = self.cfg, self.upsample_scale
         harmonics = torch.arange(1, cfg.nb_harmonics + 2, dtype=f0_up.dtype, device=f0_up.device).view(1, 1, -1)
         rad = (f0_up * harmonics / cfg.sampling_rate) % 1  # [1, L, 9] cycles per sample, integer part dropped
@@ -451,7 +457,8 @@ class CausalHiFTGenerator(nn.Module):
                 or source.shape[2] != want:
             got = list(source.shape) if isinstance(source, torch.Tensor) else type(source).__name__
             raise InputError(f"hift: tensor 'source' must be [1, 1, {want}] for {T} mel frames"
-                             f"{'' if finalize else ' when not finalizing (3 frames of F0 lookahead)'}, got {got}")
+                             f"{'' if finalize else f' when not finalizing ({self.f0_predictor.lookahead} frames of F0 lookahead)'}"
+                             f", got {got}")
         if source.dtype not in self._dtypes_ok():
             raise InputError(f"hift: tensor 'source' must be float32, got {source.dtype}")
         x = mel if finalize else mel[:, :, :n_mel]
@@ -461,7 +468,7 @@ class CausalHiFTGenerator(nn.Module):
         else:
             look = self.conv_pre_look_right
             x = self.conv_pre(x[:, :, :-look], x[:, :, -look:])  # the last 4 frames are right context
-            s_stft = s_stft[:, :, :-(math.prod(self.upsample_rates) * look)]  # 480 STFT frames
+            s_stft = s_stft[:, :, :-(math.prod(self.upsample_rates) * look)]  # STFT frames of `look` mel frames (480)
         probe("s_stft", s_stft)
         probe("conv_pre", x)
 
@@ -481,7 +488,7 @@ class CausalHiFTGenerator(nn.Module):
             x = xs / self.num_kernels
             probe(f"hift.resblocks{i}", x)
 
-        x = F.leaky_relu(x)  # default slope 0.01, not lrelu_slope
+        x = F.leaky_relu(x)  # default slope 0.01, not lrelu_slope: upstream hard-codes it
         x = self.conv_post(x)
         probe("hift.conv_post", x)
         n_bins = self.n_fft // 2 + 1
@@ -491,7 +498,7 @@ class CausalHiFTGenerator(nn.Module):
         probe("phase", phase)
         audio = self._istft(magnitude, phase)
         if not finalize:
-            audio = audio[:, :-(math.prod(self.upsample_rates) * self.hop_len)]  # 480 samples
+            audio = audio[:, :-(math.prod(self.upsample_rates) * self.hop_len)]  # one mel frame of samples (480)
         probe("audio_preclamp", audio)
         audio = torch.clamp(audio, -self.cfg.audio_limit, self.cfg.audio_limit)
         probe("audio", audio)

@@ -20,7 +20,7 @@ from .config import ModelConfig, config_from_yaml, preset
 from .errors import CheckpointError, InputError
 from .flow import CausalMaskedDiffWithDiT
 from .init import FLOW_RULES, seeded_init_, state_dict_sha256
-from .noise import SharedNoise, upstream_noise
+from .noise import SharedNoise, check_noise_fits, noise_for_config
 from .probe import NO_PROBE, Probe, as_probe
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,15 @@ def environment() -> dict:
             "threads": torch.get_num_threads(), "git_sha": project_git_sha()}
 
 
+def _model_noise(noise: SharedNoise | None, cfg: ModelConfig) -> SharedNoise:
+    """The given noise (checked against the model's sizes when it records them), or the noise upstream
+    draws for this configuration."""
+    if noise is None:
+        return noise_for_config(cfg)
+    check_noise_fits(noise, cfg)
+    return noise
+
+
 @dataclass
 class Token2Wav:
     """The reference pipeline: flow (fp32, explicit attention) + HiFT (F0 in fp64) + shared noise."""
@@ -82,16 +91,23 @@ class Token2Wav:
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, noise: SharedNoise | None = None) -> "Token2Wav":
+        return cls.from_config(preset(name), noise, f"preset:{name}")
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, noise: SharedNoise | None = None,
+                    model_id: str | None = None) -> "Token2Wav":
+        """Seeded weights (``cfg.seed``) for any valid configuration, with the noise of that configuration."""
+        from .config import validate
         from .hift import build_hift, hift_state_dict_upstream
 
-        cfg = preset(name)
+        validate(cfg, f"config {cfg.name}")
         flow = build_flow(cfg)
         hift = build_hift(cfg.hift, cfg.seed)
         # hashes over the released key format, so a preset and its exported model directory agree
         weights = {"source": "seeded", "seed": cfg.seed,
                    "flow_sha256": state_dict_sha256(flow.state_dict()),
                    "hift_sha256": state_dict_sha256(hift_state_dict_upstream(hift))}
-        return cls(cfg, flow, hift, noise or upstream_noise(), f"preset:{name}", weights)
+        return cls(cfg, flow, hift, _model_noise(noise, cfg), model_id or f"config:{cfg.name}", weights)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, noise: SharedNoise | None = None) -> "Token2Wav":
@@ -114,7 +130,7 @@ class Token2Wav:
         weights = {"source": "checkpoint", "flow_file": flow_path.name, "hift_file": hift_path.name,
                    "flow_sha256": state_dict_sha256(flow_sd), "hift_sha256": state_dict_sha256(hift_sd),
                    "flow_stored_dtypes": stored_dtypes(flow_sd), "hift_stored_dtypes": stored_dtypes(hift_sd)}
-        return cls(cfg, flow, hift, noise or upstream_noise(), f"model_dir:{model_dir.resolve()}", weights)
+        return cls(cfg, flow, hift, _model_noise(noise, cfg), f"model_dir:{model_dir.resolve()}", weights)
 
     @classmethod
     def load(cls, preset_name: str | None = None, model_dir: str | Path | None = None,

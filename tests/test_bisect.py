@@ -216,7 +216,7 @@ def overflow_model():
     from reference.config import preset
     from reference.hift import build_hift
     from reference.model import Token2Wav, build_flow
-    from reference.noise import upstream_noise
+    from reference.noise import noise_for_config
 
     cfg = preset("tiny")
     cfg.flow.decoder.estimator.depth = DEPTH
@@ -230,7 +230,7 @@ def overflow_model():
         d = out.weight.shape[0]
         blk.attn_norm.linear.weight[5 * d:6 * d].div_(f)  # gate_mlp, the last of the six modulations
         blk.attn_norm.linear.bias[5 * d:6 * d].div_(f)
-    return Token2Wav(cfg, flow, hift, upstream_noise(), "test:tiny-depth4-block2-fp16-overflow",
+    return Token2Wav(cfg, flow, hift, noise_for_config(cfg), "test:tiny-depth4-block2-fp16-overflow",
                      {"source": "test", "scaled": f"block{OVERFLOW_BLOCK}.ff x1e5, gate x1e-5"})
 
 

@@ -14,7 +14,7 @@ from reference.dit import apply_rotary_pos_emb, static_chunk_mask
 from reference.errors import CheckpointError, InputError
 from reference.flow_matching import time_span
 from reference.model import build_flow
-from reference.noise import SharedNoise, upstream_noise
+from reference.noise import SharedNoise, noise_for_config
 from reference.probe import Probe
 
 from .conftest import FIXTURES
@@ -32,7 +32,8 @@ def run_flow(flow, inputs, streaming=False, finalize=True, patterns=None, noise=
     rec = Recorder(patterns)
     with torch.inference_mode():
         mel = flow.inference(inputs["token"], inputs["prompt_token"], inputs["prompt_feat"], inputs["embedding"],
-                             noise or upstream_noise(), streaming=streaming, finalize=finalize, probe=Probe(rec))
+                             noise or noise_for_config(preset("tiny")), streaming=streaming, finalize=finalize,
+                             probe=Probe(rec))
     return mel, rec.tensors
 
 
@@ -49,7 +50,7 @@ def test_t_span_cosine_values():
 
 
 def test_flow_noise_first_values_and_roundtrip(tmp_path):
-    n = SharedNoise.upstream()
+    n = SharedNoise.from_config(preset("cosyvoice3-0.5b"))
     assert n.flow.shape == (1, 80, 15000)
     assert torch.allclose(n.flow[0, 0, :4], torch.tensor([-1.1258398, -1.1523602, -0.2505786, -0.4338788]), atol=1e-7)
     path = n.save(tmp_path / "noise.safetensors", frames=300, samples=4800)
@@ -132,7 +133,7 @@ def test_output_shapes_and_prompt_slice(tiny_flow):
     assert torch.equal(mel, st["step10.x"][:, :, 20:])
     assert torch.equal(st["cond"][:, :, :20], inputs["prompt_feat"].transpose(1, 2))
     assert (st["cond"][:, :, 20:] == 0).all()
-    assert torch.equal(st["x0"], upstream_noise().flow_noise(T))
+    assert torch.equal(st["x0"], noise_for_config(preset("tiny")).flow_noise(T))
     names = [f"step{k}.{s}" for k in range(1, 11) for s in ("t", "dt", "v1", "v2", "v_cfg", "x")]
     assert all(n in st for n in names)
     assert not any(".block" in n for n in st)  # per-block outputs are opt-in

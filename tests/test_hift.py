@@ -16,10 +16,15 @@ from reference.errors import CheckpointError, InputError
 from reference.hift import (WN_G, WN_V, CausalHiFTGenerator, build_hift, conv1d_tiled, fold_weight_norm,
                             hann_window, hift_state_dict_upstream, istft_overlap_add, load_hift_state_dict)
 from reference.init import state_dict_sha256
-from reference.noise import SharedNoise, upstream_noise
+from reference.noise import SharedNoise, noise_for_config
 from reference.probe import Probe
 
 HOP = 480
+
+
+def tiny_noise() -> SharedNoise:
+    """The noise upstream draws for the tiny configuration (the vocoder under test)."""
+    return noise_for_config(preset("tiny"))
 
 
 def speech_like_mel(T: int, seed: int = 0, silence: tuple[int, int] | None = None) -> torch.Tensor:
@@ -35,7 +40,7 @@ def speech_like_mel(T: int, seed: int = 0, silence: tuple[int, int] | None = Non
 
 def run(model, mel, finalize=True, patterns=None, noise=None):
     rec = Recorder(patterns)
-    audio = model.inference(mel, noise or upstream_noise(), finalize=finalize, probe=Probe(rec))
+    audio = model.inference(mel, noise or tiny_noise(), finalize=finalize, probe=Probe(rec))
     return audio, rec.tensors
 
 
@@ -55,7 +60,7 @@ def tiny_run(tiny):
 # fixed noise and transforms
 
 def test_sine_noise_first_values():
-    row = upstream_noise().sine_noise(4)[0, 0, :3]
+    row = noise_for_config(preset("cosyvoice3-0.5b")).sine_noise(4)[0, 0, :3]  # released sizes
     assert torch.allclose(row, torch.tensor([0.92282599, 0.47744751, 0.82705182]), atol=1e-8)
 
 
@@ -138,16 +143,16 @@ def test_probe_never_records_unwanted_stages(tiny):
             raise AssertionError(f"recorded {name}")
 
     rec = Refuses()
-    tiny.inference(speech_like_mel(10, seed=4), upstream_noise(), probe=Probe(rec))
+    tiny.inference(speech_like_mel(10, seed=4), tiny_noise(), probe=Probe(rec))
     assert "audio" in rec.asked and "hift.conv_post" in rec.asked
 
 
 def test_two_runs_bit_identical(tiny):
     mel = speech_like_mel(25, seed=5)
-    a = tiny.inference(mel, upstream_noise())
-    b = tiny.inference(mel.clone(), upstream_noise())
+    a = tiny.inference(mel, tiny_noise())
+    b = tiny.inference(mel.clone(), tiny_noise())
     assert torch.equal(a, b)
-    c = build_hift(preset("tiny").hift, preset("tiny").seed).inference(mel, upstream_noise())
+    c = build_hift(preset("tiny").hift, preset("tiny").seed).inference(mel, tiny_noise())
     assert torch.equal(a, c)
 
 
@@ -187,7 +192,7 @@ def test_f0_runs_in_float64(tiny, monkeypatch):
 def test_sine_phase_is_a_staircase(tiny):
     f0 = torch.tensor([[100.0, 100.0, 100.0, 250.0, 0.0, 5.0, 180.5, 321.0]])
     f0_up = f0.repeat_interleave(HOP, dim=1)[..., None]
-    phase = tiny.sine_phase(f0_up, upstream_noise().rand_ini)
+    phase = tiny.sine_phase(f0_up, tiny_noise().rand_ini)
     assert phase.shape == (1, HOP * 8, 9)
     frames = phase.view(8, HOP, 9)
     assert torch.equal(frames, frames[:, :1].expand_as(frames))  # constant over each 480-sample frame
@@ -200,7 +205,7 @@ def test_sine_phase_is_a_staircase(tiny):
 
 
 def test_source_constant_per_frame_without_noise(tiny):
-    quiet = SharedNoise(torch.zeros(1, 80, 8), upstream_noise().rand_ini, torch.zeros(1, HOP * 6, 9))
+    quiet = SharedNoise(torch.zeros(1, 80, 8), tiny_noise().rand_ini, torch.zeros(1, HOP * 6, 9))
     f0 = torch.tensor([[120.0, 120.0, 3.0, 200.0, 0.0, 333.0]])
     s = tiny.make_source(f0, quiet)
     assert s.shape == (1, 1, HOP * 6)
@@ -212,7 +217,7 @@ def test_source_constant_per_frame_without_noise(tiny):
 
 
 def test_source_uses_fixed_uniform_noise_and_rand_ini_has_no_effect(tiny):
-    noise = upstream_noise()
+    noise = tiny_noise()
     f0 = torch.tensor([[0.0, 150.0, 0.0]])
     s = tiny.make_source(f0, noise)
     assert not torch.equal(s[..., :HOP], s[..., :1].expand(1, 1, HOP))  # unvoiced frame 0: noise varies
@@ -252,9 +257,9 @@ def test_streaming_chunks_like_token2wav(tiny):
     mel = speech_like_mel(60, seed=9)
     tiny.set_length_invariant(True)
     try:
-        full = tiny.inference(mel, upstream_noise())
+        full = tiny.inference(mel, tiny_noise())
         for end in (20, 35, 50):
-            part = tiny.inference(mel[:, :, :end], upstream_noise(), finalize=False)
+            part = tiny.inference(mel[:, :, :end], tiny_noise(), finalize=False)
             assert torch.equal(full[:, :part.shape[1]], part)
     finally:
         tiny.set_length_invariant(False)
@@ -274,26 +279,26 @@ def test_conv1d_tiled(stride, dilation, k, length, tile):
 
 def test_untiled_convs_agree_to_rounding(tiny):
     mel = speech_like_mel(21, seed=14)
-    plain = tiny.inference(mel, upstream_noise())
+    plain = tiny.inference(mel, tiny_noise())
     try:
         tiny.set_length_invariant(True)
-        tiled = tiny.inference(mel, upstream_noise())
+        tiled = tiny.inference(mel, tiny_noise())
     finally:
         tiny.set_length_invariant(False)
     assert torch.allclose(tiled, plain, rtol=0, atol=1e-5)
-    assert torch.equal(tiny.inference(mel, upstream_noise()), plain)
+    assert torch.equal(tiny.inference(mel, tiny_noise()), plain)
 
 
 def test_component_split_matches_inference(tiny):
     mel = speech_like_mel(20, seed=11)
     for finalize in (True, False):
         f0 = tiny.predict_f0(mel, finalize)
-        src = tiny.make_source(f0, upstream_noise())
-        assert torch.equal(tiny.decode(mel, src, finalize), tiny.inference(mel, upstream_noise(), finalize))
+        src = tiny.make_source(f0, tiny_noise())
+        assert torch.equal(tiny.decode(mel, src, finalize), tiny.inference(mel, tiny_noise(), finalize))
 
 
 def test_input_errors(tiny):
-    noise = upstream_noise()
+    noise = tiny_noise()
     with pytest.raises(InputError, match=r"\[1, 80, T\]"):
         tiny.inference(torch.zeros(1, 20, 80), noise)
     with pytest.raises(InputError, match="float32"):
@@ -328,7 +333,7 @@ def test_upstream_format_roundtrip(tiny, tmp_path):
     assert state_dict_sha256(m.state_dict()) == state_dict_sha256(tiny.state_dict())
     assert set(m.weight_norm_parts) == set(tiny.weight_norm_parts)
     mel = speech_like_mel(16, seed=12)
-    assert torch.equal(m.inference(mel, upstream_noise()), tiny.inference(mel, upstream_noise()))
+    assert torch.equal(m.inference(mel, tiny_noise()), tiny.inference(mel, tiny_noise()))
     assert state_dict_sha256(hift_state_dict_upstream(m)) == state_dict_sha256(sd)
 
 
@@ -411,7 +416,7 @@ def test_full_size_layout_and_short_run():
     assert tuple(sd[f"f0_predictor.condnet.2.{WN_V}"].shape) == (512, 512, 3)
     mel = speech_like_mel(12, seed=13)
     full, s = run(m, mel)
-    part = m.inference(mel, upstream_noise(), finalize=False)
+    part = m.inference(mel, tiny_noise(), finalize=False)
     assert full.shape == (1, HOP * 12) and part.shape == (1, HOP * 4)
     assert torch.allclose(full[:, :part.shape[1]], part, rtol=0, atol=1e-5)
     assert all(torch.isfinite(t).all() for t in s.values())
