@@ -456,9 +456,8 @@ class CausalHiFTGenerator(nn.Module):
         if not isinstance(source, torch.Tensor) or source.dim() != 3 or source.shape[:2] != (1, 1) \
                 or source.shape[2] != want:
             got = list(source.shape) if isinstance(source, torch.Tensor) else type(source).__name__
-            raise InputError(f"hift: tensor 'source' must be [1, 1, {want}] for {T} mel frames"
-                             f"{'' if finalize else f' when not finalizing ({self.f0_predictor.lookahead} frames of F0 lookahead)'}"
-                             f", got {got}")
+            why = "" if finalize else f" when not finalizing ({self.f0_predictor.lookahead} frames of F0 lookahead)"
+            raise InputError(f"hift: tensor 'source' must be [1, 1, {want}] for {T} mel frames{why}, got {got}")
         if source.dtype not in self._dtypes_ok():
             raise InputError(f"hift: tensor 'source' must be float32, got {source.dtype}")
         x = mel if finalize else mel[:, :, :n_mel]

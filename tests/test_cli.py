@@ -81,7 +81,8 @@ def test_model_dir_loads_and_matches_preset(tmp_path, fmt):
 
 def test_noise_export_roundtrip(tmp_path):
     out = tmp_path / "noise.safetensors"
-    assert main(["noise", "export", "--preset", "tiny", "--out", str(out), "--frames", "500", "--samples", "48000"]) == 0
+    assert main(["noise", "export", "--preset", "tiny", "--out", str(out), "--frames", "500",
+                 "--samples", "48000"]) == 0
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     assert main(["dump", "--preset", "tiny", "--inputs", str(SHORT), "--out", str(a)]) == 0
     assert main(["dump", "--preset", "tiny", "--inputs", str(SHORT), "--out", str(b), "--noise", str(out)]) == 0
