@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(d)
     d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, embedding)")
     d.add_argument("--out", required=True, help="trace to write (.safetensors)")
-    d.add_argument("--streaming", action="store_true", help="streaming: 50-frame static chunk attention mask")
+    d.add_argument("--streaming", action="store_true",
+                   help="streaming: static chunk attention mask (static_chunk_size frames, 50 released)")
     d.add_argument("--no-finalize", action="store_true", help="non-final chunk: lookahead tokens/frames used as context")
     d.add_argument("--wav", help="also write the audio as 16-bit WAV")
     d.add_argument("--stages", help="stage globs: 'a,b' only these, '+a' defaults plus a, 'all'")

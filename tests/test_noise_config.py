@@ -339,3 +339,13 @@ def test_noise_sizes_track_every_field_that_shapes_the_recipe():
         assert getattr(NoiseSizes.from_config(cfg), field) == 48
         assert dataclasses.replace(base, **{field: 48}) == NoiseSizes.from_config(cfg)
     assert json.loads(json.dumps(base.to_dict())) == base.to_dict()
+
+
+@pytest.mark.parametrize("yaml_name,preset_name", [("tiny.yaml", "tiny"), ("cosyvoice3.yaml", "cosyvoice3-0.5b")])
+def test_shipped_yaml_describes_its_preset(yaml_name, preset_name):
+    """export-model copies these files: loading one must rebuild the preset's config (and so its noise)."""
+    a = config_from_yaml(FIXTURES / "configs" / yaml_name).to_dict()
+    b = preset(preset_name).to_dict()
+    for k in ("name", "seed"):  # the directory's name; the seed only makes weights for presets
+        a.pop(k), b.pop(k)
+    assert a == b
