@@ -3,7 +3,6 @@ streaming faults, the chunk-boundary glitch metrics and chunked port dumps."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -24,7 +23,7 @@ from reference.bundle import load_bundle
 from reference.errors import InputError
 from reference.model import Token2Wav
 from reference.probe import Probe
-from reference.session import HopState, SessionOptions, prompt_token_pad, session_schedule
+from reference.session import HopState, SessionOptions, prompt_token_pad, session_provenance, session_schedule
 
 from .conftest import FIXTURES
 
@@ -206,6 +205,14 @@ def test_stages_and_metadata(ref, inputs):
                                        "carried_hop": 100, "step_chunks": ["first", "last"]}
     assert [c["hop"] for c in meta["session_schedule"]["chunks"]] == [38, 50, 100, 32]
     assert meta["session_holdback_frames"] == 8 and meta["session_deviations"] == {}
+
+
+def test_session_provenance(model):
+    p = session_provenance(model, SessionOptions(final_mask="streaming"))
+    assert p["session"] == "streaming" and p["streaming"] is True and p["pipeline"] == "reference"
+    assert p["session_options"]["final_mask"] == "streaming" and p["session_options"]["initial_hop"] == 25
+    c = session_provenance(_cand(model, faults=("session-fixed-hop",)))
+    assert c["faults"] == ["session-fixed-hop"] and c["session_options"]["growth"] == 2  # the fault is in faults
 
 
 def test_streamed_audio_is_one_hift_run_over_the_cumulative_mel(model, inputs, ref):
