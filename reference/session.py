@@ -299,19 +299,21 @@ class ChunkLocalNoise:
         self._sine: torch.Tensor | None = None
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # no delegation of private/dunder names (copy, pickle)
+            raise AttributeError(name)
         return getattr(self._base, name)
 
-    def flow_noise(self, frames: int) -> torch.Tensor:
+    def flow_noise(self, frames: int, *args, **kwargs) -> torch.Tensor:
         have = 0 if self._flow is None else self._flow.shape[2]
         if frames > have:
-            new = self._base.flow_noise(frames - have)
+            new = self._base.flow_noise(frames - have, *args, **kwargs)
             self._flow = new if self._flow is None else torch.cat([self._flow, new], dim=2)
         return self._flow[:, :, :frames]
 
-    def sine_noise(self, samples: int) -> torch.Tensor:
+    def sine_noise(self, samples: int, *args, **kwargs) -> torch.Tensor:
         have = 0 if self._sine is None else self._sine.shape[1]
         if samples > have:
-            new = self._base.sine_noise(samples - have)
+            new = self._base.sine_noise(samples - have, *args, **kwargs)
             self._sine = new if self._sine is None else torch.cat([self._sine, new], dim=1)
         return self._sine[:, :samples, :]
 
