@@ -362,6 +362,57 @@ def _scalar(v: int) -> torch.Tensor:
     return torch.tensor([int(v)], dtype=torch.int64)
 
 
+@dataclass(frozen=True)
+class SessionPlan:
+    """What a session will do before it runs: the schedule, and the pieces of the loop a streaming fault
+    replaces (all upstream's unless ``deviations`` says otherwise)."""
+
+    options: ResolvedOptions
+    schedule: Schedule
+    step_chunks: tuple  # call indices whose flow stages are recorded
+    finalize_all: bool = False
+    slice_shift: int = 0
+    hift_input: str = "cumulative"
+    noise_mode: str = "absolute"
+    deviations: dict = field(default_factory=dict)
+
+
+def plan_session(pipeline, n_tokens: int, n_prompt: int, options: SessionOptions | None = None, *,
+                 state: HopState | None = None) -> SessionPlan:
+    """The plan :func:`run_session` follows for ``n_tokens`` target and ``n_prompt`` prompt tokens on
+    ``pipeline`` (its config, and its streaming faults when it has any). Nothing runs."""
+    opts = (options or SessionOptions()).resolve(pipeline.cfg)
+    faults = getattr(pipeline, "faults", None)
+    fault = faults.override if faults else _no_faults
+    if opts.hop_state == "carried":
+        hop_start = state.token_hop_len if (state is not None and state.token_hop_len is not None) else opts.carried_hop
+    else:
+        hop_start = opts.initial_hop
+    # streaming faults (candidate only): each replaces one piece of upstream's loop
+    growth = fault("session_growth", None)
+    prompt_pad = fault("session_prompt_pad", True)
+    final_mask = opts.final_mask
+    if fault("session_final_mask_flip", False):
+        final_mask = "streaming" if final_mask == "upstream" else "upstream"
+    finalize_all = bool(fault("session_finalize_all", False))
+    slice_shift = int(fault("session_slice_shift", 0))
+    hift_input = fault("session_hift_input", "cumulative")
+    noise_mode = fault("session_noise", "absolute")
+    if hift_input not in HIFT_INPUTS or noise_mode not in NOISE_MODES:
+        raise InputError(f"session: unknown hift input {hift_input!r} or noise mode {noise_mode!r}")
+    deviations = {}
+    for k, v, up in (("growth", growth, None), ("prompt_pad", prompt_pad, True), ("final_mask", final_mask, opts.final_mask),
+                     ("finalize_all", finalize_all, False), ("slice_shift", slice_shift, 0),
+                     ("hift_input", hift_input, "cumulative"), ("noise", noise_mode, "absolute")):
+        if v != up:
+            deviations[k] = v
+    sched = session_schedule(n_tokens, n_prompt, initial_hop=opts.initial_hop, max_hop=opts.max_hop,
+                             growth=opts.growth if growth is None else int(growth), lookahead=opts.lookahead,
+                             hop_at_start=hop_start, prompt_pad=bool(prompt_pad), final_mask=final_mask)
+    steps = tuple(sorted(_step_chunk_set(opts.step_chunks, len(sched.chunks))))
+    return SessionPlan(opts, sched, steps, finalize_all, slice_shift, hift_input, noise_mode, deviations)
+
+
 @torch.inference_mode()
 def run_session(pipeline, inputs: dict, probe: Probe | None = None, options: SessionOptions | None = None, *,
                 state: HopState | None = None) -> SessionResult:
@@ -372,8 +423,6 @@ def run_session(pipeline, inputs: dict, probe: Probe | None = None, options: Ses
     (if set) and leaves its grown hop there, as upstream's instance does."""
     probe = as_probe(probe)
     opts = (options or SessionOptions()).resolve(pipeline.cfg)
-    faults = getattr(pipeline, "faults", None)
-    fault = faults.override if faults else _no_faults
     for k in ("token", "prompt_token", "prompt_feat", "embedding"):
         if k in inputs:
             probe(k, inputs[k])
@@ -386,38 +435,14 @@ def run_session(pipeline, inputs: dict, probe: Probe | None = None, options: Ses
         raise InputError(f"session: tensor 'token' must be [1, N] and 'prompt_token' [1, P], got "
                          f"{list(token.shape)} and {list(prompt_token.shape)}")
 
-    # hop state
-    if opts.hop_state == "carried":
-        hop_start = state.token_hop_len if (state is not None and state.token_hop_len is not None) else opts.carried_hop
-    else:
-        hop_start = opts.initial_hop
-    # streaming faults (candidate only): each replaces one piece of upstream's loop
-    deviations = {}
-    growth = fault("session_growth", None)
-    prompt_pad = fault("session_prompt_pad", True)
-    final_mask = opts.final_mask
-    if fault("session_final_mask_flip", False):
-        final_mask = "streaming" if final_mask == "upstream" else "upstream"
-    finalize_all = bool(fault("session_finalize_all", False))
-    slice_shift = int(fault("session_slice_shift", 0))
-    hift_input = fault("session_hift_input", "cumulative")
-    noise_mode = fault("session_noise", "absolute")
-    for k, v, up in (("growth", growth, None), ("prompt_pad", prompt_pad, True), ("final_mask", final_mask, opts.final_mask),
-                     ("finalize_all", finalize_all, False), ("slice_shift", slice_shift, 0),
-                     ("hift_input", hift_input, "cumulative"), ("noise", noise_mode, "absolute")):
-        if v != up:
-            deviations[k] = v
-    if hift_input not in HIFT_INPUTS or noise_mode not in NOISE_MODES:
-        raise InputError(f"session: unknown hift input {hift_input!r} or noise mode {noise_mode!r}")
-
-    sched = session_schedule(token.shape[1], prompt_token.shape[1], initial_hop=opts.initial_hop, max_hop=opts.max_hop,
-                             growth=opts.growth if growth is None else int(growth), lookahead=opts.lookahead,
-                             hop_at_start=hop_start, prompt_pad=bool(prompt_pad), final_mask=final_mask)
+    plan_ = plan_session(pipeline, token.shape[1], prompt_token.shape[1], options, state=state)
+    sched, deviations = plan_.schedule, plan_.deviations
+    finalize_all, slice_shift, hift_input = plan_.finalize_all, plan_.slice_shift, plan_.hift_input
     hold = hift_holdback_frames(pipeline.hift)
     spf = int(pipeline.cfg.hift.hop_samples)
     ratio = opts.token_mel_ratio
-    noise = pipeline.noise if noise_mode == "absolute" else ChunkLocalNoise(pipeline.noise)
-    steps = _step_chunk_set(opts.step_chunks, len(sched.chunks))
+    noise = pipeline.noise if plan_.noise_mode == "absolute" else ChunkLocalNoise(pipeline.noise)
+    steps = set(plan_.step_chunks)
 
     cum: torch.Tensor | None = None
     speech_offset = 0

@@ -23,7 +23,8 @@ from reference.bundle import load_bundle
 from reference.errors import InputError
 from reference.model import Token2Wav
 from reference.probe import Probe
-from reference.session import HopState, SessionOptions, prompt_token_pad, session_provenance, session_schedule
+from reference.session import (HopState, SessionOptions, plan_session, prompt_token_pad, session_provenance,
+                               session_schedule)
 
 from .conftest import FIXTURES
 
@@ -337,6 +338,15 @@ def test_streaming_fault_is_localised_to_its_chunk_and_stage(model, ref, fault_r
     assert res.deviations, name  # the trace metadata says what the loop did differently
     assert not torch.equal(rec.tensors["stream.audio"], rrec.tensors["stream.audio"]) or \
         rec.tensors["stream.audio"].shape != rrec.tensors["stream.audio"].shape
+
+
+def test_plan_before_the_run(model, fault_runs):
+    """plan_session says what a (faulty) session will do before it runs: schedule, deviations, step chunks."""
+    for name, (res, _) in fault_runs.items():
+        plan = plan_session(_cand(model, faults=(name,)), 220, 12)
+        assert plan.schedule == res.schedule and plan.deviations == res.deviations, name
+        assert plan.step_chunks == (0, len(res.chunks) - 1)
+    assert plan_session(model, 220, 12).deviations == {}
 
 
 def test_session_fault_leaves_single_calls_alone(model, inputs):
