@@ -25,7 +25,8 @@ work of each call:
 "Tokens given up front" is upstream's voice-conversion path (``vc_job`` stores every token and sets
 ``llm_end`` before the loop's first poll): the break test sees ``llm_end = True`` from the start.
 
-:func:`run_session` is the one loop for every pipeline: it calls ``pipeline.flow.inference`` and
+:func:`session_schedule` plans the calls from token counts alone; :func:`plan_session` adds a pipeline's config and
+streaming faults (what a run will do, before it runs); :func:`run_session` is the one loop for every pipeline: it calls ``pipeline.flow.inference`` and
 ``pipeline.hift.inference`` (the reference's and the candidate's have the same signature) and asks
 ``pipeline.faults`` (the candidate's, when present) for the streaming faults of ``candidate/faults.py``.
 
