@@ -38,10 +38,13 @@ class Fault:
     hooks: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)  # defaults for "name:key=val"
     expected_stage_blocks: str | None = None  # the stage when per-block outputs are captured
+    mode: str = "call"  # "call": acts on a single token2wav call; "session": acts on the streaming session loop
 
-    def stage(self, params: dict | None = None, blocks_captured: bool = False) -> str:
+    def stage(self, params: dict | None = None, blocks_captured: bool = False, last_chunk: int | None = None) -> str:
+        """The expected stage; session faults may name ``chunk{last}`` (the final call's index)."""
         p = dict(self.params)
         p.update(params or {})
+        p.setdefault("last", "last" if last_chunk is None else last_chunk)
         s = self.expected_stage_blocks if (blocks_captured and self.expected_stage_blocks) else self.expected_stage
         return s.format(**p)
 
@@ -56,8 +59,10 @@ def register(fault: Fault, replace: bool = False) -> Fault:
     return fault
 
 
-def catalogue() -> dict[str, Fault]:
-    return dict(_REGISTRY)
+def catalogue(mode: str = "call") -> dict[str, Fault]:
+    """Registered faults of one mode: ``"call"`` (single token2wav calls; the default, what the single-call
+    suite runs), ``"session"`` (the streaming session loop), or ``"all"``."""
+    return {k: f for k, f in _REGISTRY.items() if mode == "all" or f.mode == mode}
 
 
 def parse_fault(spec: str) -> tuple[Fault, dict]:
@@ -161,5 +166,41 @@ for _f in [
           "source", "vocoder_divergence", "hazard 8.6", overrides={"sine_mode": "linear"}),
     Fault("shape-crash", "a broadcasting bug that raises in the vocoder's source module", "source", "candidate_crashed",
           "fork: 'shape mismatch in mul, lhs: [1, 1, 228480], rhs: [1]' in HiFT", hooks={"source_amp": _shape_crash}),
+]:
+    register(_f)
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming session faults (spec section 11.1): read by reference.session.run_session through
+# ``pipeline.faults.override``; they change nothing in a single-call run. Expected stages are those of a
+# session trace; ``{last}`` is the final call's chunk index.
+
+for _f in [
+    Fault("session-hift-per-chunk", "HiFT runs on each chunk's new mel alone instead of the cumulative mel, and its "
+          "whole output is emitted (the vocoder restarts at every chunk; 8 frames held back per chunk are lost)",
+          "chunk1.audio", evidence="spec 11.1, 'HiFT run per chunk without the cumulative mel'",
+          overrides={"session_hift_input": "chunk"}, mode="session"),
+    Fault("session-finalize-every-chunk", "every chunk is called with finalize=True: the 3 lookahead tokens are "
+          "decoded as real tokens (their frames are appended twice) and HiFT finalizes each time",
+          "chunk0.finalize", evidence="spec 11.1, 'finalize=True on every chunk'",
+          overrides={"session_finalize_all": True}, mode="session"),
+    Fault("session-final-mask", "the final call uses the other chunk-mask setting (with the streaming mask under "
+          "final_mask=upstream, without it under final_mask=streaming)", "chunk{last}.streaming",
+          evidence="spec 11.1: upstream's final call passes no stream=True", overrides={"session_final_mask_flip": True},
+          mode="session"),
+    Fault("session-no-prompt-pad", "no prompt pad: the first chunk has initial_hop tokens instead of initial_hop + "
+          "ceil(P/hop)*hop - P, so chunks stop ending on the DiT's mask boundaries (invisible when P is a multiple "
+          "of the hop)", "chunk0.tokens", evidence="spec 11.1, prompt_token_pad",
+          overrides={"session_prompt_pad": False}, mode="session"),
+    Fault("session-fixed-hop", "the hop never grows (stream_scale_factor 1): every chunk after the first has "
+          "initial_hop tokens", "chunk1.tokens", evidence="spec 11.1, the hop schedule",
+          overrides={"session_growth": 1}, mode="session"),
+    Fault("session-mel-slice-off-by-one", "the flow output is sliced from token_offset * 2 + 1: one frame is lost "
+          "at every chunk", "chunk0.mel", evidence="spec 11.1, off-by-one in the token_offset * 2 slice",
+          overrides={"session_slice_shift": 1}, mode="session"),
+    Fault("session-noise-per-chunk", "the fixed noise is re-indexed from 0 at each chunk (flow noise per frame and "
+          "HiFT sine noise per sample) instead of by absolute position", "chunk1.flow_mel_full",
+          evidence="spec 11.1, noise re-indexed from 0 on every chunk", overrides={"session_noise": "chunk-local"},
+          mode="session"),
 ]:
     register(_f)

@@ -84,6 +84,14 @@ class CandidateToken2Wav:
         f, params = self.faults.items[0]
         return f.stage(params, blocks_captured)
 
+    def expected_session_stage(self, last_chunk: int, blocks_captured: bool = False) -> str | None:
+        """Where a session comparison must localise the first active session fault (``last_chunk``: the
+        index of this candidate's final call)."""
+        for f, params in self.faults.items:
+            if f.mode == "session":
+                return f.stage(params, blocks_captured, last_chunk=last_chunk)
+        return None
+
     # -- running ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, inputs: dict, probe: Probe | None = None, *, streaming: bool = False, finalize: bool = True,
@@ -98,6 +106,15 @@ class CandidateToken2Wav:
                                   inputs["embedding"].float(), self.noise, streaming=streaming, finalize=finalize,
                                   probe=probe, on_step=on_step)
         return self.hift.inference(mel, self.noise, finalize=finalize, probe=probe)
+
+    def run_session(self, inputs: dict, probe: Probe | None = None, options=None, *, state=None):
+        """The streaming session (:func:`reference.session.run_session`, the same loop as the reference's)
+        with this candidate's switches and its session faults."""
+        from reference.session import run_session
+
+        self.kernels.counts.clear()
+        self.kernels.fallbacks.clear()
+        return run_session(self, inputs, probe, options, state=state)
 
     # -- components (for step-local errors) ------------------------------------------------------
     @torch.inference_mode()

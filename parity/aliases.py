@@ -89,6 +89,9 @@ def canonical_name(name: str, extra: dict[str, str] | None = None, _depth: int =
         return extra[name]
     if name in ALIASES:
         return ALIASES[name]
+    session = session_name(name, extra)
+    if session is not None:
+        return session
     for pat, tmpl in PATTERNS:
         m = pat.match(name)
         if m:
@@ -114,3 +117,61 @@ def parse_maps(maps: list[str] | None) -> dict[str, str]:
             raise InputError(f"--map {m!r}: expected NAME=CANONICAL")
         out[a.strip()] = b.strip()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# chunked (streaming session) dumps: ``chunk_0_mel``, ``chunk0_audio``, ``chunk-2.tts_speech``, one folder of
+# .npy files per chunk (``chunk_0/mel.npy`` or ``0/mel.npy``, read by ``ingest`` as ``chunk_0/mel``), and
+# the whole stream. Canonical: ``chunk{c}.<field>`` and ``stream.mel`` / ``stream.audio`` (parity.stages).
+
+CHUNK_FIELD_ALIASES: dict[str, str] = {
+    "tokens": "tokens", "token": "tokens", "speech_token": "tokens", "tts_speech_token": "tokens",
+    "tts_token": "tokens",
+    "token_offset": "token_offset", "offset": "token_offset",
+    "finalize": "finalize", "is_final": "finalize", "final": "finalize", "is_last": "finalize",
+    "streaming": "streaming", "stream": "streaming",
+    "flow_mel_full": "flow_mel_full", "flow_mel": "flow_mel_full", "flow_output": "flow_mel_full",
+    "flow_out": "flow_mel_full", "mel_full": "flow_mel_full", "raw_mel": "flow_mel_full",
+    "mel": "mel", "tts_mel": "mel", "mel_chunk": "mel", "new_mel": "mel", "mel_slice": "mel",
+    "audio": "audio", "speech": "audio", "tts_speech": "audio", "wav": "audio", "pcm": "audio",
+    "audio_chunk": "audio", "samples": "audio",
+}
+STREAM_ALIASES: dict[str, str] = {
+    "stream.audio": "stream.audio", "stream_audio": "stream.audio", "streamed_audio": "stream.audio",
+    "stream_speech": "stream.audio", "full_stream_audio": "stream.audio",
+    "stream.mel": "stream.mel", "stream_mel": "stream.mel", "cumulative_mel": "stream.mel", "mel_cache": "stream.mel",
+    "hift_cache_mel": "stream.mel",
+}
+CHUNK_ASSUMPTIONS = {
+    "flow_mel": "a chunk's flow_mel is taken as the flow output before the token_offset slice (flow_mel_full)",
+    "flow_output": "a chunk's flow_output is taken as the flow output before the token_offset slice (flow_mel_full)",
+    "mel": "a chunk's mel is taken as the frames appended to the cumulative mel (after the slice)",
+    "tts_mel": "upstream's tts_mel after the token_offset slice: the frames appended to the cumulative mel",
+}
+_CHUNK_NAME = re.compile(r"^(?:rust_|py_|python_)?(?:chunk[_-]?(\d+)[._/-]|(\d+)/)(.+)$")
+
+
+def _chunk_parts(name: str) -> tuple[int, str] | None:
+    m = _CHUNK_NAME.match(name)
+    if not m:
+        return None
+    return int(m.group(1) if m.group(1) is not None else m.group(2)), m.group(3)
+
+
+def session_name(name: str, extra: dict[str, str] | None = None) -> str | None:
+    """The canonical session stage of a chunked-dump name, or None when ``name`` is not one."""
+    if name in STREAM_ALIASES:
+        return STREAM_ALIASES[name]
+    parts = _chunk_parts(name)
+    if parts is None:
+        return None
+    c, rest = parts
+    field = CHUNK_FIELD_ALIASES.get(rest)
+    if field is None:  # the flow's own stages inside a chunk: chunk_0_step3_v1, chunk0/noise, ...
+        field = canonical_name(rest.replace("/", "_"), extra, 1)
+    return f"chunk{c}.{field}"
+
+
+def session_assumption(name: str) -> str | None:
+    parts = _chunk_parts(name)
+    return CHUNK_ASSUMPTIONS.get(parts[1]) if parts else None

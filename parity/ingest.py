@@ -8,6 +8,7 @@ combination is returned as a normalisation so the result can list it.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from reference.errors import InputError
 
-from .aliases import ASSUMPTIONS, COMBINE, canonical_meta_key, canonical_name
+from .aliases import ASSUMPTIONS, COMBINE, canonical_meta_key, canonical_name, session_assumption
 from .trace import JOURNAL_SUFFIX, journal_path, read_trace
 
 
@@ -58,6 +59,9 @@ def read_any(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         files = sorted(path.glob("*.npy"))
+        chunked = _chunk_dir_tensors(path)
+        if not files and chunked:
+            return chunked, _read_meta_file(path)
         if not files:
             sts = sorted(path.glob("*.safetensors"))
             if len(sts) == 1:
@@ -69,6 +73,7 @@ def read_any(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 tensors[f.stem] = _np_to_torch(np.load(f, allow_pickle=False), f.stem, f)
             except (ValueError, OSError) as exc:
                 raise InputError(f"{f}: not a readable .npy file ({exc})") from exc
+        tensors.update(chunked)
         return tensors, _read_meta_file(path)
     if path.suffix == ".npz":
         try:
@@ -88,6 +93,24 @@ def read_any(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             raise InputError(f"{path}: not a readable .npy file ({exc})") from exc
     tr = read_trace(path)  # safetensors (ours or foreign), or a journal left by a crash
     return tr.tensors, tr.metadata
+
+
+_CHUNK_DIR = re.compile(r"^(?:chunk[_-]?)?(\d+)$")
+
+
+def _chunk_dir_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Chunked dumps: one folder of .npy files per chunk (``chunk_0/``, ``chunk1/``, ``2/``, also under a
+    ``chunks/`` folder); each tensor is named ``<folder>/<file stem>`` for the alias table to map."""
+    out: dict[str, torch.Tensor] = {}
+    roots = [path] + ([path / "chunks"] if (path / "chunks").is_dir() else [])
+    for root in roots:
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and _CHUNK_DIR.match(p.name)):
+            for f in sorted(d.glob("*.npy")):
+                try:
+                    out[f"{d.name}/{f.stem}"] = _np_to_torch(np.load(f, allow_pickle=False), f.stem, f)
+                except (ValueError, OSError) as exc:
+                    raise InputError(f"{f}: not a readable .npy file ({exc})") from exc
+    return out
 
 
 def load(path: str | Path, extra_map: dict[str, str] | None = None) -> Loaded:
@@ -127,8 +150,8 @@ def load(path: str | Path, extra_map: dict[str, str] | None = None) -> Loaded:
         orig[canon] = name
         if canon != name:
             note = {"stage": canon, "kind": "rename", "detail": f"{name!r} -> {canon!r}"}
-            if name in ASSUMPTIONS:
-                note["assumption"] = ASSUMPTIONS[name]
+            if name in ASSUMPTIONS or session_assumption(name):
+                note["assumption"] = ASSUMPTIONS.get(name) or session_assumption(name)
             norms.append(note)
     meta2 = dict(meta)  # exact keys win; aliases only fill canonical keys that are absent
     for k, v in meta.items():

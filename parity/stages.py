@@ -38,6 +38,9 @@ def parse_step(name: str) -> tuple[int, str] | None:
 
 def position(name: str) -> tuple:
     """Sort key in pipeline order."""
+    ch = parse_chunk(name)
+    if ch is not None or name in STREAM_STAGES:
+        return session_position(name)
     if name in INPUTS:
         return (0, INPUTS.index(name), 0, 0)
     if name in FRONT:
@@ -75,6 +78,8 @@ def sort_stages(names) -> list[str]:
 
 
 def layout(name: str) -> Layout:
+    if parse_chunk(name) is not None or name in STREAM_STAGES:
+        return session_layout(name)
     if name in ("token", "prompt_token"):
         return Layout(None, 1, "tokens")
     if name == "prompt_feat":
@@ -118,3 +123,76 @@ def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True)
     if vocoder:
         out += VOCODER + ["magnitude", "phase", "audio_preclamp", "audio"]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming session stages (reference/session.py): ``chunk{c}.<field>`` per call c of the loop (the final
+# call has the last index), the flow's own stages under the chunk prefix for the chunks whose ODE steps
+# were recorded, then the whole stream. Order: inputs, then chunk by chunk (control, flow stages,
+# flow_mel_full, mel, audio), then stream.mel, stream.audio.
+
+CHUNK_CONTROL = ["tokens", "token_offset", "finalize", "streaming"]
+CHUNK_OUTPUTS = ["mel", "audio"]
+STREAM_STAGES = ["stream.mel", "stream.audio"]
+_CHUNK_RE = re.compile(r"^chunk(\d+)\.(.+)$")
+
+
+def parse_chunk(name: str) -> tuple[int, str] | None:
+    """``chunk3.step2.v1`` -> (3, "step2.v1")."""
+    m = _CHUNK_RE.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def chunk_stage(c: int, field: str) -> str:
+    return f"chunk{c}.{field}"
+
+
+def is_session_stage(name: str) -> bool:
+    return parse_chunk(name) is not None or name in STREAM_STAGES
+
+
+def session_position(name: str) -> tuple:
+    """Sort key of a session stage: (8, chunk, (part, ...)) for chunk stages, (9, i, ()) for the stream."""
+    if name in STREAM_STAGES:
+        return (9, STREAM_STAGES.index(name), ())
+    ch = parse_chunk(name)
+    if ch is None:
+        return (7, 0, 0, 0)
+    c, field = ch
+    if field in CHUNK_CONTROL:
+        return (8, c, (0, CHUNK_CONTROL.index(field)))
+    if field == "flow_mel_full":
+        return (8, c, (1, 3, 0, 0, 1))  # right after the flow's own flow_mel position
+    if field in CHUNK_OUTPUTS:
+        return (8, c, (2, CHUNK_OUTPUTS.index(field)))
+    return (8, c, (1,) + position(field))
+
+
+def session_layout(name: str) -> Layout:
+    if name == "stream.mel":
+        return Layout(1, 2, "mel")
+    if name == "stream.audio":
+        return Layout(None, -1, "wave")
+    c, field = parse_chunk(name)
+    if field == "tokens":
+        return Layout(None, 1, "tokens")
+    if field in ("token_offset", "finalize", "streaming"):
+        return Layout(None, None, "scalar")
+    if field in ("flow_mel_full", "mel"):
+        return Layout(1, 2, "mel")
+    if field == "audio":
+        return Layout(None, -1, "wave")
+    return layout(field)
+
+
+def canonical_session_expected(n_calls: int, step_chunks=(), n_steps: int = 10) -> list[str]:
+    """The stages a complete session trace holds (default capture), in order: where a crashed session stopped."""
+    out = list(INPUTS)
+    for c in range(n_calls):
+        out += [chunk_stage(c, f) for f in CHUNK_CONTROL]
+        if c in set(step_chunks):
+            out += [chunk_stage(c, f) for f in FRONT]
+            for k in range(1, n_steps + 1):
+                out += [chunk_stage(c, f"step{k}.{f}") for f in STEP_FIELDS]
+        out += [chunk_stage(c, "flow_mel_full")] + [chunk_stage(c, f) for f in CHUNK_OUTPUTS]
+    return out + list(STREAM_STAGES)

@@ -187,3 +187,9 @@ class Token2Wav:
                                   streaming=streaming, finalize=finalize, n_timesteps=n_timesteps, probe=probe)
         mel = mel.to(self.dtype)  # the flow returns float32 as upstream does; the fp64 arbiter keeps float64
         return self.hift.inference(mel, self.noise, finalize=finalize, probe=probe)
+
+    def run_session(self, inputs: dict, probe: Probe | None = None, options=None, *, state=None):
+        """The streaming session loop (:func:`reference.session.run_session`) on this model."""
+        from .session import run_session
+
+        return run_session(self, inputs, probe, options, state=state)

@@ -51,7 +51,7 @@ def short_tensors():
 def test_regenerating_reproduces_shipped_files_bit_for_bit(make_fixtures, tmp_path):
     make_fixtures.build_all(tmp_path)
     rels = make_fixtures.generated_files()
-    assert len(rels) == 1 + len(EXPECTED)
+    assert len(rels) == 1 + len(EXPECTED) + len(make_fixtures.SESSION_SPECS)
     for rel in rels:
         shipped = FIXTURES / rel
         assert shipped.is_file(), f"{shipped} is missing: run python fixtures/make_fixtures.py"
@@ -129,6 +129,17 @@ def test_bundle_metadata_is_complete(name):
         assert "pysptk 1.0.1" in rec["obtained_from"] and "CMU ARCTIC" in rec["corpus"]
         assert meta["recording_24k_sha256"] == hashlib.sha256(
             (FIXTURES / "audio" / "arctic_a0007_24k.wav").read_bytes()).hexdigest()
+
+
+def test_session_bundle_metadata(make_fixtures):
+    """fixtures/sessions/stream.safetensors: long enough for three streaming chunks and a final call."""
+    path = FIXTURES / "sessions" / "stream.safetensors"
+    b = load_bundle(path)
+    spec = make_fixtures.SESSION_SPECS["stream"]
+    assert (b["token"].shape[1], b["prompt_token"].shape[1]) == (spec["n_target"], 12)
+    lengths = json.loads(read_bundle_metadata(path)["lengths"])
+    assert lengths["P"] == min(lengths["n_feat_before_rule"] // 2, lengths["n_tok_before_rule"]) == 12
+    assert "pysptk 1.0.1" in json.loads(read_bundle_metadata(path)["recording"])["obtained_from"]
 
 
 def test_long_bundle_crosses_chunk_boundaries_and_vocab_ends():
