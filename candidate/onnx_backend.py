@@ -244,7 +244,12 @@ class OrtEstimator:
         self.opt_level = opt_level
         self.allow_spinning = allow_spinning
         self.providers_requested = [p for p in PROVIDER_CHAIN[provider] if p in ort.get_available_providers()]
-        strict = bool(require_provider) and PROVIDERS.get(require_provider, require_provider) != "CPUExecutionProvider"
+        required = PROVIDERS.get(require_provider, require_provider) if require_provider else ""
+        # a required GPU provider that is also the requested one: that provider alone, and no node may silently
+        # fall back to another (ONNX Runtime refuses the session instead)
+        strict = bool(required) and required == PROVIDERS[provider] and required != "CPUExecutionProvider"
+        if strict:
+            self.providers_requested = [required]
 
         def options():
             so = ort.SessionOptions()
@@ -254,7 +259,7 @@ class OrtEstimator:
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             so.log_severity_level = 3  # errors only: what ran is recorded below, not printed
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-            if strict:  # a required GPU provider: no node may silently fall back to the CPU provider
+            if strict:
                 so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
             return so
 
@@ -398,6 +403,37 @@ def build_estimator(ref_dit, sw: Switches, faults=None, cache: str | Path | None
                         chunk_size=cfg.static_chunk_size, origin=origin)
 
 
+def bind_profiles(profiles: list[str] | None, onnx_file: str | None = None, require_provider: str | None = None,
+                  default: str = "onnx-cpu") -> list[str] | None:
+    """``--onnx-estimator FILE`` / ``--require-provider NAME`` applied to the profiles of a run: each becomes a
+    profile of this process (:func:`candidate.switches.register_profile`) with ``estimator_backend=onnxruntime``,
+    ``onnx_file`` and ``onnx_require_provider`` set. Returns the new names (``profiles`` unchanged when neither
+    option is given)."""
+    from .switches import register_profile, resolve_profile
+
+    if not onnx_file and not require_provider:
+        return profiles
+    names = []
+    for base in profiles or [default]:
+        sw = resolve_profile(base)
+        if not onnx_file and not sw.onnx:
+            raise InputError(f"--require-provider needs an ONNX Runtime profile (onnx-*) or --onnx-estimator; "
+                             f"profile {base!r} runs the estimator in PyTorch")
+        over: dict = {"estimator_backend": "onnxruntime"}
+        label = base
+        if onnx_file:
+            path = Path(onnx_file)
+            if not path.exists():
+                raise InputError(f"{path}: ONNX file not found")
+            over["onnx_file"] = str(path.resolve())
+            label += f"+{path.stem}"
+        if require_provider:
+            over["onnx_require_provider"] = require_provider
+            label += f"+require-{require_provider}"
+        names.append(register_profile(label, base=base, **over))
+    return names
+
+
 def estimator_io_error(path: str | Path, channels: int | None = None) -> str | None:
     """The one-line error for a file that is not an estimator graph, or None (for callers that report)."""
     try:
@@ -407,6 +443,6 @@ def estimator_io_error(path: str | Path, channels: int | None = None) -> str | N
     return None
 
 
-__all__ = ["OrtEstimator", "build_estimator", "inspect_onnx", "validate_io", "check_required_provider",
+__all__ = ["OrtEstimator", "build_estimator", "bind_profiles", "inspect_onnx", "validate_io", "check_required_provider",
            "provider_unavailable", "profile_unavailable", "onnx_available", "fused_counts", "BackendUnavailable",
            "ProviderFallback", "PROVIDERS"]

@@ -208,8 +208,6 @@ def _torch_export(module: nn.Module, args: tuple, path: Path, opts: ExportOption
     shapes = {"x": {2: seq}, "mask": {2: seq}, "mu": {2: seq}, "t": None, "spks": None, "cond": {2: seq}}
     if opts.mask_input:
         shapes["attn_mask"] = {2: seq, 3: seq}
-    else:
-        shapes["attn_mask"] = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(module, args, input_names=names, output_names=[OUTPUT_NAME],
@@ -364,3 +362,19 @@ def default_heads(dit: DiT) -> tuple[int, int]:
 __all__ = ["EstimatorGraph", "ExportOptions", "ExportInfo", "export_estimator", "cached_export", "check_exported",
            "fused_graph", "fp16_graph", "weights_sha256", "file_sha256", "cache_dir", "INPUT_NAMES", "MASK_INPUT",
            "OUTPUT_NAME", "OPSET"]
+
+
+def export_from(out: str | Path | None = None, *, preset: str | None = None, model_dir: str | Path | None = None,
+                options: ExportOptions | None = None) -> ExportInfo:
+    """``parity export-onnx``: load a preset or a model directory (released layout) and export its estimator.
+    ``out`` defaults to ``<model_dir>/flow.decoder.estimator.fp32.onnx`` (upstream's name and place)."""
+    from reference.model import Token2Wav
+
+    if out is None:
+        if not model_dir:
+            raise InputError("--out is required with --preset (a model directory gets "
+                             "flow.decoder.estimator.fp32.onnx by default)")
+        out = Path(model_dir) / ("flow.decoder.estimator.fp32" + ("-mask" if options and options.mask_input else "")
+                                 + ".onnx")
+    model = Token2Wav.load(None if model_dir else preset, model_dir)
+    return export_estimator(model.flow.decoder.estimator.eval(), out, options)
