@@ -316,7 +316,8 @@ class OrtEstimator:
 
     def __call__(self, x, mask, mu, t, spks, cond, streaming: bool = False, probe: Probe = NO_PROBE, step: int = 0):
         if x.shape[0] != 2:
-            raise InputError(f"{self.path}: the exported estimator takes the CFG pair (batch 2), got batch {x.shape[0]}")
+            raise InputError(f"{self.path}: the exported estimator takes the CFG pair (batch 2), "
+                             f"got batch {x.shape[0]}")
         self.calls += 1
         if streaming:
             self.streaming_calls += 1

@@ -317,10 +317,13 @@ def fused_graph(src: str | Path, num_heads: int = 0, hidden_size: int = 0,
 
     from onnxruntime.transformers import optimizer
 
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)  # "symbolic shape inference failed"
     t0 = time.perf_counter()
-    m = optimizer.optimize_model(str(src), model_type=FUSION_MODEL_TYPE, num_heads=num_heads,
-                                 hidden_size=hidden_size, opt_level=0, use_gpu=False)
+    logging.disable(logging.WARNING)  # its modules log as top-level names: "symbolic shape inference ... failed"
+    try:
+        m = optimizer.optimize_model(str(src), model_type=FUSION_MODEL_TYPE, num_heads=num_heads,
+                                     hidden_size=hidden_size, opt_level=0, use_gpu=False)
+    finally:
+        logging.disable(logging.NOTSET)
     stats = {k: int(v) for k, v in m.get_fused_operator_statistics().items()}
     _atomic_save(lambda p: m.save_model_to_file(str(p)), out)
     report = {**settings, "onnxruntime": onnxruntime.__version__, "fused": {k: v for k, v in stats.items() if v},

@@ -145,6 +145,7 @@ PROFILES: dict[str, dict] = {
     # of the flow and the vocoder stay the candidate's
     "onnx-cpu": dict(estimator_backend="onnxruntime"),
     "onnx-cpu-basic": dict(estimator_backend="onnxruntime", onnx_opt_level="basic"),
+    "onnx-cpu-mask": dict(estimator_backend="onnxruntime", onnx_mask_input=True),
     "onnx-fused": dict(estimator_backend="onnxruntime", onnx_fuse=True),
     "onnx-fp16": dict(estimator_backend="onnxruntime", onnx_fp16=True),
     "onnx-cuda": dict(estimator_backend="onnxruntime", onnx_provider="cuda"),
@@ -164,13 +165,15 @@ PROFILE_HELP = {
     "bf16-flash-cuda": "CUDA: SDPA flash kernel in bf16 with the upstream fixes",
     "onnx-cpu": "the exported estimator under ONNX Runtime, CPU provider, all graph optimizations",
     "onnx-cpu-basic": "the exported estimator under ONNX Runtime, CPU provider, basic graph optimizations only",
-    "onnx-fused": "the exported estimator after the onnxruntime.transformers fusions (attention/LayerNorm/GELU), CPU",
+    "onnx-cpu-mask": "onnx-cpu exported with the attention mask as an input: streaming feeds the chunk mask",
+    "onnx-fused": "the exported estimator after the onnxruntime.transformers fusions (attention/LayerNorm/GELU)",
     "onnx-fp16": "the exported estimator converted to fp16 (fp32 inputs/outputs), ONNX Runtime CPU",
     "onnx-cuda": "the exported estimator under ONNX Runtime's CUDA provider (skipped where it is not available)",
-    "onnx-tensorrt": "the exported estimator under ONNX Runtime's TensorRT provider (skipped where it is not available)",
+    "onnx-tensorrt": "the exported estimator under ONNX Runtime's TensorRT provider (skipped where not available)",
 }
 CUDA_ONLY = {"fp16-flash-cuda", "bf16-flash-cuda"}
-ONNX_PROFILES = {"onnx-cpu", "onnx-cpu-basic", "onnx-fused", "onnx-fp16", "onnx-cuda", "onnx-tensorrt"}
+ONNX_PROFILES = {"onnx-cpu", "onnx-cpu-basic", "onnx-cpu-mask", "onnx-fused", "onnx-fp16", "onnx-cuda",
+                 "onnx-tensorrt"}
 # profiles defined in this process (register_profile), e.g. a built-in profile bound to a user's ONNX file
 RUNTIME_PROFILES: dict[str, dict] = {}
 

@@ -217,7 +217,7 @@ def test_unmasked_export_in_streaming_mode_is_caught_at_step1_v1(model, policy):
 
 
 def test_mask_input_export_passes_in_streaming_mode(model, policy):
-    case = _case(model, _cand(model, "onnx-cpu", onnx_mask_input=True), streaming=True, policy=policy)
+    case = _case(model, _cand(model, "onnx-cpu-mask"), streaming=True, policy=policy)
     assert case.verdict == "pass", case.result["first_divergence"]
     assert case.cand_meta["onnx"]["file"]["mask_input"] is True
     assert case.cand_meta["onnx_run"]["streaming_calls"] == 10
