@@ -12,6 +12,8 @@ was requested from a graph that has no attention-mask input (the TensorRT-path b
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from collections import Counter
@@ -24,8 +26,8 @@ from reference.dit import static_chunk_mask
 from reference.errors import InputError
 from reference.probe import NO_PROBE, Probe
 
-from .onnx_export import (INPUT_NAMES, MASK_INPUT, OUTPUT_NAME, ExportOptions, cached_export, default_heads,
-                          file_sha256, fp16_graph, fused_graph)
+from .onnx_export import (INPUT_NAMES, MASK_INPUT, OUTPUT_NAME, ExportOptions, cache_dir, cached_export,
+                          default_heads, file_sha256, fp16_graph, fused_graph)
 from .switches import Switches
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -200,12 +202,23 @@ def fused_counts(op_counts: dict) -> dict:
     return {k: int(op_counts[k]) for k in FUSED_OPS if op_counts.get(k)}
 
 
-def _optimized_op_counts(path: Path, so_factory, providers) -> dict:
+def _optimized_op_counts(path: Path, so_factory, providers, ident: dict | None = None) -> dict:
     """Op-type counts of the session's optimized graph: the same graph a session builds, serialized once
-    (initializers written externally, so the file read back is the graph alone)."""
+    (initializers written externally, so the file read back is the graph alone). Cached in the export cache
+    directory under ``ident`` (file sha256, level, providers, onnxruntime version)."""
     import onnx
     import onnxruntime as ort
 
+    memo = None
+    if ident is not None:
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+        memo = cache_dir() / f"opcounts-{key}.json"
+        try:
+            saved = json.loads(memo.read_text())
+            if saved.get("ident") == ident:
+                return saved["op_counts"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
     with tempfile.TemporaryDirectory(prefix="parity-ort-") as d:
         so = so_factory()
         out = Path(d) / "optimized.onnx"
@@ -214,7 +227,14 @@ def _optimized_op_counts(path: Path, so_factory, providers) -> dict:
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(path), so, providers=providers)
         m = onnx.load(str(out), load_external_data=False)
-        return dict(Counter(n.op_type for n in m.graph.node).most_common())
+        counts = dict(Counter(n.op_type for n in m.graph.node).most_common())
+    if memo is not None:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_text(json.dumps({"ident": ident, "op_counts": counts}))
+        except OSError:
+            pass
+    return counts
 
 
 class OrtEstimator:
@@ -276,7 +296,9 @@ class OrtEstimator:
         self.optimized_op_counts = None
         self.optimized_note = None
         if self.providers_used[:1] == ["CPUExecutionProvider"]:
-            self.optimized_op_counts = _optimized_op_counts(self.path, options, self.providers_requested)
+            ident = {"sha256": self.file["sha256"], "level": opt_level, "providers": self.providers_requested,
+                     "onnxruntime": ort.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}  # NCHWc rewrites
+            self.optimized_op_counts = _optimized_op_counts(self.path, options, self.providers_requested, ident)
         else:
             self.optimized_note = ("not serialized: a session with a compiled GPU provider cannot write its "
                                    "optimized graph; op counts are of the graph file")

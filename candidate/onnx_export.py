@@ -179,6 +179,9 @@ def _atomic_save(write, out: Path) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the cache unreadable to others
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
