@@ -20,7 +20,9 @@ here, optional), and it writes a different decomposition (Mish, IsNaN guards, ax
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -321,16 +323,22 @@ def fused_graph(src: str | Path, num_heads: int = 0, hidden_size: int = 0,
     from onnxruntime.transformers import optimizer
 
     t0 = time.perf_counter()
-    logging.disable(logging.WARNING)  # its modules log as top-level names: "symbolic shape inference ... failed"
+    # its modules log under top-level names and print ("symbolic shape inference ... failed": the fusions that
+    # need it are skipped, which the report's not_fused list shows)
+    logging.disable(logging.WARNING)
+    printed = io.StringIO()
     try:
-        m = optimizer.optimize_model(str(src), model_type=FUSION_MODEL_TYPE, num_heads=num_heads,
-                                     hidden_size=hidden_size, opt_level=0, use_gpu=False)
+        with contextlib.redirect_stdout(printed):
+            m = optimizer.optimize_model(str(src), model_type=FUSION_MODEL_TYPE, num_heads=num_heads,
+                                         hidden_size=hidden_size, opt_level=0, use_gpu=False)
     finally:
         logging.disable(logging.NOTSET)
     stats = {k: int(v) for k, v in m.get_fused_operator_statistics().items()}
     _atomic_save(lambda p: m.save_model_to_file(str(p)), out)
     report = {**settings, "onnxruntime": onnxruntime.__version__, "fused": {k: v for k, v in stats.items() if v},
-              "not_fused": sorted(k for k, v in stats.items() if not v), "seconds": round(time.perf_counter() - t0, 3),
+              "not_fused": sorted(k for k, v in stats.items() if not v),
+              "optimizer_printed": [ln.strip() for ln in printed.getvalue().splitlines() if ln.strip()][:5],
+              "seconds": round(time.perf_counter() - t0, 3),
               "source_sha256": ident["src"]}
     meta.write_text(json.dumps({"ident": ident, "report": report}, indent=1))
     return out, report

@@ -40,15 +40,16 @@ FP32_LIMIT = 2e-5  # max |diff| of v1/x/flow_mel: ~10x the 1.7e-6..2.4e-6 measur
 
 @pytest.fixture(scope="module", autouse=True)
 def onnx_cache(tmp_path_factory):
-    """Exports go to a cache of this module's own (never the user's ~/.cache)."""
-    d = tmp_path_factory.mktemp("onnx-cache")
+    """Exports go to $PARITY_ONNX_CACHE when the caller set one (a full-size export takes minutes), else to a
+    temporary cache of this module's own (never the user's ~/.cache)."""
     old = os.environ.get("PARITY_ONNX_CACHE")
+    if old:
+        yield old
+        return
+    d = tmp_path_factory.mktemp("onnx-cache")
     os.environ["PARITY_ONNX_CACHE"] = str(d)
     yield d
-    if old is None:
-        os.environ.pop("PARITY_ONNX_CACHE", None)
-    else:
-        os.environ["PARITY_ONNX_CACHE"] = old
+    os.environ.pop("PARITY_ONNX_CACHE", None)
 
 
 @pytest.fixture(scope="module")
