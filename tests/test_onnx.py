@@ -174,6 +174,19 @@ def test_cli_export_onnx(tmp_path, model):
     assert main(["export-onnx", "--preset", "tiny"]) == 2  # no --out and no model dir: one-line usage error
 
 
+def test_export_from_a_model_dir(tmp_path, exported):
+    """A released-layout directory (written in upstream's key format) exports the same weights, next to them."""
+    from candidate.onnx_export import export_from
+    from parity.cli import main
+
+    d = tmp_path / "ckpt"
+    assert main(["export-model", "--preset", "tiny", "--out", str(d)]) == 0
+    assert main(["export-onnx", "--model-dir", str(d)]) == 0
+    assert (d / "flow.decoder.estimator.fp32.onnx").exists()
+    info = export_from(tmp_path / "again.onnx", model_dir=d)
+    assert info.weights_sha256 == exported[0].weights_sha256
+
+
 # ---------------------------------------------------------------------------------------------- parity
 
 @pytest.mark.parametrize("profile", ["onnx-cpu", "onnx-cpu-basic", "onnx-fused"])
