@@ -457,15 +457,6 @@ def bind_profiles(profiles: list[str] | None, onnx_file: str | None = None, requ
     return names
 
 
-def estimator_io_error(path: str | Path, channels: int | None = None) -> str | None:
-    """The one-line error for a file that is not an estimator graph, or None (for callers that report)."""
-    try:
-        validate_io(inspect_onnx(path), path, channels)
-    except InputError as exc:
-        return str(exc)
-    return None
-
-
 __all__ = ["OrtEstimator", "build_estimator", "bind_profiles", "inspect_onnx", "validate_io", "check_required_provider",
            "provider_unavailable", "profile_unavailable", "onnx_available", "fused_counts", "BackendUnavailable",
            "ProviderFallback", "PROVIDERS"]
