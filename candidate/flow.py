@@ -44,7 +44,12 @@ class CandidateFlow(nn.Module):
         front = copy.deepcopy(ref)
         front.decoder.estimator = nn.Identity()  # the estimator lives in CandidateDiT
         self.front = front.to(device)
-        self.estimator = CandidateDiT(ref.decoder.estimator, sw, faults, kernels, device)
+        if sw.onnx:  # only the estimator calls go to ONNX Runtime
+            from .onnx_backend import build_estimator
+
+            self.estimator = build_estimator(ref.decoder.estimator, sw, faults)
+        else:
+            self.estimator = CandidateDiT(ref.decoder.estimator, sw, faults, kernels, device)
         self.cfg = ref.cfg
         self.low = DTYPE[sw.flow_dtype]
         self.reduced = self.low != torch.float32

@@ -71,11 +71,17 @@ class CandidateToken2Wav:
         if sw.device == "cuda":
             p["gpu"] = torch.cuda.get_device_name(0)
             p["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        if sw.onnx:  # the estimator is an ONNX Runtime session: what it is and how it runs
+            p["attention"] = "onnxruntime"
+            p["onnx"] = self.flow.estimator.provenance()
         return p
 
     def run_metadata(self) -> dict:
         """What actually executed in the last run (filled after it)."""
-        return {"attention_kernels": self.kernels.to_dict()}
+        meta = {"attention_kernels": self.kernels.to_dict()}
+        if self.sw.onnx:
+            meta["onnx_run"] = self.flow.estimator.run_metadata()
+        return meta
 
     def expected_stage(self, blocks_captured: bool = False) -> str | None:
         """Where the harness must localise the active fault (the first fault's record)."""

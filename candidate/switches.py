@@ -23,6 +23,9 @@ DTYPES = ("fp32", "bf16", "fp16")
 PRECISION_MODES = ("autocast", "cast")
 CFG_MODES = ("batch2", "two-calls")
 DEVICES = ("cpu", "cuda")
+ESTIMATOR_BACKENDS = ("torch", "onnxruntime")
+ONNX_OPT_LEVELS = ("disabled", "basic", "extended", "all")
+ONNX_PROVIDERS = ("cpu", "cuda", "tensorrt")
 # keep-in-fp32 islands: the upstream fp16 fixes plus every component `parity bisect precision` can pick
 KEEP_FP32_GLOBAL = ("residual", "adaln", "time_grid", "euler", "time_embed", "input_embed", "norm_out", "proj_out",
                     "hift.f0_predictor", "hift.source", "hift.conv_pre", "hift.ups", "hift.source_fusion",
@@ -47,14 +50,28 @@ class Switches:
     int8_dynamic: bool = False
     device: str = "cpu"
     tf32: bool = False  # allow TF32 matmuls/convs on CUDA (off for parity, like vllm-omni)
+    # the DiT estimator run by ONNX Runtime (candidate/onnx_backend.py); the onnx_* switches act only then
+    estimator_backend: str = "torch"
+    onnx_file: str = ""  # a user's exported estimator; empty: export the model's own (cached, upstream's export)
+    onnx_mask_input: bool = False  # export with the attention mask as an input (the streaming blind-spot fix)
+    onnx_fuse: bool = False  # onnxruntime.transformers optimizer fusions (attention / LayerNorm / GELU)
+    onnx_fp16: bool = False  # graph converted to fp16, inputs and outputs kept fp32
+    onnx_opt_level: str = "all"  # ONNX Runtime graph optimization level
+    onnx_provider: str = "cpu"  # execution provider: cpu, cuda, tensorrt
+    onnx_require_provider: str = ""  # fail when the session does not run on this provider (no silent fallback)
     faults: tuple[str, ...] = ()
 
     def __post_init__(self):
         check = [("attention", ATTENTION), ("flow_dtype", DTYPES), ("hift_dtype", DTYPES),
-                 ("precision_mode", PRECISION_MODES), ("cfg_mode", CFG_MODES), ("device", DEVICES)]
+                 ("precision_mode", PRECISION_MODES), ("cfg_mode", CFG_MODES), ("device", DEVICES),
+                 ("estimator_backend", ESTIMATOR_BACKENDS), ("onnx_opt_level", ONNX_OPT_LEVELS),
+                 ("onnx_provider", ONNX_PROVIDERS)]
         for name, allowed in check:
             if getattr(self, name) not in allowed:
                 raise InputError(f"switch {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.onnx and self.cfg_mode != "batch2":
+            raise InputError("switch estimator_backend=onnxruntime needs cfg_mode=batch2: the exported estimator "
+                             "has a fixed batch of 2 (the CFG pair), as upstream's export")
         for k in self.keep_fp32:
             if not is_keep_fp32_name(k):
                 raise InputError(f"switch keep_fp32 entry {k!r} is not a known component (expected one of "
@@ -62,10 +79,17 @@ class Switches:
 
     # -- derived ---------------------------------------------------------------------------------
     @property
+    def onnx(self) -> bool:
+        """The estimator runs under ONNX Runtime."""
+        return self.estimator_backend == "onnxruntime"
+
+    @property
     def precision(self) -> str:
         """The precision class used to pick tolerance rules: the lowest float dtype anywhere, or int8."""
         if self.int8_dynamic:
             return "int8"
+        if self.onnx and self.onnx_fp16:
+            return "fp16"
         for d in ("fp16", "bf16"):
             if d in (self.flow_dtype, self.hift_dtype):
                 return d
@@ -117,6 +141,15 @@ PROFILES: dict[str, dict] = {
     "int8-dynamic": dict(attention="sdpa", fused_rope=True, fused_adaln=True, adaln_cache=True, int8_dynamic=True),
     "fp16-flash-cuda": dict(attention="sdpa-flash", flow_dtype="fp16", keep_fp32=UPSTREAM_FP16_FIXES, device="cuda"),
     "bf16-flash-cuda": dict(attention="sdpa-flash", flow_dtype="bf16", keep_fp32=UPSTREAM_FP16_FIXES, device="cuda"),
+    # the estimator under ONNX Runtime (export as upstream's cosyvoice/bin/export_onnx.py); solver, CFG, the rest
+    # of the flow and the vocoder stay the candidate's
+    "onnx-cpu": dict(estimator_backend="onnxruntime"),
+    "onnx-cpu-basic": dict(estimator_backend="onnxruntime", onnx_opt_level="basic"),
+    "onnx-cpu-mask": dict(estimator_backend="onnxruntime", onnx_mask_input=True),
+    "onnx-fused": dict(estimator_backend="onnxruntime", onnx_fuse=True),
+    "onnx-fp16": dict(estimator_backend="onnxruntime", onnx_fp16=True),
+    "onnx-cuda": dict(estimator_backend="onnxruntime", onnx_provider="cuda"),
+    "onnx-tensorrt": dict(estimator_backend="onnxruntime", onnx_provider="tensorrt"),
 }
 PROFILE_HELP = {
     "fp32-explicit": "the reference's own code path through the candidate (sanity: must be bit-identical)",
@@ -130,8 +163,19 @@ PROFILE_HELP = {
     "int8-dynamic": "dynamic int8 quantization of the DiT's linear layers (the reduced precision that pays on CPU)",
     "fp16-flash-cuda": "CUDA: SDPA flash kernel in fp16 with the upstream fixes",
     "bf16-flash-cuda": "CUDA: SDPA flash kernel in bf16 with the upstream fixes",
+    "onnx-cpu": "the exported estimator under ONNX Runtime, CPU provider, all graph optimizations",
+    "onnx-cpu-basic": "the exported estimator under ONNX Runtime, CPU provider, basic graph optimizations only",
+    "onnx-cpu-mask": "onnx-cpu exported with the attention mask as an input: streaming feeds the chunk mask",
+    "onnx-fused": "the exported estimator after the onnxruntime.transformers fusions (attention/LayerNorm/GELU)",
+    "onnx-fp16": "the exported estimator converted to fp16 (fp32 inputs/outputs), ONNX Runtime CPU",
+    "onnx-cuda": "the exported estimator under ONNX Runtime's CUDA provider (skipped where it is not available)",
+    "onnx-tensorrt": "the exported estimator under ONNX Runtime's TensorRT provider (skipped where not available)",
 }
 CUDA_ONLY = {"fp16-flash-cuda", "bf16-flash-cuda"}
+ONNX_PROFILES = {"onnx-cpu", "onnx-cpu-basic", "onnx-cpu-mask", "onnx-fused", "onnx-fp16", "onnx-cuda",
+                 "onnx-tensorrt"}
+# profiles defined in this process (register_profile), e.g. a built-in profile bound to a user's ONNX file
+RUNTIME_PROFILES: dict[str, dict] = {}
 
 
 def _coerce(d: dict, source: str) -> dict:
@@ -164,7 +208,18 @@ def load_user_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
 def all_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
     profiles = dict(PROFILES)
     profiles.update(load_user_profiles(pyproject))
+    profiles.update(RUNTIME_PROFILES)
     return profiles
+
+
+def register_profile(name: str, base: str | None = None, **switches) -> str:
+    """Define a profile for the rest of this process (``base`` + ``switches``, as a pyproject profile)."""
+    spec = dict(switches)
+    if base:
+        spec["base"] = base
+    _coerce(spec, f"profile {name!r}")  # unknown switch names fail here, not at first use
+    RUNTIME_PROFILES[name] = spec
+    return name
 
 
 def resolve_profile(name: str, pyproject: str | Path | None = None, _seen: tuple = ()) -> Switches:

@@ -70,9 +70,15 @@ def cmd_dump(args) -> int:
 
     model = _load_model(args)
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
-    if args.pipeline == "candidate" or args.profile or args.fault:
-        pipe = _candidate(model, args.profile, args.fault, args.device)
-        label = f"candidate[{args.profile or 'fp32-explicit'}]"
+    if args.pipeline == "candidate" or args.profile or args.fault or args.onnx_estimator or args.require_provider:
+        profile = args.profile
+        if args.onnx_estimator or args.require_provider:
+            from candidate.onnx_backend import bind_profiles
+
+            profile = bind_profiles([args.profile] if args.profile else None, args.onnx_estimator,
+                                    args.require_provider)[0]
+        pipe = _candidate(model, profile, args.fault, args.device)
+        label = f"candidate[{profile or 'fp32-explicit'}]"
     else:
         pipe = model
         label = "reference"
@@ -164,7 +170,29 @@ def cmd_export_model(args) -> int:
 def cmd_run(args) -> int:
     from .run import run_command
 
+    if args.onnx_estimator or args.require_provider:
+        from candidate.onnx_backend import bind_profiles
+
+        args.profile = bind_profiles(args.profile, args.onnx_estimator, args.require_provider)
     return run_command(args)
+
+
+def cmd_export_onnx(args) -> int:
+    from candidate.onnx_export import ExportOptions, export_from
+
+    info = export_from(args.out, preset=None if args.model_dir else args.preset, model_dir=args.model_dir,
+                       options=ExportOptions(mask_input=args.mask_input, exporter=args.exporter))
+    ins = ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in info.inputs)
+    print(f"wrote {info.path} (opset {info.options.opset}, {info.options.exporter} exporter, onnx.checker ok, "
+          f"sha256 {info.file_sha256[:16]}, {info.seconds:.1f} s); inputs: {ins}")
+    return 0
+
+
+def _add_onnx_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx-estimator", metavar="FILE",
+                   help="run this exported DiT estimator under ONNX Runtime (default profile onnx-cpu)")
+    p.add_argument("--require-provider", metavar="NAME",
+                   help="fail unless the ONNX Runtime session runs on this provider (cpu, cuda, tensorrt)")
 
 
 def cmd_calibrate(args) -> int:
@@ -198,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--profile", help="candidate profile (parity profiles)")
     d.add_argument("--fault", action="append", help="inject a catalogue fault into the candidate (parity faults)")
     d.add_argument("--require-kernel", help="fail unless every attention call ran this kernel (flash, math, ...)")
+    _add_onnx_args(d)
     d.set_defaults(func=cmd_dump)
 
     n = sub.add_parser("noise", help="shared noise")
@@ -239,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stages", help="stage globs to capture (as parity dump)")
     r.add_argument("--no-local", action="store_true", help="skip the step-local (teacher-forced) errors")
     r.add_argument("--require-kernel", help="fail unless every candidate attention call ran this kernel")
+    _add_onnx_args(r)
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=cmd_run)
@@ -261,6 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--out", required=True)
     em.add_argument("--format", choices=["pt", "safetensors"], default="pt")
     em.set_defaults(func=cmd_export_model)
+
+    eo = sub.add_parser("export-onnx", help="export the DiT estimator to ONNX as upstream's export_onnx.py does")
+    g = eo.add_mutually_exclusive_group()
+    g.add_argument("--preset", default="tiny", help="built-in model: tiny | cosyvoice3-0.5b (seeded weights)")
+    g.add_argument("--model-dir", help="released layout; the file goes there by default")
+    eo.add_argument("--out", help="ONNX file (default <model-dir>/flow.decoder.estimator.fp32.onnx)")
+    eo.add_argument("--mask-input", action="store_true",
+                    help="the attention mask as an input (attn_mask [2,1,T,T] bool): streaming's chunk mask can be fed")
+    eo.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                    help="torch.onnx exporter (torchscript: what upstream's pinned torch uses; dynamo needs onnxscript)")
+    eo.set_defaults(func=cmd_export_onnx)
 
     b = sub.add_parser("bisect", help="find the culprit: which switch, which fp32 islands, which commit")
     from .bisect import add_bisect_args

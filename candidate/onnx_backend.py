@@ -1,0 +1,462 @@
+"""The DiT estimator under ONNX Runtime: a drop-in for :class:`candidate.dit.CandidateDiT` inside the candidate
+flow (same call signature), so only the estimator calls go to ONNX Runtime while the solver, CFG, the rest of
+the flow and the vocoder stay the candidate's and every per-step stage is captured as before.
+
+What it runs: the model's own estimator exported as upstream does (:mod:`candidate.onnx_export`, cached), or a
+user's file (``onnx_file``), optionally after the ``onnxruntime.transformers`` fusions (``onnx_fuse``) and/or the
+fp16 conversion (``onnx_fp16``), on the requested execution provider and optimization level. It records what
+ran: onnxruntime version, providers requested and used, optimization level, threads, the op-type counts of the
+graph it loaded and of the session's optimized graph, fusion report, fp16 settings, and how often streaming
+was requested from a graph that has no attention-mask input (the TensorRT-path blind spot, spec 11.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reference.dit import static_chunk_mask
+from reference.errors import InputError
+from reference.probe import NO_PROBE, Probe
+
+from .onnx_export import (INPUT_NAMES, MASK_INPUT, OUTPUT_NAME, ExportOptions, cache_dir, cached_export,
+                          default_heads, file_sha256, fp16_graph, fused_graph)
+from .switches import Switches
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+# what a provider falls back to, in ONNX Runtime's order of preference
+PROVIDER_CHAIN = {"cpu": ["CPUExecutionProvider"],
+                  "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                  "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+OPT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}
+# ONNX TensorProto element types
+ELEM = {1: "float", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "double",
+        16: "bfloat16"}
+NP_DTYPE = {"float": np.float32, "float16": np.float16, "double": np.float64, "bool": np.bool_}
+# the estimator's graph contract (upstream's export): name -> (rank, shape with C = channels, T = seq_len, dtypes)
+EXPECTED_INPUTS = {"x": (3, ("2", "C", "T")), "mask": (3, ("2", "1", "T")), "mu": (3, ("2", "C", "T")),
+                   "t": (1, ("2",)), "spks": (2, ("2", "C")), "cond": (3, ("2", "C", "T"))}
+EXPECTED_MASK = (4, ("2", "1", "T", "T"))
+EXPECTED_OUTPUT = (3, ("2", "C", "T"))
+FLOAT_TYPES = ("float", "float16")
+MASK_TYPES = ("bool", "float", "float16")
+# op types that are fusions (ONNX Runtime contrib ops or fused ONNX ops), counted in the provenance
+FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "LayerNormalization",
+             "SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
+             "EmbedLayerNormalization", "Gelu", "FastGelu", "BiasGelu", "BiasFastGelu", "QuickGelu", "GemmFastGelu",
+             "FusedMatMul", "FusedConv", "FusedGemm", "MatMulNBits", "BiasSplitGelu", "Mish")
+# faults that act inside the PyTorch estimator (candidate/dit.py): an ONNX graph cannot carry them
+_ESTIMATOR_OVERRIDES = ("time_scale", "rope_mode", "mask_mode")
+_ESTIMATOR_HOOKS = ("block",)
+
+
+class BackendUnavailable(InputError):
+    """The requested ONNX Runtime provider does not exist here: the profile is skipped, with this reason."""
+
+
+class ProviderFallback(InputError):
+    """``onnx_require_provider``: the session does not run on the required provider."""
+
+
+def _need_ort():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable("the ONNX backend needs the optional extra: pip install -e \".[onnx]\" "
+                                 "(onnx, onnxruntime)") from exc
+
+
+def onnx_available() -> str | None:
+    """None when onnx and onnxruntime import; otherwise why not (for skips)."""
+    try:
+        _need_ort()
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def provider_unavailable(provider: str) -> str | None:
+    """None when ``provider`` (cpu, cuda, tensorrt or an ONNX Runtime provider name) is in this onnxruntime
+    build; otherwise the reason, for skipping the profile."""
+    why = onnx_available()
+    if why:
+        return why
+    import onnxruntime as ort
+
+    name = PROVIDERS.get(provider, provider)
+    have = ort.get_available_providers()
+    if name in have:
+        return None
+    hint = {"CUDAExecutionProvider": "the onnxruntime-gpu package and a CUDA device",
+            "TensorrtExecutionProvider": "the onnxruntime-gpu package with TensorRT libraries and a CUDA device"}
+    return (f"{name} is not available in this onnxruntime {ort.__version__} build (available: {', '.join(have)})"
+            + (f"; it needs {hint[name]}" if name in hint else ""))
+
+
+def profile_unavailable(sw: Switches) -> str | None:
+    """Why a profile's ONNX backend cannot run here (None when it can, or when it is not an ONNX profile)."""
+    if not sw.onnx:
+        return None
+    return provider_unavailable(sw.onnx_provider)
+
+
+# ---------------------------------------------------------------------------------------------
+# the graph file: what it is, and whether it is an estimator
+
+def _dims(vi) -> list:
+    out = []
+    for d in vi.type.tensor_type.shape.dim:
+        out.append(d.dim_param if d.dim_param else (int(d.dim_value) if d.HasField("dim_value") else "?"))
+    return out
+
+
+def inspect_onnx(path: str | Path) -> dict:
+    """sha256, opset, producer, IR version, inputs and outputs (name, dtype, shape) and op-type counts of an
+    ONNX file; initializers are not loaded when they are stored externally."""
+    _need_ort()
+    import onnx
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: ONNX file not found")
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any decode error is an unusable file
+        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:160]})") from exc
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [{"name": i.name, "dtype": ELEM.get(i.type.tensor_type.elem_type, str(i.type.tensor_type.elem_type)),
+               "shape": _dims(i)} for i in m.graph.input if i.name not in inits]
+    outputs = [{"name": o.name, "dtype": ELEM.get(o.type.tensor_type.elem_type, str(o.type.tensor_type.elem_type)),
+                "shape": _dims(o)} for o in m.graph.output]
+    opsets = {(o.domain or "ai.onnx"): int(o.version) for o in m.opset_import}
+    return {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size,
+            "opset": opsets.get("ai.onnx"), "opsets": opsets, "producer": m.producer_name,
+            "producer_version": m.producer_version, "ir_version": int(m.ir_version), "inputs": inputs,
+            "outputs": outputs, "mask_input": any(i["name"] == MASK_INPUT for i in inputs),
+            "op_counts": dict(Counter(n.op_type for n in m.graph.node).most_common())}
+
+
+def _fmt_expect(name: str, rank_shape) -> str:
+    return f"{name} [{', '.join(rank_shape[1])}]"
+
+
+def validate_io(info: dict, path: str | Path, channels: int | None = None) -> None:
+    """Raise a one-line :class:`InputError` unless the graph's inputs and output are the estimator's:
+    x, mask, mu, t, spks, cond (+ optional attn_mask) and estimator_out, with the expected ranks, float or
+    float16 dtypes (bool/float for attn_mask) and, where the graph fixes them, batch 2 and ``channels``."""
+    ins = {i["name"]: i for i in info["inputs"]}
+    outs = info["outputs"]
+    expected = ", ".join(_fmt_expect(n, EXPECTED_INPUTS[n]) for n in INPUT_NAMES)
+    contract = (f"expected inputs {expected} (+ optional {MASK_INPUT} [2, 1, T, T]) and output "
+                f"{OUTPUT_NAME} [2, C, T], float or float16, as upstream's export_onnx.py writes them")
+    problems = []
+    missing = [n for n in INPUT_NAMES if n not in ins]
+    unexpected = [n for n in ins if n not in INPUT_NAMES and n != MASK_INPUT]
+    if missing:
+        problems.append(f"missing input(s) {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected input(s) {', '.join(unexpected)}")
+    for name, (rank, shape) in list(EXPECTED_INPUTS.items()) + [(MASK_INPUT, EXPECTED_MASK)]:
+        if name not in ins:
+            continue
+        got = ins[name]
+        allowed = MASK_TYPES if name == MASK_INPUT else FLOAT_TYPES
+        if got["dtype"] not in allowed:
+            problems.append(f"input {name} is {got['dtype']}, expected {' or '.join(allowed)}")
+        if len(got["shape"]) != rank:
+            problems.append(f"input {name} has rank {len(got['shape'])} {got['shape']}, expected {rank}")
+            continue
+        for i, (want, have) in enumerate(zip(shape, got["shape"])):
+            if isinstance(have, int) and have > 0:
+                fixed = {"2": 2, "1": 1, "C": channels}.get(want)
+                if fixed is not None and have != fixed:
+                    problems.append(f"input {name} axis {i} is {have}, expected {fixed}")
+    if not outs:
+        problems.append("no output")
+    else:
+        o = outs[0]
+        if o["name"] != OUTPUT_NAME:
+            problems.append(f"output is named {o['name']!r}, expected {OUTPUT_NAME!r}")
+        if o["dtype"] not in FLOAT_TYPES:
+            problems.append(f"output {o['name']} is {o['dtype']}, expected float or float16")
+        if len(o["shape"]) != EXPECTED_OUTPUT[0]:
+            problems.append(f"output {o['name']} has rank {len(o['shape'])}, expected 3")
+    if problems:
+        raise InputError(f"{path}: not a CosyVoice DiT estimator graph: {'; '.join(problems)}; {contract}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the session
+
+def fused_counts(op_counts: dict) -> dict:
+    """The fused-operator counts out of an op-type histogram."""
+    return {k: int(op_counts[k]) for k in FUSED_OPS if op_counts.get(k)}
+
+
+def _optimized_op_counts(path: Path, so_factory, providers, ident: dict | None = None) -> dict:
+    """Op-type counts of the session's optimized graph: the same graph a session builds, serialized once
+    (initializers written externally, so the file read back is the graph alone). Cached in the export cache
+    directory under ``ident`` (file sha256, level, providers, onnxruntime version)."""
+    import onnx
+    import onnxruntime as ort
+
+    memo = None
+    if ident is not None:
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+        memo = cache_dir() / f"opcounts-{key}.json"
+        try:
+            saved = json.loads(memo.read_text())
+            if saved.get("ident") == ident:
+                return saved["op_counts"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+    with tempfile.TemporaryDirectory(prefix="parity-ort-") as d:
+        so = so_factory()
+        out = Path(d) / "optimized.onnx"
+        so.optimized_model_filepath = str(out)
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(str(path), so, providers=providers)
+        m = onnx.load(str(out), load_external_data=False)
+        counts = dict(Counter(n.op_type for n in m.graph.node).most_common())
+    if memo is not None:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.write_text(json.dumps({"ident": ident, "op_counts": counts}))
+        except OSError:
+            pass
+    return counts
+
+
+class OrtEstimator:
+    """The estimator as an ONNX Runtime session, called like :class:`candidate.dit.CandidateDiT`:
+    ``est(x, mask, mu, t, spks, cond, streaming, probe, step) -> v`` on batch-2 torch tensors."""
+
+    def __init__(self, path: str | Path, *, provider: str = "cpu", opt_level: str = "all", threads: int | None = None,
+                 require_provider: str = "", allow_spinning: bool = False, channels: int | None = None,
+                 chunk_size: int = 50, origin: dict | None = None):
+        _need_ort()
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.chunk_size = chunk_size
+        self.file = inspect_onnx(self.path)
+        validate_io(self.file, self.path, channels)
+        self.mask_input = self.file["mask_input"]
+        self.input_dtypes = {i["name"]: i["dtype"] for i in self.file["inputs"]}
+        self.output_name = self.file["outputs"][0]["name"]
+        if provider not in PROVIDERS:
+            raise InputError(f"onnx provider {provider!r} is not one of {', '.join(PROVIDERS)}")
+        why = provider_unavailable(provider)
+        if why:
+            raise BackendUnavailable(why)
+        self.provider = provider
+        self.threads = int(threads or torch.get_num_threads())
+        self.opt_level = opt_level
+        self.allow_spinning = allow_spinning
+        self.providers_requested = [p for p in PROVIDER_CHAIN[provider] if p in ort.get_available_providers()]
+        required = PROVIDERS.get(require_provider, require_provider) if require_provider else ""
+        # a required GPU provider that is also the requested one: that provider alone, and no node may silently
+        # fall back to another (ONNX Runtime refuses the session instead)
+        strict = bool(required) and required == PROVIDERS[provider] and required != "CPUExecutionProvider"
+        if strict:
+            self.providers_requested = [required]
+
+        def options():
+            so = ort.SessionOptions()
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.log_severity_level = 3  # errors only: what ran is recorded below, not printed
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+            if strict:
+                so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            return so
+
+        t0 = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(str(self.path), options(), providers=self.providers_requested)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise (ProviderFallback if strict else InputError)(
+                f"{self.path}: ONNX Runtime cannot build a session on {', '.join(self.providers_requested)}: {first}"
+            ) from exc
+        self.session_seconds = time.perf_counter() - t0
+        self.providers_used = list(self.session.get_providers())
+        self.optimized_op_counts = None
+        self.optimized_note = None
+        if self.providers_used[:1] == ["CPUExecutionProvider"]:
+            ident = {"sha256": self.file["sha256"], "level": opt_level, "providers": self.providers_requested,
+                     "onnxruntime": ort.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}  # NCHWc rewrites
+            self.optimized_op_counts = _optimized_op_counts(self.path, options, self.providers_requested, ident)
+        else:
+            self.optimized_note = ("not serialized: a session with a compiled GPU provider cannot write its "
+                                   "optimized graph; op counts are of the graph file")
+        self.origin = dict(origin or {})
+        self.calls = 0
+        self.streaming_calls = 0
+        self.streaming_calls_unmasked = 0
+        self.required = require_provider
+        msg = check_required_provider(require_provider, self.providers_used) if require_provider else None
+        if msg:
+            raise ProviderFallback(f"{self.path}: {msg}")
+
+    # -- the CandidateDiT interface ---------------------------------------------------------------
+    def cache_modulations(self, ts) -> None:  # the AdaLN cache lives inside the graph's own constant folding
+        pass
+
+    def clear_modulations(self) -> None:
+        pass
+
+    def feed(self, x, mask, mu, t, spks, cond, streaming: bool = False) -> dict:
+        """The session's inputs (numpy, in the graph's input dtypes) for one estimator call."""
+        T = x.shape[2]
+        if t.ndim == 0:
+            t = t.repeat(x.shape[0])
+        feed = {}
+        for name, v in zip(INPUT_NAMES, (x, mask, mu, t, spks, cond)):
+            feed[name] = v.detach().to("cpu", torch.float32).numpy().astype(NP_DTYPE[self.input_dtypes[name]],
+                                                                             copy=False)
+        if self.mask_input:
+            if streaming:
+                am = static_chunk_mask(T, self.chunk_size)[None, None].expand(x.shape[0], 1, T, T)
+            else:
+                am = torch.ones(x.shape[0], 1, T, T, dtype=torch.bool)
+            feed[MASK_INPUT] = np.ascontiguousarray(am.numpy()).astype(NP_DTYPE[self.input_dtypes[MASK_INPUT]],
+                                                                         copy=False)
+        return feed
+
+    def __call__(self, x, mask, mu, t, spks, cond, streaming: bool = False, probe: Probe = NO_PROBE, step: int = 0):
+        if x.shape[0] != 2:
+            raise InputError(f"{self.path}: the exported estimator takes the CFG pair (batch 2), "
+                             f"got batch {x.shape[0]}")
+        self.calls += 1
+        if streaming:
+            self.streaming_calls += 1
+            if not self.mask_input:  # upstream's TensorRT path: the chunk mask is silently dropped
+                self.streaming_calls_unmasked += 1
+        out = self.session.run([self.output_name], self.feed(x, mask, mu, t, spks, cond, streaming))[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(device=x.device, dtype=x.dtype)
+
+    # -- provenance -------------------------------------------------------------------------------
+    def provenance(self) -> dict:
+        import onnxruntime as ort
+
+        counts = self.optimized_op_counts if self.optimized_op_counts is not None else self.file["op_counts"]
+        return {
+            "onnxruntime": ort.__version__,
+            "file": {k: self.file[k] for k in ("path", "sha256", "bytes", "opset", "opsets", "producer",
+                                               "producer_version", "ir_version", "inputs", "outputs", "mask_input")},
+            **self.origin,
+            "session": {"providers_requested": list(self.providers_requested), "providers_used": self.providers_used,
+                        "graph_optimization_level": OPT_LEVELS[self.opt_level], "intra_op_threads": self.threads,
+                        "inter_op_threads": 1, "execution_mode": "sequential", "allow_spinning": self.allow_spinning,
+                        "require_provider": self.required or None,
+                        "seconds_to_build": round(self.session_seconds, 3)},
+            "graph_op_counts": self.file["op_counts"],
+            "optimized_op_counts": self.optimized_op_counts,
+            "optimized_note": self.optimized_note,
+            "fused_nodes": fused_counts(counts),
+        }
+
+    def run_metadata(self) -> dict:
+        """What the last runs did (cumulative over this estimator's life)."""
+        return {"calls": self.calls, "streaming_calls": self.streaming_calls,
+                "streaming_calls_without_mask_input": self.streaming_calls_unmasked,
+                "providers_used": self.providers_used}
+
+
+def check_required_provider(required: str, providers_used: list[str] | dict) -> str | None:
+    """None when the session's first (preferred) provider is ``required`` (cpu, cuda, tensorrt or a provider
+    name); otherwise the message to fail with. ``providers_used`` may be the ``onnx`` provenance dict."""
+    if isinstance(providers_used, dict):
+        providers_used = (providers_used.get("session") or {}).get("providers_used") or []
+    name = PROVIDERS.get(required, required)
+    if providers_used and providers_used[0] == name:
+        return None
+    return (f"required ONNX Runtime provider {name} is not the one the session runs on "
+            f"(providers used: {', '.join(providers_used) or 'none'})")
+
+
+def build_estimator(ref_dit, sw: Switches, faults=None, cache: str | Path | None = None) -> OrtEstimator:
+    """The :class:`OrtEstimator` a profile's switches describe, for the reference estimator ``ref_dit``:
+    the user's ``onnx_file`` or the cached export of ``ref_dit`` (with ``onnx_mask_input``), then the fusions
+    (``onnx_fuse``) and the fp16 conversion (``onnx_fp16``), on ``onnx_provider`` at ``onnx_opt_level``."""
+    _need_ort()
+    if faults is not None:
+        inside = [f.name for f, _ in faults.items if any(k in f.overrides for k in _ESTIMATOR_OVERRIDES)
+                  or any(k in f.hooks for k in _ESTIMATOR_HOOKS)]
+        if inside:
+            raise InputError(f"fault(s) {', '.join(inside)} act inside the PyTorch estimator and cannot apply to an "
+                             f"ONNX Runtime estimator (estimator_backend=onnxruntime)")
+    why = provider_unavailable(sw.onnx_provider)
+    if why:
+        raise BackendUnavailable(why)
+    origin: dict = {}
+    if sw.onnx_file:
+        path = Path(sw.onnx_file).expanduser()
+        origin["source"] = "user file"
+        if sw.onnx_mask_input:
+            origin["note"] = "onnx_mask_input is ignored with a user file: the file's own inputs decide"
+    else:
+        info = cached_export(ref_dit, ExportOptions(mask_input=sw.onnx_mask_input), cache)
+        path = info.path
+        origin["source"] = "export"
+        origin["export"] = info.to_dict()
+    cfg = ref_dit.cfg
+    if sw.onnx_fuse:
+        heads, hidden = default_heads(ref_dit) if not sw.onnx_file else (0, 0)
+        path, report = fused_graph(path, heads, hidden, cache)
+        origin["fusion"] = report
+    if sw.onnx_fp16:
+        path, settings = fp16_graph(path, cache)
+        origin["fp16"] = settings
+    return OrtEstimator(path, provider=sw.onnx_provider, opt_level=sw.onnx_opt_level,
+                        require_provider=sw.onnx_require_provider, channels=cfg.mel_dim,
+                        chunk_size=cfg.static_chunk_size, origin=origin)
+
+
+def bind_profiles(profiles: list[str] | None, onnx_file: str | None = None, require_provider: str | None = None,
+                  default: str = "onnx-cpu") -> list[str] | None:
+    """``--onnx-estimator FILE`` / ``--require-provider NAME`` applied to the profiles of a run: each becomes a
+    profile of this process (:func:`candidate.switches.register_profile`) with ``estimator_backend=onnxruntime``,
+    ``onnx_file`` and ``onnx_require_provider`` set. Returns the new names (``profiles`` unchanged when neither
+    option is given)."""
+    from .switches import register_profile, resolve_profile
+
+    if not onnx_file and not require_provider:
+        return profiles
+    names = []
+    for base in profiles or [default]:
+        sw = resolve_profile(base)
+        if not onnx_file and not sw.onnx:
+            raise InputError(f"--require-provider needs an ONNX Runtime profile (onnx-*) or --onnx-estimator; "
+                             f"profile {base!r} runs the estimator in PyTorch")
+        over: dict = {"estimator_backend": "onnxruntime"}
+        label = base
+        if onnx_file:
+            path = Path(onnx_file)
+            if not path.exists():
+                raise InputError(f"{path}: ONNX file not found")
+            over["onnx_file"] = str(path.resolve())
+            label += f"+{path.stem}"
+        if require_provider:
+            over["onnx_require_provider"] = require_provider
+            label += f"+require-{require_provider}"
+        names.append(register_profile(label, base=base, **over))
+    return names
+
+
+__all__ = ["OrtEstimator", "build_estimator", "bind_profiles", "inspect_onnx", "validate_io", "check_required_provider",
+           "provider_unavailable", "profile_unavailable", "onnx_available", "fused_counts", "BackendUnavailable",
+           "ProviderFallback", "PROVIDERS"]
