@@ -8,7 +8,9 @@ Formats:
 * ``bf16`` (8 significand bits), ``fp16`` (11 bits, max 65504: larger values overflow to inf exactly as a
   real fp16 tensor would): round to nearest (chop mode 1), or stochastically (chop mode 5: up or down
   with probability proportional to the distance), which gives the ensemble of roundings the envelope is
-  the maximum of;
+  the maximum of. Only computed results round stochastically (a kernel's summation order decides which
+  way its result rounds); casts of operands and inputs round to nearest in every member, as every
+  implementation casts them;
 * ``int8``: dynamic quantisation of the linears an int8 build quantises (the candidate's
   ``int8_dynamic``: to_q/k/v, to_out, both FFN linears of every block): the weight per tensor,
   symmetric, 127 levels; the activation per tensor, affine over its [min, max], 255 levels (what
@@ -20,7 +22,19 @@ Where values are rounded (bf16/fp16), inside the modules in scope and outside th
   conv_transpose1d, scaled-dot-product attention): the operands a low-precision kernel reads and the
   result it stores, the kernel's accumulator staying fp32;
 * every module output (module boundaries: the activations a low-precision implementation stores), but
-  for the DiT blocks' outputs when the residual stream is kept in fp32 (the upstream fp16 fix).
+  for the DiT blocks' outputs when the residual stream is kept in fp32 (the upstream fp16 fix);
+* every result of an op whose floating operands are all low-precision values (with Python scalars):
+  PyTorch's type promotion keeps such results in the low dtype (``1000 * t`` of the time embedding,
+  GELU of a linear's output, the attention's ``scores * scale``), and its CPU half/bfloat16 kernels
+  compute them in fp32 and round the result, which is what the emulation does; an operand in fp32 makes
+  the result fp32 (the fp32 residual stream plus a low-precision branch), and an explicit ``.float()`` or
+  ``.to()`` leaves low precision;
+* the DiT's inputs: upstream's AMP builds the CFG batch (x, mu, t, spks, cond) in the dtype of ``spks``,
+  i.e. fp16, and so do the candidate's low-precision profiles, so the time t reaches the time embedding
+  rounded to fp16 (an error of up to 1.8e-4 in t, 0.18 rad after the embedding's 1000 x; measured on the
+  tiny model, leaving it out of the emulation put the fp16-flow profile at up to 36x the envelope at the
+  steps where t rounds worst). Other module inputs are either outputs already rounded or tables a
+  low-precision build keeps in fp32 (the RoPE angles, the attention mask).
 
 The scope follows a candidate's switches (:func:`spec_from_switches`): ``flow_dtype`` puts the flow's
 front end and the DiT in scope, ``hift_dtype`` the vocoder's modules; ``keep_fp32`` names map onto the
@@ -36,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -45,8 +60,10 @@ from torch.overrides import TorchFunctionMode
 from .mca import ModuleStack, RandomStream, _name
 
 FORMATS = {"bf16": (torch.bfloat16, 8, -126), "fp16": (torch.float16, 11, -14)}  # (dtype, precision p, emin)
-MATMUL_OPS = frozenset({"linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "einsum", "conv1d", "conv_transpose1d",
+# the reference uses einsum only for the RoPE angle table, which low-precision builds keep in fp32
+MATMUL_OPS = frozenset({"linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "conv1d", "conv_transpose1d",
                         "scaled_dot_product_attention"})
+UPCASTS = frozenset({"float", "double", "to", "type", "type_as"})  # an explicit cast leaves low precision
 INT8_LINEARS = ("*.attn.to_q", "*.attn.to_k", "*.attn.to_v", "*.attn.to_out.0", "*.ff.ff.0.0", "*.ff.ff.2")
 
 # keep_fp32 component -> module-name globs of the reference (relative to the flow or the vocoder)
@@ -128,6 +145,7 @@ def round_float(x: torch.Tensor, fmt: str, gen: RandomStream | None = None) -> t
         return x.to(low).to(x.dtype)
     xd = x.double()
     _, e = torch.frexp(xd)  # x = m 2^e, 0.5 <= |m| < 1
+    e = torch.where(xd == 0, torch.full_like(e, emin + 1), e)  # 0 (and the subnormals) use the finest spacing
     ulp = torch.ldexp(torch.ones_like(xd), (torch.clamp(e - 1, min=emin) - (p - 1)).to(torch.int32))
     v = gen.rand(x.shape)
     return (xd + (v - 0.5) * ulp).to(low).to(x.dtype)
@@ -177,6 +195,7 @@ class Chop(contextlib.AbstractContextManager):
         self.handles: list = []
         self._mode = _ChopMode(self)
         self.count = 0
+        self.low: dict[int, weakref.ref] = {}  # tensors that hold low-precision values (by id, weakly)
 
     # -- where --------------------------------------------------------------------------------
     def _in_scope(self, name: str | None) -> bool:
@@ -193,16 +212,36 @@ class Chop(contextlib.AbstractContextManager):
         return self.named.get(id(m)) if m is not None else None
 
     # -- what -----------------------------------------------------------------------------------
-    def _round(self, x):
+    def _is_low(self, t) -> bool:
+        return id(t) in self.low
+
+    def _mark(self, t):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            i = id(t)
+            self.low[i] = weakref.ref(t, lambda _r, i=i: self.low.pop(i, None))
+        return t
+
+    def _round(self, x, result: bool = True):
+        """Round ``x`` and mark it low-precision; stochastically (for a stochastic member) only when it is a
+        computed ``result``: a cast of an operand or an input rounds to nearest in every implementation."""
         if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float64:
             self.count += 1
-            return round_float(x, self.spec.fmt, self.gen)
+            return self._mark(round_float(x, self.spec.fmt, self.gen if result else None))
         return x
+
+    def _float_inputs(self, args, kwargs) -> list:
+        out = []
+        for a in list(args) + list(kwargs.values()):
+            if isinstance(a, (list, tuple)):
+                out += [x for x in a if isinstance(x, torch.Tensor) and x.is_floating_point()]
+            elif isinstance(a, torch.Tensor) and a.is_floating_point():
+                out.append(a)
+        return out
 
     def call(self, func, args, kwargs):
         name = _name(func)
+        cur = self._current()
         if self.spec.fmt == "int8":
-            cur = self._current()
             if name == "linear" and cur is not None and self._in_scope(cur) and any(
                     fnmatch.fnmatchcase(cur, g) for g in self.spec.int8_linears):
                 x, w = args[0], args[1]
@@ -210,33 +249,51 @@ class Chop(contextlib.AbstractContextManager):
                 self.count += 1
                 return func(quantize_int8(x, False, self.gen), quantize_int8(w, True, self.gen), b)
             return func(*args, **kwargs)
-        if name in MATMUL_OPS and self._in_scope(self._current()):
-            args = tuple(self._round(a) for a in args)
-            kwargs = {k: self._round(v) for k, v in kwargs.items()}
+        if not self._in_scope(cur):
+            return func(*args, **kwargs)
+        if name in MATMUL_OPS:
+            args = tuple(self._round(a, False) for a in args)
+            kwargs = {k: self._round(v, False) for k, v in kwargs.items()}
             return self._round(func(*args, **kwargs))
-        return func(*args, **kwargs)
-
-    def _hook(self, module, args, out):
-        name = self.named.get(id(module))
-        if not self._in_scope(name) or isinstance(module, (nn.Sequential, nn.ModuleList, nn.Dropout, nn.Identity)):
+        out = func(*args, **kwargs)
+        if name in UPCASTS or (name.endswith("_") and not name.endswith("__")) or not isinstance(out, torch.Tensor) \
+                or not out.is_floating_point():
             return out
+        ins = self._float_inputs(args, kwargs)
+        if ins and all(self._is_low(t) for t in ins):
+            return self._round(out)  # type promotion: low-precision operands (and scalars) give a low result
+        return out
+
+    def _boundary(self, module) -> bool:
+        """Whether ``module``'s inputs and outputs are rounded (a module boundary in scope)."""
+        if not self._in_scope(self.named.get(id(module))) or isinstance(module, (nn.Sequential, nn.ModuleList,
+                                                                                  nn.Dropout, nn.Identity)):
+            return False
         from reference.dit import DiTBlock
         from reference.flow_matching import CausalConditionalCFM
 
-        if isinstance(module, CausalConditionalCFM) or (self.spec.residual_fp32 and isinstance(module, DiTBlock)):
-            return out
+        return not (isinstance(module, CausalConditionalCFM) or (self.spec.residual_fp32 and isinstance(module, DiTBlock)))
+
+    def _pre_hook(self, module, args):
+        return tuple(self._round(a, False) for a in args)
+
+    def _hook(self, module, args, out):
         if isinstance(out, tuple):
             return tuple(self._round(o) for o in out)
         return self._round(out)
 
     def __enter__(self):
+        from reference.dit import DiT
+
         self.stack.__enter__()
         if self.spec.fmt != "int8":
             seen = set()
             for root in self.roots:
                 for m in root.modules():
-                    if id(m) not in seen:
+                    if id(m) not in seen and self._boundary(m):
                         seen.add(id(m))
+                        if isinstance(m, DiT):  # the CFG batch enters the estimator in the low dtype
+                            self.handles.append(m.register_forward_pre_hook(self._pre_hook))
                         self.handles.append(m.register_forward_hook(self._hook))
         self._mode.__enter__()
         return self

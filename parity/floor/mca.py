@@ -91,10 +91,10 @@ def perturb(y, gen: "RandomStream"):
     eps = U.get(y.dtype)
     if eps is None:
         return y
-    u = gen.rand(y.shape) * 2.0 - 1.0
+    f = gen.rand(y.shape).mul(2.0 * eps).sub_(eps)  # eps * u, u ~ U[-1, 1)
     if y.dtype == torch.float64:
-        return y + y * (u * eps)  # the product is exact enough; the sum rounds to a neighbour or stays
-    return (y.double() * (1.0 + eps * u)).to(y.dtype)
+        return y + y * f  # the product is exact enough; the sum rounds to a neighbour or stays
+    return y.double().mul_(f.add_(1.0)).to(y.dtype)
 
 
 def _perturb_tree(out, gen):

@@ -69,8 +69,12 @@ def fp32_members(n_seeds: int = 8, n_held_out: int = 4, families=("threads", "at
 
 
 def chop_members(fmt: str, n_seeds: int = 8, n_held_out: int = 4) -> list[Member]:
-    """Round to nearest (the deterministic emulation) plus stochastic-rounding seeds."""
-    out = [Member(f"chop-{fmt}-nearest", "chop")]
+    """Round to nearest (the deterministic emulation) with each attention backend (explicit attention rounds
+    the scores and the probabilities at its matmuls; SDPA, like a fused low-precision kernel, rounds only
+    its output: structurally different legitimate implementations), plus stochastic-rounding seeds."""
+    out = [Member(f"chop-{fmt}-nearest", "chop"),
+           Member(f"chop-{fmt}-nearest/sdpa-math", "chop", attention="sdpa-math"),
+           Member(f"chop-{fmt}-nearest/sdpa", "chop", attention="sdpa")]
     out += [Member(f"chop-{fmt}-sr#{s}", "chop", seed=s) for s in range(n_seeds)]
     out += [Member(f"chop-{fmt}-sr#{s}", "chop", role="held-out", seed=s) for s in range(n_seeds, n_seeds + n_held_out)]
     return out
