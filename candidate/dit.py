@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import warnings
 
@@ -233,7 +234,8 @@ class CandidateDiT(nn.Module):
         with prec.region(ad):
             hh, sm, sh = prec.inputs(ad, h, scale_msa, shift_msa)
             norm = F.layer_norm(hh, (hh.shape[-1],), eps=1e-6) * (1 + sm[:, None]) + sh[:, None]
-        lin = _low_accumulate if self.faults.override("low_accumulate_block", None) == i else _call
+        acc = self.faults.override("low_accumulate_block", None)
+        lin = functools.partial(_low_accumulate, rounding=acc[1]) if acc is not None and acc[0] == i else _call
         comp = f"block{i}.attn"
         with prec.region(comp):
             (x,) = prec.inputs(comp, norm)
@@ -362,10 +364,18 @@ def _call(mod, x):
     return mod(x)
 
 
-def _low_accumulate(mod, x, low: torch.dtype = torch.float16):
+def _round_toward_zero(x: torch.Tensor, low: torch.dtype) -> torch.Tensor:
+    r = x.to(low)
+    return torch.where(r.float().abs() > x.abs(), torch.nextafter(r, torch.zeros_like(r)), r)
+
+
+def _low_accumulate(mod, x, low: torch.dtype = torch.float16, rounding: str = "rz"):
     """Fault ``low-accumulate-block``: ``mod`` (a Linear) computed as a GEMM that keeps its running sum in
     ``low`` precision: operands rounded to ``low``, every product exact in fp32, the sum rounded to ``low``
-    after each of the K terms (what an fp16 kernel with an fp16 accumulator does), then the bias."""
+    after each of the K terms, toward zero (``rz``: truncating additions, what Fasi, Higham, Mikaitis and
+    Pranesh (2021) measured inside NVIDIA tensor cores) or to nearest (``rn``); then the bias."""
+    if rounding not in ("rz", "rn"):
+        raise ValueError(f"fault low-accumulate-block: rounding must be rz or rn, got {rounding!r}")
     w = getattr(mod, "weight", None)
     if not isinstance(w, torch.Tensor):
         raise RuntimeError(f"fault low-accumulate-block needs float linears, got {type(mod).__name__}")
@@ -373,7 +383,8 @@ def _low_accumulate(mod, x, low: torch.dtype = torch.float16):
         xs, ws = x.to(low).float(), w.to(low).float()
         acc = torch.zeros(*x.shape[:-1], w.shape[0], dtype=low, device=x.device)
         for j in range(w.shape[1]):
-            acc = (acc.float() + xs[..., j:j + 1] * ws[:, j]).to(low)
+            s = acc.float() + xs[..., j:j + 1] * ws[:, j]
+            acc = _round_toward_zero(s, low) if rounding == "rz" else s.to(low)
         out = acc.float() + mod.bias.float() if mod.bias is not None else acc.float()
     return out.to(low) if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)  # the dtype a linear gives
 
