@@ -116,17 +116,17 @@ def patch_attention(scale="sqrt", mask=None, scale_on_q=False):
     return lambda c, inputs: _bind(_est(c), "_attention", _attention)
 
 
-def patch_rope(base=None, offset=0):
+def patch_rope(base=None, offset=0, rate=1.0):
     def apply(c, inputs):
         est = _est(c)
         if base is not None:
             rot = est.net.rotary_embed
             dim = rot.inv_freq.numel() * 2
             rot.inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
-        if offset:
+        if offset or rate != 1.0:
             def _rope(self, T, device):
                 inv = self.net.rotary_embed.inv_freq.float().to(device)
-                t = torch.arange(T, device=device, dtype=torch.float32) + offset
+                t = torch.arange(T, device=device, dtype=torch.float32) * rate + offset
                 freqs = torch.stack((torch.einsum("i,j->ij", t, inv),) * 2, -1).flatten(-2)
                 return freqs, freqs.cos(), freqs.sin()
 
@@ -150,16 +150,48 @@ def patch_final_norm(swap=False):
     return lambda c, inputs: _bind(_est(c), "_trunk", _trunk)
 
 
-def patch_time_embed_cos_first(c, inputs):
-    te = _est(c).net.time_embed.time_embed
+def patch_time_embed(cos_first=False, denominator="half-1"):
+    def apply(c, inputs):
+        te = _est(c).net.time_embed.time_embed
 
-    def forward(x, scale=1000):
-        half = te.dim // 2
-        w = torch.exp(torch.arange(half, device=x.device).float() * -(math.log(10000) / (half - 1)))
-        a = scale * x.unsqueeze(1) * w.unsqueeze(0)
-        return torch.cat((a.cos(), a.sin()), dim=-1)  # cos half first
+        def forward(x, scale=1000):
+            half = te.dim // 2
+            den = half - 1 if denominator == "half-1" else half  # log(10000)/half: the other papers' frequencies
+            w = torch.exp(torch.arange(half, device=x.device).float() * -(math.log(10000) / den))
+            a = scale * x.unsqueeze(1) * w.unsqueeze(0)
+            return torch.cat((a.cos(), a.sin()) if cos_first else (a.sin(), a.cos()), dim=-1)
 
-    te.forward = forward
+        te.forward = forward
+
+    return apply
+
+
+def patch_input_embed_order(c, inputs):
+    ie = _est(c).net.input_embed
+
+    def forward(x, cond, mu, spks):
+        spks = spks.unsqueeze(1).expand(-1, x.shape[1], -1)
+        h = ie.proj(torch.cat([x, mu, cond, spks], dim=-1))  # mu and cond swapped
+        return ie.conv_pos_embed(h) + h
+
+    ie.forward = forward
+
+
+def patch_snake_no_eps(c, inputs):
+    from reference.hift import Snake
+
+    for m in c.hift.g.modules():
+        if isinstance(m, Snake):
+            def forward(x, m=m):
+                alpha = m.alpha.unsqueeze(0).unsqueeze(-1)
+                return x + (1.0 / alpha) * pow(torch.sin(x * alpha), 2)  # the 1e-9 guard dropped
+
+            m.forward = forward
+
+
+def patch_source_no_tanh(c, inputs):
+    src = c.hift.g.m_source
+    src.forward = lambda x: src.l_linear(x)
 
 
 def patch_module(path: str, make):
@@ -309,10 +341,10 @@ def patch_sine(**knobs):
     return lambda c, inputs: _bind(c.hift.g, "sine_phase", sine_phase(**knobs))
 
 
-def make_source(unvoiced_div=3.0, sigma_mult=1.0):
+def make_source(unvoiced_div=3.0, sigma_mult=1.0, upsample="nearest"):
     def _make_source(self, f0, noise):
         g, cfg = self.g, self.g.cfg
-        f0_up = F.interpolate(f0[:, None], scale_factor=g.upsample_scale, mode="nearest").transpose(1, 2)
+        f0_up = F.interpolate(f0[:, None], scale_factor=g.upsample_scale, mode=upsample).transpose(1, 2)
         L = f0_up.shape[1]
         sine = torch.sin(g.sine_phase(f0_up, noise.rand_ini)) * cfg.nsf_alpha
         uv = (f0_up > cfg.nsf_voiced_threshold).type(torch.float32)
@@ -327,7 +359,7 @@ def patch_source(**knobs):
     return lambda c, inputs: _bind(c.hift, "make_source", make_source(**knobs))
 
 
-def decode(phase="sin", mag_clamp=MAGNITUDE_CLAMP):
+def decode(phase="sin", mag_clamp=MAGNITUDE_CLAMP, mag_exp=True):
     def _decode(self, mel, source, finalize=True, probe=NO_PROBE):
         if not finalize:
             raise NotImplementedError("the decode rewrite covers finalize=True (what parity run and the suite use)")
@@ -352,7 +384,7 @@ def decode(phase="sin", mag_clamp=MAGNITUDE_CLAMP):
             x = xs / g.num_kernels
         x = g.conv_post(F.leaky_relu(x))
         n_bins = g.n_fft // 2 + 1
-        magnitude = torch.exp(x[:, :n_bins, :])
+        magnitude = torch.exp(x[:, :n_bins, :]) if mag_exp else x[:, :n_bins, :]
         magnitude = torch.clamp(magnitude, max=mag_clamp) if mag_clamp is not None else magnitude
         ph = torch.sin(x[:, n_bins:, :]) if phase == "sin" else x[:, n_bins:, :]  # "redundant" sin dropped
         probe("magnitude", magnitude)
@@ -381,7 +413,21 @@ def patch_f0(mode):
                 h = fp.features(x, finalize, params).transpose(1, 2)
                 w, b = p.get("classifier.weight", fp.classifier.weight), p.get("classifier.bias", fp.classifier.bias)
                 return torch.relu(F.linear(h, w, b).squeeze(-1))
-            return torch.clamp(orig(x, finalize, params), max=mode)  # an upper F0 limit in Hz
+            if mode == "integer-hz":  # F0 stored as whole Hz
+                return torch.round(orig(x, finalize, params))
+            if mode == "lookahead-left":  # the first conv's 3-frame lookahead padded on the left (past) instead
+                p = params or {}
+                h = x
+                for i, layer in enumerate(fp.condnet):
+                    if hasattr(layer, "causal_padding"):
+                        h = F.pad(h, (layer.causal_padding, 0))
+                        h = F.conv1d(h, p.get(f"condnet.{i}.weight", layer.weight), p.get(f"condnet.{i}.bias", layer.bias))
+                    else:
+                        h = layer(h)
+                h = h.transpose(1, 2)
+                w, b = p.get("classifier.weight", fp.classifier.weight), p.get("classifier.bias", fp.classifier.bias)
+                return torch.abs(F.linear(h, w, b).squeeze(-1))
+            raise ValueError(mode)
 
         fp.forward = forward
 
@@ -466,14 +512,19 @@ MUTATIONS = [
          patch_attention(mask="off-by-one")),
     Case("mask-dropped", "mutation", "DiT", "step1.v1", "streaming chunk mask not applied", patch_attention(mask="none")),
     Case("rope-base-1000", "mutation", "DiT", "step1.v1", "RoPE base 1000 instead of 10000", patch_rope(base=1000.0)),
-    Case("rope-positions-from-1", "mutation", "DiT", "step1.v1", "RoPE positions start at 1", patch_rope(offset=1)),
+    Case("rope-positions-halved", "mutation", "DiT", "step1.v1", "RoPE positions at the token rate (frame / 2)",
+         patch_rope(rate=0.5)),
     Case("rope-q-only", "mutation", "DiT", "step1.v1", "RoPE applied to q only", patch_block(rope_k=False)),
     Case("residual-no-gate", "mutation", "DiT", "step1.v1", "attention residual added without its AdaLN gate",
          patch_block(gate_attn=False)),
     Case("ff-residual-from-norm", "mutation", "DiT", "step1.v1", "FFN residual added to the modulated norm, not h",
          patch_block(ff_residual="norm")),
     Case("time-embed-cos-first", "mutation", "DiT", "step1.v1", "sinusoidal time embedding with the cos half first",
-         patch_time_embed_cos_first),
+         patch_time_embed(cos_first=True)),
+    Case("time-embed-freqs", "mutation", "DiT", "step2.v1", "time embedding frequencies log(1e4)/half instead of "
+         "/(half-1) (invisible at t = 0)", patch_time_embed(denominator="half")),
+    Case("input-embed-order", "mutation", "DiT", "step1.v1", "input embedding concatenates mu before cond",
+         patch_input_embed_order),
     # solver
     Case("time-grid-sine", "mutation", "solver", "step1.dt", "cosine schedule written as sin(s pi/2)",
          patch_solve(grid="sine")),
@@ -487,7 +538,9 @@ MUTATIONS = [
     Case("euler-half-dt", "mutation", "solver", "step1.x", "Euler step of dt/2", patch_step(euler="half-dt")),
     # vocoder
     Case("f0-relu", "mutation", "vocoder", "f0", "F0 post-processing relu instead of abs", patch_f0("relu")),
-    Case("f0-clamp-300", "mutation", "vocoder", "f0", "F0 clamped at 300 Hz", patch_f0(300.0)),
+    Case("f0-integer-hz", "mutation", "vocoder", "f0", "F0 rounded to whole Hz", patch_f0("integer-hz")),
+    Case("f0-lookahead-left", "mutation", "vocoder", "f0", "F0 predictor's lookahead padded on the past side",
+         patch_f0("lookahead-left")),
     Case("sine-harmonics-from-0", "mutation", "vocoder", "source", "sine harmonics 0..8 instead of 1..9",
          patch_sine(harmonic_start=0)),
     Case("sine-sr-22050", "mutation", "vocoder", "source", "sine phase at 22050 Hz instead of 24000",
@@ -496,6 +549,15 @@ MUTATIONS = [
          patch_source(sigma_mult=10.0)),
     Case("unvoiced-noise-alpha", "mutation", "vocoder", "source", "unvoiced noise amplitude alpha instead of alpha/3",
          patch_source(unvoiced_div=1.0)),
+    Case("f0-upsample-linear", "mutation", "vocoder", "source", "F0 upsampled to samples linearly, not nearest",
+         patch_source(upsample="linear")),
+    Case("source-no-tanh", "mutation", "vocoder", "source", "source module without its tanh", patch_source_no_tanh),
+    Case("voiced-threshold-100", "mutation", "vocoder", "source", "voiced/unvoiced threshold 100 Hz instead of 10",
+         patch_attr(lambda c: c.hift.g.cfg, "nsf_voiced_threshold", 100.0)),
+    Case("snake-no-eps", "mutation", "vocoder", "magnitude", "Snake without the 1e-9 guard (alphas ~ 1: "
+         "a change below rounding)", patch_snake_no_eps),
+    Case("hift-lrelu-0.01", "mutation", "vocoder", "magnitude", "upsampling leaky_relu slope 0.01 (torch's default) "
+         "instead of lrelu_slope 0.1", patch_attr(lambda c: c.hift.g.cfg, "lrelu_slope", 0.01)),
     Case("conv-pre-left-pad", "mutation", "vocoder", "conv_pre", "conv_pre padded on the left (lookahead lost)",
          patch_attr(lambda c: c.hift.g.conv_pre, "causal_type", "left")),
     Case("resblock-pad-right", "mutation", "vocoder", "magnitude", "one resblock conv padded on the right",
@@ -503,6 +565,8 @@ MUTATIONS = [
     Case("istft-no-sin", "mutation", "vocoder", "phase", "iSTFT phase = x instead of sin(x)", patch_decode(phase="id")),
     Case("magnitude-clamp-10", "mutation", "vocoder", "magnitude", "iSTFT magnitude clamped at 10 instead of 100",
          patch_decode(mag_clamp=10.0)),
+    Case("magnitude-no-exp", "mutation", "vocoder", "magnitude", "conv_post's log-magnitude used as the magnitude",
+         patch_decode(mag_exp=False)),
     Case("istft-window-symmetric", "mutation", "vocoder", "audio_preclamp", "iSTFT with a symmetric Hann window",
          patch_istft_window_symmetric),
     Case("audio-clamp-1.0", "mutation", "vocoder", "audio", "final clamp at 1.0 instead of 0.99",
@@ -527,6 +591,9 @@ LEGIT = [
     Case("layernorm-manual", "legit", "DiT", "step1.v1", "LayerNorm written out (mean, var, rsqrt)",
          patch_block(manual_ln=True)),
     Case("gelu-manual", "legit", "DiT", "step1.v1", "tanh GELU written out", patch_block(manual_gelu=True)),
+    Case("rope-positions-from-1", "legit", "DiT", "step1.v1",
+         "RoPE positions start at 1 (attention sees position differences only: an equivalent rewrite)",
+         patch_rope(offset=1)),
     Case("attn-scale-on-q", "legit", "DiT", "step1.v1", "attention scale applied to q before the product",
          patch_attention(scale_on_q=True)),
     Case("weightnorm-per-call", "legit", "vocoder", "f0", "weight norm re-folded on every call", patch_identity,

@@ -104,6 +104,18 @@ class Floor:
     def __contains__(self, stage: str) -> bool:
         return stage in self.stages
 
+    def contributions(self) -> dict:
+        """What each member family contributed: ``{family: {stage: [max_abs, rel_l2]}}``, the maximum over the
+        family's members (fit and held-out) of their deviation from the plain reference."""
+        fam = {m["name"]: m["family"] for m in self.members}
+        out: dict = {}
+        for name, stages in self.per_member.items():
+            f = out.setdefault(fam.get(name, "?"), {})
+            for stage, (ma, rl) in stages.items():
+                cur = f.get(stage, [0.0, 0.0])
+                f[stage] = [max(cur[0], ma), max(cur[1], rl)]
+        return out
+
     def to_dict(self) -> dict:
         return {"format": FLOOR_FORMAT, "kind": self.kind, "digest": self.digest, "key": self.key, "k": self.k,
                 "k_basis": self.k_basis, "recipe": self.recipe, "provenance": self.provenance,
