@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..stages import is_vocoder_stage, layout
@@ -77,7 +78,13 @@ def block_max(x: torch.Tensor, ax: int | None, blocks: int) -> torch.Tensor:
     if ax is None or blocks <= 1:
         return a.reshape(-1).max().reshape(1) if a.numel() else torch.zeros(1, dtype=torch.float64)
     per = a.movedim(ax, -1).reshape(-1, a.shape[ax]).amax(dim=0)
-    return torch.stack([p.max() for p in torch.tensor_split(per, blocks)])
+    T = per.numel()
+    if blocks >= T:
+        return per
+    # the blocks of torch.tensor_split: the first T % blocks have one element more
+    size, extra = divmod(T, blocks)
+    starts = np.arange(blocks) * size + np.minimum(np.arange(blocks), extra)
+    return torch.from_numpy(np.maximum.reduceat(per.numpy(), starts))
 
 
 def stage_scale(name: str, ref: torch.Tensor, blocks: int) -> tuple[float, tuple[float, ...]]:
