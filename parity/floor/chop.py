@@ -51,7 +51,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
