@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.mutations import ALL, CONTROLS, LEGIT, MUTATIONS  # noqa: E402
 from candidate.pipeline import CandidateToken2Wav  # noqa: E402
 from candidate.switches import switches_from  # noqa: E402
-from parity.floor import EstimateLog, FloorCache, estimate_floor, judge, run_reference  # noqa: E402
+from parity.floor import EstimateLog, FloorCache, Recipe, estimate_floor, judge, run_reference  # noqa: E402
 from parity.policy import load_policy  # noqa: E402
 from parity.run import run_case  # noqa: E402
 from parity.stages import sort_stages  # noqa: E402
@@ -68,11 +68,12 @@ def first_changed(ref: dict, cand: dict) -> str | None:
     return None
 
 
-def run_mode(model, bundle: Path, streaming: bool, cases, cache: FloorCache | None, log) -> dict:
+def run_mode(model, bundle: Path, streaming: bool, cases, cache: FloorCache | None, log, recipe=None) -> dict:
     inputs = load_bundle(bundle)
     mode = "streaming" if streaming else "offline"
     elog = EstimateLog()
-    floor = estimate_floor(model, inputs, streaming=streaming, cache=cache, bundle_name=bundle.stem, log=elog)
+    floor = estimate_floor(model, inputs, streaming=streaming, cache=cache, bundle_name=bundle.stem, log=elog,
+                           recipe=recipe)
     log(f"[{mode}] floor {floor.digest[:12]}: k = {floor.k:g} ({elog.seconds:.1f} s{', cached' if elog.from_cache else ''})")
     base, _ = run_reference(model, inputs, streaming=streaming)
     policy = load_policy()
@@ -183,6 +184,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", help="comma-separated case names")
     ap.add_argument("--no-controls", action="store_true")
     ap.add_argument("--cache-dir", help="floor cache directory (default: none, always recompute)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: a small floor recipe (3 + 2 seeds, no 2-thread member); numbers not for reporting")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the tables here")
     args = ap.parse_args(argv)
@@ -203,11 +206,12 @@ def main(argv=None) -> dict:
     if not args.no_controls:
         cases = list(CONTROLS) + [c for c in cases if c.kind != "control"]
     cache = FloorCache(args.cache_dir) if args.cache_dir else None
-    out = {"preset": args.preset, "model_dir": args.model_dir, "torch": torch.__version__,
+    recipe = Recipe(n_seeds=3, n_held_out=2, families=("attention", "mca-modules", "mca-ops")) if args.quick else None
+    out = {"preset": args.preset, "model_dir": args.model_dir, "torch": torch.__version__, "quick": args.quick,
            "target_effect": TARGET, "modes": []}
     t0 = time.perf_counter()
     for mode in args.modes.split(","):
-        out["modes"].append(run_mode(model, bundle, mode == "streaming", cases, cache, log))
+        out["modes"].append(run_mode(model, bundle, mode == "streaming", cases, cache, log, recipe))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     text = "\n\n".join(table(m) for m in out["modes"])
     print(text)
