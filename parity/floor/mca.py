@@ -12,8 +12,8 @@ random rounding: each element stays or moves to a neighbouring float. Two granul
 * :class:`OpMCA` ("mca-ops", finer): every arithmetic torch function whose result is rounded (matmuls,
   convolutions, reductions, normalisations, transcendental functions, FFTs, interpolation, and
   tensor-by-tensor elementwise arithmetic), through a ``TorchFunctionMode``. Not perturbed: ops that are
-  exact (views, copies, indexing, concatenation, padding, comparisons, clamps), elementwise ops with a
-  Python scalar (``noise * temperature``, ``1 - x``: a scalar 1 or 0 makes them exact, and perturbing an
+  exact (views, copies, indexing, concatenation, padding, comparisons, clamps, products with a 0/1 mask
+  such as the voicing mask or the flow's all-ones mask), elementwise ops with a Python scalar (``noise * temperature``, ``1 - x``: a scalar 1 or 0 makes them exact, and perturbing an
   exact result models no implementation), and everything the ODE solver computes itself (the time grid,
   the CFG combination, the Euler update: their inputs are already perturbed, and ``t = 1 - cos(0) = 0`` is
   exact in every implementation, while a perturbed ``t`` near 0 is amplified 1000x by the time embedding).
@@ -41,6 +41,7 @@ ROUNDING_OPS = frozenset({
 # elementwise arithmetic: perturbed only when both operands are tensors with more than one element
 ELEMENTWISE = frozenset({"add", "sub", "mul", "div", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__",
                          "__rmul__", "__truediv__", "__rtruediv__"})
+MULTIPLICATIVE = frozenset({"mul", "__mul__", "__rmul__"})
 SKIP_MODULES = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Dropout, nn.Identity)
 
 
@@ -172,6 +173,10 @@ class ModuleStack(contextlib.AbstractContextManager):
         return self.stack[-1] if self.stack else None
 
 
+def _is_mask(t: torch.Tensor) -> bool:
+    return bool(((t == 0) | (t == 1)).all())
+
+
 def _name(func) -> str:
     return getattr(func, "__name__", "") or ""
 
@@ -204,9 +209,11 @@ class OpMCA(contextlib.AbstractContextManager):
             return out
         if isinstance(self.modules.innermost, self.solver):
             return out
-        if name in ELEMENTWISE and not (len(args) >= 2 and all(isinstance(a, torch.Tensor) and a.numel() > 1
-                                                               for a in args[:2])):
-            return out
+        if name in ELEMENTWISE:
+            if not (len(args) >= 2 and all(isinstance(a, torch.Tensor) and a.numel() > 1 for a in args[:2])):
+                return out
+            if name in MULTIPLICATIVE and any(_is_mask(a) for a in args[:2]):
+                return out  # a product with a 0/1 mask (voicing, the all-ones flow mask) is exact
         self.count += 1
         return perturb(out, self.gen)
 
