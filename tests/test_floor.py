@@ -102,14 +102,14 @@ def test_synthetic_spike_20x_fails_at_its_stage_3x_passes(floor, base, stage):
     for c, should_fail in ((20.0, True), (3.0, False)):
         cand = dict(base)
         t = base[stage].clone()
-        # one element, in the block where the floor is largest, moved by c x the stage's max-abs floor
+        # one element, in the block where the floor is largest, moved by c x the floor of that block
         from parity.floor.stats import time_axis
 
         ax = time_axis(stage, t)
         idx = [0] * t.dim()
         if ax is not None:
             idx[ax] = int(torch.tensor_split(torch.arange(t.shape[ax]), sf.n_blocks)[worst_block][0])
-        t[tuple(idx)] += c * sf.max_abs
+        t[tuple(idx)] += c * sf.envelope[worst_block]
         cand[stage] = t
         v = judge(floor, base, cand)
         if should_fail:
