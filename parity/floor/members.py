@@ -30,7 +30,7 @@ from ..capture import Recorder
 from .chop import Chop, PrecisionSpec
 from .mca import ModuleMCA, OpMCA
 
-FAMILIES = ("threads", "attention", "mca-modules", "mca-ops", "chop")
+FAMILIES = ("plain", "threads", "attention", "mca-modules", "mca-ops", "chop")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class Member:
     @classmethod
     def from_dict(cls, d: dict) -> "Member":
         return cls(**d)
+
+
+PLAIN = Member("plain", "plain")  # the baseline: 1 thread, explicit attention, no perturbation
 
 
 def fp32_members(n_seeds: int = 8, n_held_out: int = 4, families=("threads", "attention", "mca-modules",
@@ -124,7 +127,7 @@ def run_reference(model, inputs: dict, *, streaming: bool, finalize: bool = True
     """Run the reference (plain, or as ``member``) and return (stage tensors, seconds)."""
     rec = Recorder(patterns)
     t0 = time.perf_counter()
-    ctx = member_context(model, member, spec) if member is not None else _threads(1)
+    ctx = member_context(model, member or PLAIN, spec)
     with ctx:
         model.run(inputs, Probe(rec), streaming=streaming, finalize=finalize)
     return rec.tensors, time.perf_counter() - t0
