@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import warnings
 
@@ -233,16 +234,18 @@ class CandidateDiT(nn.Module):
         with prec.region(ad):
             hh, sm, sh = prec.inputs(ad, h, scale_msa, shift_msa)
             norm = F.layer_norm(hh, (hh.shape[-1],), eps=1e-6) * (1 + sm[:, None]) + sh[:, None]
+        acc = self.faults.override("low_accumulate_block", None)
+        lin = functools.partial(_low_accumulate, rounding=acc[1]) if acc is not None and acc[0] == i else _call
         comp = f"block{i}.attn"
         with prec.region(comp):
             (x,) = prec.inputs(comp, norm)
             a = blk.attn
             B = x.shape[0]
-            q, k, v = a.to_q(x), a.to_k(x), a.to_v(x)
+            q, k, v = lin(a.to_q, x), lin(a.to_k, x), lin(a.to_v, x)
             q, k = self._apply_rope(q, rope), self._apply_rope(k, rope)
             q, k, v = (z.view(B, -1, a.heads, a.dim_head).transpose(1, 2) for z in (q, k, v))
             o = self._attention(q, k, v, mask)
-            o = a.to_out[0](o.transpose(1, 2).reshape(B, -1, a.heads * a.dim_head))
+            o = lin(a.to_out[0], o.transpose(1, 2).reshape(B, -1, a.heads * a.dim_head))
         h = self._residual_add(h, gate_msa, o)
         with prec.region(ad):
             hh, sm, sh = prec.inputs(ad, h, scale_mlp, shift_mlp)
@@ -250,7 +253,11 @@ class CandidateDiT(nn.Module):
         comp = f"block{i}.ff"
         with prec.region(comp):
             (x,) = prec.inputs(comp, ffn_in)
-            f = blk.ff(x)
+            if lin is _call:
+                f = blk.ff(x)
+            else:  # FeedForward = Sequential(Sequential(Linear, GELU), Dropout, Linear), its linears by hand
+                up, act = blk.ff.ff[0][0], blk.ff.ff[0][1]
+                f = lin(blk.ff.ff[2], act(lin(up, x)))
         return self._residual_add(h, gate_mlp, f)
 
     def _residual_add(self, h, gate, out):
@@ -351,6 +358,35 @@ class _NullKernels(KernelLog):
 
 
 _NULL_KERNELS = _NullKernels()
+
+
+def _call(mod, x):
+    return mod(x)
+
+
+def _round_toward_zero(x: torch.Tensor, low: torch.dtype) -> torch.Tensor:
+    r = x.to(low)
+    return torch.where(r.float().abs() > x.abs(), torch.nextafter(r, torch.zeros_like(r)), r)
+
+
+def _low_accumulate(mod, x, low: torch.dtype = torch.float16, rounding: str = "rz"):
+    """Fault ``low-accumulate-block``: ``mod`` (a Linear) computed as a GEMM that keeps its running sum in
+    ``low`` precision: operands rounded to ``low``, every product exact in fp32, the sum rounded to ``low``
+    after each of the K terms, toward zero (``rz``: truncating additions, what Fasi, Higham, Mikaitis and
+    Pranesh (2021) measured inside NVIDIA tensor cores) or to nearest (``rn``); then the bias."""
+    if rounding not in ("rz", "rn"):
+        raise ValueError(f"fault low-accumulate-block: rounding must be rz or rn, got {rounding!r}")
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise RuntimeError(f"fault low-accumulate-block needs float linears, got {type(mod).__name__}")
+    with torch.autocast(x.device.type, enabled=False):
+        xs, ws = x.to(low).float(), w.to(low).float()
+        acc = torch.zeros(*x.shape[:-1], w.shape[0], dtype=low, device=x.device)
+        for j in range(w.shape[1]):
+            s = acc.float() + xs[..., j:j + 1] * ws[:, j]
+            acc = _round_toward_zero(s, low) if rounding == "rz" else s.to(low)
+        out = acc.float() + mod.bias.float() if mod.bias is not None else acc.float()
+    return out.to(low) if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)  # the dtype a linear gives
 
 
 def _explicit(q, k, v, mask, scale):

@@ -157,6 +157,12 @@ for _f in [
     Fault("nan-at-block", "one DiT block emits a NaN", "step{step}.v1", "nonfinite_origin",
           "fork flow run: NaN=38080/38080 printed as min=inf max=-inf", hooks={"block": _nan_at_block},
           params={"step": 1, "block": 1}, expected_stage_blocks="step{step}.block{block}"),
+    Fault("low-accumulate-block", "one DiT block's linears keep their GEMM running sum in fp16 (accumulation in low "
+          "precision, truncating additions by default; rounding=rn for round to nearest) instead of fp32",
+          "step1.v1", "estimator_mismatch",
+          "fp16 GEMMs with an fp16 accumulator (cuBLAS COMPUTE_16F, fp16-accumulate tensor-core paths) in ports",
+          overrides={"low_accumulate_block": lambda p: (p["block"], p["rounding"])},
+          params={"block": 0, "rounding": "rz"}, expected_stage_blocks="step1.block{block}"),
     Fault("hift-fp16-weightnorm", "HiFT weight norm folded in fp16 (g, v and ||v|| in half precision)", "f0",
           "vocoder_divergence", "fork 68b9d0b: F16 HiFT weights drove F0 to about 5.8 MHz",
           overrides={"weightnorm_dtype": torch.float16}),

@@ -8,6 +8,7 @@ allow (attention here is an explicit matmul-softmax: the golden path).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -150,9 +151,31 @@ def explicit_attention(q, k, v, mask: torch.Tensor | None, scale: float) -> torc
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
+# The reference's golden path is "explicit"; the SDPA kernels exist so that the noise-floor ensemble
+# (parity/floor) can re-compute the reference with another legitimate summation order.
+ATTENTION_BACKENDS = ("explicit", "sdpa-math", "sdpa")
+
+
+def attend(q, k, v, mask: torch.Tensor | None, scale: float, backend: str = "explicit") -> torch.Tensor:
+    """The attention of one block by ``backend``: the explicit matmul-softmax, or PyTorch SDPA forced to its
+    math kernel (``sdpa-math``) or left to choose (``sdpa``). Same boolean mask semantics (True = attend)."""
+    if backend == "explicit":
+        return explicit_attention(q, k, v, mask, scale)
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+    ctx = contextlib.nullcontext()
+    if backend == "sdpa-math":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        ctx = sdpa_kernel([SDPBackend.MATH])
+    with ctx:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scale)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, dropout: float = 0.0):
         super().__init__()
+        self.backend = "explicit"  # see ATTENTION_BACKENDS; DiT.set_attention switches every block
         self.heads = heads
         self.dim_head = dim_head
         inner = heads * dim_head
@@ -167,7 +190,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rotary_pos_emb(q, rope), apply_rotary_pos_emb(k, rope)
         q, k, v = (z.view(b, -1, self.heads, self.dim_head).transpose(1, 2) for z in (q, k, v))
-        out = explicit_attention(q, k, v, mask, 1.0 / math.sqrt(self.dim_head))
+        out = attend(q, k, v, mask, 1.0 / math.sqrt(self.dim_head), self.backend)
         out = out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
         # upstream then zeroes rows where mask[:, 0, -1] is False: a no-op for B=1 without padding
         return self.to_out[1](self.to_out[0](out))
@@ -200,6 +223,18 @@ class DiT(nn.Module):
         self.norm_out = AdaLayerNormZero_Final(cfg.dim)
         self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
         self.static_chunk_size = cfg.static_chunk_size
+
+    def set_attention(self, backend: str) -> "DiT":
+        """Run every block's attention with ``backend`` (one of ATTENTION_BACKENDS; "explicit" by default)."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+        for blk in self.transformer_blocks:
+            blk.attn.backend = backend
+        return self
+
+    @property
+    def attention_backend(self) -> str:
+        return self.transformer_blocks[0].attn.backend if len(self.transformer_blocks) else "explicit"
 
     def attention_mask(self, seq_len: int, streaming: bool, device) -> torch.Tensor | None:
         """None (full attention) offline; the [1, 1, T, T] static chunk mask when streaming.

@@ -163,9 +163,11 @@ class Token2Wav:
             "dtypes": {"flow": str(self.dtype).replace("torch.", ""), "hift": str(self.dtype).replace("torch.", ""),
                        "f0_predictor": "float64"},
             "device": self.device,
-            "attention": "explicit",
-            # the reference always runs the explicit matmul-softmax: one call per block per step
-            "attention_kernels": {"counts": {"explicit": self.cfg.flow.decoder.estimator.depth
+            "attention": self.flow.decoder.estimator.attention_backend,
+            # the reference runs the explicit matmul-softmax (unless switched, see DiT.set_attention): one call
+            # per block per step
+            "attention_kernels": {"counts": {self.flow.decoder.estimator.attention_backend:
+                                             self.cfg.flow.decoder.estimator.depth
                                              * (n_timesteps or self.cfg.flow.n_timesteps)}, "fallbacks": []},
             "streaming": streaming,
             "finalize": finalize,

@@ -1,0 +1,178 @@
+"""Estimating a floor: run the ensemble on the reference, measure every stage, aggregate, choose k.
+
+:func:`estimate_floor` gives the fp32 noise floor of (model, bundle, mode); :func:`estimate_envelope` the
+expected-error envelope of a reduced precision (bf16/fp16 by chop emulation, int8 by fake quantisation).
+Both look the floor up in a :class:`~parity.floor.cache.FloorCache` first when given one, and store it
+there after computing it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..stages import is_vocoder_stage, sort_stages
+from . import aggregate as AG
+from .cache import FloorCache, bundle_hash, make_key
+from .chop import PrecisionSpec
+from .members import Member, chop_members, fp32_members, run_reference
+from .mca import U
+from .stats import n_blocks, pair_stats
+from .types import Floor
+
+RECIPE_VERSION = 1
+DOMAIN_GATES = {"f0": ("f0_max_abs_cents", "f0_rmse_cents"), "audio": ("logmel_l1", "logmel_l1_max"),
+                "audio_preclamp": ("logmel_l1", "logmel_l1_max")}
+SATURATED_REL_L2 = 0.1  # reduced precision: a sample-level vocoder stage whose rounding-only error is this large
+#                         measures phase drift, not arithmetic; it is reported, and judged by F0 and log-mel
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Estimation settings (all part of the cache key). ``n_seeds`` fit and ``n_held_out`` held-out seeds per
+    random family; ``families`` of the fp32 ensemble; ``patterns``: the stages recorded (None: the canonical
+    ones)."""
+
+    n_seeds: int = 8
+    n_held_out: int = 4
+    families: tuple[str, ...] = ("threads", "attention", "mca-modules", "mca-ops")
+    patterns: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {"version": RECIPE_VERSION, "n_seeds": self.n_seeds, "n_held_out": self.n_held_out,
+                "families": list(self.families), "patterns": list(self.patterns) if self.patterns else None,
+                "eps": {"float32": U[torch.float32], "float64": U[torch.float64]}, "ev_p": AG.EV_P,
+                "k_alpha": AG.K_ALPHA, "k_min": AG.K_MIN, "saturated_rel_l2": SATURATED_REL_L2}
+
+
+@dataclass
+class EstimateLog:
+    """What a computation cost (not part of the floor, which stays deterministic)."""
+
+    seconds: float = 0.0
+    from_cache: bool = False
+    member_seconds: dict = field(default_factory=dict)
+
+
+def _provenance(meta: dict, inputs: dict, bundle_name: str | None, n_mel: int, spec: PrecisionSpec | None) -> dict:
+    out = {"model": meta.get("model"), "config": meta.get("config"), "weights_sha256": meta.get("weights_sha256"),
+           "noise": (meta.get("noise") or {}).get("fingerprint"), "bundle": bundle_name,
+           "bundle_sha256": bundle_hash(inputs), "streaming": meta.get("streaming"), "finalize": meta.get("finalize"),
+           "n_timesteps": meta.get("n_timesteps"), "torch": torch.__version__, "n_mel_frames": n_mel,
+           "baseline": "the reference, 1 torch thread, explicit attention"}
+    if spec is not None:
+        out["precision"] = spec.to_dict()
+    return out
+
+
+def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: PrecisionSpec | None, *, streaming: bool,
+              finalize: bool, recipe: Recipe, cache: FloorCache | None, bundle_name: str | None,
+              log: EstimateLog | None) -> Floor:
+    t0 = time.perf_counter()
+    log = log if log is not None else EstimateLog()
+    meta = model.provenance(streaming=streaming, finalize=finalize)
+    rdict = recipe.to_dict()
+    if spec is not None:
+        rdict["precision"] = spec.to_dict()
+    key, digest = make_key(meta, inputs, streaming=streaming, finalize=finalize, kind=kind, recipe=rdict)
+    if cache is not None:
+        hit = cache.get(digest)
+        if hit is not None:
+            log.from_cache, log.seconds = True, time.perf_counter() - t0
+            return hit
+    patterns = list(recipe.patterns) if recipe.patterns else None
+    base, log.member_seconds["plain"] = run_reference(model, inputs, streaming=streaming, finalize=finalize,
+                                                      patterns=patterns)
+    base = {n: base[n] for n in sort_stages(base)}
+    n_mel = int(base["flow_mel"].shape[-1]) if "flow_mel" in base else None
+    blocks = {n: n_blocks(n, t, n_mel) for n, t in base.items()}
+    domain = kind != "fp32"
+    stats: dict = {}
+    kept: dict = {}  # tensors of the members the k choice re-judges (held-out and deterministic ones)
+    for m in members:
+        tens, log.member_seconds[m.name] = run_reference(model, inputs, streaming=streaming, finalize=finalize,
+                                                         patterns=patterns, member=m, spec=spec)
+        missing = [n for n in base if n not in tens]
+        if missing:
+            raise RuntimeError(f"floor member {m.name} did not record {', '.join(missing[:5])}")
+        stats[m.name] = {n: pair_stats(n, base[n], tens[n], blocks[n], domain=domain and n in DOMAIN_GATES)
+                         for n in base}
+        if m.role == "held-out" or m.seed is None:
+            kept[m.name] = tens
+    gates = _gates(kind, base, stats, members)
+    stages = AG.build_stages(base, stats, members, gates, blocks)
+    samples = _k_samples(base, stages, stats, members, kept, gates, blocks)
+    k, basis = AG.choose_k(samples)
+    per_member = {m.name: {n: [s.max_abs, s.rel_l2] for n, s in stats[m.name].items()} for m in members}
+    floor = Floor(kind, key, digest, k, basis, stages, tuple(m.to_dict() for m in members), per_member, rdict,
+                  _provenance(meta, inputs, bundle_name, n_mel or 0, spec))
+    if cache is not None:
+        cache.put(floor)
+    log.seconds = time.perf_counter() - t0
+    return floor
+
+
+def _gates(kind: str, base: dict, stats: dict, members: list[Member]) -> dict:
+    """Gated statistics per stage: everything for fp32; for reduced precision, F0 and audio by their domain
+    statistics, and sample-level vocoder stages only while their rounding-only rel_l2 stays below
+    SATURATED_REL_L2 (fit members' maximum)."""
+    full = ("max_abs", "rel_l2", "envelope")
+    if kind == "fp32":
+        return {n: full for n in base}
+    fit = [m.name for m in members if m.role == "fit"]
+    out = {}
+    for n in base:
+        if n in DOMAIN_GATES:
+            out[n] = DOMAIN_GATES[n]
+        elif is_vocoder_stage(n) and max(stats[m][n].rel_l2 for m in fit) >= SATURATED_REL_L2:
+            out[n] = ()
+        else:
+            out[n] = full
+    return out
+
+
+def _k_samples(base, stages, stats, members, kept, gates, blocks) -> list[dict]:
+    samples = []
+    held = [m for m in members if m.role == "held-out"]
+    for m in held:
+        r, st, stat = AG.max_ratio(stages, base, kept[m.name])
+        samples.append({"sample": f"{m.name} vs plain", "ratio": r, "stage": st, "statistic": stat})
+    by_fam: dict = {}
+    for m in held:
+        by_fam.setdefault(m.family, []).append(m.name)
+    for fam, names in by_fam.items():
+        for a, b in zip(names, names[1:] + names[:1]):
+            if a != b:
+                r, st, stat = AG.max_ratio(stages, kept[a], kept[b])
+                samples.append({"sample": f"{b} vs {a}", "ratio": r, "stage": st, "statistic": stat})
+    for m in members:
+        if m.role == "fit" and m.seed is None and m.name in kept:
+            rest = [x for x in members if x.name != m.name]
+            loo = AG.build_stages(base, stats, rest, gates, blocks)
+            r, st, stat = AG.max_ratio(loo, base, kept[m.name])
+            samples.append({"sample": f"{m.name} left out", "ratio": r, "stage": st, "statistic": stat})
+    return samples
+
+
+def estimate_floor(model, inputs: dict, *, streaming: bool = False, finalize: bool = True,
+                   recipe: Recipe | None = None, cache: FloorCache | None = None, bundle_name: str | None = None,
+                   log: EstimateLog | None = None) -> Floor:
+    """The fp32 noise floor of ``model`` (a :class:`reference.model.Token2Wav`) on ``inputs`` (a loaded
+    bundle) in one mode."""
+    recipe = recipe or Recipe()
+    members = fp32_members(recipe.n_seeds, recipe.n_held_out, recipe.families)
+    return _estimate(model, inputs, "fp32", members, None, streaming=streaming, finalize=finalize, recipe=recipe,
+                     cache=cache, bundle_name=bundle_name, log=log)
+
+
+def estimate_envelope(model, inputs: dict, spec: PrecisionSpec, *, streaming: bool = False, finalize: bool = True,
+                      recipe: Recipe | None = None, cache: FloorCache | None = None, bundle_name: str | None = None,
+                      log: EstimateLog | None = None) -> Floor:
+    """The expected-error envelope of the reduced precision ``spec`` (see :mod:`parity.floor.chop`):
+    round to nearest plus stochastic-rounding seeds, aggregated and k-chosen like the fp32 floor."""
+    recipe = recipe or Recipe()
+    members = chop_members(spec.fmt, recipe.n_seeds, recipe.n_held_out)
+    return _estimate(model, inputs, spec.fmt, members, spec, streaming=streaming, finalize=finalize, recipe=recipe,
+                     cache=cache, bundle_name=bundle_name, log=log)
