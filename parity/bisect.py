@@ -64,6 +64,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from reference.errors import InputError, ParityUserError
 
+from .result import read_json
+
 SCHEMA = "tts-parity-bisect/1"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = PROJECT_ROOT / "fixtures" / "bundles" / "medium.safetensors"
@@ -369,7 +371,7 @@ class BisectResult:
 # =============================================================================================
 # per-trial parity reports and the bisect report
 
-def trial_report(result: dict, path: Path, case=None) -> Path:
+def trial_report(result, path: Path, case=None) -> Path:
     """The parity report of one trial: :func:`parity.report.build_report` when available, otherwise (or if
     it fails) a small fallback page written here."""
     path = Path(path)
@@ -387,20 +389,20 @@ def trial_report(result: dict, path: Path, case=None) -> Path:
     return _fallback_trial_report(result, path, note)
 
 
-def _fallback_trial_report(result: dict, path: Path, note: str | None) -> Path:
+def _fallback_trial_report(result, path: Path, note: str | None) -> Path:
     """FALLBACK REPORT (used only when parity.report is missing or fails): verdict, headline, findings and
     the per-stage table, no plots."""
     e = html.escape
-    fd = result.get("first_divergence") or {}
+    fd = result.first_divergence.headline_json() if result.first_divergence else {}
     rows = "".join(
-        f"<tr><td>{e(str(s.get('name')))}</td><td>{e(str(s.get('status')))}</td><td>{e(str(s.get('statistic')))}"
-        f"</td><td>{e(str(s.get('value')))}</td><td>{e(str(s.get('limit')))}</td></tr>"
-        for s in result.get("stages") or [])
-    finds = "".join(f"<li><b>{e(str(f.get('severity')))}</b> {e(str(f.get('code')))} at {e(str(f.get('stage')))}: "
-                    f"{e(str(f.get('message')))}</li>" for f in result.get("findings") or [])
+        f"<tr><td>{e(str(s.name))}</td><td>{e(str(s.status))}</td><td>{e(str(s.statistic))}"
+        f"</td><td>{e(str(s.value))}</td><td>{e(str(s.limit))}</td></tr>"
+        for s in result.stages)
+    finds = "".join(f"<li><b>{e(str(f.severity))}</b> {e(str(f.code))} at {e(str(f.stage))}: "
+                    f"{e(str(f.message))}</li>" for f in result.findings)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>parity trial report (fallback)</title></head>"
             f"<body><p><i>Fallback report written by parity.bisect: {e(note or 'parity.report unavailable')}.</i></p>"
-            f"<h1>verdict: {e(str(result.get('verdict')))}</h1>"
+            f"<h1>verdict: {e(str(result.verdict))}</h1>"
             f"<p>first divergence: {e(str(fd.get('stage')))} {e(str(fd.get('code')))}: {e(str(fd.get('message')))}</p>"
             f"<h2>findings</h2><ul>{finds}</ul><h2>stages</h2><table border=1><tr><th>stage</th><th>status</th>"
             f"<th>statistic</th><th>value</th><th>limit</th></tr>{rows}</table></body></html>")
@@ -533,9 +535,10 @@ class _CandidateTrials:
             # the traces are on disk (trace_dir): do not hold every trial's tensors in memory
             case.ref_tensors, case.cand_tensors, case.local_tensors = {}, {}, {}
             results.append((b.name, case.result, case))
-            verdict = case.result["verdict"]
+            verdict = case.result.verdict
             if verdict != "pass":
-                headline = case.result.get("first_divergence")
+                fd = case.result.first_divergence
+                headline = fd.headline_json() if fd else None
                 break
         return _Outcome(verdict, headline, results, time.perf_counter() - t0)
 
@@ -581,7 +584,7 @@ class _InProcessSearch:
         keep = prop if keep is None else keep
         files = []
         if keep:
-            from .compare import write_json
+            from .result import write_json
 
             for bname, result, _case in out.results:
                 files.append(self.log.rel(write_json(result, self.wd / "trials" / f"{label}-{Path(bname).stem}.json")))
@@ -589,12 +592,12 @@ class _InProcessSearch:
             self._drop_traces(out.results)
         rep = None
         if self.trial_reports:
-            bname, result, case = next(((b, r, c) for b, r, c in out.results if r["verdict"] != "pass"),
+            bname, result, case = next(((b, r, c) for b, r, c in out.results if r.verdict != "pass"),
                                        out.results[-1])
             rep = trial_report(result, self.wd / "trials" / f"{label}-{Path(bname).stem}.html", case=case)
         entry = self.log.add({"n": n, "key": sorted(key), "what": what, "label": label, "verdict": out.verdict,
                               "property": prop, "headline": out.headline, "seconds": round(out.seconds, 3),
-                              "bundles": {b: r["verdict"] for b, r, _ in out.results}, "result_files": files,
+                              "bundles": {b: r.verdict for b, r, _ in out.results}, "result_files": files,
                               "report": self.log.rel(rep) if rep else None})
         if keep:
             self.kept[frozenset(key)] = {"entry": entry, "results": out.results}
@@ -617,15 +620,17 @@ class _InProcessSearch:
             return self.log.abs(entry["report"])
         results = k.get("results")
         if results:
-            bname, result, case = next(((b, r, c) for b, r, c in results if r["verdict"] != "pass"), results[0])
+            bname, result, case = next(((b, r, c) for b, r, c in results if r.verdict != "pass"), results[0])
         else:  # from a resumed log: the saved result (its traces, if kept, give the plots)
             files = [self.log.abs(f) for f in entry.get("result_files") or []]
             files = [f for f in files if f and f.exists()]
             if not files:
                 return None
-            loaded = [json.loads(f.read_text()) for f in files]
-            result = next((r for r in loaded if r.get("verdict") != "pass"), loaded[0])
-            bname, case = (result.get("case") or {}).get("bundle", "bundle"), None
+            from .result import read_json
+
+            loaded = [read_json(f) for f in files]
+            result = next((r for r in loaded if r.verdict != "pass"), loaded[0])
+            bname, case = (result.case or {}).get("bundle", "bundle"), None
         rep = trial_report(result, self.wd / "trials" / f"{name}-{entry['label']}-{Path(bname).stem}.html", case=case)
         entry["report"] = self.log.rel(rep)
         self.log.save()
@@ -1182,13 +1187,6 @@ class _GitBisect:
         self.refs = [load(p, self.maps) for p in paths]
         self.log.update(reference=[self.log.rel(p) for p in paths])
 
-    def _ref_copy(self, i: int):
-        from .ingest import Loaded
-
-        r = self.refs[i]
-        return Loaded(dict(r.tensors), dict(r.metadata), r.path, dict(r.original_names), list(r.normalisations),
-                      r.dialect)
-
     def _budget_left(self) -> str | None:
         if self.max_trials is not None and self.run_trials >= self.max_trials:
             return f"trial budget of {self.max_trials} exhausted"
@@ -1222,7 +1220,7 @@ class _GitBisect:
         verdict = {0: "good", 1: "bad", 125: "skip"}[code]
         rep = None
         if self.trial_reports and result_file is not None:
-            rep = trial_report(json.loads(result_file.read_text()), tdir / "report.html")
+            rep = trial_report(read_json(result_file), tdir / "report.html")
         self.log.add({"n": n, "key": sha, "what": f"{sha[:10]} {self.subject(sha)}", "commit": sha,
                       "subject": self.subject(sha), "role": role or None, "code": code, "verdict": verdict,
                       "headline": headline, "reason": reason, "seconds": round(time.perf_counter() - t0, 3),
@@ -1243,8 +1241,9 @@ class _GitBisect:
         return t, False
 
     def _trial(self, sha: str, tdir: Path):
-        from .compare import compare_loaded, write_json
+        from .compare import compare_loaded
         from .ingest import load
+        from .result import write_json
 
         if tdir.exists():
             shutil.rmtree(tdir)
@@ -1296,20 +1295,20 @@ class _GitBisect:
                 dumps.append(dump)
                 try:
                     cand = load(dump, self.maps)
-                    result = compare_loaded(self._ref_copy(i), cand, self.policy)
+                    result = compare_loaded(self.refs[i], cand, self.policy)
                 except ParityUserError as exc:
                     return 125, f"unreadable dump: {exc}", None, None, dumps
                 except Exception as exc:  # noqa: BLE001 - a dump the comparison cannot digest: skip, say why
                     return 125, f"comparison failed on this dump: {type(exc).__name__}: {exc}", None, None, dumps
-                result["case"] = {"bundle": bundle.name if bundle else stem, "commit": sha,
-                                  "subject": self.subject(sha), "profile": None if self.cmd else self.profile}
-                v = result["verdict"]
+                result.case = {"bundle": bundle.name if bundle else stem, "commit": sha,
+                               "subject": self.subject(sha), "profile": None if self.cmd else self.profile}
+                v = result.verdict
+                fd = result.first_divergence.headline_json() if result.first_divergence else None
                 if v == "error":
-                    return 125, f"comparison not possible: {headline_text(result.get('first_divergence'))}", \
-                        result.get("first_divergence"), None, dumps
+                    return 125, f"comparison not possible: {headline_text(fd)}", fd, None, dumps
                 if v == "fail":
                     rf = write_json(result, tdir / f"{stem}-result.json")
-                    return 1, (f"exit {rc}" if rc else ""), result.get("first_divergence"), rf, dumps
+                    return 1, (f"exit {rc}" if rc else ""), fd, rf, dumps
             return 0, "", None, None, dumps
         finally:
             _git(self.repo, "worktree", "remove", "--force", str(wt), check=False)
@@ -1493,7 +1492,7 @@ def bisect_git(repo, good: str, bad: str, *, cmd: str | None = None, profile: st
                 res.message = f"first bad commit {sha[:12]} \"{g.subject(sha)}\""
                 if e.get("result"):
                     rp = g.log.abs(e["result"])
-                    res.trial_report = trial_report(json.loads(rp.read_text()),
+                    res.trial_report = trial_report(read_json(rp),
                                                     g.wd / "trials" / sha[:12] / "report.html") \
                         if not e.get("report") else g.log.abs(e["report"])
                     e["report"] = g.log.rel(res.trial_report)

@@ -108,7 +108,8 @@ def cmd_noise_export(args) -> int:
 
 def cmd_compare(args) -> int:
     from .aliases import parse_maps
-    from .compare import CompareOptions, compare_paths, exit_code, write_json
+    from .compare import CompareOptions, compare_paths
+    from .result import write_json
     from .summary import render
 
     opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention)
@@ -123,7 +124,7 @@ def cmd_compare(args) -> int:
 
         path = build_report(result, args.report)
         print(f"report: {path}")
-    return exit_code(result)
+    return result.exit_code
 
 
 def cmd_profiles(args) -> int:
@@ -285,8 +286,8 @@ def report_main(argv: list[str] | None = None) -> int:
 
         path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
                                          allow_trim=args.allow_trim)
-        print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result['verdict']}")
-        return {"pass": 0, "fail": 1}.get(result["verdict"], 2)
+        print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")
+        return result.exit_code
     except ParityUserError as exc:
         print(f"parity-report: error: {exc}", file=sys.stderr)
         return 2

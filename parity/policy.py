@@ -192,6 +192,7 @@ class Judgement:
     limit: float | None
     detail: str = ""
     arbiter: dict | None = None
+    gate: str = "rule"  # which gate decided: the policy rule (its limit, or its fp64 arbiter)
 
 
 def judge(rule: Rule, m: dict, arbiter: dict | None = None) -> Judgement:

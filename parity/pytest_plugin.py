@@ -302,20 +302,12 @@ def parity_reference(parity_session):
     return ref
 
 
-def headline(result: dict) -> str:
-    fd = result.get("first_divergence")
-    if not fd:
-        bad = [f for f in result.get("findings", []) if f["severity"] in ("error", "failure")]
-        return bad[0]["message"] if bad else "no failing finding"
-    return f"{fd['stage']} [{fd['code']}]: {fd['message']}"
-
-
 @pytest.fixture
 def assert_parity(parity_session):
     """``assert_parity(case)``: passes when the comparison passes; otherwise writes the case's report and
     fails with the headline finding and the report path."""
     def check(case, expect: str = "pass"):
-        v = case.result["verdict"]
+        v = case.result.verdict
         if v == expect:
             return case
         try:
@@ -323,7 +315,7 @@ def assert_parity(parity_session):
             where = f"\n  report: {path}"
         except Exception as exc:  # noqa: BLE001
             where = f"\n  (report not written: {exc})"
-        pytest.fail(f"parity {v.upper()} for {case.name}: {headline(case.result)}{where}", pytrace=False)
+        pytest.fail(f"parity {v.upper()} for {case.name}: {case.result.headline_text()}{where}", pytrace=False)
     return check
 
 

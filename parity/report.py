@@ -1,7 +1,7 @@
 """report: one self-contained HTML page per comparison, plus a summary page for a matrix of cases.
 
 Data flows one way (capture -> trace -> compare -> diagnose -> report). The report never recomputes a
-metric: every number on the page comes from the comparison result dict. It only *plots* tensors from the
+metric: every number on the page comes from the comparison result (:class:`parity.result.Comparison`). It only *plots* tensors from the
 traces (mels, F0, waveforms, and their plain differences) and the per-frame vectors already in the result.
 
 The page needs no network: figures are PNGs (matplotlib's Agg canvas, object API, no pyplot state)
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 import os
 import time
@@ -31,7 +30,8 @@ import numpy as np
 
 from reference.errors import InputError
 
-from .stages import layout, parse_step
+from .result import Comparison, StageResult, StepRow, aggregate_verdict, read_json
+from .stages import STEP_OUTPUTS, layout, parse_step
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_AUDIO_BUDGET = 8 * 1024 * 1024  # bytes of base64 WAV data for the three players together
@@ -43,7 +43,6 @@ MEL_HOP = 480
 SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "steps", "mel", "f0", "waveform", "listen",
                "nonfinite", "audio-metrics", "raw-stats")
 SPECIAL_TEXT = {"+inf": "+inf", "-inf": "-inf", "undefined": "undefined"}
-STEP_FIELDS = ("v1", "v2", "v_cfg", "x")
 NONFINITE_CODES = ("nonfinite_origin", "reference_nonfinite", "audio_nonfinite")
 
 
@@ -206,7 +205,7 @@ def _logsafe(vals: list) -> np.ndarray:
     return a
 
 
-def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
+def plot_steps(steps: list[StepRow], step_limits: dict[str, float]) -> str:
     """Accumulated and local max |diff| of v1, v2, v_cfg, x per step (log y), growth factor and CFG gaps."""
     from matplotlib.ticker import MaxNLocator, NullLocator
 
@@ -217,13 +216,13 @@ def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
 
     fig = _figure(8.4)
     gs = fig.add_gridspec(3, 2, hspace=0.55, wspace=0.25, left=0.08, right=0.98, top=0.94, bottom=0.07)
-    k = np.array([r.get("step") for r in steps], dtype=float)
-    for i, f in enumerate(STEP_FIELDS):
+    k = np.array([r.step for r in steps], dtype=float)
+    for i, f in enumerate(STEP_OUTPUTS):
         ax = fig.add_subplot(gs[i // 2, i % 2])
-        acc = _logsafe([r.get(f"acc_{f}") for r in steps])
-        loc = _logsafe([r.get(f"local_{f}") for r in steps])
+        acc = _logsafe([r.acc.get(f) for r in steps])
+        loc = _logsafe([r.local.get(f) for r in steps])
         if np.all(np.isnan(acc)) and np.all(np.isnan(loc)):
-            zero = any(r.get(f"acc_{f}") == 0 for r in steps)
+            zero = any(r.acc.get(f) == 0 for r in steps)
             _no_data(ax, f"{f}: exact match at every step (0 is not drawn on a log axis)" if zero
                      else f"{f}: no errors recorded")
             ax.set_title(f"{f}: max |cand - ref|", fontsize=9)
@@ -234,7 +233,7 @@ def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
             ax.plot(k, acc, "o-", color="C0", ms=4, label="accumulated")
         if not np.all(np.isnan(loc)):
             ax.plot(k, loc, "x--", color="C1", ms=5, label="local (teacher-forced)")
-        bad = np.array([r.get(f"status_{f}") == "fail" for r in steps])
+        bad = np.array([r.status.get(f) == "fail" for r in steps])
         if bad.any():
             ax.plot(k[bad], np.where(np.isnan(acc[bad]), np.nanmax(acc) if not np.all(np.isnan(acc)) else 1.0,
                                      acc[bad]), "s", mfc="none", mec="red", ms=9, label="fails its rule")
@@ -246,7 +245,7 @@ def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=6.5, loc="best")
     ax = fig.add_subplot(gs[2, 0])
-    g = np.array([np.nan if r.get("growth") is None else float(r["growth"]) for r in steps])
+    g = np.array([np.nan if r.growth is None else float(r.growth) for r in steps])
     if np.all(np.isnan(g)):
         _no_data(ax, "no growth factors")
     else:
@@ -257,8 +256,8 @@ def plot_steps(steps: list[dict], step_limits: dict[str, float]) -> str:
     ax.set_title("growth: rmse(x_k) / rmse(x_{k-1})", fontsize=9)
     ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[2, 1])
-    gr = np.array([np.nan if r.get("cfg_gap_ref") is None else float(r["cfg_gap_ref"]) for r in steps])
-    gc = np.array([np.nan if r.get("cfg_gap_cand") is None else float(r["cfg_gap_cand"]) for r in steps])
+    gr = np.array([np.nan if r.cfg_gap_ref is None else float(r.cfg_gap_ref) for r in steps])
+    gc = np.array([np.nan if r.cfg_gap_cand is None else float(r.cfg_gap_cand) for r in steps])
     if np.all(np.isnan(gr)) and np.all(np.isnan(gc)):
         _no_data(ax, "no CFG gaps (v1/v2 not captured)")
     else:
@@ -486,9 +485,9 @@ def _b64_len(n_samples: int) -> int:
     return 4 * ((44 + 2 * n_samples + 2) // 3) + len("data:audio/wav;base64,")
 
 
-def _worst_positions(result: dict, sr: int, n: int) -> list[tuple[int, str]]:
+def _worst_positions(result: Comparison, sr: int, n: int) -> list[tuple[int, str]]:
     """Sample positions the result names as worst, most important first."""
-    a = result.get("audio") or {}
+    a = result.audio or {}
     out: list[tuple[int, str]] = []
 
     def add(pos, label):
@@ -509,13 +508,13 @@ def _worst_positions(result: dict, sr: int, n: int) -> list[tuple[int, str]]:
     mel = a.get("mel") or {}
     if isinstance(mel.get("logmel_worst_frame"), int):
         add(mel["logmel_worst_frame"] * MEL_HOP, "worst log-mel frame")
-    st = _stage(result, "audio")
-    if st and isinstance((st.get("metrics") or {}).get("max_abs_err_at"), dict):
-        add(st["metrics"]["max_abs_err_at"].get("flat"), "audio stage max |diff|")
+    st = result.stage("audio")
+    if st and isinstance(st.metric("max_abs_err_at"), dict):
+        add(st.metric("max_abs_err_at").get("flat"), "audio stage max |diff|")
     return out
 
 
-def audio_players(result: dict, ref: np.ndarray | None, cand: np.ndarray | None, sr: int,
+def audio_players(result: Comparison, ref: np.ndarray | None, cand: np.ndarray | None, sr: int,
                   budget: int) -> dict:
     """Players for reference, candidate and difference: whole signals, or windows above the budget."""
     sides = [("reference", ref), ("candidate", cand)]
@@ -564,14 +563,7 @@ def audio_players(result: dict, ref: np.ndarray | None, cand: np.ndarray | None,
 
 
 # ---------------------------------------------------------------------------------------------
-# view model: the result dict reshaped for the template (no metric is computed here)
-
-def _stage(result: dict, name: str) -> dict | None:
-    for s in result.get("stages") or []:
-        if s.get("name") == name:
-            return s
-    return None
-
+# view model: the result reshaped for the template (no metric is computed here)
 
 def _evidence(ev: Any, limit: int = 10) -> list[tuple[str, str]]:
     if not isinstance(ev, dict):
@@ -672,10 +664,10 @@ def provenance_rows(meta: dict) -> tuple[list[dict], list[dict]]:
     return rows, other
 
 
-def _stage_row(s: dict, first: str | None) -> dict:
-    m = s.get("metrics") or {}
+def _stage_row(s: StageResult, first: str | None) -> dict:
+    m = s.metrics or {}
     sp = m.get("special") or {}
-    name = s.get("name")
+    name = s.name
     if m.get("kind") == "int" and isinstance(m.get("first_mismatch"), dict):
         fm = m["first_mismatch"]
         maxd = f"{m.get('n_mismatch')} mismatches; first at {fmt(fm.get('index'))}: {fmt(fm.get('ref'))} vs " \
@@ -685,46 +677,46 @@ def _stage_row(s: dict, first: str | None) -> dict:
         loc = _loc(m.get("max_abs_err_at"), name)
         if loc:
             maxd += f" @ {loc}"
-    min_atol = s.get("min_atol_to_pass", m.get("min_atol_to_pass"))
+    min_atol = s.min_atol_to_pass if s.judged else m.get("min_atol_to_pass")
     atol_txt = fmt(min_atol, sp, "min_atol_to_pass") if (min_atol is not None or "min_atol_to_pass" in sp) else "-"
     if atol_txt == "+inf":
         atol_txt = "none (non-finite)"
-    norms = [f"{n.get('kind')}: {n.get('detail')}" for n in (s.get("normalisations") or []) if isinstance(n, dict)]
-    rs, cs = s.get("ref_stats") or {}, s.get("cand_stats") or {}
+    norms = [f"{n.get('kind')}: {n.get('detail')}" for n in s.normalisations if isinstance(n, dict)]
+    rs, cs = s.ref_stats or {}, s.cand_stats or {}
     nf = []
     for side, st in (("ref", rs), ("cand", cs)):
         k = (st.get("nan_count") or 0) + (st.get("inf_count") or 0)
         if k:
             nf.append(f"{side}: {k} NaN/Inf")
-    detail = s.get("detail") or ""
-    if s.get("arbiter"):
-        detail += f" [arbiter: {fmt(s['arbiter'])}]"
-    return {"name": name, "status": s.get("status"), "statistic": s.get("statistic") or "-",
-            "value": fmt(s.get("value")), "limit": fmt(s.get("limit")), "maxdiff": maxd, "min_atol": atol_txt,
-            "min_rtol": fmt(s.get("min_rtol_to_pass"), sp, "min_rtol_to_pass"), "norms": norms, "nonfinite": nf,
+    detail = s.detail or ""
+    if s.arbiter:
+        detail += f" [arbiter: {fmt(s.arbiter)}]"
+    return {"name": name, "status": s.status, "statistic": s.statistic or "-",
+            "value": fmt(s.value), "limit": fmt(s.limit), "maxdiff": maxd, "min_atol": atol_txt,
+            "min_rtol": fmt(s.min_rtol_to_pass, sp, "min_rtol_to_pass"), "norms": norms, "nonfinite": nf,
             "detail": detail, "first": first is not None and name == first,
             "shape": fmt(rs.get("shape") or cs.get("shape"))}
 
 
-def stage_groups(stages: list[dict], first: str | None) -> list[dict]:
+def stage_groups(stages: list[StageResult], first: str | None) -> list[dict]:
     """Stage rows in pipeline order; a whole passing ODE step becomes one collapsible group."""
     groups: list[dict] = []
     i = 0
     while i < len(stages):
-        st = parse_step(stages[i].get("name") or "")
+        st = parse_step(stages[i].name)
         if st is None:
             groups.append({"collapsible": False, "rows": [_stage_row(stages[i], first)]})
             i += 1
             continue
         k = st[0]
         grp = []
-        while i < len(stages) and (parse_step(stages[i].get("name") or "") or (None,))[0] == k:
+        while i < len(stages) and (parse_step(stages[i].name) or (None,))[0] == k:
             grp.append(stages[i])
             i += 1
-        ok = all(g.get("status") in ("pass", "skip", "info") for g in grp) and first not in [g.get("name") for g in grp]
+        ok = all(g.ok for g in grp) and first not in [g.name for g in grp]
         rows = [_stage_row(g, first) for g in grp]
         if ok:
-            errs = [((g.get("metrics") or {}).get("max_abs_err"), g.get("name")) for g in grp]
+            errs = [(g.metric("max_abs_err"), g.name) for g in grp]
             errs = [e for e in errs if isinstance(e[0], (int, float))]
             worst = max(errs) if errs else None
             summary = f"{len(grp)} stages pass" + (f"; worst max |diff| {fmt(worst[0])} ({worst[1]})" if worst else "")
@@ -749,31 +741,31 @@ def _stats_table(rs: dict | None, cs: dict | None) -> list[tuple[str, str, str]]
             for k in keys if k != "special"]
 
 
-def raw_stats(stages: list[dict]) -> list[dict]:
+def raw_stats(stages: list[StageResult]) -> list[dict]:
     """Everything the result holds about each stage (the step-local stages' rows are in the stage section)."""
     out = []
     for s in stages:
-        m = s.get("metrics")
-        out.append({"name": str(s.get("name")), "status": s.get("status"),
-                    "stats": _stats_table(s.get("ref_stats"), s.get("cand_stats")),
+        m = s.metrics
+        out.append({"name": str(s.name), "status": s.status,
+                    "stats": _stats_table(s.ref_stats, s.cand_stats),
                     "metrics": "\n".join(f"{k}: {v}" for k, v in _kv_rows(m)) if m else "",
                     "metrics_special": fmt((m or {}).get("special")) if (m or {}).get("special") else None,
-                    "rule": fmt(s.get("rule"), limit=400) if s.get("rule") else None,
-                    "first_values": fmt(s.get("first_values"), limit=400) if s.get("first_values") else None,
-                    "problem": fmt(s.get("problem"), limit=400) if s.get("problem") else None,
-                    "detail": s.get("detail")})
+                    "rule": fmt(s.rule, limit=400) if s.rule else None,
+                    "first_values": fmt(s.first_values, limit=400) if s.first_values else None,
+                    "problem": fmt(s.problem, limit=400) if s.problem else None,
+                    "detail": s.detail})
     return out
 
 
-def nonfinite_rows(stages: list[dict]) -> list[dict]:
+def nonfinite_rows(stages: list[StageResult]) -> list[dict]:
     rows = []
     seen_first = set()
     for s in stages:
         for side in ("ref", "cand"):
-            st = s.get(f"{side}_stats") or {}
+            st = (s.ref_stats if side == "ref" else s.cand_stats) or {}
             nan, inf = st.get("nan_count") or 0, st.get("inf_count") or 0
             if nan or inf:
-                rows.append({"stage": s.get("name"), "side": "reference" if side == "ref" else "candidate",
+                rows.append({"stage": s.name, "side": "reference" if side == "ref" else "candidate",
                              "nan": nan, "posinf": st.get("posinf_count") or 0, "neginf": st.get("neginf_count") or 0,
                              "numel": st.get("numel"), "first": fmt(st.get("first_nonfinite_index")),
                              "origin": side not in seen_first})
@@ -824,11 +816,11 @@ class _Media:
     listen: dict
 
 
-def _step_limits(result: dict) -> dict[str, float]:
+def _step_limits(result: Comparison) -> dict[str, float]:
     out = {}
-    for f in STEP_FIELDS:
-        s = _stage(result, f"step1.{f}")
-        rule = (s or {}).get("rule") or {}
+    for f in STEP_OUTPUTS:
+        s = result.stage(f"step1.{f}")
+        rule = (s.rule if s else None) or {}
         if rule.get("statistic") == "elementwise" and isinstance(rule.get("atol"), (int, float)) and rule["atol"] > 0:
             out[f] = float(rule["atol"])
     return out
@@ -846,14 +838,14 @@ def _join(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
-def _media(result: dict, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> _Media:
+def _media(result: Comparison, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> _Media:
     rt, ct = rt or {}, ct or {}
     have = bool(rt) or bool(ct)
     no_t = tensor_note or "no trace tensors were given to the report (only the comparison result): plots omitted"
-    steps = result.get("steps") or []
+    steps = result.steps
     if steps:
         img, err = _safe(plot_steps, steps, _step_limits(result))
-        step_sec = {"img": img, "note": err, "rows": steps}
+        step_sec = {"img": img, "note": err, "rows": [r.to_json() for r in steps]}
     else:
         step_sec = {"img": None, "note": "no ODE steps in either trace (e.g. an external dump without per-step "
                                          "tensors)", "rows": []}
@@ -863,25 +855,18 @@ def _media(result: dict, rt: dict | None, ct: dict | None, budget: int, tensor_n
     rm, cm = _mel2d(rt.get("flow_mel")), _mel2d(ct.get("flow_mel"))
     label = "flow_mel"
     pf: list[tuple[str, np.ndarray]] = []
-    st = _stage(result, "flow_mel")
-    if st and st.get("per_frame_error"):
-        pf.append(("flow_mel: mean |cand - ref| per frame", _listvec(st["per_frame_error"])))
-    apf = (result.get("audio") or {}).get("per_frame") or {}
+    st = result.stage("flow_mel")
+    if st and st.per_frame_error:
+        pf.append(("flow_mel: mean |cand - ref| per frame", _listvec(st.per_frame_error)))
+    apf = (result.audio or {}).get("per_frame") or {}
     if rm is None and not have:
         mel_sec["note"] = no_t
     elif rm is None and rt.get("audio") is not None:
         try:  # an external dump without flow_mel: the mel of each side's audio, by the pipeline's recipe
-            from reference.config import MelConfig
-            from reference.mel import mel_spectrogram
+            from .melspec import audio_mel
 
-            import torch
-
-            def _m(w):
-                v = np.nan_to_num(_vec(w)).astype(np.float32)
-                return mel_spectrogram(torch.from_numpy(v)[None], MelConfig())[0].numpy().astype(np.float64)
-
-            rm = _m(rt["audio"])
-            cm = _m(ct["audio"]) if ct.get("audio") is not None else None
+            rm = audio_mel(_vec(rt["audio"])).astype(np.float64)
+            cm = audio_mel(_vec(ct["audio"])).astype(np.float64) if ct.get("audio") is not None else None
             label = "mel of the audio (pipeline recipe; no flow_mel in the traces)"
             if apf.get("logmel_l1") is not None:
                 pf.append(("audio log-mel L1 per frame", _listvec(apf["logmel_l1"])))
@@ -905,7 +890,7 @@ def _media(result: dict, rt: dict | None, ct: dict | None, budget: int, tensor_n
     # F0
     f0_sec: dict = {"img": None, "note": None}
     rf, cf = _vec(rt.get("f0")), _vec(ct.get("f0"))
-    thr = ((result.get("audio") or {}).get("f0") or {}).get("voiced_threshold_hz")
+    thr = ((result.audio or {}).get("f0") or {}).get("voiced_threshold_hz")
     if thr is None:
         from .audio_metrics import VOICED_THRESHOLD_HZ
 
@@ -920,8 +905,8 @@ def _media(result: dict, rt: dict | None, ct: dict | None, budget: int, tensor_n
     f0_sec["threshold"] = fmt(thr)
 
     # waveform and players
-    audio = result.get("audio") or {}
-    ref_meta = (result.get("metadata") or {}).get("ref")
+    audio = result.audio or {}
+    ref_meta = result.metadata.get("ref")
     sr = audio.get("sr") or (ref_meta.get("sample_rate") if isinstance(ref_meta, dict) else None)
     sr = int(sr) if isinstance(sr, (int, float)) and sr > 0 else 24000
     ra, ca = _vec(rt.get("audio")), _vec(ct.get("audio"))
@@ -972,8 +957,8 @@ def _write_with_size(html: str, path: Path, token: str) -> int:
     return len(data)
 
 
-def _tensors_from_sources(result: dict) -> tuple[dict | None, dict | None, str | None]:
-    src = result.get("sources") or {}
+def _tensors_from_sources(result: Comparison) -> tuple[dict | None, dict | None, str | None]:
+    src = result.sources
     r, c = src.get("ref"), src.get("cand")
     if not (isinstance(r, str) and isinstance(c, str)):
         return None, None, None
@@ -995,7 +980,7 @@ def _tensors_from_sources(result: dict) -> tuple[dict | None, dict | None, str |
     return out[0], out[1], ("; ".join(notes) if notes else None)
 
 
-def build_report(result: dict, path, case=None, ref_tensors: dict | None = None, cand_tensors: dict | None = None,
+def build_report(result: Comparison, path, case=None, ref_tensors: dict | None = None, cand_tensors: dict | None = None,
                  *, audio_budget: int = DEFAULT_AUDIO_BUDGET, load_sources: bool = True,
                  notes: list[str] | None = None) -> Path:
     """Write one self-contained HTML report for a comparison result and return its path.
@@ -1005,8 +990,8 @@ def build_report(result: dict, path, case=None, ref_tensors: dict | None = None,
     printed in the page footer; ``audio_budget`` bounds the embedded WAVs (bytes of base64 for all three).
     """
     t0 = time.perf_counter()
-    if not isinstance(result, dict) or "verdict" not in result:
-        raise InputError("build_report: expected a comparison result dict (with a 'verdict')")
+    if not isinstance(result, Comparison):
+        raise InputError(f"build_report: expected a parity.result.Comparison, got {type(result).__name__}")
     path = Path(path)
     page_notes = list(notes or [])
     rt = ref_tensors if ref_tensors is not None else (getattr(case, "ref_tensors", None) if case else None)
@@ -1018,56 +1003,56 @@ def build_report(result: dict, path, case=None, ref_tensors: dict | None = None,
             page_notes.append(tensor_note)
     media = _media(result, rt, ct, audio_budget, tensor_note)
 
-    fd = result.get("first_divergence")
-    first = fd.get("stage") if isinstance(fd, dict) else None
+    fd = result.first_divergence
+    first = fd.stage if fd else None
     findings = []
-    for f in result.get("findings") or []:
-        findings.append({"severity": f.get("severity"), "code": f.get("code"), "stage": f.get("stage"),
-                         "message": f.get("message"), "evidence": _evidence(f.get("evidence"))})
-    crash = next((f for f in result.get("findings") or [] if f.get("code") == "candidate_crashed"), None)
+    for f in result.findings:
+        findings.append({"severity": f.severity, "code": f.code, "stage": f.stage, "message": f.message,
+                         "evidence": _evidence(f.evidence)})
+    crash = next((f for f in result.findings if f.code == "candidate_crashed"), None)
     if crash is not None:
-        ev = crash.get("evidence") if isinstance(crash.get("evidence"), dict) else {}
-        crash = {"stage": crash.get("stage"), "message": crash.get("message"), "last_recorded": ev.get("last_recorded"),
+        ev = crash.evidence
+        crash = {"stage": crash.stage, "message": crash.message, "last_recorded": ev.get("last_recorded"),
                  "missing": [str(m) for m in ev.get("missing_stages") or []]}
-    stages = result.get("stages") or []
-    local = result.get("local") or []
-    prov, prov_other = provenance_rows(result.get("metadata") or {})
-    case_info = dict(result.get("case") or {})
+    stages = result.stages
+    local = result.local
+    prov, prov_other = provenance_rows(result.metadata)
+    case_info = dict(result.case or {})
     title = getattr(case, "name", None) if case is not None else None
-    src = result.get("sources") or {}
+    src = result.sources
     if not title:
         title = f"{Path(str(src.get('cand') or 'candidate')).stem} vs {Path(str(src.get('ref') or 'reference')).stem}"
     nf_find = [f for f in findings if f["code"] in NONFINITE_CODES]
     token, t_token = _token("SIZE"), _token("SECONDS")  # nonces: no trace string can collide with them
     ctx = {
         "title": title,
-        "verdict": str(result.get("verdict")),
-        "first": fd if isinstance(fd, dict) else None,
+        "verdict": result.verdict,
+        "first": fd.headline_json() if fd else None,
         "crash": crash,
         "findings": findings,
         "counts": {s: sum(1 for f in findings if f["severity"] == s) for s in ("error", "failure", "warning", "info")},
         "sources": {k: src.get(k) for k in ("ref", "cand", "local", "fp64") if src.get(k)},
-        "context": result.get("context") or {},
-        "policy_sources": (result.get("policy") or {}).get("sources") or [],
-        "summary": result.get("summary") or {},
+        "context": result.context,
+        "policy_sources": result.policy.get("sources") or [],
+        "summary": result.summary,
         "case": case_info,
         "seconds": {k: fmt(v) for k, v in (getattr(case, "seconds", None) or {}).items()},
         "prov": prov,
         "prov_other": prov_other,
         "groups": stage_groups(stages, first),
         "local_rows": [_stage_row(s, None) for s in local],
-        "normalisations": [n for n in result.get("normalisations") or [] if isinstance(n, dict)],
-        "first_in_table": any(s.get("name") == first for s in stages),
+        "normalisations": [n for n in result.normalisations if isinstance(n, dict)],
+        "first_in_table": any(s.name == first for s in stages),
         "media": media,
         "nonfinite": nonfinite_rows(stages),
         "nf_findings": nf_find,
-        "audio_tables": audio_metric_tables(result.get("audio")),
+        "audio_tables": audio_metric_tables(result.audio),
         "raw": raw_stats(stages),
         "notes": page_notes,
         "section_ids": SECTION_IDS,
         "size_token": token,
         "seconds_token": t_token,
-        "schema": result.get("schema"),
+        "schema": result.schema,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
     env = _env_jinja()
@@ -1084,20 +1069,20 @@ def build_summary_page(cases, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for c in cases:
-        r = c.result or {}
-        fd = r.get("first_divergence") or {}
+        r = c.result
+        fd = r.first_divergence.headline_json() if r.first_divergence else {}
         rep = getattr(c, "report", None)
         link = None
         if rep:
             link = quote(os.path.relpath(Path(rep).resolve(), path.resolve().parent).replace(os.sep, "/"), safe="/")
         secs = getattr(c, "seconds", None) or {}
         rows.append({"name": c.name, "bundle": c.bundle, "profile": c.profile,
-                     "mode": "streaming" if c.streaming else "offline", "verdict": r.get("verdict"),
+                     "mode": "streaming" if c.streaming else "offline", "verdict": r.verdict,
                      "stage": fd.get("stage"), "code": fd.get("code"), "message": fd.get("message"),
                      "time": f"{sum(v for v in secs.values() if isinstance(v, (int, float))):.1f} s" if secs else "-",
                      "link": link})
     verdicts = [r["verdict"] for r in rows]
-    overall = "error" if "error" in verdicts else ("fail" if "fail" in verdicts else "pass")
+    overall = aggregate_verdict(verdicts)
     token = _token("SIZE")
     html = _env_jinja().get_template("summary.html.j2").render(
         rows=rows, verdict=overall, n_pass=verdicts.count("pass"), n=len(rows), size_token=token,
@@ -1108,21 +1093,6 @@ def build_summary_page(cases, path) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # from saved inputs (parity-report)
-
-def _read_result_json(p: Path) -> dict:
-    if not p.exists():
-        raise InputError(f"{p}: comparison result not found")
-    try:
-        data = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: not a valid JSON comparison result ({exc})") from exc
-    if isinstance(data, dict) and isinstance(data.get("cases"), list) and "stages" not in data:
-        raise InputError(f"{p}: a matrix result ({len(data['cases'])} cases, schema {data.get('schema')}); "
-                         f"pass a single comparison result (parity compare --json / parity run --json on one case)")
-    if not isinstance(data, dict) or "verdict" not in data or "stages" not in data:
-        raise InputError(f"{p}: not a comparison result (expected the JSON written by parity compare --json)")
-    return data
-
 
 def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False):
     """``parity-report``: REF_TRACE CAND_TRACE (compare, then report), or RESULT.json [REF_TRACE CAND_TRACE]
@@ -1135,13 +1105,13 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
     mp = maps if isinstance(maps, dict) else parse_maps(maps)
     is_json = bool(inputs) and inputs[0].lower().endswith(".json")
     if is_json and len(inputs) in (1, 3):
-        result = _read_result_json(Path(inputs[0]))
+        result = read_json(Path(inputs[0]))
         notes = []
         if len(inputs) == 3:
             rl, cl = load(inputs[1], mp), load(inputs[2], mp)
             rt, ct = rl.tensors, cl.tensors
             ref_name, cand_name = inputs[1], inputs[2]
-            src = result.get("sources") or {}
+            src = result.sources
             for side, given in (("ref", inputs[1]), ("cand", inputs[2])):
                 if src.get(side) and Path(str(src[side])).name != Path(given).name:
                     notes.append(f"the {side} trace given ({given}) is not the one the result was computed from "
@@ -1152,7 +1122,7 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
                 notes.append(tn)
             if not rt and not ct:
                 notes.append("no traces given and none found at the result's sources: plots omitted")
-            src = result.get("sources") or {}
+            src = result.sources
             ref_name = str(src.get("ref") or "reference")
             cand_name = str(src.get("cand") or Path(inputs[0]).stem)
         default = Path("reports") / f"{Path(cand_name).stem}-vs-{Path(ref_name).stem}.html"

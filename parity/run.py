@@ -16,9 +16,10 @@ from reference.errors import InputError
 from reference.probe import Probe
 
 from .capture import Recorder
-from .compare import CompareOptions, compare_loaded, exit_code, write_json
+from .compare import CompareOptions, compare_loaded
 from .ingest import Loaded
 from .policy import Policy, load_policy
+from .result import Comparison, Finding, aggregate_verdict, exit_code_for, write_json, write_matrix_json
 from .runner import Progress, run_to_trace
 from .trace import now_iso, write_trace
 
@@ -36,7 +37,7 @@ class Case:
     bundle: str
     profile: str
     streaming: bool
-    result: dict
+    result: Comparison
     ref_meta: dict
     cand_meta: dict
     ref_tensors: dict = field(repr=False, default_factory=dict)
@@ -53,7 +54,7 @@ class Case:
 
     @property
     def verdict(self) -> str:
-        return self.result["verdict"]
+        return self.result.verdict
 
 
 def step_local(cand, ref: dict, *, streaming: bool, finalize: bool = True) -> dict:
@@ -130,12 +131,12 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
     t2 = time.perf_counter()
     loc = step_local(cand, ref_res.tensors, streaming=streaming, finalize=finalize) if local else {}
     t3 = time.perf_counter()
-    ref_l = Loaded(dict(ref_res.tensors), dict(ref_res.metadata), str(ref_path or f"<reference {stem}>"))
-    cand_l = Loaded(dict(cand_res.tensors), dict(cand_res.metadata), str(cand_path or f"<candidate {stem}>"))
+    ref_l = Loaded(ref_res.tensors, ref_res.metadata, str(ref_path or f"<reference {stem}>"))
+    cand_l = Loaded(cand_res.tensors, cand_res.metadata, str(cand_path or f"<candidate {stem}>"))
     loc_l = Loaded(loc, {"pipeline": "candidate-local"}, "<step-local>") if loc else None
     result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l)
     t4 = time.perf_counter()
-    result["case"] = {"bundle": bundle.name, "profile": profile_name, "streaming": streaming, "finalize": finalize,
+    result.case = {"bundle": bundle.name, "profile": profile_name, "streaming": streaming, "finalize": finalize,
                       "expected_stage": getattr(cand, "expected_stage", lambda *_: None)(
                           bool(patterns and "block" in str(patterns)))}
     return Case(bundle.name, profile_name, streaming, result, ref_res.metadata, cand_res.metadata, ref_res.tensors,
@@ -181,13 +182,7 @@ def run_command(args) -> int:
 
                 msg = check_required_kernel(args.require_kernel, case.cand_meta.get("attention_kernels") or {})
                 if msg:
-                    case.result["findings"].insert(0, {"code": "required_kernel_missing", "stage": None,
-                                                       "severity": "failure", "message": msg, "evidence": {},
-                                                       "position": [-1]})
-                    if case.result["verdict"] == "pass":
-                        case.result["verdict"] = "fail"
-                    case.result["first_divergence"] = case.result["first_divergence"] or {
-                        "stage": None, "code": "required_kernel_missing", "message": msg}
+                    case.result.add_finding(Finding("required_kernel_missing", None, "failure", msg))
             cases.append(case)
             print(render(case.result, verbose=args.verbose))
             print()
@@ -205,21 +200,9 @@ def run_command(args) -> int:
         if len(cases) == 1:
             write_json(cases[0].result, args.json)
         else:
-            import json
-
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            from .metrics import to_jsonable
-
-            Path(args.json).write_text(json.dumps({"schema": "tts-parity-matrix/1", "created": now_iso(),
-                                                   "verdict": _matrix_verdict(cases),
-                                                   "cases": [to_jsonable(c.result) for c in cases]}, indent=1))
+            write_matrix_json([c.result for c in cases], args.json, now_iso(), sidecar=False)
     size = path.stat().st_size
-    verdict = _matrix_verdict(cases)
+    verdict = aggregate_verdict(c.verdict for c in cases)
     print(f"parity run: {verdict.upper()}: {len(cases)} case(s), {sum(c.verdict == 'pass' for c in cases)} passed; "
           f"report {path} ({size / 1024:.0f} KiB); {time.perf_counter() - t_start:.1f} s")
-    return {"pass": 0, "fail": 1}.get(verdict, 2)
-
-
-def _matrix_verdict(cases: list[Case]) -> str:
-    vs = {c.verdict for c in cases}
-    return "error" if "error" in vs else ("fail" if "fail" in vs else "pass")
+    return exit_code_for(verdict)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 INPUTS = ["token", "prompt_token", "prompt_feat", "embedding"]
 FRONT = ["mu", "spks", "cond", "x0"]
 STEP_FIELDS = ["t", "dt", "v1", "v2", "v_cfg", "x"]
+STEP_OUTPUTS = ("v1", "v2", "v_cfg", "x")  # what each step computes (judged per step; step-local reruns)
 VOCODER = ["f0", "source", "s_stft", "conv_pre"]
 HIFT_INTERNAL_ORDER = ["ups", "source_down", "fusion", "resblocks"]
 VOCODER_TAIL = ["hift.conv_post", "magnitude", "phase", "audio_preclamp", "audio"]

@@ -135,7 +135,9 @@ def test_trial_report_falls_back_without_parity_report(tmp_path, monkeypatch):
               "findings": [{"severity": "failure", "code": "x", "stage": "audio", "message": "m"}],
               "stages": [{"name": "audio", "status": "fail", "statistic": "snr_db", "value": 1.0, "limit": 30}]}
     monkeypatch.setitem(sys.modules, "parity.report", None)  # "import parity.report" now raises ImportError
-    page = trial_report(result, tmp_path / "r.html").read_text()
+    from parity.result import Comparison
+
+    page = trial_report(Comparison.from_json(result), tmp_path / "r.html").read_text()
     assert "Fallback report" in page and "audio" in page and "snr_db" in page
 
 
@@ -271,7 +273,7 @@ def test_bisect_precision_keeps_exactly_the_overflowing_block(overflow_model, tm
     sw = resolve_profile("fp16-flow-fp32-islands", pyproject=pp)
     assert sw.flow_dtype == "fp16" and sw.keep_fp32[-1] == "block2"
     case = run_case(overflow_model, CandidateToken2Wav(overflow_model, sw, "pasted"), SHORT, local=False)
-    assert case.verdict == "pass", case.result["first_divergence"]
+    assert case.verdict == "pass", case.result.first_divergence
 
     # --fine, resumed from the same log: only the block's parts are new trials; the FFN is the culprit
     fine = bisect_precision(overflow_model, "fp16-flow", [SHORT], fine=True, log=res.log, resume=True)

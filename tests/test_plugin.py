@@ -74,7 +74,7 @@ def test_update_golden_then_pass_then_a_changed_constant_fails(pytester):
     pytester.makepyfile(test_gold="""
 def test_golden(parity_bundle_mode, parity_golden):
     result = parity_golden.check(*parity_bundle_mode)
-    assert result["verdict"] == "pass", result["first_divergence"]
+    assert result.verdict == "pass", result.first_divergence
 """)
     args = [f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-s"]
     r = pytester.runpytest_subprocess(*args, "--parity-update-golden")

@@ -327,7 +327,7 @@ def nan_report(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("browser")
     rp, cp = _synthetic_traces(d)
     path, result = report_from_saved([str(rp), str(cp)], d / "report.html")
-    assert result["verdict"] == "fail"
+    assert result.verdict == "fail"
     return path
 
 
