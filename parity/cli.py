@@ -166,7 +166,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_bisect(args) -> int:
-    from .bisect import bisect_command
+    from .bisect.cli import bisect_command
 
     return bisect_command(args)
 
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.set_defaults(func=cmd_export_model)
 
     b = sub.add_parser("bisect", help="find the culprit: which switch, which fp32 islands, which commit")
-    from .bisect import add_bisect_args
+    from .bisect.cli import add_bisect_args
 
     add_bisect_args(b)
     b.set_defaults(func=cmd_bisect)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import os
 import time
 import warnings
@@ -30,10 +29,10 @@ import numpy as np
 
 from reference.errors import InputError
 
+from .render import fmt, jinja_env
 from .result import Comparison, StageResult, StepRow, aggregate_verdict, read_json
 from .stages import STEP_OUTPUTS, layout, parse_step
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_AUDIO_BUDGET = 8 * 1024 * 1024  # bytes of base64 WAV data for the three players together
 WINDOW_S = 0.5  # half-width of an audio window embedded above the budget
 MAX_WINDOWS = 4
@@ -42,51 +41,7 @@ DPI = 100
 MEL_HOP = 480
 SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "steps", "mel", "f0", "waveform", "listen",
                "nonfinite", "audio-metrics", "raw-stats")
-SPECIAL_TEXT = {"+inf": "+inf", "-inf": "-inf", "undefined": "undefined"}
 NONFINITE_CODES = ("nonfinite_origin", "reference_nonfinite", "audio_nonfinite")
-
-
-# ---------------------------------------------------------------------------------------------
-# formatting (display only: no arithmetic on metrics beyond unit labels)
-
-def fmt(v: Any, special: dict | None = None, key: str | None = None, limit: int = 160) -> str:
-    """A value as display text. ``None`` named in ``special`` (the JSON-safety map) shows as +inf etc."""
-    if v is None:
-        if special and key and key in special:
-            return SPECIAL_TEXT.get(str(special[key]), str(special[key]))
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "+inf" if v > 0 else "-inf"
-        return "0" if v == 0 else f"{v:.4g}"
-    if isinstance(v, (list, tuple, dict)):
-        s = compact(v)
-        return s if len(s) <= limit else s[: limit - 3] + "..."
-    s = str(v)
-    return s if len(s) <= limit * 4 else s[: limit * 4 - 3] + "..."
-
-
-def compact(v: Any) -> str:
-    """Nested containers as short display text: no quotes, floats to 7 significant digits."""
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {compact(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(compact(x) for x in v) + "]"
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.7g}"
-    if hasattr(v, "tolist"):
-        return compact(v.tolist())
-    return str(v)
 
 
 def _loc(at: Any, stage: str | None = None) -> str:
@@ -298,7 +253,7 @@ def plot_mel(ref: np.ndarray, cand: np.ndarray | None, per_frame: list[tuple[str
                        vmin=vmin, vmax=vmax)
         nbad = int(np.count_nonzero(~np.isfinite(m)))
         ax.set_title(f"{name} {title}" + (f"  ({nbad} non-finite values in green)" if nbad else "")
-                     + ("" if i else f"  (colour scale: 1st-99th percentile of the reference)"), fontsize=9)
+                     + ("" if i else "  (colour scale: 1st-99th percentile of the reference)"), fontsize=9)
         ax.set_ylabel("mel bin", fontsize=8)
         ax.tick_params(labelsize=7)
         fig.colorbar(im, cax=fig.add_subplot(gs[i, 1])).ax.tick_params(labelsize=6)
@@ -931,15 +886,6 @@ def _media(result: Comparison, rt: dict | None, ct: dict | None, budget: int, te
 # ---------------------------------------------------------------------------------------------
 # rendering
 
-def _env_jinja():
-    from jinja2 import Environment, FileSystemLoader
-
-    env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = fmt
-    return env
-
-
 def _token(what: str) -> str:
     return f"@@{what}-{os.urandom(8).hex()}@@"
 
@@ -1055,7 +1001,7 @@ def build_report(result: Comparison, path, case=None, ref_tensors: dict | None =
         "schema": result.schema,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
-    env = _env_jinja()
+    env = jinja_env()
     html = env.get_template("report.html.j2").render(**ctx)
     html = html.replace(t_token, f"{time.perf_counter() - t0:.2f}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1084,7 +1030,7 @@ def build_summary_page(cases, path) -> Path:
     verdicts = [r["verdict"] for r in rows]
     overall = aggregate_verdict(verdicts)
     token = _token("SIZE")
-    html = _env_jinja().get_template("summary.html.j2").render(
+    html = jinja_env().get_template("summary.html.j2").render(
         rows=rows, verdict=overall, n_pass=verdicts.count("pass"), n=len(rows), size_token=token,
         generated=time.strftime("%Y-%m-%d %H:%M:%S %z"))
     _write_with_size(html, path, token)
