@@ -131,7 +131,6 @@ PROFILE_HELP = {
     "fp16-flash-cuda": "CUDA: SDPA flash kernel in fp16 with the upstream fixes",
     "bf16-flash-cuda": "CUDA: SDPA flash kernel in bf16 with the upstream fixes",
 }
-CUDA_ONLY = {"fp16-flash-cuda", "bf16-flash-cuda"}
 
 
 def _coerce(d: dict, source: str) -> dict:
@@ -148,17 +147,11 @@ def _coerce(d: dict, source: str) -> dict:
 
 
 def load_user_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
-    """``[tool.parity.profiles]`` from a pyproject.toml (default: ./pyproject.toml if present)."""
-    import tomllib
+    """``[tool.parity.profiles]`` from a pyproject.toml (default: ./pyproject.toml if present), through the
+    harness's one ``[tool.parity]`` reader (:func:`parity.project.read_project`, one error policy)."""
+    from parity.project import read_project
 
-    path = Path(pyproject) if pyproject else Path.cwd() / "pyproject.toml"
-    if not path.exists():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, OSError) as exc:
-        raise InputError(f"{path}: cannot read TOML ({exc})") from exc
-    return dict(data.get("tool", {}).get("parity", {}).get("profiles", {}))
+    return read_project(pyproject).profiles
 
 
 def all_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:

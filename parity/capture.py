@@ -13,15 +13,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from .stages import DEFAULT_PATTERNS
 from .trace import TraceWriter
-
-INPUT_STAGES = ["token", "prompt_token", "prompt_feat", "embedding"]
-FLOW_STAGES = ["mu", "spks", "cond", "x0", "step*.t", "step*.dt", "step*.v1", "step*.v2", "step*.v_cfg", "step*.x",
-               "flow_mel"]
-HIFT_STAGES = ["f0", "source", "s_stft", "conv_pre", "magnitude", "phase", "audio_preclamp", "audio"]
-DEFAULT_PATTERNS = INPUT_STAGES + FLOW_STAGES + HIFT_STAGES
-OPTIONAL_PATTERNS = ["step*.block*", "hift.*"]
-
 
 def parse_stage_patterns(spec: str | Iterable[str] | None) -> list[str]:
     """``None`` -> defaults; ``"all"`` -> everything; ``"+a,+b"`` -> defaults plus a, b; ``"a,b"`` -> only a, b."""

@@ -6,7 +6,6 @@ Exit codes: 0 pass, 1 parity failure, 2 unusable input or user error (one line, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,23 +30,6 @@ def _add_model_args(p: argparse.ArgumentParser, default_preset: str | None = Non
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
 
-def _load_model(args):
-    from reference.model import Token2Wav
-    from reference.noise import SharedNoise
-
-    noise = SharedNoise.load(args.noise) if getattr(args, "noise", None) else None
-    preset = None if args.model_dir else args.preset
-    return Token2Wav.load(preset, args.model_dir, noise)
-
-
-def _candidate(ref_model, profile: str | None, faults, device: str, pyproject=None, require_kernel=None):
-    from candidate.pipeline import CandidateToken2Wav
-    from candidate.switches import switches_from
-
-    sw = switches_from(profile, faults or (), pyproject, **({"device": device} if device != "cpu" else {}))
-    return CandidateToken2Wav(ref_model, sw, profile_name=profile or "fp32-explicit")
-
-
 def _write_wav(path: str | Path, audio, sr: int) -> Path:
     import numpy as np
     from scipy.io import wavfile
@@ -67,11 +49,12 @@ def cmd_dump(args) -> int:
     from reference.bundle import load_bundle
 
     from .runner import Progress, run_to_trace
+    from .session import ModelSpec, Session
 
-    model = _load_model(args)
+    model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs)
     if args.pipeline == "candidate" or args.profile or args.fault:
-        pipe = _candidate(model, args.profile, args.fault, args.device)
+        pipe = Session().candidate(model, args.profile, args.fault, args.device, label=args.profile or "fp32-explicit")
         label = f"candidate[{args.profile or 'fp32-explicit'}]"
     else:
         pipe = model
@@ -128,12 +111,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_profiles(args) -> int:
-    from candidate.switches import CUDA_ONLY, PROFILE_HELP, all_profiles, resolve_profile
+    from candidate.switches import PROFILE_HELP, all_profiles, resolve_profile
 
     for name in sorted(all_profiles()):
         sw = resolve_profile(name)
         desc = PROFILE_HELP.get(name) or "user profile: " + ", ".join(f"{k}={v}" for k, v in sw.differences().items())
-        print(f"{name:<18} {sw.precision:<5} {'cuda' if name in CUDA_ONLY else '    '} {desc}")
+        print(f"{name:<18} {sw.precision:<5} {'cuda' if sw.device == 'cuda' else '    '} {desc}")
     return 0
 
 

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import metrics as M

@@ -160,22 +160,20 @@ def read_policy_file(path: str | Path) -> list[dict]:
     return rules
 
 
-def load_policy(path: str | Path | None = None, pyproject: str | Path | None = None, use_default: bool = True) -> Policy:
-    """Default rules, then ``[tool.parity.tolerances]`` of the pyproject, then ``path``."""
+def load_policy(path: str | Path | None = None, pyproject=None, use_default: bool = True) -> Policy:
+    """Default rules, then ``[tool.parity.tolerances]`` of the pyproject, then ``path`` (default: the
+    pyproject's ``[tool.parity] policy``). ``pyproject``: a path (default ./pyproject.toml) or an already read
+    :class:`parity.project.ProjectConfig`."""
+    from .project import ProjectConfig, read_project
+
     pol = Policy()
     if use_default:
         pol.extend(read_policy_file(DEFAULT_POLICY), str(DEFAULT_POLICY.name))
-    pp = Path(pyproject) if pyproject else Path.cwd() / "pyproject.toml"
-    if pp.exists():
-        try:
-            tool = tomllib.loads(pp.read_text()).get("tool", {}).get("parity", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{pp}: not valid TOML ({exc})") from exc
-        tol = tool.get("tolerances", {})
-        if tol.get("rule"):
-            pol.extend(tol["rule"], f"{pp.name} [tool.parity.tolerances]")
-        if tool.get("policy") and path is None:
-            path = (pp.parent / tool["policy"]).resolve()
+    proj = pyproject if isinstance(pyproject, ProjectConfig) else read_project(pyproject)
+    if proj.tolerances:
+        pol.extend(proj.tolerances, f"{proj.path.name} [tool.parity.tolerances]")
+    if path is None and proj.policy is not None:
+        path = proj.policy
     if path is not None:
         pol.extend(read_policy_file(path), str(path))
     return pol

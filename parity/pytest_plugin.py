@@ -14,7 +14,7 @@ skipped without), ``slow``.
 Fixtures:
 
 * ``parity_case`` -- parametrised over bundles x profiles x (offline, streaming); runs reference and
-  candidate and returns the :class:`parity.run.Case` (``case.result`` is the comparison result);
+  candidate and returns the :class:`parity.session.Case` (``case.result`` is the comparison result);
 * ``assert_parity(case)`` -- fails with the headline finding and the path of the report it writes;
 * ``parity_model``, ``parity_policy``, ``parity_reference(bundle, streaming)`` (cached reference runs),
   ``parity_run(profile, bundle, streaming, faults=())`` (any candidate, cached reference),
@@ -24,16 +24,16 @@ Fixtures:
 
 from __future__ import annotations
 
-import json
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-SHIPPED_CPU_PROFILES = ["fp32-sdpa", "fp32-sdpa-math", "fp32-two-calls", "bf16-flow", "fp16-flow", "fp16-all",
-                        "compiled", "int8-dynamic"]
+from reference.errors import InputError
+
+from .project import ProjectConfig, default_bundles, read_project, shipped_profiles
+from .stages import GOLDEN_STAGES
 
 
 def pytest_addoption(parser):
@@ -64,6 +64,8 @@ def pytest_configure(config):
 
 @dataclass
 class ParityConfig:
+    """The plugin's settings: command-line option, else ini key, else ``[tool.parity]`` key, else default."""
+
     preset: str = "tiny"
     model_dir: str | None = None
     profiles: list[str] = field(default_factory=list)
@@ -73,19 +75,17 @@ class ParityConfig:
     policy: str | None = None
     bundles: list[str] = field(default_factory=list)
     rootdir: Path = Path(".")
+    project: ProjectConfig = field(default_factory=ProjectConfig)
 
     @classmethod
     def from_config(cls, config) -> "ParityConfig":
         root = Path(str(config.rootpath))
-        tool = {}
-        pp = root / "pyproject.toml"
-        if pp.exists():
-            try:
-                tool = tomllib.loads(pp.read_text()).get("tool", {}).get("parity", {})
-            except tomllib.TOMLDecodeError:
-                tool = {}
+        try:
+            project = read_project(root / "pyproject.toml")
+        except InputError as exc:
+            raise pytest.UsageError(f"parity: {exc}") from None
 
-        def pick(opt, ini, key, default=None):
+        def pick(opt, ini, value):
             v = config.getoption(opt)
             if v not in (None, [], ""):
                 return v
@@ -95,25 +95,31 @@ class ParityConfig:
                 iv = None
             if iv not in (None, [], ""):
                 return iv
-            return tool.get(key, default)
+            return value
 
         # [tool.parity] suite_profiles (``profiles`` there is the table of user-defined profiles)
-        profiles = pick("--parity-profile", "parity_profiles", "suite_profiles", None) or list(SHIPPED_CPU_PROFILES)
-        return cls(preset=pick("--parity-preset", "parity_preset", "preset", "tiny") or "tiny",
-                   model_dir=pick("--parity-model-dir", "parity_model_dir", "model_dir") or None,
-                   profiles=list(profiles), device=pick("--parity-device", "parity_device", "device", "cpu") or "cpu",
-                   report=pick("--parity-report", "parity_report", "report") or None,
+        profiles = pick("--parity-profile", "parity_profiles", project.suite_profiles) or shipped_profiles("cpu")
+        return cls(preset=pick("--parity-preset", "parity_preset", project.preset) or "tiny",
+                   model_dir=pick("--parity-model-dir", "parity_model_dir", project.model_dir) or None,
+                   profiles=list(profiles), device=pick("--parity-device", "parity_device", project.device) or "cpu",
+                   report=pick("--parity-report", "parity_report", project.report) or None,
                    update_golden=bool(config.getoption("--parity-update-golden")),
-                   policy=pick("--parity-policy", "parity_policy", "policy") or None,
-                   bundles=list(config.getoption("--parity-bundle") or tool.get("bundles", []) or []), rootdir=root)
+                   policy=pick("--parity-policy", "parity_policy", project.policy) or None,
+                   bundles=list(config.getoption("--parity-bundle") or project.bundles or []), rootdir=root,
+                   project=project)
+
+    def model_spec(self, preset: str | None = None):
+        from .session import ModelSpec
+
+        if preset is None and self.model_dir:
+            return ModelSpec(None, self.model_dir)
+        return ModelSpec(preset or self.preset)
 
 
 # ---------------------------------------------------------------------------------------------
 # collection: parametrisation and markers
 
 def _bundles(pc: ParityConfig) -> list[Path]:
-    from .run import default_bundles
-
     return [Path(b) for b in pc.bundles] if pc.bundles else default_bundles()
 
 
@@ -161,68 +167,39 @@ def _cuda_available() -> bool:
 # session state
 
 class ParitySession:
+    """The pytest session's :class:`parity.session.Session` (project, policy, models, candidates, reference
+    cache) plus the cases run in it and where their reports go."""
+
     def __init__(self, pc: ParityConfig):
+        from .session import Session
+
         self.pc = pc
-        self.models: dict = {}
-        self.ref_cache: dict = {}
-        self.candidates: dict = {}
+        self.session = Session(project=pc.project, policy=pc.policy)
         self.cases: list = []
-        self._policy = None
 
     def policy(self):
-        from .policy import load_policy
-
-        if self._policy is None:
-            self._policy = load_policy(self.pc.policy, self.pc.rootdir / "pyproject.toml")
-        return self._policy
+        return self.session.policy
 
     def model(self, preset: str | None = None):
-        from reference.model import Token2Wav
-
-        key = preset or (self.pc.model_dir if self.pc.model_dir else self.pc.preset)
-        if key not in self.models:
-            if preset is None and self.pc.model_dir:
-                self.models[key] = Token2Wav.from_model_dir(self.pc.model_dir)
-            else:
-                self.models[key] = Token2Wav.from_preset(preset or self.pc.preset)
-        return self.models[key]
+        return self.session.model(self.pc.model_spec(preset))
 
     def candidate(self, model, profile: str, faults=(), device: str | None = None):
-        from candidate.pipeline import CandidateToken2Wav
-        from candidate.switches import switches_from
-
-        dev = device or self.pc.device
-        key = (id(model), profile, tuple(faults), dev)
-        if key not in self.candidates:
-            over = {"device": dev} if dev != "cpu" else {}
-            sw = switches_from(profile, tuple(faults), self.pc.rootdir / "pyproject.toml", **over)
-            label = profile + ("+" + "+".join(faults) if faults else "")
-            self.candidates[key] = CandidateToken2Wav(model, sw, label)
-        return self.candidates[key]
+        return self.session.candidate(model, profile, faults, device or self.pc.device)
 
     def run(self, profile: str, bundle, streaming: bool = False, faults=(), model=None, patterns=None,
             local: bool = True):
-        from .run import run_case
+        from .session import RunMode
 
         model = model or self.model()
         cand = self.candidate(model, profile, faults)
-        case = run_case(model, cand, bundle, streaming=streaming, policy=self.policy(), patterns=patterns,
-                        profile_name=cand.profile_name, ref_cache=self.ref_cache, local=local)
+        case = self.session.run(model, cand, bundle, RunMode(streaming), patterns=patterns, local=local)
         self.cases.append(case)
         return case
 
     def reference(self, bundle, streaming: bool = False, model=None, patterns=None):
-        from reference.bundle import load_bundle
+        from .session import RunMode
 
-        from .runner import run_to_trace
-
-        model = model or self.model()
-        key = (id(model), str(bundle), streaming, True, str(patterns))
-        if key not in self.ref_cache:
-            self.ref_cache[key] = run_to_trace(model, load_bundle(bundle), None, patterns=patterns,
-                                               streaming=streaming, extra_meta={"inputs": Path(bundle).name},
-                                               raise_errors=True)
-        return self.ref_cache[key]
+        return self.session.reference(model or self.model(), bundle, RunMode(streaming), patterns)
 
     def report_dir(self) -> Path:
         base = Path(self.pc.report) if self.pc.report else self.pc.rootdir / "reports" / "pytest-parity.html"
@@ -322,8 +299,7 @@ def assert_parity(parity_session):
 class Golden:
     """Golden regression of the reference: compact fp32 traces in fixtures/golden with their versions."""
 
-    STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "step1.x", "step5.x", "step10.x", "flow_mel",
-              "f0", "conv_pre", "audio"]
+    STAGES = GOLDEN_STAGES
 
     def __init__(self, ps: ParitySession, update: bool):
         self.ps = ps
@@ -337,6 +313,7 @@ class Golden:
         """Returns the comparison result of the reference against its golden trace (or rewrites it)."""
         from .compare import CompareOptions, compare_loaded
         from .ingest import Loaded, load
+        from .policy import load_policy
         from .trace import write_trace
 
         res = self.ps.reference(bundle, streaming, model=model)
@@ -366,9 +343,7 @@ class Golden:
                 print(f"\nparity: golden {path.name} written")
         gold = load(path)
         cur = Loaded(tensors, dict(meta, env=res.metadata.get("env")), f"<reference {path.stem}>")
-        from .policy import load_policy
-
-        result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.rootdir / "pyproject.toml"),
+        result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.project),
                                 CompareOptions(precision="fp32", attention="explicit", audio_metrics=False))
         return result
 
@@ -395,6 +370,3 @@ def pytest_report_header(config):
     return (f"parity: preset={pc.model_dir or pc.preset} profiles={','.join(pc.profiles)} device={pc.device}"
             + (f" report={pc.report}" if pc.report else ""))
 
-
-def dump_json(obj) -> str:
-    return json.dumps(obj, indent=1, default=str)

@@ -33,6 +33,8 @@ import numpy as np
 
 from reference.errors import InputError
 
+from .stages import STEP_OUTPUTS
+
 RESULT_SCHEMA = "tts-parity-comparison/1"
 MATRIX_SCHEMA = "tts-parity-matrix/1"
 SEVERITIES = ("error", "failure", "warning", "info")
@@ -189,7 +191,6 @@ class StageResult:
 # ---------------------------------------------------------------------------------------------
 # steps
 
-STEP_OUTPUT_FIELDS = ("v1", "v2", "v_cfg", "x")  # the per-step tensors judged per step (parity.stages.STEP_OUTPUTS)
 
 
 @dataclass
@@ -211,7 +212,7 @@ class StepRow:
 
     def to_json(self) -> dict:
         d: dict = {"step": self.step}
-        for f in STEP_OUTPUT_FIELDS:
+        for f in STEP_OUTPUTS:
             d[f"acc_{f}"] = self.acc.get(f)
             d[f"acc_{f}_rmse"] = self.acc_rmse.get(f)
             d[f"local_{f}"] = self.local.get(f)
@@ -224,11 +225,11 @@ class StepRow:
     def from_json(cls, d: dict) -> "StepRow":
         return cls(step=int(d["step"]), t=d.get("t"), growth=d.get("growth"), cfg_gap_ref=d.get("cfg_gap_ref"),
                    cfg_gap_cand=d.get("cfg_gap_cand"),
-                   acc={f: d.get(f"acc_{f}") for f in STEP_OUTPUT_FIELDS},
-                   acc_rmse={f: d.get(f"acc_{f}_rmse") for f in STEP_OUTPUT_FIELDS},
-                   local={f: d.get(f"local_{f}") for f in STEP_OUTPUT_FIELDS},
-                   local_rmse={f: d.get(f"local_{f}_rmse") for f in STEP_OUTPUT_FIELDS},
-                   status={f: d.get(f"status_{f}") for f in STEP_OUTPUT_FIELDS})
+                   acc={f: d.get(f"acc_{f}") for f in STEP_OUTPUTS},
+                   acc_rmse={f: d.get(f"acc_{f}_rmse") for f in STEP_OUTPUTS},
+                   local={f: d.get(f"local_{f}") for f in STEP_OUTPUTS},
+                   local_rmse={f: d.get(f"local_{f}_rmse") for f in STEP_OUTPUTS},
+                   status={f: d.get(f"status_{f}") for f in STEP_OUTPUTS})
 
 
 # ---------------------------------------------------------------------------------------------

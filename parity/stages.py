@@ -1,4 +1,5 @@
-"""Canonical stage names, their pipeline order and their tensor layouts.
+"""Canonical stage names, their pipeline order and their tensor layouts: the stage vocabulary of the harness
+(every list of stage names lives here; other modules name single stages only where they give them meaning).
 
 Pipeline order: inputs, flow front end, noise, the ODE steps (t, dt, blocks, v1, v2, v_cfg, x per
 step), the flow mel, then HiFT (f0, source, s_stft, conv_pre, internals, magnitude, phase, audio).
@@ -17,6 +18,16 @@ STEP_OUTPUTS = ("v1", "v2", "v_cfg", "x")  # what each step computes (judged per
 VOCODER = ["f0", "source", "s_stft", "conv_pre"]
 HIFT_INTERNAL_ORDER = ["ups", "source_down", "fusion", "resblocks"]
 VOCODER_TAIL = ["hift.conv_post", "magnitude", "phase", "audio_preclamp", "audio"]
+VOCODER_OUTPUTS = VOCODER + ["magnitude", "phase", "audio_preclamp", "audio"]  # what the vocoder reports by default
+
+# capture: what a trace records by default; per-block DiT outputs and HiFT internals are opt-in
+DEFAULT_PATTERNS = INPUTS + FRONT + [f"step*.{f}" for f in STEP_FIELDS] + ["flow_mel"] + VOCODER_OUTPUTS
+OPTIONAL_PATTERNS = ["step*.block*", "hift.*"]
+# the compact golden traces of the reference (fixtures/golden)
+GOLDEN_STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "step1.x", "step5.x", "step10.x",
+                 "flow_mel", "f0", "conv_pre", "audio"]
+# progress lines: the stages whose arrival is worth a line (besides every step's x)
+PROGRESS_MARKS = {"flow_mel": "flow done", "f0": "vocoder: F0", "audio": "vocoder done"}
 
 _STEP_RE = re.compile(r"^step(\d+)\.(.+)$")
 _BLOCK_RE = re.compile(r"^block(\d+)$")
@@ -117,5 +128,5 @@ def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True)
         out += [f"step{k}.{f}" for f in ("v1", "v2", "v_cfg", "x")]
     out.append("flow_mel")
     if vocoder:
-        out += VOCODER + ["magnitude", "phase", "audio_preclamp", "audio"]
+        out += VOCODER_OUTPUTS
     return out

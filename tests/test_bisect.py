@@ -239,7 +239,7 @@ def overflow_model():
 def test_bisect_precision_keeps_exactly_the_overflowing_block(overflow_model, tmp_path):
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import resolve_profile
-    from parity.run import run_case
+    from parity.session import run_case
     from parity.runner import run_to_trace
     from reference.bundle import load_bundle
 

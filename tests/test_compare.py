@@ -222,7 +222,7 @@ def test_step_local_errors_and_amplification():
     comparison separates per-step error from drift."""
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import switches_from
-    from parity.run import run_case
+    from parity.session import run_case
 
     model = Token2Wav.from_preset("tiny")
     cand = CandidateToken2Wav(model, switches_from("fp16-flow"), "fp16-flow")

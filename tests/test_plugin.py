@@ -6,7 +6,6 @@ extensions cannot be imported twice in one process."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -118,3 +117,11 @@ def test_shipped_goldens_exist_with_versions():
     assert len(files) == 6
     meta = read_trace(files[0]).metadata
     assert meta["versions"]["torch"] and meta["pipeline"] == "reference" and meta["n_timesteps"] == 10
+
+
+def test_a_mistyped_tool_parity_key_is_a_usage_error(pytester):
+    pytester.makefile(".toml", pyproject='[tool.parity]\nsuite_profiles = "fp32-sdpa"\n')
+    pytester.makepyfile(test_it=ONE_LINE_TEST)
+    r = pytester.runpytest_subprocess(f"--parity-bundle={SHORT}", "-p", "no:cacheprovider")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    assert "suite_profiles must be a list" in r.stderr.str() and "Traceback" not in r.stderr.str()

@@ -96,10 +96,10 @@ def cases(model, tmp_path_factory):
     """Cases by fault name ("" = passing profile); traces kept for the parity-report tests."""
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import switches_from
-    from parity.run import run_case
+    from parity.session import ReferenceCache, run_case
 
     trace_dir = tmp_path_factory.mktemp("traces")
-    ref_cache: dict = {}
+    refs = ReferenceCache()
     made: dict = {}
 
     def get(fault: str = ""):
@@ -108,7 +108,7 @@ def cases(model, tmp_path_factory):
             name = fault or "fp32-sdpa"
             cand = CandidateToken2Wav(model, switches_from("fp32-sdpa", faults), name)
             # step-local errors only for the passing case (the per-step chart's local curves); faults skip them
-            made[fault] = run_case(model, cand, SHORT, profile_name=name, ref_cache=ref_cache, trace_dir=trace_dir,
+            made[fault] = run_case(model, cand, SHORT, profile_name=name, refs=refs, trace_dir=trace_dir,
                                    local=not fault)
         return made[fault]
 

@@ -1,6 +1,6 @@
 """In-process trials of candidate configurations (``bisect switches``, ``bisect precision``): each trial runs
 the candidate built from a :class:`candidate.switches.Switches` on every bundle, against the reference
-computed once per bundle, through the same :func:`parity.run.run_case` that ``parity run`` uses (step-local
+computed once per bundle, through the same :func:`parity.session.run_case` that ``parity run`` uses (step-local
 errors included unless ``local`` is off), and is logged with its verdict, headline, results and report."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..project import BUNDLE_DIR
 from ..result import Comparison, read_json, write_json
+from ..session import ReferenceCache, run_case
 from .log import BisectUsageError, TrialLog, TrialProgress, headline_text, make_workdir
 from .page import trial_report
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "fixtures" / "bundles" / "medium.safetensors"
+DEFAULT_BUNDLE = BUNDLE_DIR / "medium.safetensors"
 
 
 @dataclass
@@ -66,7 +68,7 @@ class CandidateTrials:
     def __init__(self, model, bundles: list[Path], *, streaming: bool, policy, local: bool, trace_dir: Path):
         self.model, self.bundles, self.streaming, self.policy, self.local = model, bundles, streaming, policy, local
         self.trace_dir = trace_dir
-        self.ref_cache: dict = {}
+        self.refs = ReferenceCache()
 
     def run(self, sw, label: str) -> TrialOutcome:
         """Every bundle until the first that does not pass (it decides both "fails" and "passes")."""
@@ -74,14 +76,12 @@ class CandidateTrials:
 
         from candidate.pipeline import CandidateToken2Wav
 
-        from ..run import run_case
-
         t0 = time.perf_counter()
         results, headline, verdict = [], None, "pass"
         cand = CandidateToken2Wav(self.model, sw, label)
         for b in self.bundles:
             case = run_case(self.model, cand, b, streaming=self.streaming, policy=self.policy, local=self.local,
-                            trace_dir=self.trace_dir, profile_name=label, ref_cache=self.ref_cache)
+                            trace_dir=self.trace_dir, profile_name=label, refs=self.refs)
             # the traces are on disk (trace_dir): do not hold every trial's tensors in memory
             case.ref_tensors, case.cand_tensors, case.local_tensors = {}, {}, {}
             results.append((b.name, case.result, case))

@@ -1,11 +1,10 @@
 """The harness testing itself: every catalogue fault is caught and localised to its recorded stage."""
 
-from pathlib import Path
 
 import pytest
 
 from candidate.faults import catalogue
-from parity.run import default_bundles
+from parity.project import default_bundles
 
 BUNDLE = next((b for b in default_bundles() if b.stem == "medium"), None)
 
