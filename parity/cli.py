@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from reference.errors import ParityUserError
+from reference.errors import InputError, ParityUserError
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
 DEFAULT_REPORTS = Path.cwd() / "reports"
@@ -255,6 +255,56 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False):
+    """``parity-report``: REF_TRACE CAND_TRACE (compare, then report), or RESULT.json [REF_TRACE CAND_TRACE]
+    (the saved result; plots from the given traces or from the result's sources when they exist).
+    Returns ``(path, result)``."""
+    from .aliases import parse_maps
+    from .ingest import load, tensors_from_sources
+    from .report import build_report
+    from .result import read_json
+
+    inputs = [str(i) for i in inputs or []]
+    mp = maps if isinstance(maps, dict) else parse_maps(maps)
+    is_json = bool(inputs) and inputs[0].lower().endswith(".json")
+    if is_json and len(inputs) in (1, 3):
+        result = read_json(Path(inputs[0]))
+        notes = []
+        if len(inputs) == 3:
+            rl, cl = load(inputs[1], mp), load(inputs[2], mp)
+            rt, ct = rl.tensors, cl.tensors
+            ref_name, cand_name = inputs[1], inputs[2]
+            src = result.sources
+            for side, given in (("ref", inputs[1]), ("cand", inputs[2])):
+                if src.get(side) and Path(str(src[side])).name != Path(given).name:
+                    notes.append(f"the {side} trace given ({given}) is not the one the result was computed from "
+                                 f"({src[side]})")
+        else:
+            rt, ct, tn = tensors_from_sources(result)
+            if tn:
+                notes.append(tn)
+            if not rt and not ct:
+                notes.append("no traces given and none found at the result's sources: plots omitted")
+            src = result.sources
+            ref_name = str(src.get("ref") or "reference")
+            cand_name = str(src.get("cand") or Path(inputs[0]).stem)
+        default = Path("reports") / f"{Path(cand_name).stem}-vs-{Path(ref_name).stem}.html"
+        path = build_report(result, Path(out) if out else default, ref_tensors=rt or {}, cand_tensors=ct or {},
+                            notes=notes)
+        return path, result
+    if len(inputs) == 2 and not any(i.lower().endswith(".json") for i in inputs):
+        from .compare import CompareOptions, compare_loaded
+        from .policy import load_policy
+
+        rl, cl = load(inputs[0], mp), load(inputs[1], mp)
+        result = compare_loaded(rl, cl, load_policy(policy), CompareOptions(allow_trim=allow_trim))
+        default = Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html"
+        path = build_report(result, Path(out) if out else default, ref_tensors=rl.tensors, cand_tensors=cl.tensors)
+        return path, result
+    raise InputError("parity-report: expected REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE] "
+                     f"(got {len(inputs)} argument(s): {' '.join(inputs) or 'none'})")
+
+
 def report_main(argv: list[str] | None = None) -> int:
     """``parity-report``: the HTML report from saved inputs (two traces, or a comparison JSON + traces)."""
     p = argparse.ArgumentParser(prog="parity-report", description="build the HTML parity report from saved inputs")
@@ -265,8 +315,6 @@ def report_main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-trim", action="store_true")
     args = p.parse_args(argv)
     try:
-        from .report import report_from_saved
-
         path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
                                          allow_trim=args.allow_trim)
         print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")

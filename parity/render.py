@@ -57,6 +57,13 @@ def compact(v: Any) -> str:
 
 
 
+def size_text(n: int) -> str:
+    """A byte count as display text (KiB or MiB, and the exact bytes)."""
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.2f} MiB ({n:,} bytes)"
+    return f"{n / 1024:.1f} KiB ({n:,} bytes)"
+
+
 @functools.lru_cache(maxsize=1)
 def jinja_env():
     """The one jinja2 environment (autoescape, ``fmt`` filter) for every template in ``parity/templates``."""

@@ -236,7 +236,7 @@ def test_report_without_tensors(cases, tmp_path):
     from parity.report import build_report
 
     case = cases("istft-gain")
-    path = build_report(case.result, tmp_path / "bare.html", load_sources=False)
+    path = build_report(case.result, tmp_path / "bare.html")
     html = check_common(path)
     assert len(images(html)) == 1  # only the step chart: it needs no tensors
     for sid in ("mel", "f0", "waveform"):
@@ -276,7 +276,7 @@ def _hostile_dumps(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_hostile_names_are_escaped(tmp_path):
-    from parity.report import report_from_saved
+    from parity.cli import report_from_saved
 
     ref, cand = _hostile_dumps(tmp_path)
     path, result = report_from_saved([str(ref), str(cand)], tmp_path / "hostile.html")
@@ -350,7 +350,7 @@ def test_parity_report_default_name(cases, tmp_path, monkeypatch):
 
 def test_parity_report_input_errors(tmp_path, capsys):
     from parity.cli import report_main
-    from parity.report import report_from_saved
+    from parity.cli import report_from_saved
     from reference.errors import InputError
 
     assert report_main([str(tmp_path / "nope.safetensors"), str(tmp_path / "nope2.safetensors")]) == 2
@@ -392,3 +392,16 @@ def test_summary_page_links(cases, built):
     assert ">FAIL: 1 of 2 case(s) pass<" in html
     assert "audio_preclamp" in html and "vocoder_divergence" in html
     assert footer_size(html) == path.stat().st_size
+
+
+def test_the_report_package_only_renders():
+    """plots, audio players, view model and pages: none of them reads traces, compares or judges."""
+    import ast
+
+    root = FIXTURES.parent / "parity" / "report"
+    assert sorted(p.stem for p in root.glob("*.py")) == ["__init__", "audio", "page", "plots", "view"]
+    forbidden = {"compare", "diagnose", "ingest", "policy", "metrics", "runner", "session", "trace"}
+    for f in root.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert (node.module or "").split(".")[0] not in forbidden, f"{f.name} imports parity.{node.module}"

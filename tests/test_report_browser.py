@@ -322,7 +322,7 @@ def _synthetic_traces(d: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def nan_report(tmp_path_factory) -> Path:
-    from parity.report import report_from_saved
+    from parity.cli import report_from_saved
 
     d = tmp_path_factory.mktemp("browser")
     rp, cp = _synthetic_traces(d)

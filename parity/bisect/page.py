@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..ingest import tensors_from_sources
 from ..render import render
 from ..result import Comparison
 from .log import BisectResult, TrialLog, headline_text
@@ -24,7 +25,11 @@ def trial_report(result: Comparison, path: Path, case=None) -> Path:
         note = f"parity.report is not available ({exc})"
     if build_report is not None:
         try:
-            return Path(build_report(result, path, case=case))
+            rt, ct, tensors_note = getattr(case, "ref_tensors", None), getattr(case, "cand_tensors", None), None
+            if not rt and not ct:  # a trial's tensors live in its trace files (or a resumed log's)
+                rt, ct, tensors_note = tensors_from_sources(result)
+            return Path(build_report(result, path, case=case, ref_tensors=rt, cand_tensors=ct,
+                                     tensors_note=tensors_note))
         except Exception as exc:  # noqa: BLE001 - the bisection's result must not be lost to a plotting error
             note = f"parity.report failed ({type(exc).__name__}: {exc})"
     fd = result.first_divergence
