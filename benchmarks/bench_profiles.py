@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_reference import (Interleaver, Task, dit_forward_flops, environment, make_inputs,  # noqa: E402
+from benchmarks.bench_reference import (Interleaver, Task, dit_forward_flops, environment, make_inputs,
                                         med, paired_ratio)
-from candidate.pipeline import CandidateToken2Wav  # noqa: E402
-from candidate.switches import resolve_profile  # noqa: E402
-from parity.project import shipped_profiles  # noqa: E402
-from reference.model import Token2Wav  # noqa: E402
+from candidate.pipeline import CandidateToken2Wav
+from candidate.switches import resolve_profile
+from parity.project import shipped_profiles
+from reference.model import Token2Wav
 
 CPU_PROFILES = shipped_profiles("cpu", include_reference=True)  # from the one registry (candidate.switches)
 REDUCED = [p for p in CPU_PROFILES if resolve_profile(p).precision in ("bf16", "fp16")]  # slow on CPU at full size

@@ -13,7 +13,7 @@ their own in ``pyproject.toml``::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from reference.errors import InputError

@@ -11,23 +11,7 @@ from pathlib import Path
 
 from reference.errors import InputError, ParityUserError
 
-DEFAULT_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
-DEFAULT_REPORTS = Path.cwd() / "reports"
-
-
-class UsageError(ParityUserError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# shared helpers
-
-def _add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
-    g = p.add_mutually_exclusive_group(required=default_preset is None)
-    g.add_argument("--preset", default=default_preset, help="built-in model: tiny | cosyvoice3-0.5b (seeded weights)")
-    g.add_argument("--model-dir", help="released layout: cosyvoice3.yaml + flow.pt/.safetensors + hift.pt/.safetensors")
-    p.add_argument("--noise", help="shared noise file (parity noise export); default: rebuilt by upstream's recipe")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+from .policy import PRECISION_CLASSES
 
 
 def _write_wav(path: str | Path, audio, sr: int) -> Path:
@@ -157,21 +141,20 @@ def cmd_bisect(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import args as A
+
     p = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for CosyVoice 3 token2wav ports")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace")
-    _add_model_args(d)
-    d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, embedding)")
+    d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace",
+                       parents=[A.model_parent(), A.streaming_parent(), A.capture_parent(), A.fault_parent()])
+    d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, "
+                                                   "embedding)")
     d.add_argument("--out", required=True, help="trace to write (.safetensors)")
-    d.add_argument("--streaming", action="store_true", help="streaming: 50-frame static chunk attention mask")
     d.add_argument("--no-finalize", action="store_true", help="non-final chunk: lookahead tokens/frames used as context")
     d.add_argument("--wav", help="also write the audio as 16-bit WAV")
-    d.add_argument("--stages", help="stage globs: 'a,b' only these, '+a' defaults plus a, 'all'")
     d.add_argument("--pipeline", choices=["reference", "candidate"], default="reference")
     d.add_argument("--profile", help="candidate profile (parity profiles)")
-    d.add_argument("--fault", action="append", help="inject a catalogue fault into the candidate (parity faults)")
-    d.add_argument("--require-kernel", help="fail unless every attention call ran this kernel (flash, math, ...)")
     d.set_defaults(func=cmd_dump)
 
     n = sub.add_parser("noise", help="shared noise")
@@ -182,41 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     ne.add_argument("--samples", type=int, default=None, help="HiFT sine-noise samples (default 720000 = 30 s)")
     ne.set_defaults(func=cmd_noise_export)
 
-    c = sub.add_parser("compare", help="compare two traces from anywhere")
+    c = sub.add_parser("compare", help="compare two traces from anywhere",
+                       parents=[A.policy_parent(), A.map_parent(), A.trim_parent(), A.output_parent()])
     c.add_argument("ref")
     c.add_argument("cand")
-    c.add_argument("--policy", help="tolerance policy TOML (added on top of the defaults)")
-    c.add_argument("--map", action="append", help="extra alias NAME=CANONICAL (repeatable)")
-    c.add_argument("--allow-trim", action="store_true", help="trim length mismatches instead of failing them")
-    c.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], help="candidate precision class for the policy")
+    c.add_argument("--precision", choices=list(PRECISION_CLASSES), help="candidate precision class for the policy")
     c.add_argument("--attention", help="candidate attention kernel for the policy")
     c.add_argument("--local", help="step-local trace of the candidate (driven from the reference's tensors)")
     c.add_argument("--fp64", help="float64 reference trace for the arbiter rules")
-    c.add_argument("--json", help="write the comparison result as JSON")
-    c.add_argument("--report", help="write the HTML report")
-    c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_compare)
 
-    r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the fixtures)")
-    _add_model_args(r, default_preset="tiny")
+    r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the "
+                                   "fixtures)",
+                       parents=[A.model_parent("tiny"), A.streaming_parent(), A.capture_parent(), A.fault_parent(),
+                                A.policy_parent(), A.local_parent(), A.output_parent()])
     r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
     r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
-    r.add_argument("--fault", action="append", help="inject a catalogue fault into the candidate")
-    r.add_argument("--streaming", action="store_true")
-    r.add_argument("--report", help="HTML report path (default reports/parity-<time>.html)")
-    r.add_argument("--json", help="comparison result JSON (same schema as parity compare --json)")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
-    r.add_argument("--policy", help="tolerance policy TOML (added on top of the defaults)")
-    r.add_argument("--stages", help="stage globs to capture (as parity dump)")
-    r.add_argument("--no-local", action="store_true", help="skip the step-local (teacher-forced) errors")
-    r.add_argument("--require-kernel", help="fail unless every candidate attention call ran this kernel")
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=cmd_run)
 
-    cal = sub.add_parser("calibrate", help="measure the fp32 noise floor against float64 and write per-stage tolerances")
-    _add_model_args(cal, default_preset="tiny")
-    cal.add_argument("--inputs", action="append")
+    cal = sub.add_parser("calibrate", parents=[A.model_parent("tiny")],
+                         help="measure the fp32 noise floor against float64 and write per-stage tolerances")
+    cal.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
     cal.add_argument("--out", required=True, help="policy TOML to write")
     cal.add_argument("--margin", type=float, default=10.0, help="limit = margin x measured fp32 error + floor")
     cal.add_argument("--floor", type=float, default=1e-6)
@@ -307,12 +278,12 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
 
 def report_main(argv: list[str] | None = None) -> int:
     """``parity-report``: the HTML report from saved inputs (two traces, or a comparison JSON + traces)."""
-    p = argparse.ArgumentParser(prog="parity-report", description="build the HTML parity report from saved inputs")
+    from . import args as A
+
+    p = argparse.ArgumentParser(prog="parity-report", description="build the HTML parity report from saved inputs",
+                                parents=[A.policy_parent(), A.map_parent(), A.trim_parent()])
     p.add_argument("inputs", nargs="+", help="REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE]")
     p.add_argument("-o", "--out", help="report path (default reports/<name>.html)")
-    p.add_argument("--policy")
-    p.add_argument("--map", action="append")
-    p.add_argument("--allow-trim", action="store_true")
     args = p.parse_args(argv)
     try:
         path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,

@@ -18,11 +18,10 @@ from .diagnose import diagnose, metadata_findings
 from .ingest import Loaded, load
 from .melspec import audio_mel
 from .normalize import align
-from .policy import Judgement, Policy, Rule, judge, load_policy
+from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, load_policy
 from .result import Comparison, StageResult, StepRow
 from .stages import STEP_OUTPUTS, layout, parse_step, position, sort_stages
 
-PRECISION_CLASSES = ("fp32", "bf16", "fp16", "int8")
 
 
 @dataclass

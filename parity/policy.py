@@ -44,6 +44,7 @@ STATISTICS = ("elementwise", "max_abs", "mean_abs", "rmse", "rel_l2", "nmse", "q
               "f0_rmse_cents", "f0_max_cents", "gpe", "vde",  # f0
               "logmel_l1", "logmel_l1_max", "mcd")  # audio, audio_preclamp (through the pipeline's mel recipe)
 HIGHER_IS_BETTER = {"cosine", "snr_db"}
+PRECISION_CLASSES = ("fp32", "bf16", "fp16", "int8")  # a candidate's precision class (rules' ``precision``)
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.toml"
 _METRIC_KEY = {"max_abs": "max_abs_err", "mean_abs": "mean_abs_err", "rmse": "rmse", "rel_l2": "rel_l2",
                "nmse": "nmse", "cosine": "cosine", "snr_db": "snr_db", "ulp": "max_ulp",
@@ -108,9 +109,6 @@ class Policy:
     def rule_for(self, stage: str, precision: str = "fp32", attention: str = "explicit") -> Rule | None:
         hits = [r for r in self.rules if r.matches(stage, precision, attention)]
         return max(hits, key=Rule.specificity) if hits else None
-
-    def required_stages(self, precision: str, attention: str) -> list[str]:
-        return [r.stage for r in self.rules if r.required and (not r.precision or precision in r.precision)]
 
     def extend(self, rules: list[dict], source: str) -> "Policy":
         start = len(self.rules)

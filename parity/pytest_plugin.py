@@ -19,7 +19,7 @@ Fixtures:
 * ``parity_model``, ``parity_policy``, ``parity_reference(bundle, streaming)`` (cached reference runs),
   ``parity_run(profile, bundle, streaming, faults=())`` (any candidate, cached reference),
   ``parity_golden`` (``parity_golden.check(bundle, streaming)`` compares the reference with its golden
-  trace, or rewrites it under ``--parity-update-golden``).
+  trace, or rewrites it under ``--parity-update-golden``; a missing golden fails without that option).
 """
 
 from __future__ import annotations
@@ -310,7 +310,9 @@ class Golden:
         return self.dir / f"{Path(bundle).stem}-{'streaming' if streaming else 'offline'}.safetensors"
 
     def check(self, bundle, streaming: bool = False, model=None):
-        """Returns the comparison result of the reference against its golden trace (or rewrites it)."""
+        """Returns the comparison result of the reference against its golden trace (rewriting it first under
+        ``--parity-update-golden``). A missing golden fails the test unless the option is given: it is never
+        written silently and compared with itself."""
         from .compare import CompareOptions, compare_loaded
         from .ingest import Loaded, load
         from .policy import load_policy
@@ -324,7 +326,10 @@ class Golden:
         meta["versions"] = _versions()
         meta["pipeline"] = "reference"
         path = self.path(bundle, streaming)
-        if self.update or not path.exists():
+        if not path.exists() and not self.update:
+            pytest.fail(f"golden trace {path} is missing: rerun with --parity-update-golden to write it from the "
+                        f"current reference (then review and commit it)", pytrace=False)
+        if self.update:
             old = load(path) if path.exists() else None
             write_trace(path, tensors, meta)
             if old is not None:

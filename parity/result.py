@@ -39,7 +39,6 @@ RESULT_SCHEMA = "tts-parity-comparison/1"
 MATRIX_SCHEMA = "tts-parity-matrix/1"
 SEVERITIES = ("error", "failure", "warning", "info")
 SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
-VERDICTS = ("pass", "fail", "error")
 EXIT_CODES = {"pass": 0, "fail": 1, "error": 2}
 SIDECAR_SUFFIX = ".vectors.npz"
 
@@ -290,12 +289,6 @@ class Comparison:
 
     def stage(self, name: str) -> StageResult | None:
         for s in self.stages:
-            if s.name == name:
-                return s
-        return None
-
-    def local_stage(self, name: str) -> StageResult | None:
-        for s in self.local:
             if s.name == name:
                 return s
         return None

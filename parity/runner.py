@@ -94,7 +94,7 @@ def run_to_trace(pipeline, inputs: dict, out: str | Path | None, *, patterns=Non
         if writer is not None:
             writer.close(error=exc, stage=None)
         raise
-    except Exception as exc:  # noqa: BLE001 - a crashing candidate is a finding, not a traceback
+    except Exception as exc:  # a crashing candidate is a finding, not a traceback (re-raised on request)
         err = exc
         n_steps = int(meta.get("n_timesteps") or 10)
         at = next_expected(rec.order, n_steps)

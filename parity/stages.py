@@ -22,7 +22,6 @@ VOCODER_OUTPUTS = VOCODER + ["magnitude", "phase", "audio_preclamp", "audio"]  #
 
 # capture: what a trace records by default; per-block DiT outputs and HiFT internals are opt-in
 DEFAULT_PATTERNS = INPUTS + FRONT + [f"step*.{f}" for f in STEP_FIELDS] + ["flow_mel"] + VOCODER_OUTPUTS
-OPTIONAL_PATTERNS = ["step*.block*", "hift.*"]
 # the compact golden traces of the reference (fixtures/golden)
 GOLDEN_STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "step1.x", "step5.x", "step10.x",
                  "flow_mel", "f0", "conv_pre", "audio"]
@@ -110,10 +109,6 @@ def layout(name: str) -> Layout:
     if name in ("s_stft", "conv_pre", "magnitude", "phase") or name.startswith("hift."):
         return Layout(1, 2, "spectrum")
     return Layout(None, None, "other")
-
-
-def is_flow_stage(name: str) -> bool:
-    return position(name)[0] in (1, 2, 3)
 
 
 def is_vocoder_stage(name: str) -> bool:

@@ -76,10 +76,14 @@ def test_golden(parity_bundle_mode, parity_golden):
     assert result.verdict == "pass", result.first_divergence
 """)
     args = [f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-s"]
+    gold = pytester.path / "fixtures" / "golden" / "short-offline.safetensors"
+    r = pytester.runpytest_subprocess(*args)  # no golden yet: a failure, and nothing written
+    r.assert_outcomes(failed=2)
+    assert "short-offline.safetensors is missing: rerun with --parity-update-golden" in r.stdout.str()
+    assert not gold.exists()
     r = pytester.runpytest_subprocess(*args, "--parity-update-golden")
     r.assert_outcomes(passed=2)
     assert "golden short-offline.safetensors written" in r.stdout.str()
-    gold = pytester.path / "fixtures" / "golden" / "short-offline.safetensors"
     assert gold.exists()
     r = pytester.runpytest_subprocess(*args)
     r.assert_outcomes(passed=2)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..args import model_parent
+from ..args import fault_parent, local_parent, map_parent, model_parent, policy_parent, streaming_parent
 from ..session import ModelSpec
 from .git import GitBisectConfig, bisect_git
 from .log import BisectResult, BisectUsageError, atomic_write, headline_text
@@ -50,10 +50,8 @@ def _start(args):
 
 
 def _search_parent(trials_help: str) -> argparse.ArgumentParser:
-    q = argparse.ArgumentParser(add_help=False)
+    q = argparse.ArgumentParser(add_help=False, parents=[streaming_parent(), policy_parent()])
     q.add_argument("--bundle", action="append", help="input bundle(s) (default fixtures/bundles/medium)")
-    q.add_argument("--streaming", action="store_true")
-    q.add_argument("--policy", help="tolerance policy TOML (added on top of the defaults)")
     q.add_argument("--max-trials", type=int, help=trials_help)
     q.add_argument("--timeout", type=float, help="stop after this many seconds (the log stays resumable)")
     q.add_argument("--log", help="JSON trial log (default <workdir>/bisect-<mode>.json)")
@@ -77,16 +75,12 @@ def _profile_parent() -> argparse.ArgumentParser:
 def add_bisect_args(p: argparse.ArgumentParser) -> None:
     """``parity bisect {switches,precision,git}``."""
     sub = p.add_subparsers(dest="bisect_cmd", required=True)
-    in_process = [model_parent("tiny"), _profile_parent(), _search_parent("bound on the trials (default: ddmin's "
-                                                                          "worst case)")]
+    in_process = [model_parent("tiny"), _profile_parent(), local_parent(),
+                  _search_parent("bound on the trials (default: ddmin's worst case)")]
 
-    s = sub.add_parser("switches", parents=in_process,
+    s = sub.add_parser("switches", parents=in_process + [fault_parent()],
                        help="which switch(es) of a failing profile break parity (delta debugging)")
     s.add_argument("--profile", help="failing profile (built-in or [tool.parity.profiles] of --pyproject)")
-    s.add_argument("--fault", action="append", help="a catalogue fault as one more switch")
-    s.add_argument("--no-local", action="store_true",
-                   help="skip the step-local (teacher-forced) errors: faster, but a vocoder_local_mismatch "
-                        "then goes unseen")
     s.set_defaults(bisect_func=_cmd_switches)
 
     pr = sub.add_parser("precision", parents=in_process,
@@ -94,11 +88,10 @@ def add_bisect_args(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--profile", help="failing reduced-precision profile")
     pr.add_argument("--fine", action="store_true", help="refine each chosen block into block<i>.adaln/attn/ff")
     pr.add_argument("--name", help="name of the profile to paste (default <profile>-fp32-islands)")
-    pr.add_argument("--no-local", action="store_true", help="skip the step-local (teacher-forced) errors")
     pr.set_defaults(bisect_func=_cmd_precision)
 
-    g = sub.add_parser("git", parents=[model_parent("tiny"), _search_parent("bound on the commits run (default: "
-                                                                             "every commit in the range)")],
+    g = sub.add_parser("git", parents=[model_parent("tiny"), fault_parent(), map_parent(),
+                                       _search_parent("bound on the commits run (default: every commit in the range)")],
                        help="which commit broke parity (git bisect run with a frozen reference)")
     g.add_argument("--good", required=True, help="a revision that passes")
     g.add_argument("--bad", required=True, help="a later revision that fails")
@@ -106,9 +99,7 @@ def add_bisect_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cmd", help="shell command that writes a dump at {out} (also {ref}, {bundle}); run in a "
                                  "worktree of each commit. Without it: the commit's candidate package in-process")
     g.add_argument("--profile", default="fp32-sdpa", help="candidate profile for the in-process mode")
-    g.add_argument("--fault", action="append", help="fault to inject in the in-process mode")
     g.add_argument("--ref-trace", action="append", help="frozen reference trace(s) to use instead of computing one")
-    g.add_argument("--map", action="append", help="extra alias NAME=CANONICAL for the dumps (repeatable)")
     g.add_argument("--trial-timeout", type=float, default=600.0, help="seconds per commit before it is skipped")
     g.add_argument("--no-verify", action="store_true", help="do not check first that --bad fails and --good passes")
     g.set_defaults(bisect_func=_cmd_git)
