@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
     r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
+    r.add_argument("--inline-vectors", action="store_true",
+                   help="keep the per-frame vectors in the --json file instead of its .vectors.npz sidecar")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_run)
 

@@ -219,24 +219,51 @@ def _session(config) -> ParitySession:
     return config._parity_session
 
 
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist controller: collect the case summaries a worker ran (its ``workeroutput``)."""
+    rows = (getattr(node, "workeroutput", None) or {}).get("parity_cases")
+    if rows:
+        node.config._parity_worker_cases = getattr(node.config, "_parity_worker_cases", []) + rows
+
+
 def pytest_sessionfinish(session, exitstatus):
+    """With ``--parity-report``: a report per failing case (written where the case ran) and one session page,
+    written once: by the pytest-xdist controller from every worker's summaries, or by a plain session."""
     config = session.config
+    if not getattr(config, "_parity", None) or not config._parity.report:
+        return
+    from .session import CaseSummary
+
     ps = getattr(config, "_parity_session", None)
-    if ps is None or not ps.cases or not ps.pc.report:
+    rows: list = []
+    if ps is not None:
+        for c in ps.cases:
+            if c.verdict != "pass":
+                try:
+                    ps.write_case_report(c)
+                except Exception as exc:  # noqa: BLE001 - a report failure must not hide the test results
+                    c.report = None
+                    print(f"\nparity: could not write the report of {c.name}: {exc}")
+        rows = [CaseSummary.of(c) for c in ps.cases]
+    if _is_xdist_worker(config):
+        config.workeroutput["parity_cases"] = [r.to_json() for r in rows]
+        return
+    worker_rows = [CaseSummary.from_json(d) for d in getattr(config, "_parity_worker_cases", [])]
+    if worker_rows:  # workers finish in any order: list the cases by name
+        rows = sorted(rows + worker_rows, key=lambda r: r.name)
+    if not rows:
         return
     from .report import build_summary_page
 
-    for c in ps.cases:
-        if c.verdict != "pass":
-            try:
-                ps.write_case_report(c)
-            except Exception as exc:  # noqa: BLE001 - a report failure must not hide the test results
-                c.report = None
-                print(f"\nparity: could not write the report of {c.name}: {exc}")
-    path = build_summary_page(ps.cases, Path(ps.pc.report))
+    path = build_summary_page(rows, Path(config._parity.report))
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
-        tr.write_line(f"parity: session report {path} ({len(ps.cases)} cases)")
+        tr.write_line(f"parity: session report {path} ({len(rows)} cases)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from reference.errors import InputError
 
 from .project import BUNDLE_DIR, default_bundles
 from .result import Finding, aggregate_verdict, exit_code_for, write_json, write_matrix_json
-from .session import Case, ModelSpec, RunMode, Session
+from .session import Case, CaseSummary, ModelSpec, RunMode, Session
 from .trace import now_iso
 
 
@@ -59,12 +59,12 @@ def run_command(args) -> int:
         case_dir = report.with_suffix("")
         for c in cases:
             c.report = build_report(c.result, case_dir / f"{c.name}.html", case=c)
-        path = build_summary_page(cases, report)
-    if args.json:
+        path = build_summary_page([CaseSummary.of(c) for c in cases], report)
+    if args.json:  # per-frame vectors in a <name>.vectors.npz sidecar unless --inline-vectors
         if len(cases) == 1:
-            write_json(cases[0].result, args.json)
+            write_json(cases[0].result, args.json, sidecar=not args.inline_vectors)
         else:
-            write_matrix_json([c.result for c in cases], args.json, now_iso(), sidecar=False)
+            write_matrix_json([c.result for c in cases], args.json, now_iso(), sidecar=not args.inline_vectors)
     size = path.stat().st_size
     verdict = aggregate_verdict(c.verdict for c in cases)
     print(f"parity run: {verdict.upper()}: {len(cases)} case(s), {sum(c.verdict == 'pass' for c in cases)} passed; "

@@ -191,6 +191,38 @@ class Case:
         return self.result.verdict
 
 
+@dataclass
+class CaseSummary:
+    """One case as a summary page shows it (plain data: it travels from pytest-xdist workers to the
+    controller that writes the session page)."""
+
+    name: str
+    bundle: str
+    profile: str
+    mode: str
+    verdict: str
+    stage: str | None = None
+    code: str | None = None
+    message: str | None = None
+    seconds: float | None = None
+    report: str | None = None
+
+    @classmethod
+    def of(cls, case: Case) -> "CaseSummary":
+        fd = case.result.first_divergence
+        secs = [v for v in (case.seconds or {}).values() if isinstance(v, (int, float))]
+        return cls(case.name, case.bundle, case.profile, case.mode.label, case.verdict, fd.stage if fd else None,
+                   fd.code if fd else None, fd.message if fd else None, sum(secs) if secs else None,
+                   str(case.report) if case.report else None)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CaseSummary":
+        return cls(**d)
+
+
 def step_local(cand, ref: dict, *, streaming: bool, finalize: bool = True) -> dict:
     """Teacher-forced errors: the candidate's solver step driven from the reference's own state
     (x0 or step{k-1}.x, t, dt, mu, spks, cond) and its vocoder fed the reference flow_mel."""

@@ -129,3 +129,20 @@ def test_a_mistyped_tool_parity_key_is_a_usage_error(pytester):
     r = pytester.runpytest_subprocess(f"--parity-bundle={SHORT}", "-p", "no:cacheprovider")
     assert r.ret == pytest.ExitCode.USAGE_ERROR
     assert "suite_profiles must be a list" in r.stderr.str() and "Traceback" not in r.stderr.str()
+
+
+def test_parallel_workers_share_one_session_report(pytester):
+    """Under pytest-xdist each worker writes the reports of its failing cases; the controller writes the one
+    session page, listing every worker's cases."""
+    _project(pytester)
+    pytester.makepyfile(test_it=ONE_LINE_TEST)
+    report = pytester.path / "reports" / "session.html"
+    r = pytester.runpytest_subprocess("-n", "2", "--parity-profile", "sneaky", f"--parity-bundle={SHORT}",
+                                      f"--parity-report={report}", "-p", "no:cacheprovider")
+    r.assert_outcomes(failed=2)
+    assert "parity: session report" in r.stdout.str() and "(2 cases)" in r.stdout.str()
+    page = report.read_text()
+    for mode in ("offline", "streaming"):
+        assert f"short-sneaky-{mode}.html" in page
+        assert (report.with_suffix("") / f"short-sneaky-{mode}.html").exists()
+    assert ">FAIL: 0 of 2 case(s) pass<" in page

@@ -383,7 +383,9 @@ def test_summary_page_links(cases, built):
     for c, fault in zip(cs, ("", "istft-gain")):
         c.report = built(fault)
     case_dir = cs[0].report.parent
-    path = build_summary_page(cs, case_dir.parent / "run.html")
+    from parity.session import CaseSummary
+
+    path = build_summary_page([CaseSummary.of(c) for c in cs], case_dir.parent / "run.html")
     html = read(path)
     links = re.findall(r'<a href="([^"]+)">', html)
     assert links == [f"{case_dir.name}/{c.name}.html" for c in cs]  # relative to the summary page

@@ -70,22 +70,18 @@ def build_report(result: Comparison, path, case=None, ref_tensors: dict | None =
 
 
 def build_summary_page(cases, path) -> Path:
-    """One page with a row per case, linking (relative links) to each case's report."""
+    """One page with a row per case (:class:`parity.session.CaseSummary`), linking (relative links) to each
+    case's report."""
     path = Path(path)
     rows = []
     for c in cases:
-        r = c.result
-        fd = r.first_divergence.headline_json() if r.first_divergence else {}
-        rep = getattr(c, "report", None)
         link = None
-        if rep:
-            link = quote(os.path.relpath(Path(rep).resolve(), path.resolve().parent).replace(os.sep, "/"), safe="/")
-        secs = getattr(c, "seconds", None) or {}
-        rows.append({"name": c.name, "bundle": c.bundle, "profile": c.profile,
-                     "mode": "streaming" if c.streaming else "offline", "verdict": r.verdict,
-                     "stage": fd.get("stage"), "code": fd.get("code"), "message": fd.get("message"),
-                     "time": f"{sum(v for v in secs.values() if isinstance(v, (int, float))):.1f} s" if secs else "-",
-                     "link": link})
+        if c.report:
+            link = quote(os.path.relpath(Path(c.report).resolve(), path.resolve().parent).replace(os.sep, "/"),
+                         safe="/")
+        rows.append({"name": c.name, "bundle": c.bundle, "profile": c.profile, "mode": c.mode, "verdict": c.verdict,
+                     "stage": c.stage, "code": c.code, "message": c.message,
+                     "time": f"{c.seconds:.1f} s" if c.seconds is not None else "-", "link": link})
     verdicts = [r["verdict"] for r in rows]
     overall = aggregate_verdict(verdicts)
     token = _token("SIZE")
