@@ -11,9 +11,14 @@ if str(ROOT) not in sys.path:
 def pytest_configure(config):
     """One torch thread for this repository's tests (PARITY_TEST_THREADS overrides): the tiny model gains
     nothing from a second thread, and on a shared 2-core machine two spinning OpenMP threads made it 10-30x
-    slower. Traces record the thread count in their metadata (env.threads)."""
+    slower. Traces record the thread count in their metadata (env.threads). The same count goes to the
+    environment, so the processes tests start (inner pytest runs, CLI subprocesses, bisect trials, xdist
+    workers) do not spin a thread per core next to the other worker either."""
     import os
 
     import torch
 
-    torch.set_num_threads(int(os.environ.get("PARITY_TEST_THREADS", "1")))
+    threads = os.environ.get("PARITY_TEST_THREADS", "1")
+    torch.set_num_threads(int(threads))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = threads

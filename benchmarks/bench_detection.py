@@ -34,15 +34,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.mutations import ALL, CONTROLS, LEGIT, MUTATIONS  # noqa: E402
-from candidate.pipeline import CandidateToken2Wav  # noqa: E402
-from candidate.switches import switches_from  # noqa: E402
-from parity.floor import EstimateLog, FloorCache, Recipe, estimate_floor, judge, run_reference  # noqa: E402
-from parity.policy import load_policy  # noqa: E402
-from parity.run import run_case  # noqa: E402
-from parity.stages import sort_stages  # noqa: E402
-from reference.bundle import load_bundle  # noqa: E402
-from reference.model import Token2Wav  # noqa: E402
+from benchmarks.mutations import ALL, CONTROLS, LEGIT, MUTATIONS
+from candidate.pipeline import CandidateToken2Wav
+from candidate.switches import switches_from
+from parity.floor import EstimateLog, FloorCache, Recipe, estimate_floor, judge, run_reference
+from parity.policy import load_policy
+from parity.run import run_case
+from parity.stages import sort_stages
+from reference.bundle import load_bundle
+from reference.model import Token2Wav
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 10.0

@@ -22,13 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from candidate.pipeline import CandidateToken2Wav  # noqa: E402
-from candidate.switches import switches_from  # noqa: E402
-from parity.capture import Recorder  # noqa: E402
-from parity.floor import EstimateLog, estimate_envelope, estimate_floor, judge, run_reference, spec_from_switches  # noqa: E402
-from reference.bundle import load_bundle  # noqa: E402
-from reference.model import Token2Wav  # noqa: E402
-from reference.probe import Probe  # noqa: E402
+from candidate.pipeline import CandidateToken2Wav
+from candidate.switches import switches_from
+from parity.capture import Recorder
+from parity.floor import EstimateLog, estimate_envelope, estimate_floor, judge, run_reference, spec_from_switches
+from reference.bundle import load_bundle
+from reference.model import Token2Wav
+from reference.probe import Probe
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVELOPE_PROFILES = ["fp16-flow", "bf16-flow", "fp16-all", "int8-dynamic"]

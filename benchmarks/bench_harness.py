@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
     result = compare_loaded(Loaded(dict(dref), {}, "ref"), Loaded(dict(dcand), {}, "cand"), policy, opts)
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "r.html"
-        rep = timed(lambda: build_report(result, out, ref_tensors=dref, cand_tensors=dcand, load_sources=False),
+        rep = timed(lambda: build_report(result, out, ref_tensors=dref, cand_tensors=dcand),
                     max(3, args.repeats // 2))
         res["report"] = {"stages": len(dref), "build_s": rep, "build_median_s": statistics.median(rep),
                          "bytes": out.stat().st_size}

@@ -32,15 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_profiles import dit_inputs  # noqa: E402
-from benchmarks.bench_reference import (Interleaver, Task, dit_forward_flops, environment, make_inputs,  # noqa: E402
+from benchmarks.bench_profiles import dit_inputs
+from benchmarks.bench_reference import (Interleaver, Task, dit_forward_flops, environment, make_inputs,
                                         med, paired_ratio)
-from candidate.mask_check import rel_l2  # noqa: E402
-from candidate.pipeline import CandidateToken2Wav  # noqa: E402
-from candidate.switches import resolve_profile  # noqa: E402
-from parity.capture import Recorder  # noqa: E402
-from reference.model import Token2Wav  # noqa: E402
-from reference.probe import Probe  # noqa: E402
+from candidate.mask_check import rel_l2
+from candidate.pipeline import CandidateToken2Wav
+from candidate.switches import resolve_profile
+from parity.capture import Recorder
+from reference.model import Token2Wav
+from reference.probe import Probe
 
 PROFILES = ["onnx-cpu", "onnx-fused"]
 MATMUL_ORT = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulInteger", "Attention", "MultiHeadAttention"}

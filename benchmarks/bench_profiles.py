@@ -26,14 +26,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_reference import (Interleaver, Task, dit_forward_flops, environment, make_inputs,  # noqa: E402
+from benchmarks.bench_reference import (Interleaver, Task, dit_forward_flops, environment, make_inputs,
                                         med, paired_ratio)
-from candidate.pipeline import CandidateToken2Wav  # noqa: E402
-from candidate.switches import resolve_profile  # noqa: E402
-from reference.model import Token2Wav  # noqa: E402
+from candidate.pipeline import CandidateToken2Wav
+from candidate.switches import resolve_profile
+from parity.project import shipped_profiles
+from reference.model import Token2Wav
 
-FP32 = ["fp32-explicit", "fp32-sdpa", "fp32-sdpa-math", "fp32-two-calls", "compiled", "int8-dynamic"]
-REDUCED = ["bf16-flow", "fp16-flow", "fp16-all"]
+CPU_PROFILES = shipped_profiles("cpu", include_reference=True)  # from the one registry (candidate.switches)
+REDUCED = [p for p in CPU_PROFILES if resolve_profile(p).precision in ("bf16", "fp16")]  # slow on CPU at full size
+FP32 = [p for p in CPU_PROFILES if p not in REDUCED]  # fp32 and int8
 
 
 def dit_inputs(cfg, frames: int, seed: int = 3):

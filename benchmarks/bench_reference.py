@@ -69,7 +69,7 @@ if str(ROOT) not in sys.path:
 
 from reference.config import DiTConfig, FlowConfig, ModelConfig, preset  # noqa: E402
 from reference.hift import hift_state_dict_upstream  # noqa: E402
-from reference.model import Token2Wav, build_flow  # noqa: E402
+from reference.model import Token2Wav  # noqa: E402
 from reference.noise import HIFT_NOISE_SAMPLES, SharedNoise  # noqa: E402
 
 FULL = "cosyvoice3-0.5b"

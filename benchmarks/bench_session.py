@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_reference import Interleaver, Task, environment, med, paired_ratio  # noqa: E402
-from reference.bundle import load_bundle  # noqa: E402
-from reference.model import Token2Wav  # noqa: E402
-from reference.session import SessionOptions  # noqa: E402
+from benchmarks.bench_reference import Interleaver, Task, environment, med, paired_ratio
+from reference.bundle import load_bundle
+from reference.model import Token2Wav
+from reference.session import SessionOptions
 
 BUNDLE = Path(__file__).resolve().parent.parent / "fixtures" / "sessions" / "stream.safetensors"
 

@@ -22,6 +22,7 @@ from parity.capture import Recorder
 from parity.compare import CompareOptions, compare_loaded
 from parity.ingest import Loaded
 from parity.policy import load_policy
+from parity.project import shipped_profiles
 from reference.bundle import load_bundle
 from reference.model import Token2Wav
 from reference.probe import Probe
@@ -29,8 +30,7 @@ from reference.probe import Probe
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = ROOT / "fixtures" / "bundles" / "short.safetensors"
 MEDIUM = ROOT / "fixtures" / "bundles" / "medium.safetensors"
-CPU_PROFILES = ["fp32-explicit", "fp32-sdpa", "fp32-sdpa-math", "fp32-two-calls", "bf16-flow", "fp16-flow", "fp16-all",
-                "compiled", "int8-dynamic"]
+CPU_PROFILES = shipped_profiles("cpu", include_reference=True)
 
 
 @pytest.fixture(scope="module")

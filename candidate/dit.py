@@ -108,11 +108,11 @@ class CandidateDiT(nn.Module):
     def _build_fused_adaln(self) -> None:
         """All blocks' AdaLN-Zero linears (and norm_out's) as one [(6*depth + 2) * D, D] matmul."""
         lins = [b.attn_norm.linear for b in self.net.transformer_blocks] + [self.net.norm_out.linear]
-        w = torch.cat([l.weight.detach().float() for l in lins], 0)
-        b = torch.cat([l.bias.detach().float() for l in lins], 0)
+        w = torch.cat([lin.weight.detach().float() for lin in lins], 0)
+        b = torch.cat([lin.bias.detach().float() for lin in lins], 0)
         self.register_buffer("fused_adaln_w", w, persistent=False)
         self.register_buffer("fused_adaln_b", b, persistent=False)
-        self._fused_sizes = [l.weight.shape[0] for l in lins]
+        self._fused_sizes = [lin.weight.shape[0] for lin in lins]
 
     # -- pieces -------------------------------------------------------------------------------------
     def _adaln_component(self, i: int) -> str:
@@ -228,7 +228,7 @@ class CandidateDiT(nn.Module):
         return out.transpose(1, 2)
 
     def _block(self, i: int, blk, h, c_mod, mask, rope, probe: Probe, step):
-        sw, prec = self.sw, self.prec
+        prec = self.prec
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = torch.chunk(c_mod, 6, dim=1)
         ad = self._adaln_component(i)
         with prec.region(ad):

@@ -130,7 +130,7 @@ def inspect_onnx(path: str | Path) -> dict:
         raise InputError(f"{path}: ONNX file not found")
     try:
         m = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - any decode error is an unusable file
+    except Exception as exc:
         raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:160]})") from exc
     inits = {i.name for i in m.graph.initializer}
     inputs = [{"name": i.name, "dtype": ELEM.get(i.type.tensor_type.elem_type, str(i.type.tensor_type.elem_type)),
@@ -286,7 +286,7 @@ class OrtEstimator:
         t0 = time.perf_counter()
         try:
             self.session = ort.InferenceSession(str(self.path), options(), providers=self.providers_requested)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise (ProviderFallback if strict else InputError)(
                 f"{self.path}: ONNX Runtime cannot build a session on {', '.join(self.providers_requested)}: {first}"

@@ -13,7 +13,7 @@ their own in ``pyproject.toml``::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from reference.errors import InputError
@@ -171,7 +171,6 @@ PROFILE_HELP = {
     "onnx-cuda": "the exported estimator under ONNX Runtime's CUDA provider (skipped where it is not available)",
     "onnx-tensorrt": "the exported estimator under ONNX Runtime's TensorRT provider (skipped where not available)",
 }
-CUDA_ONLY = {"fp16-flash-cuda", "bf16-flash-cuda"}
 ONNX_PROFILES = {"onnx-cpu", "onnx-cpu-basic", "onnx-cpu-mask", "onnx-fused", "onnx-fp16", "onnx-cuda",
                  "onnx-tensorrt"}
 # profiles defined in this process (register_profile), e.g. a built-in profile bound to a user's ONNX file
@@ -192,17 +191,11 @@ def _coerce(d: dict, source: str) -> dict:
 
 
 def load_user_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
-    """``[tool.parity.profiles]`` from a pyproject.toml (default: ./pyproject.toml if present)."""
-    import tomllib
+    """``[tool.parity.profiles]`` from a pyproject.toml (default: ./pyproject.toml if present), through the
+    harness's one ``[tool.parity]`` reader (:func:`parity.project.read_project`, one error policy)."""
+    from parity.project import read_project
 
-    path = Path(pyproject) if pyproject else Path.cwd() / "pyproject.toml"
-    if not path.exists():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, OSError) as exc:
-        raise InputError(f"{path}: cannot read TOML ({exc})") from exc
-    return dict(data.get("tool", {}).get("parity", {}).get("profiles", {}))
+    return read_project(pyproject).profiles
 
 
 def all_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:

@@ -622,7 +622,7 @@ def _mel_section(ref_mel, cand_mel, mel_fn, r, c, pair, n_cep, allow_trim, notes
         try:
             mr_in = mel_fn(np.ascontiguousarray(wr, dtype=np.float32))
             mc_in = mel_fn(np.ascontiguousarray(wc, dtype=np.float32))
-        except Exception as e:  # the recipe is the caller's; report, do not crash the whole report
+        except Exception as e:  # noqa: BLE001 - the recipe is the caller's; report, do not crash the whole report
             notes.append(f"mel: mel_fn failed: {type(e).__name__}: {e}")
             return None
     mr, info_r = _sanitize(_squeeze_to(mr_in, 2, "ref_mel"), LOG_MEL_FLOOR)

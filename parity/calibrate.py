@@ -16,12 +16,11 @@ import re
 import time
 from pathlib import Path
 
-import torch
 
 from reference.bundle import load_bundle
 
 from .runner import run_to_trace
-from .stages import parse_step, position
+from .stages import INPUTS, parse_step, position
 
 
 def _group(name: str) -> str:
@@ -68,7 +67,7 @@ def rules_toml(floor: dict, margin: float, abs_floor: float, source: str) -> str
              f"{abs_floor:g}.", "# Load with --policy FILE or [tool.parity] policy = \"FILE\".", ""]
     for name in _order(floor):
         g = floor[name]
-        if name in ("token", "prompt_token", "prompt_feat", "embedding", "x0"):
+        if name in INPUTS or name == "x0":  # inputs and the shared noise must be bit-identical
             lines += ["[[rule]]", f'stage = "{name}"', 'precision = ["fp32"]', 'statistic = "exact"', ""]
             continue
         atol = margin * g["max_abs"] + abs_floor
@@ -80,9 +79,10 @@ def rules_toml(floor: dict, margin: float, abs_floor: float, source: str) -> str
 
 
 def calibrate_command(args) -> int:
-    from .run import ModelCache, default_bundles
+    from .project import default_bundles
+    from .session import ModelSpec
 
-    model = ModelCache().model(None if args.model_dir else args.preset, args.model_dir, args.noise)
+    model = ModelSpec.from_args(args).load()
     bundles = [Path(b) for b in (args.inputs or default_bundles())]
     t0 = time.perf_counter()
     floor = measure(model, bundles)

@@ -13,20 +13,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from .stages import DEFAULT_PATTERNS
 from .trace import TraceWriter
-
-INPUT_STAGES = ["token", "prompt_token", "prompt_feat", "embedding"]
-FLOW_STAGES = ["mu", "spks", "cond", "x0", "step*.t", "step*.dt", "step*.v1", "step*.v2", "step*.v_cfg", "step*.x",
-               "flow_mel"]
-HIFT_STAGES = ["f0", "source", "s_stft", "conv_pre", "magnitude", "phase", "audio_preclamp", "audio"]
-DEFAULT_PATTERNS = INPUT_STAGES + FLOW_STAGES + HIFT_STAGES
-OPTIONAL_PATTERNS = ["step*.block*", "hift.*"]
-# streaming sessions (reference/session.py): per-call control, flow stages of the recorded chunks, outputs
-SESSION_STAGES = ["chunk*.tokens", "chunk*.token_offset", "chunk*.finalize", "chunk*.streaming"] + [
-    "chunk*." + p for p in FLOW_STAGES if p != "flow_mel"] + ["chunk*.flow_mel_full", "chunk*.mel", "chunk*.audio",
-                                                             "stream.mel", "stream.audio"]
-SESSION_PATTERNS = INPUT_STAGES + SESSION_STAGES
-
 
 def parse_stage_patterns(spec: str | Iterable[str] | None) -> list[str]:
     """``None`` -> defaults; ``"all"`` -> everything; ``"+a,+b"`` -> defaults plus a, b; ``"a,b"`` -> only a, b."""

@@ -6,46 +6,12 @@ Exit codes: 0 pass, 1 parity failure, 2 unusable input or user error (one line, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from reference.errors import ParityUserError
+from reference.errors import InputError, ParityUserError
 
-DEFAULT_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
-DEFAULT_REPORTS = Path.cwd() / "reports"
-
-
-class UsageError(ParityUserError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# shared helpers
-
-def _add_model_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
-    g = p.add_mutually_exclusive_group(required=default_preset is None)
-    g.add_argument("--preset", default=default_preset, help="built-in model: tiny | cosyvoice3-0.5b (seeded weights)")
-    g.add_argument("--model-dir", help="released layout: cosyvoice3.yaml + flow.pt/.safetensors + hift.pt/.safetensors")
-    p.add_argument("--noise", help="shared noise file (parity noise export); default: rebuilt by upstream's recipe")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-
-
-def _load_model(args):
-    from reference.model import Token2Wav
-    from reference.noise import SharedNoise
-
-    noise = SharedNoise.load(args.noise) if getattr(args, "noise", None) else None
-    preset = None if args.model_dir else args.preset
-    return Token2Wav.load(preset, args.model_dir, noise)
-
-
-def _candidate(ref_model, profile: str | None, faults, device: str, pyproject=None, require_kernel=None):
-    from candidate.pipeline import CandidateToken2Wav
-    from candidate.switches import switches_from
-
-    sw = switches_from(profile, faults or (), pyproject, **({"device": device} if device != "cpu" else {}))
-    return CandidateToken2Wav(ref_model, sw, profile_name=profile or "fp32-explicit")
+from .policy import PRECISION_CLASSES
 
 
 def _write_wav(path: str | Path, audio, sr: int) -> Path:
@@ -67,8 +33,9 @@ def cmd_dump(args) -> int:
     from reference.bundle import bundle_dims, load_bundle
 
     from .runner import Progress, run_to_trace
+    from .session import ModelSpec, Session
 
-    model = _load_model(args)
+    model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     if args.pipeline == "candidate" or args.profile or args.fault or args.onnx_estimator or args.require_provider:
         profile = args.profile
@@ -77,7 +44,7 @@ def cmd_dump(args) -> int:
 
             profile = bind_profiles([args.profile] if args.profile else None, args.onnx_estimator,
                                     args.require_provider)[0]
-        pipe = _candidate(model, profile, args.fault, args.device)
+        pipe = Session().candidate(model, profile, args.fault, args.device, label=profile or "fp32-explicit")
         label = f"candidate[{profile or 'fp32-explicit'}]"
     else:
         pipe = model
@@ -104,12 +71,13 @@ def cmd_dump(args) -> int:
 
 def cmd_noise_export(args) -> int:
     from reference.config import config_from_yaml, preset
+    from reference.errors import InputError
     from reference.noise import SharedNoise
 
     if args.model_dir:  # the noise follows the model's yaml (its module sizes shape the sine noise)
         yaml_path = Path(args.model_dir) / "cosyvoice3.yaml"
         if not yaml_path.exists():
-            raise UsageError(f"{args.model_dir}: no cosyvoice3.yaml in the model directory")
+            raise InputError(f"{args.model_dir}: no cosyvoice3.yaml in the model directory")
         cfg = config_from_yaml(yaml_path, name=Path(args.model_dir).name)
     else:
         cfg = preset(args.preset)
@@ -123,7 +91,8 @@ def cmd_noise_export(args) -> int:
 
 def cmd_compare(args) -> int:
     from .aliases import parse_maps
-    from .compare import CompareOptions, compare_paths, exit_code, write_json
+    from .compare import CompareOptions, compare_paths
+    from .result import write_json
     from .summary import render
 
     opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention)
@@ -138,16 +107,16 @@ def cmd_compare(args) -> int:
 
         path = build_report(result, args.report)
         print(f"report: {path}")
-    return exit_code(result)
+    return result.exit_code
 
 
 def cmd_profiles(args) -> int:
-    from candidate.switches import CUDA_ONLY, PROFILE_HELP, all_profiles, resolve_profile
+    from candidate.switches import PROFILE_HELP, all_profiles, resolve_profile
 
     for name in sorted(all_profiles()):
         sw = resolve_profile(name)
         desc = PROFILE_HELP.get(name) or "user profile: " + ", ".join(f"{k}={v}" for k, v in sw.differences().items())
-        print(f"{name:<18} {sw.precision:<5} {'cuda' if name in CUDA_ONLY else '    '} {desc}")
+        print(f"{name:<18} {sw.precision:<5} {'cuda' if sw.device == 'cuda' else '    '} {desc}")
     return 0
 
 
@@ -202,7 +171,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_bisect(args) -> int:
-    from .bisect import bisect_command
+    from .bisect.cli import bisect_command
 
     return bisect_command(args)
 
@@ -210,22 +179,20 @@ def cmd_bisect(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import args as A
+
     p = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for CosyVoice 3 token2wav ports")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace")
-    _add_model_args(d)
-    d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, embedding)")
+    d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace",
+                       parents=[A.model_parent(), A.streaming_parent(), A.capture_parent(), A.fault_parent()])
+    d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, "
+                                                   "embedding)")
     d.add_argument("--out", required=True, help="trace to write (.safetensors)")
-    d.add_argument("--streaming", action="store_true",
-                   help="streaming: static chunk attention mask (static_chunk_size frames, 50 released)")
     d.add_argument("--no-finalize", action="store_true", help="non-final chunk: lookahead tokens/frames used as context")
     d.add_argument("--wav", help="also write the audio as 16-bit WAV")
-    d.add_argument("--stages", help="stage globs: 'a,b' only these, '+a' defaults plus a, 'all'")
     d.add_argument("--pipeline", choices=["reference", "candidate"], default="reference")
     d.add_argument("--profile", help="candidate profile (parity profiles)")
-    d.add_argument("--fault", action="append", help="inject a catalogue fault into the candidate (parity faults)")
-    d.add_argument("--require-kernel", help="fail unless every attention call ran this kernel (flash, math, ...)")
     _add_onnx_args(d)
     d.set_defaults(func=cmd_dump)
 
@@ -240,42 +207,32 @@ def build_parser() -> argparse.ArgumentParser:
     ne.add_argument("--samples", type=int, default=None, help="HiFT sine-noise samples (default 720000 = 30 s)")
     ne.set_defaults(func=cmd_noise_export)
 
-    c = sub.add_parser("compare", help="compare two traces from anywhere")
+    c = sub.add_parser("compare", help="compare two traces from anywhere",
+                       parents=[A.policy_parent(), A.map_parent(), A.trim_parent(), A.output_parent()])
     c.add_argument("ref")
     c.add_argument("cand")
-    c.add_argument("--policy", help="tolerance policy TOML (added on top of the defaults)")
-    c.add_argument("--map", action="append", help="extra alias NAME=CANONICAL (repeatable)")
-    c.add_argument("--allow-trim", action="store_true", help="trim length mismatches instead of failing them")
-    c.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"], help="candidate precision class for the policy")
+    c.add_argument("--precision", choices=list(PRECISION_CLASSES), help="candidate precision class for the policy")
     c.add_argument("--attention", help="candidate attention kernel for the policy")
     c.add_argument("--local", help="step-local trace of the candidate (driven from the reference's tensors)")
     c.add_argument("--fp64", help="float64 reference trace for the arbiter rules")
-    c.add_argument("--json", help="write the comparison result as JSON")
-    c.add_argument("--report", help="write the HTML report")
-    c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_compare)
 
-    r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the fixtures)")
-    _add_model_args(r, default_preset="tiny")
+    r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the "
+                                   "fixtures)",
+                       parents=[A.model_parent("tiny"), A.streaming_parent(), A.capture_parent(), A.fault_parent(),
+                                A.policy_parent(), A.local_parent(), A.output_parent()])
     r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
     r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
-    r.add_argument("--fault", action="append", help="inject a catalogue fault into the candidate")
-    r.add_argument("--streaming", action="store_true")
-    r.add_argument("--report", help="HTML report path (default reports/parity-<time>.html)")
-    r.add_argument("--json", help="comparison result JSON (same schema as parity compare --json)")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
-    r.add_argument("--policy", help="tolerance policy TOML (added on top of the defaults)")
-    r.add_argument("--stages", help="stage globs to capture (as parity dump)")
-    r.add_argument("--no-local", action="store_true", help="skip the step-local (teacher-forced) errors")
-    r.add_argument("--require-kernel", help="fail unless every candidate attention call ran this kernel")
+    r.add_argument("--inline-vectors", action="store_true",
+                   help="keep the per-frame vectors in the --json file instead of its .vectors.npz sidecar")
     _add_onnx_args(r)
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=cmd_run)
 
-    cal = sub.add_parser("calibrate", help="measure the fp32 noise floor against float64 and write per-stage tolerances")
-    _add_model_args(cal, default_preset="tiny")
-    cal.add_argument("--inputs", action="append")
+    cal = sub.add_parser("calibrate", parents=[A.model_parent("tiny")],
+                         help="measure the fp32 noise floor against float64 and write per-stage tolerances")
+    cal.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
     cal.add_argument("--out", required=True, help="policy TOML to write")
     cal.add_argument("--margin", type=float, default=10.0, help="limit = margin x measured fp32 error + floor")
     cal.add_argument("--floor", type=float, default=1e-6)
@@ -304,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     eo.set_defaults(func=cmd_export_onnx)
 
     b = sub.add_parser("bisect", help="find the culprit: which switch, which fp32 islands, which commit")
-    from .bisect import add_bisect_args
+    from .bisect.cli import add_bisect_args
 
     add_bisect_args(b)
     b.set_defaults(func=cmd_bisect)
@@ -325,22 +282,70 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False):
+    """``parity-report``: REF_TRACE CAND_TRACE (compare, then report), or RESULT.json [REF_TRACE CAND_TRACE]
+    (the saved result; plots from the given traces or from the result's sources when they exist).
+    Returns ``(path, result)``."""
+    from .aliases import parse_maps
+    from .ingest import load, tensors_from_sources
+    from .report import build_report
+    from .result import read_json
+
+    inputs = [str(i) for i in inputs or []]
+    mp = maps if isinstance(maps, dict) else parse_maps(maps)
+    is_json = bool(inputs) and inputs[0].lower().endswith(".json")
+    if is_json and len(inputs) in (1, 3):
+        result = read_json(Path(inputs[0]))
+        notes = []
+        if len(inputs) == 3:
+            rl, cl = load(inputs[1], mp), load(inputs[2], mp)
+            rt, ct = rl.tensors, cl.tensors
+            ref_name, cand_name = inputs[1], inputs[2]
+            src = result.sources
+            for side, given in (("ref", inputs[1]), ("cand", inputs[2])):
+                if src.get(side) and Path(str(src[side])).name != Path(given).name:
+                    notes.append(f"the {side} trace given ({given}) is not the one the result was computed from "
+                                 f"({src[side]})")
+        else:
+            rt, ct, tn = tensors_from_sources(result)
+            if tn:
+                notes.append(tn)
+            if not rt and not ct:
+                notes.append("no traces given and none found at the result's sources: plots omitted")
+            src = result.sources
+            ref_name = str(src.get("ref") or "reference")
+            cand_name = str(src.get("cand") or Path(inputs[0]).stem)
+        default = Path("reports") / f"{Path(cand_name).stem}-vs-{Path(ref_name).stem}.html"
+        path = build_report(result, Path(out) if out else default, ref_tensors=rt or {}, cand_tensors=ct or {},
+                            notes=notes)
+        return path, result
+    if len(inputs) == 2 and not any(i.lower().endswith(".json") for i in inputs):
+        from .compare import CompareOptions, compare_loaded
+        from .policy import load_policy
+
+        rl, cl = load(inputs[0], mp), load(inputs[1], mp)
+        result = compare_loaded(rl, cl, load_policy(policy), CompareOptions(allow_trim=allow_trim))
+        default = Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html"
+        path = build_report(result, Path(out) if out else default, ref_tensors=rl.tensors, cand_tensors=cl.tensors)
+        return path, result
+    raise InputError("parity-report: expected REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE] "
+                     f"(got {len(inputs)} argument(s): {' '.join(inputs) or 'none'})")
+
+
 def report_main(argv: list[str] | None = None) -> int:
     """``parity-report``: the HTML report from saved inputs (two traces, or a comparison JSON + traces)."""
-    p = argparse.ArgumentParser(prog="parity-report", description="build the HTML parity report from saved inputs")
+    from . import args as A
+
+    p = argparse.ArgumentParser(prog="parity-report", description="build the HTML parity report from saved inputs",
+                                parents=[A.policy_parent(), A.map_parent(), A.trim_parent()])
     p.add_argument("inputs", nargs="+", help="REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE]")
     p.add_argument("-o", "--out", help="report path (default reports/<name>.html)")
-    p.add_argument("--policy")
-    p.add_argument("--map", action="append")
-    p.add_argument("--allow-trim", action="store_true")
     args = p.parse_args(argv)
     try:
-        from .report import report_from_saved
-
         path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
                                          allow_trim=args.allow_trim)
-        print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result['verdict']}")
-        return {"pass": 0, "fail": 1}.get(result["verdict"], 2)
+        print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")
+        return result.exit_code
     except ParityUserError as exc:
         print(f"parity-report: error: {exc}", file=sys.stderr)
         return 2

@@ -1,20 +1,20 @@
 """Diagnosis: turn per-stage judgements into an ordered list of findings an engineer can act on.
 
-Each finding: ``code``, ``stage``, ``severity`` (error | failure | warning | info), a one-line
-``message`` in the engineer's terms and the ``evidence`` (numbers) behind it. Findings are ordered
-by severity class first (errors, then failures, warnings, info) and by pipeline position within a
-class; the first error or failure is the headline (the first divergence).
+Each finding (:class:`parity.result.Finding`): ``code``, ``stage``, ``severity`` (error | failure |
+warning | info), a one-line ``message`` in the engineer's terms and the ``evidence`` (numbers) behind it.
+Findings are ordered by severity class first (errors, then failures, warnings, info) and by pipeline
+position within a class; the first error or failure is the headline (the first divergence). Nothing here
+modifies its inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 
-from . import metrics as M
-from .stages import FRONT, INPUTS, VOCODER, canonical_expected, is_vocoder_stage, parse_step, position, sort_stages
+from .result import Finding, StageResult, StepRow
+from .stages import INPUTS, is_vocoder_stage, layout, parse_step, position, sort_stages
 
-SEVERITY_ORDER = {"error": 0, "failure": 1, "warning": 2, "info": 3}
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
 
 # what each first-divergence code means, in the engineer's terms
@@ -39,9 +39,8 @@ EXPLAIN = {
 }
 
 
-def _f(code, stage, severity, message, evidence=None):
-    return {"code": code, "stage": stage, "severity": severity, "message": message, "evidence": evidence or {},
-            "position": list(position(stage)) if stage else [-1]}
+def _f(code, stage, severity, message, evidence=None) -> Finding:
+    return Finding(code, stage, severity, message, evidence or {}, list(position(stage)) if stage else [-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +82,7 @@ def _boolish(v):
     return bool(v) if v is not None else None
 
 
-def metadata_findings(ref: dict, cand: dict) -> list[dict]:
+def metadata_findings(ref: dict, cand: dict) -> list[Finding]:
     out = []
 
     def both(key):
@@ -157,53 +156,47 @@ def metadata_findings(ref: dict, cand: dict) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # stages
 
-def _nonfinite(entry: dict, side: str = "cand") -> int:
-    st = entry.get(f"{side}_stats") or {}
-    return int(st.get("nan_count") or 0) + int(st.get("inf_count") or 0)
-
-
 def _fmtv(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _passes(by_name: dict, name: str) -> bool | None:
+def _passes(by_name: dict[str, StageResult], name: str) -> bool | None:
     e = by_name.get(name)
-    if e is None or e["status"] in ("missing", "extra"):
+    if e is None or not e.compared:
         return None
-    return e["status"] in ("pass", "info", "skip")
+    return e.ok
 
 
-def _num_ev(entry: dict) -> dict:
-    m = entry.get("metrics") or {}
+def _num_ev(entry: StageResult) -> dict:
+    m = entry.metrics or {}
     ev = {k: m.get(k) for k in ("max_abs_err", "mean_abs_err", "rel_l2", "cosine", "snr_db", "max_abs_err_at")
           if k in m}
-    ev.update({"statistic": entry.get("statistic"), "value": entry.get("value"), "limit": entry.get("limit")})
+    ev.update({"statistic": entry.statistic, "value": entry.value, "limit": entry.limit})
     return ev
 
 
-def _classify(name: str, entry: dict, by_name: dict, local_stages: dict) -> tuple[str, str]:
+def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
+              local_stages: dict[str, StageResult]) -> tuple[str, str]:
     """(code, message) for the first failing stage."""
-    if entry.get("problem"):
-        return entry["problem"]["code"], entry["problem"]["message"]
-    if _nonfinite(entry) and not _nonfinite(entry, "ref"):
-        st = entry["cand_stats"]
+    if entry.problem:
+        return entry.problem["code"], entry.problem["message"]
+    if entry.nonfinite() and not entry.nonfinite("ref"):
+        st = entry.cand_stats
         return "nonfinite_origin", (f"non-finite values first appear at {name}: NaN {st.get('nan_count')}, "
                                     f"Inf {st.get('inf_count')} of {st.get('numel')} (first at index "
                                     f"{st.get('first_nonfinite_index')})")
-    m = entry.get("metrics") or {}
+    m = entry.metrics or {}
     err = f"max |diff| {m.get('max_abs_err'):.3g}" if isinstance(m.get("max_abs_err"), float) else ""
     where = m.get("max_abs_err_at") or {}
     loc = ""
-    from .stages import layout
-
     if layout(name).kind == "wave" and where.get("frame") is not None:
         loc = f" at sample {where.get('frame')} ({where.get('frame') / 24000:.3f} s)"
     elif where.get("channel") is not None and where.get("frame") is not None:
         loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
     elif where.get("frame") is not None:
         loc = f" at frame {where.get('frame')}"
-    judged = f"{entry.get('statistic')} {entry.get('value'):.3g} vs limit {entry.get('limit'):.3g}" \
-        if isinstance(entry.get("value"), float) and isinstance(entry.get("limit"), float) else entry.get("detail", "")
+    judged = f"{entry.statistic} {entry.value:.3g} vs limit {entry.limit:.3g}" \
+        if isinstance(entry.value, float) and isinstance(entry.limit, float) else entry.detail
     tail = f" ({err}{loc}; {judged})"
     if name in INPUTS:
         return "inputs_differ", f"input '{name}' differs between the two sides" + tail
@@ -220,7 +213,7 @@ def _classify(name: str, entry: dict, by_name: dict, local_stages: dict) -> tupl
             return "estimator_mismatch", f"step {k}: DiT {field} output differs while the step's inputs match" + tail
         if field == "v1":
             loc_e = local_stages.get(name)
-            if k > 1 and loc_e is not None and loc_e["status"] == "pass":
+            if k > 1 and loc_e is not None and loc_e.status == "pass":
                 return "error_amplification", (f"step {k}: v1 exceeds its tolerance only through accumulated error; "
                                                f"driven from the reference's own step{k - 1}.x the step's error is "
                                                f"within tolerance" + tail)
@@ -242,9 +235,9 @@ def _classify(name: str, entry: dict, by_name: dict, local_stages: dict) -> tupl
     if name == "flow_mel":
         last = max((parse_step(n)[0] for n in by_name if parse_step(n) and parse_step(n)[1] == "x"), default=None)
         xe = by_name.get(f"step{last}.x") if last else None
-        xm = (xe or {}).get("metrics") or {}
+        xm = (xe.metrics if xe is not None else None) or {}
         fm_err, x_err = m.get("max_abs_err"), xm.get("max_abs_err")
-        if (xe is not None and _passes(by_name, xe["name"]) and isinstance(fm_err, float) and isinstance(x_err, float)
+        if (xe is not None and _passes(by_name, xe.name) and isinstance(fm_err, float) and isinstance(x_err, float)
                 and x_err > 0 and abs(fm_err - x_err) <= 0.05 * x_err):
             # same worst element as the last ODE state: not a slicing bug, the mel's own (stricter) limit
             return "flow_mel_mismatch", (f"the flow output carries the last ODE state's error (step{last}.x max |diff| "
@@ -258,16 +251,18 @@ def _classify(name: str, entry: dict, by_name: dict, local_stages: dict) -> tupl
     return "stage_mismatch", f"{name} differs" + tail
 
 
-def diagnose(stages: list[dict], by_name: dict, steps: list[dict], local_stages: dict, ref, cand,
-             meta_find: list[dict], precision: str, audio: dict | None) -> list[dict]:
-    out: list[dict] = list(meta_find)
-    common = [s for s in stages if s["status"] not in ("missing", "extra")]
+def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: list[StepRow],
+             local_stages: dict[str, StageResult], ref, cand, meta_find: list[Finding], precision: str,
+             audio: dict | None) -> list[Finding]:
+    """The ordered findings of one comparison (``ref``/``cand``: the two :class:`parity.ingest.Loaded`)."""
+    out: list[Finding] = list(meta_find)
+    common = [s for s in stages if s.compared]
     if not common:
         out.append(_f("nothing_to_compare", None, "error",
                       "the two traces share no stage (check the names; --map a=b maps a name onto a canonical stage)",
                       {"ref": list(ref.tensors)[:30], "cand": list(cand.tensors)[:30]}))
     # the reference itself must be usable
-    ref_bad = [s["name"] for s in stages if s.get("ref_stats") and _nonfinite(s, "ref")]
+    ref_bad = [s.name for s in stages if s.ref_stats and s.nonfinite("ref")]
     if ref_bad:
         out.append(_f("reference_nonfinite", ref_bad[0], "error",
                       f"the reference itself holds NaN/Inf (first at {ref_bad[0]}; {len(ref_bad)} stages): "
@@ -276,12 +271,12 @@ def diagnose(stages: list[dict], by_name: dict, steps: list[dict], local_stages:
         out.append(_f("reference_incomplete", None, "error",
                       f"the reference trace is {ref.metadata.get('status')}: {ref.metadata.get('error')}"))
     # a reference stored in reduced precision is itself a finding (field notes: an F16 .bak reference)
-    low = [s["name"] for s in stages if (s.get("ref_stats") or {}).get("dtype") in ("float16", "bfloat16")]
+    low = [s for s in stages if (s.ref_stats or {}).get("dtype") in ("float16", "bfloat16")]
     if low:
-        out.append(_f("reference_low_precision", low[0], "warning",
-                      f"the reference stores {len(low)} stages in reduced precision (first {low[0]}: "
-                      f"{stages[[s['name'] for s in stages].index(low[0])]['ref_stats']['dtype']}); its own rounding "
-                      f"limits what can be judged", {"stages": low}))
+        out.append(_f("reference_low_precision", low[0].name, "warning",
+                      f"the reference stores {len(low)} stages in reduced precision (first {low[0].name}: "
+                      f"{low[0].ref_stats['dtype']}); its own rounding limits what can be judged",
+                      {"stages": [s.name for s in low]}))
     # crash of the candidate
     status = cand.metadata.get("status")
     if status in ("crashed", "incomplete"):
@@ -297,27 +292,24 @@ def diagnose(stages: list[dict], by_name: dict, steps: list[dict], local_stages:
         out.append(_f("candidate_crashed", at, "failure", msg, {"error": err, "last_recorded": last,
                                                                 "missing_stages": missing[:50]}))
     # the first failing stage, classified
-    failing = [s for s in stages if s["status"] == "fail"]
+    failing = [s for s in stages if s.status == "fail"]
     first = failing[0] if failing else None
     if first is not None:
-        code, msg = _classify(first["name"], first, by_name, local_stages)
-        out.append(_f(code, first["name"], "failure", msg, _num_ev(first)))
-        later = [s["name"] for s in failing[1:]]
+        code, msg = _classify(first.name, first, by_name, local_stages)
+        out.append(_f(code, first.name, "failure", msg, _num_ev(first)))
+        later = [s.name for s in failing[1:]]
         if later:
             out.append(_f("downstream_failures", later[0], "info",
-                          f"{len(later)} later stages also fail (downstream of {first['name']}): "
+                          f"{len(later)} later stages also fail (downstream of {first.name}): "
                           + ", ".join(later[:8]) + (" ..." if len(later) > 8 else ""), {"stages": later}))
-        # vocoder-only divergence, stated explicitly
-        if is_vocoder_stage(first["name"]) and _passes(by_name, "flow_mel"):
-            pass  # already the headline's message
     # the vocoder driven by the reference's own mel: its own divergence, independent of the flow's
     loc_voc = [e for n, e in sorted(local_stages.items(), key=lambda kv: position(kv[0]))
-               if is_vocoder_stage(n) and e["status"] == "fail"]
+               if is_vocoder_stage(n) and e.status == "fail"]
     if loc_voc:
         e = loc_voc[0]
-        out.append(_f("vocoder_local_mismatch", e["name"], "failure",
-                      f"fed the reference flow_mel, the candidate vocoder itself diverges at {e['name']} "
-                      f"({e.get('statistic')} {_fmtv(e.get('value'))} vs limit {_fmtv(e.get('limit'))})", _num_ev(e)))
+        out.append(_f("vocoder_local_mismatch", e.name, "failure",
+                      f"fed the reference flow_mel, the candidate vocoder itself diverges at {e.name} "
+                      f"({e.statistic} {_fmtv(e.value)} vs limit {_fmtv(e.limit)})", _num_ev(e)))
     # step count differs (a 1-step candidate against a 10-step reference)
     rk = max([parse_step(n)[0] for n in ref.tensors if parse_step(n)] or [0])
     ck = max([parse_step(n)[0] for n in cand.tensors if parse_step(n)] or [0])
@@ -325,79 +317,73 @@ def diagnose(stages: list[dict], by_name: dict, steps: list[dict], local_stages:
         out.append(_f("schedule_mismatch", "step1.dt", "failure",
                       f"the candidate ran {ck} ODE steps, the reference {rk}", {"ref_steps": rk, "cand_steps": ck}))
     # where non-finite values first appear (if not the headline already), with the block when captured
-    nf = [s for s in stages if s.get("cand_stats") and _nonfinite(s) and not (s.get("ref_stats") and _nonfinite(s, "ref"))]
+    nf = [s for s in stages if s.cand_stats and s.nonfinite() and not (s.ref_stats and s.nonfinite("ref"))]
     if nf:
         s0 = nf[0]
-        st = parse_step(s0["name"])
+        st = parse_step(s0.name)
         blk = ""
         if st and st[1].startswith("block"):
             blk = f" (step {st[0]}, DiT {st[1]})"
-        if not (first is not None and first["name"] == s0["name"]):
-            out.append(_f("nonfinite_origin", s0["name"], "failure",
-                          f"non-finite values first appear at {s0['name']}{blk}", {"stages": [s["name"] for s in nf][:20]}))
+        if not (first is not None and first.name == s0.name):
+            out.append(_f("nonfinite_origin", s0.name, "failure",
+                          f"non-finite values first appear at {s0.name}{blk}", {"stages": [s.name for s in nf][:20]}))
         elif blk:
-            for f in out:
-                if f["stage"] == s0["name"] and f["code"] == "nonfinite_origin":
-                    f["message"] += blk
+            out = [dataclasses.replace(f, message=f.message + blk)
+                   if f.stage == s0.name and f.code == "nonfinite_origin" else f for f in out]
     # error growth across steps
-    grows = [r for r in steps if r.get("growth") not in (None,) and r["growth"] > 1.0]
-    if steps and any(r.get("local_x") is not None for r in steps):
-        amp = [r["step"] for r in steps if r.get("status_x") == "fail" and r.get("local_x") is not None
-               and by_name.get(f"step{r['step']}.x") and local_stages.get(f"step{r['step']}.x", {}).get("status") == "pass"]
+    grows = [r for r in steps if r.growth is not None and r.growth > 1.0]
+    if steps and any(r.local.get("x") is not None for r in steps):
+        amp = [r.step for r in steps if r.status.get("x") == "fail" and r.local.get("x") is not None
+               and by_name.get(f"step{r.step}.x") and local_stages.get(f"step{r.step}.x") is not None
+               and local_stages[f"step{r.step}.x"].status == "pass"]
         if amp:
             k = amp[0]
             ratio = None
-            if steps[-1].get("acc_x") and steps[-1].get("local_x"):
-                ratio = steps[-1]["acc_x"] / max(steps[-1]["local_x"], 1e-30)
+            if steps[-1].acc.get("x") and steps[-1].local.get("x"):
+                ratio = steps[-1].acc["x"] / max(steps[-1].local["x"], 1e-30)
             out.append(_f("error_amplification", f"step{k}.x", "warning",
                           f"from step {k} on the accumulated error exceeds the tolerance while each step's own error "
                           f"is within it" + (f"; at the last step accumulated/local = {ratio:.3g}x" if ratio else ""),
                           {"steps": amp}))
     if grows:
-        worst = max(grows, key=lambda r: r["growth"])
-        out.append(_f("error_growth", f"step{worst['step']}.x", "info",
-                      f"accumulated x error grows up to {worst['growth']:.3g}x per step (step {worst['step']})",
-                      {"growth": {r["step"]: r["growth"] for r in steps if r.get("growth") is not None}}))
+        worst = max(grows, key=lambda r: r.growth)
+        out.append(_f("error_growth", f"step{worst.step}.x", "info",
+                      f"accumulated x error grows up to {worst.growth:.3g}x per step (step {worst.step})",
+                      {"growth": {r.step: r.growth for r in steps if r.growth is not None}}))
     # fp16/bf16 overflow risk from the reference's magnitudes
     if precision in FP_MAX:
         lim = FP_MAX[precision]
         risky = []
         for s in stages:
-            rs = s.get("ref_stats") or {}
+            rs = s.ref_stats or {}
             mx = max(abs(rs.get("min") or 0.0), abs(rs.get("max") or 0.0)) if rs else 0.0
             if mx and mx > lim / 64:
-                risky.append((s["name"], mx))
+                risky.append((s.name, mx))
         if risky:
             nm, mx = max(risky, key=lambda x: x[1])
             out.append(_f("overflow_risk", risky[0][0], "warning",
                           f"{precision} range is +-{lim:.5g}; the reference reaches {mx:.4g} at {nm} "
                           f"({len(risky)} stages within 64x of the limit)", {"stages": dict(risky[:20])}))
     # presence
-    miss = [s["name"] for s in stages if s["status"] == "missing"]
+    miss = [s.name for s in stages if s.status == "missing"]
     if miss and status not in ("crashed", "incomplete"):
         out.append(_f("stage_missing", miss[0], "info", f"{len(miss)} reference stages are absent from the candidate "
                       f"(not a failure: dumps from other implementations often hold a subset): " + ", ".join(miss[:8])
                       + (" ..." if len(miss) > 8 else ""), {"stages": miss}))
-    req = [s["name"] for s in stages if s["status"] == "fail" and (s.get("rule") or {}).get("required")
-           and s.get("cand_stats") is None]
+    req = [s.name for s in stages if s.status == "fail" and (s.rule or {}).get("required") and s.cand_stats is None]
     if req:
         out.append(_f("stage_missing_required", req[0], "failure", f"required stages absent: {', '.join(req)}"))
-    extra = [s["name"] for s in stages if s["status"] == "extra"]
+    extra = [s.name for s in stages if s.status == "extra"]
     if extra:
         out.append(_f("stage_extra", None, "info", f"{len(extra)} candidate stages have no reference counterpart: "
                       + ", ".join(extra[:8]), {"stages": extra}))
     # audio-level observations
     if audio and audio.get("comparable"):
         out.extend(_audio_findings(audio))
-    for f in out:
-        if f["position"] == [-1] and f["stage"]:
-            f["position"] = list(position(f["stage"]))
-    out.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], f["position"] if f["stage"] else [-1],
-                            0 if f["evidence"].get("key") else 1))
-    return out
+    return sorted(out, key=Finding.sort_key)
 
 
-def _audio_findings(a: dict) -> list[dict]:
+def _audio_findings(a: dict) -> list[Finding]:
     out = []
     cand, ref = a.get("cand") or {}, a.get("ref") or {}
     nf = (cand.get("nonfinite") or {}).get("total") if isinstance(cand.get("nonfinite"), dict) else None

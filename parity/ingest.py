@@ -161,9 +161,27 @@ def load(path: str | Path, extra_map: dict[str, str] | None = None) -> Loaded:
     return Loaded(out, meta2, str(path), orig, norms, dialect)
 
 
-def journal_for(path: str | Path) -> Path | None:
-    j = journal_path(path)
-    return j if j.exists() else None
+def tensors_from_sources(result) -> tuple[dict | None, dict | None, str | None]:
+    """The tensors of the two traces a comparison result names (``result.sources``), when they still exist:
+    ``(ref tensors or None, cand tensors or None, note or None)``; the note says what could not be read."""
+    src = result.sources
+    r, c = src.get("ref"), src.get("cand")
+    if not (isinstance(r, str) and isinstance(c, str)):
+        return None, None, None
+    out, notes = [], []
+    for p in (r, c):
+        if not Path(p).exists():
+            out.append(None)
+            continue
+        try:
+            out.append(load(p).tensors)
+        except Exception as exc:  # noqa: BLE001 - the result is still worth a report
+            out.append(None)
+            notes.append(f"{p}: {exc}")
+    if out[0] is None and out[1] is None:
+        return None, None, ("the traces named in the result (" + ", ".join(notes or [r, c]) +
+                            ") could not be read: plots omitted") if notes else None
+    return out[0], out[1], ("; ".join(notes) if notes else None)
 
 
-__all__ = ["Loaded", "load", "read_any", "JOURNAL_SUFFIX"]
+__all__ = ["Loaded", "load", "read_any", "tensors_from_sources", "JOURNAL_SUFFIX"]

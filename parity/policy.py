@@ -44,6 +44,7 @@ STATISTICS = ("elementwise", "max_abs", "mean_abs", "rmse", "rel_l2", "nmse", "q
               "f0_rmse_cents", "f0_max_cents", "gpe", "vde",  # f0
               "logmel_l1", "logmel_l1_max", "mcd")  # audio, audio_preclamp (through the pipeline's mel recipe)
 HIGHER_IS_BETTER = {"cosine", "snr_db"}
+PRECISION_CLASSES = ("fp32", "bf16", "fp16", "int8")  # a candidate's precision class (rules' ``precision``)
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.toml"
 _METRIC_KEY = {"max_abs": "max_abs_err", "mean_abs": "mean_abs_err", "rmse": "rmse", "rel_l2": "rel_l2",
                "nmse": "nmse", "cosine": "cosine", "snr_db": "snr_db", "ulp": "max_ulp",
@@ -109,9 +110,6 @@ class Policy:
         hits = [r for r in self.rules if r.matches(stage, precision, attention)]
         return max(hits, key=Rule.specificity) if hits else None
 
-    def required_stages(self, precision: str, attention: str) -> list[str]:
-        return [r.stage for r in self.rules if r.required and (not r.precision or precision in r.precision)]
-
     def extend(self, rules: list[dict], source: str) -> "Policy":
         start = len(self.rules)
         for i, d in enumerate(rules):
@@ -160,22 +158,20 @@ def read_policy_file(path: str | Path) -> list[dict]:
     return rules
 
 
-def load_policy(path: str | Path | None = None, pyproject: str | Path | None = None, use_default: bool = True) -> Policy:
-    """Default rules, then ``[tool.parity.tolerances]`` of the pyproject, then ``path``."""
+def load_policy(path: str | Path | None = None, pyproject=None, use_default: bool = True) -> Policy:
+    """Default rules, then ``[tool.parity.tolerances]`` of the pyproject, then ``path`` (default: the
+    pyproject's ``[tool.parity] policy``). ``pyproject``: a path (default ./pyproject.toml) or an already read
+    :class:`parity.project.ProjectConfig`."""
+    from .project import ProjectConfig, read_project
+
     pol = Policy()
     if use_default:
         pol.extend(read_policy_file(DEFAULT_POLICY), str(DEFAULT_POLICY.name))
-    pp = Path(pyproject) if pyproject else Path.cwd() / "pyproject.toml"
-    if pp.exists():
-        try:
-            tool = tomllib.loads(pp.read_text()).get("tool", {}).get("parity", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{pp}: not valid TOML ({exc})") from exc
-        tol = tool.get("tolerances", {})
-        if tol.get("rule"):
-            pol.extend(tol["rule"], f"{pp.name} [tool.parity.tolerances]")
-        if tool.get("policy") and path is None:
-            path = (pp.parent / tool["policy"]).resolve()
+    proj = pyproject if isinstance(pyproject, ProjectConfig) else read_project(pyproject)
+    if proj.tolerances:
+        pol.extend(proj.tolerances, f"{proj.path.name} [tool.parity.tolerances]")
+    if path is None and proj.policy is not None:
+        path = proj.policy
     if path is not None:
         pol.extend(read_policy_file(path), str(path))
     return pol
@@ -192,6 +188,7 @@ class Judgement:
     limit: float | None
     detail: str = ""
     arbiter: dict | None = None
+    gate: str = "rule"  # which gate decided: the policy rule (its limit, or its fp64 arbiter)
 
 
 def judge(rule: Rule, m: dict, arbiter: dict | None = None) -> Judgement:

@@ -14,26 +14,26 @@ skipped without), ``slow``.
 Fixtures:
 
 * ``parity_case`` -- parametrised over bundles x profiles x (offline, streaming); runs reference and
-  candidate and returns the :class:`parity.run.Case` (``case.result`` is the comparison result);
+  candidate and returns the :class:`parity.session.Case` (``case.result`` is the comparison result);
 * ``assert_parity(case)`` -- fails with the headline finding and the path of the report it writes;
 * ``parity_model``, ``parity_policy``, ``parity_reference(bundle, streaming)`` (cached reference runs),
   ``parity_run(profile, bundle, streaming, faults=())`` (any candidate, cached reference),
   ``parity_golden`` (``parity_golden.check(bundle, streaming)`` compares the reference with its golden
-  trace, or rewrites it under ``--parity-update-golden``).
+  trace, or rewrites it under ``--parity-update-golden``; a missing golden fails without that option).
 """
 
 from __future__ import annotations
 
-import json
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-SHIPPED_CPU_PROFILES = ["fp32-sdpa", "fp32-sdpa-math", "fp32-two-calls", "bf16-flow", "fp16-flow", "fp16-all",
-                        "compiled", "int8-dynamic"]
+from reference.errors import InputError
+
+from .project import ProjectConfig, default_bundles, read_project, shipped_profiles
+from .stages import GOLDEN_STAGES
 
 
 def pytest_addoption(parser):
@@ -64,6 +64,8 @@ def pytest_configure(config):
 
 @dataclass
 class ParityConfig:
+    """The plugin's settings: command-line option, else ini key, else ``[tool.parity]`` key, else default."""
+
     preset: str = "tiny"
     model_dir: str | None = None
     profiles: list[str] = field(default_factory=list)
@@ -73,19 +75,17 @@ class ParityConfig:
     policy: str | None = None
     bundles: list[str] = field(default_factory=list)
     rootdir: Path = Path(".")
+    project: ProjectConfig = field(default_factory=ProjectConfig)
 
     @classmethod
     def from_config(cls, config) -> "ParityConfig":
         root = Path(str(config.rootpath))
-        tool = {}
-        pp = root / "pyproject.toml"
-        if pp.exists():
-            try:
-                tool = tomllib.loads(pp.read_text()).get("tool", {}).get("parity", {})
-            except tomllib.TOMLDecodeError:
-                tool = {}
+        try:
+            project = read_project(root / "pyproject.toml")
+        except InputError as exc:
+            raise pytest.UsageError(f"parity: {exc}") from None
 
-        def pick(opt, ini, key, default=None):
+        def pick(opt, ini, value):
             v = config.getoption(opt)
             if v not in (None, [], ""):
                 return v
@@ -95,25 +95,31 @@ class ParityConfig:
                 iv = None
             if iv not in (None, [], ""):
                 return iv
-            return tool.get(key, default)
+            return value
 
         # [tool.parity] suite_profiles (``profiles`` there is the table of user-defined profiles)
-        profiles = pick("--parity-profile", "parity_profiles", "suite_profiles", None) or list(SHIPPED_CPU_PROFILES)
-        return cls(preset=pick("--parity-preset", "parity_preset", "preset", "tiny") or "tiny",
-                   model_dir=pick("--parity-model-dir", "parity_model_dir", "model_dir") or None,
-                   profiles=list(profiles), device=pick("--parity-device", "parity_device", "device", "cpu") or "cpu",
-                   report=pick("--parity-report", "parity_report", "report") or None,
+        profiles = pick("--parity-profile", "parity_profiles", project.suite_profiles) or shipped_profiles("cpu")
+        return cls(preset=pick("--parity-preset", "parity_preset", project.preset) or "tiny",
+                   model_dir=pick("--parity-model-dir", "parity_model_dir", project.model_dir) or None,
+                   profiles=list(profiles), device=pick("--parity-device", "parity_device", project.device) or "cpu",
+                   report=pick("--parity-report", "parity_report", project.report) or None,
                    update_golden=bool(config.getoption("--parity-update-golden")),
-                   policy=pick("--parity-policy", "parity_policy", "policy") or None,
-                   bundles=list(config.getoption("--parity-bundle") or tool.get("bundles", []) or []), rootdir=root)
+                   policy=pick("--parity-policy", "parity_policy", project.policy) or None,
+                   bundles=list(config.getoption("--parity-bundle") or project.bundles or []), rootdir=root,
+                   project=project)
+
+    def model_spec(self, preset: str | None = None):
+        from .session import ModelSpec
+
+        if preset is None and self.model_dir:
+            return ModelSpec(None, self.model_dir)
+        return ModelSpec(preset or self.preset)
 
 
 # ---------------------------------------------------------------------------------------------
 # collection: parametrisation and markers
 
 def _bundles(pc: ParityConfig) -> list[Path]:
-    from .run import default_bundles
-
     return [Path(b) for b in pc.bundles] if pc.bundles else default_bundles()
 
 
@@ -161,68 +167,39 @@ def _cuda_available() -> bool:
 # session state
 
 class ParitySession:
+    """The pytest session's :class:`parity.session.Session` (project, policy, models, candidates, reference
+    cache) plus the cases run in it and where their reports go."""
+
     def __init__(self, pc: ParityConfig):
+        from .session import Session
+
         self.pc = pc
-        self.models: dict = {}
-        self.ref_cache: dict = {}
-        self.candidates: dict = {}
+        self.session = Session(project=pc.project, policy=pc.policy)
         self.cases: list = []
-        self._policy = None
 
     def policy(self):
-        from .policy import load_policy
-
-        if self._policy is None:
-            self._policy = load_policy(self.pc.policy, self.pc.rootdir / "pyproject.toml")
-        return self._policy
+        return self.session.policy
 
     def model(self, preset: str | None = None):
-        from reference.model import Token2Wav
-
-        key = preset or (self.pc.model_dir if self.pc.model_dir else self.pc.preset)
-        if key not in self.models:
-            if preset is None and self.pc.model_dir:
-                self.models[key] = Token2Wav.from_model_dir(self.pc.model_dir)
-            else:
-                self.models[key] = Token2Wav.from_preset(preset or self.pc.preset)
-        return self.models[key]
+        return self.session.model(self.pc.model_spec(preset))
 
     def candidate(self, model, profile: str, faults=(), device: str | None = None):
-        from candidate.pipeline import CandidateToken2Wav
-        from candidate.switches import switches_from
-
-        dev = device or self.pc.device
-        key = (id(model), profile, tuple(faults), dev)
-        if key not in self.candidates:
-            over = {"device": dev} if dev != "cpu" else {}
-            sw = switches_from(profile, tuple(faults), self.pc.rootdir / "pyproject.toml", **over)
-            label = profile + ("+" + "+".join(faults) if faults else "")
-            self.candidates[key] = CandidateToken2Wav(model, sw, label)
-        return self.candidates[key]
+        return self.session.candidate(model, profile, faults, device or self.pc.device)
 
     def run(self, profile: str, bundle, streaming: bool = False, faults=(), model=None, patterns=None,
             local: bool = True):
-        from .run import run_case
+        from .session import RunMode
 
         model = model or self.model()
         cand = self.candidate(model, profile, faults)
-        case = run_case(model, cand, bundle, streaming=streaming, policy=self.policy(), patterns=patterns,
-                        profile_name=cand.profile_name, ref_cache=self.ref_cache, local=local)
+        case = self.session.run(model, cand, bundle, RunMode(streaming), patterns=patterns, local=local)
         self.cases.append(case)
         return case
 
     def reference(self, bundle, streaming: bool = False, model=None, patterns=None):
-        from reference.bundle import load_bundle
+        from .session import RunMode
 
-        from .runner import run_to_trace
-
-        model = model or self.model()
-        key = (id(model), str(bundle), streaming, True, str(patterns))
-        if key not in self.ref_cache:
-            self.ref_cache[key] = run_to_trace(model, load_bundle(bundle), None, patterns=patterns,
-                                               streaming=streaming, extra_meta={"inputs": Path(bundle).name},
-                                               raise_errors=True)
-        return self.ref_cache[key]
+        return self.session.reference(model or self.model(), bundle, RunMode(streaming), patterns)
 
     def report_dir(self) -> Path:
         base = Path(self.pc.report) if self.pc.report else self.pc.rootdir / "reports" / "pytest-parity.html"
@@ -242,24 +219,51 @@ def _session(config) -> ParitySession:
     return config._parity_session
 
 
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist controller: collect the case summaries a worker ran (its ``workeroutput``)."""
+    rows = (getattr(node, "workeroutput", None) or {}).get("parity_cases")
+    if rows:
+        node.config._parity_worker_cases = getattr(node.config, "_parity_worker_cases", []) + rows
+
+
 def pytest_sessionfinish(session, exitstatus):
+    """With ``--parity-report``: a report per failing case (written where the case ran) and one session page,
+    written once: by the pytest-xdist controller from every worker's summaries, or by a plain session."""
     config = session.config
+    if not getattr(config, "_parity", None) or not config._parity.report:
+        return
+    from .session import CaseSummary
+
     ps = getattr(config, "_parity_session", None)
-    if ps is None or not ps.cases or not ps.pc.report:
+    rows: list = []
+    if ps is not None:
+        for c in ps.cases:
+            if c.verdict != "pass":
+                try:
+                    ps.write_case_report(c)
+                except Exception as exc:  # noqa: BLE001 - a report failure must not hide the test results
+                    c.report = None
+                    print(f"\nparity: could not write the report of {c.name}: {exc}")
+        rows = [CaseSummary.of(c) for c in ps.cases]
+    if _is_xdist_worker(config):
+        config.workeroutput["parity_cases"] = [r.to_json() for r in rows]
+        return
+    worker_rows = [CaseSummary.from_json(d) for d in getattr(config, "_parity_worker_cases", [])]
+    if worker_rows:  # workers finish in any order: list the cases by name
+        rows = sorted(rows + worker_rows, key=lambda r: r.name)
+    if not rows:
         return
     from .report import build_summary_page
 
-    for c in ps.cases:
-        if c.verdict != "pass":
-            try:
-                ps.write_case_report(c)
-            except Exception as exc:  # noqa: BLE001 - a report failure must not hide the test results
-                c.report = None
-                print(f"\nparity: could not write the report of {c.name}: {exc}")
-    path = build_summary_page(ps.cases, Path(ps.pc.report))
+    path = build_summary_page(rows, Path(config._parity.report))
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
-        tr.write_line(f"parity: session report {path} ({len(ps.cases)} cases)")
+        tr.write_line(f"parity: session report {path} ({len(rows)} cases)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,20 +306,12 @@ def parity_reference(parity_session):
     return ref
 
 
-def headline(result: dict) -> str:
-    fd = result.get("first_divergence")
-    if not fd:
-        bad = [f for f in result.get("findings", []) if f["severity"] in ("error", "failure")]
-        return bad[0]["message"] if bad else "no failing finding"
-    return f"{fd['stage']} [{fd['code']}]: {fd['message']}"
-
-
 @pytest.fixture
 def assert_parity(parity_session):
     """``assert_parity(case)``: passes when the comparison passes; otherwise writes the case's report and
     fails with the headline finding and the report path."""
     def check(case, expect: str = "pass"):
-        v = case.result["verdict"]
+        v = case.result.verdict
         if v == expect:
             return case
         try:
@@ -323,15 +319,14 @@ def assert_parity(parity_session):
             where = f"\n  report: {path}"
         except Exception as exc:  # noqa: BLE001
             where = f"\n  (report not written: {exc})"
-        pytest.fail(f"parity {v.upper()} for {case.name}: {headline(case.result)}{where}", pytrace=False)
+        pytest.fail(f"parity {v.upper()} for {case.name}: {case.result.headline_text()}{where}", pytrace=False)
     return check
 
 
 class Golden:
     """Golden regression of the reference: compact fp32 traces in fixtures/golden with their versions."""
 
-    STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "step1.x", "step5.x", "step10.x", "flow_mel",
-              "f0", "conv_pre", "audio"]
+    STAGES = GOLDEN_STAGES
 
     def __init__(self, ps: ParitySession, update: bool):
         self.ps = ps
@@ -342,9 +337,12 @@ class Golden:
         return self.dir / f"{Path(bundle).stem}-{'streaming' if streaming else 'offline'}.safetensors"
 
     def check(self, bundle, streaming: bool = False, model=None):
-        """Returns the comparison result of the reference against its golden trace (or rewrites it)."""
+        """Returns the comparison result of the reference against its golden trace (rewriting it first under
+        ``--parity-update-golden``). A missing golden fails the test unless the option is given: it is never
+        written silently and compared with itself."""
         from .compare import CompareOptions, compare_loaded
         from .ingest import Loaded, load
+        from .policy import load_policy
         from .trace import write_trace
 
         res = self.ps.reference(bundle, streaming, model=model)
@@ -355,7 +353,10 @@ class Golden:
         meta["versions"] = _versions()
         meta["pipeline"] = "reference"
         path = self.path(bundle, streaming)
-        if self.update or not path.exists():
+        if not path.exists() and not self.update:
+            pytest.fail(f"golden trace {path} is missing: rerun with --parity-update-golden to write it from the "
+                        f"current reference (then review and commit it)", pytrace=False)
+        if self.update:
             old = load(path) if path.exists() else None
             write_trace(path, tensors, meta)
             if old is not None:
@@ -374,9 +375,7 @@ class Golden:
                 print(f"\nparity: golden {path.name} written")
         gold = load(path)
         cur = Loaded(tensors, dict(meta, env=res.metadata.get("env")), f"<reference {path.stem}>")
-        from .policy import load_policy
-
-        result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.rootdir / "pyproject.toml"),
+        result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.project),
                                 CompareOptions(precision="fp32", attention="explicit", audio_metrics=False))
         return result
 
@@ -403,6 +402,3 @@ def pytest_report_header(config):
     return (f"parity: preset={pc.model_dir or pc.preset} profiles={','.join(pc.profiles)} device={pc.device}"
             + (f" report={pc.report}" if pc.report else ""))
 
-
-def dump_json(obj) -> str:
-    return json.dumps(obj, indent=1, default=str)

@@ -17,7 +17,7 @@ from reference.errors import ParityUserError
 from reference.probe import Probe
 
 from .capture import Recorder
-from .stages import canonical_expected, parse_step
+from .stages import PROGRESS_MARKS, canonical_expected, parse_step
 from .trace import TraceWriter, now_iso
 
 
@@ -48,8 +48,8 @@ class Progress:
         st = parse_step(name)
         if st and st[1] == "x":
             msg = f"ODE step {st[0]}"
-        elif name in ("flow_mel", "f0", "audio"):
-            msg = {"flow_mel": "flow done", "f0": "vocoder: F0", "audio": "vocoder done"}[name]
+        elif name in PROGRESS_MARKS:
+            msg = PROGRESS_MARKS[name]
         else:
             return
         self.stream.write(f"\r\x1b[K{self.label}: {msg} ({time.perf_counter() - self.t0:.1f} s)")
@@ -94,7 +94,7 @@ def run_to_trace(pipeline, inputs: dict, out: str | Path | None, *, patterns=Non
         if writer is not None:
             writer.close(error=exc, stage=None)
         raise
-    except Exception as exc:  # noqa: BLE001 - a crashing candidate is a finding, not a traceback
+    except Exception as exc:  # a crashing candidate is a finding, not a traceback (re-raised on request)
         err = exc
         n_steps = int(meta.get("n_timesteps") or 10)
         at = next_expected(rec.order, n_steps)

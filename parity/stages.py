@@ -1,4 +1,5 @@
-"""Canonical stage names, their pipeline order and their tensor layouts.
+"""Canonical stage names, their pipeline order and their tensor layouts: the stage vocabulary of the harness
+(every list of stage names lives here; other modules name single stages only where they give them meaning).
 
 Pipeline order: inputs, flow front end, noise, the ODE steps (t, dt, blocks, v1, v2, v_cfg, x per
 step), the flow mel, then HiFT (f0, source, s_stft, conv_pre, internals, magnitude, phase, audio).
@@ -13,9 +14,19 @@ from dataclasses import dataclass
 INPUTS = ["token", "prompt_token", "prompt_feat", "embedding"]
 FRONT = ["mu", "spks", "cond", "x0"]
 STEP_FIELDS = ["t", "dt", "v1", "v2", "v_cfg", "x"]
+STEP_OUTPUTS = ("v1", "v2", "v_cfg", "x")  # what each step computes (judged per step; step-local reruns)
 VOCODER = ["f0", "source", "s_stft", "conv_pre"]
 HIFT_INTERNAL_ORDER = ["ups", "source_down", "fusion", "resblocks"]
 VOCODER_TAIL = ["hift.conv_post", "magnitude", "phase", "audio_preclamp", "audio"]
+VOCODER_OUTPUTS = VOCODER + ["magnitude", "phase", "audio_preclamp", "audio"]  # what the vocoder reports by default
+
+# capture: what a trace records by default; per-block DiT outputs and HiFT internals are opt-in
+DEFAULT_PATTERNS = INPUTS + FRONT + [f"step*.{f}" for f in STEP_FIELDS] + ["flow_mel"] + VOCODER_OUTPUTS
+# the compact golden traces of the reference (fixtures/golden)
+GOLDEN_STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "step1.x", "step5.x", "step10.x",
+                 "flow_mel", "f0", "conv_pre", "audio"]
+# progress lines: the stages whose arrival is worth a line (besides every step's x)
+PROGRESS_MARKS = {"flow_mel": "flow done", "f0": "vocoder: F0", "audio": "vocoder done"}
 
 _STEP_RE = re.compile(r"^step(\d+)\.(.+)$")
 _BLOCK_RE = re.compile(r"^block(\d+)$")
@@ -105,10 +116,6 @@ def layout(name: str) -> Layout:
     return Layout(None, None, "other")
 
 
-def is_flow_stage(name: str) -> bool:
-    return position(name)[0] in (1, 2, 3)
-
-
 def is_vocoder_stage(name: str) -> bool:
     return position(name)[0] in (4, 5, 6)
 
@@ -121,7 +128,7 @@ def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True)
         out += [f"step{k}.{f}" for f in ("v1", "v2", "v_cfg", "x")]
     out.append("flow_mel")
     if vocoder:
-        out += VOCODER + ["magnitude", "phase", "audio_preclamp", "audio"]
+        out += VOCODER_OUTPUTS
     return out
 
 
@@ -134,6 +141,11 @@ def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True)
 CHUNK_CONTROL = ["tokens", "token_offset", "finalize", "streaming"]
 CHUNK_OUTPUTS = ["mel", "audio"]
 STREAM_STAGES = ["stream.mel", "stream.audio"]
+# capture patterns of a streaming session: per-call control, the flow's own stages of the recorded chunks,
+# each call's outputs, the stream
+SESSION_PATTERNS = (INPUTS + [f"chunk*.{c}" for c in CHUNK_CONTROL]
+                    + [f"chunk*.{p}" for p in FRONT + [f"step*.{f}" for f in STEP_FIELDS]]
+                    + ["chunk*.flow_mel_full"] + [f"chunk*.{o}" for o in CHUNK_OUTPUTS] + STREAM_STAGES)
 _CHUNK_RE = re.compile(r"^chunk(\d+)\.(.+)$")
 
 

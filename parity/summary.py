@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .result import Comparison, StageResult
 from .stages import parse_step
 
 MARK = {"pass": "ok", "fail": "FAIL", "missing": "--", "extra": "++", "skip": "skip", "info": ".."}
@@ -25,50 +26,50 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def render(result: dict, *, color: bool | None = None, verbose: bool = False, width: int = 110) -> str:
+def render(result: Comparison, *, color: bool | None = None, verbose: bool = False, width: int = 110) -> str:
     if color is None:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     c = _color(color)
     lines = []
-    v = result["verdict"]
+    v = result.verdict
     vcol = {"pass": "32;1", "fail": "31;1", "error": "33;1"}[v]
-    fd = result.get("first_divergence")
-    src = result.get("sources", {})
+    fd = result.first_divergence
+    src = result.sources
     lines.append(f"parity: {c(v.upper(), vcol)}   reference {src.get('ref')}  vs  candidate {src.get('cand')}")
-    ctx = result.get("context", {})
+    ctx = result.context
     lines.append(f"  candidate precision {ctx.get('precision')}, attention {ctx.get('attention')}; "
-                 f"policy {', '.join(result.get('policy', {}).get('sources', []))}")
+                 f"policy {', '.join(result.policy.get('sources', []))}")
     if fd:
-        lines.append(c(f"  first divergence: {fd['stage']} [{fd['code']}] {fd['message']}", "31"))
-    shown = [f for f in result["findings"] if f["severity"] in ("error", "failure", "warning")]
-    info = [f for f in result["findings"] if f["severity"] == "info"]
+        lines.append(c(f"  first divergence: {fd.stage} [{fd.code}] {fd.message}", "31"))
+    shown = [f for f in result.findings if f.severity in ("error", "failure", "warning")]
+    info = [f for f in result.findings if f.severity == "info"]
     if shown or info:
         lines.append("findings:")
         for f in shown + (info if verbose else info[:4]):
             sev = {"error": c("ERROR", "33"), "failure": c("FAIL", "31"), "warning": c("warn", "33"),
-                   "info": "info"}[f["severity"]]
-            lines.append(f"  {sev:>5} {f['code']:<26} {f['stage'] or '':<16} {f['message']}"[: width * 2])
+                   "info": "info"}[f.severity]
+            lines.append(f"  {sev:>5} {f.code:<26} {f.stage or '':<16} {f.message}"[: width * 2])
         if not verbose and len(info) > 4:
             lines.append(f"  ... {len(info) - 4} more info findings (--verbose)")
     lines.append("stages (pipeline order):")
     head = f"  {'':2}{'stage':<18}{'status':<7}{'statistic':<13}{'value':>10}{'limit':>10}{'max|diff|':>11}{'min atol':>10}"
     lines.append(head)
-    first_name = fd["stage"] if fd else None
-    stages = result["stages"]
+    first_name = fd.stage if fd else None
+    stages = result.stages
     i = 0
     while i < len(stages):
         s = stages[i]
-        st = parse_step(s["name"])
+        st = parse_step(s.name)
         # compress a whole passing ODE step onto one line unless verbose
         if st and not verbose:
             k = st[0]
             group = []
-            while i < len(stages) and (parse_step(stages[i]["name"]) or (None,))[0] == k:
+            while i < len(stages) and (parse_step(stages[i].name) or (None,))[0] == k:
                 group.append(stages[i])
                 i += 1
-            bad = [g for g in group if g["status"] not in ("pass", "skip", "info")]
-            if not bad and first_name not in [g["name"] for g in group]:
-                worst = max((g.get("metrics") or {}).get("max_abs_err") or 0.0 for g in group)
+            bad = [g for g in group if not g.ok]
+            if not bad and first_name not in [g.name for g in group]:
+                worst = max(g.metric("max_abs_err") or 0.0 for g in group)
                 lines.append(f"  {'':2}{f'step{k}.*':<18}{'ok':<7}{len(group)} stages, max |diff| {worst:.3g}")
                 continue
             for g in group:
@@ -76,27 +77,25 @@ def render(result: dict, *, color: bool | None = None, verbose: bool = False, wi
             continue
         lines.append(_row(s, first_name, c))
         i += 1
-    steps = result.get("steps") or []
-    if steps and any(r.get("local_x") is not None for r in steps):
+    steps = result.steps
+    if steps and any(r.local.get("x") is not None for r in steps):
         lines.append("per-step error (max |diff| of x): accumulated / local / growth")
         for r in steps:
-            lines.append(f"  step{r['step']:<3} {_fmt(r.get('acc_x')):>10} {_fmt(r.get('local_x')):>10} "
-                         f"{_fmt(r.get('growth')):>8}")
-    summ = result.get("summary", {})
-    lines.append("  " + ", ".join(f"{k}: {n}" for k, n in sorted(summ.items())))
-    if result.get("normalisations"):
-        lines.append(f"normalisations applied: {len(result['normalisations'])}" + ("" if verbose else " (--verbose lists them)"))
+            lines.append(f"  step{r.step:<3} {_fmt(r.acc.get('x')):>10} {_fmt(r.local.get('x')):>10} "
+                         f"{_fmt(r.growth):>8}")
+    lines.append("  " + ", ".join(f"{k}: {n}" for k, n in sorted(result.summary.items())))
+    if result.normalisations:
+        lines.append(f"normalisations applied: {len(result.normalisations)}" + ("" if verbose else " (--verbose lists them)"))
         if verbose:
-            for n in result["normalisations"]:
+            for n in result.normalisations:
                 lines.append(f"  {n['stage']}: {n['kind']}: {n['detail']}")
     return "\n".join(lines)
 
 
-def _row(s: dict, first_name, c) -> str:
-    m = s.get("metrics") or {}
-    mark = ">>" if s["name"] == first_name else "  "
-    status = MARK.get(s["status"], s["status"])
-    col = {"pass": "32", "fail": "31", "missing": "90", "extra": "90"}.get(s["status"], "0")
-    return (f"  {c(mark, '31;1')}{s['name']:<18}{c(f'{status:<7}', col)}{(s.get('statistic') or '-'):<13}"
-            f"{_fmt(s.get('value')):>10}{_fmt(s.get('limit')):>10}{_fmt(m.get('max_abs_err')):>11}"
-            f"{_fmt(s.get('min_atol_to_pass')):>10}")
+def _row(s: StageResult, first_name, c) -> str:
+    mark = ">>" if s.name == first_name else "  "
+    status = MARK.get(s.status, s.status)
+    col = {"pass": "32", "fail": "31", "missing": "90", "extra": "90"}.get(s.status, "0")
+    return (f"  {c(mark, '31;1')}{s.name:<18}{c(f'{status:<7}', col)}{(s.statistic or '-'):<13}"
+            f"{_fmt(s.value):>10}{_fmt(s.limit):>10}{_fmt(s.metric('max_abs_err')):>11}"
+            f"{_fmt(s.min_atol_to_pass):>10}")

@@ -111,7 +111,7 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict)
     meta.setdefault("format", TRACE_FORMAT)
     meta["stage_order"] = list(tensors)
     str_meta = {k: json.dumps(v) for k, v in meta.items()}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer: parallel test workers
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=str_meta)
     os.replace(tmp, path)
 

@@ -7,7 +7,6 @@ deterministic seeded weights of :mod:`reference.init`.
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from .errors import CheckpointError, InputError
 from .flow import CausalMaskedDiffWithDiT
 from .init import FLOW_RULES, seeded_init_, state_dict_sha256
 from .noise import SharedNoise, check_noise_fits, noise_for_config
-from .probe import NO_PROBE, Probe, as_probe
+from .probe import Probe, as_probe
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -135,7 +135,9 @@ def test_trial_report_falls_back_without_parity_report(tmp_path, monkeypatch):
               "findings": [{"severity": "failure", "code": "x", "stage": "audio", "message": "m"}],
               "stages": [{"name": "audio", "status": "fail", "statistic": "snr_db", "value": 1.0, "limit": 30}]}
     monkeypatch.setitem(sys.modules, "parity.report", None)  # "import parity.report" now raises ImportError
-    page = trial_report(result, tmp_path / "r.html").read_text()
+    from parity.result import Comparison
+
+    page = trial_report(Comparison.from_json(result), tmp_path / "r.html").read_text()
     assert "Fallback report" in page and "audio" in page and "snr_db" in page
 
 
@@ -237,7 +239,7 @@ def overflow_model():
 def test_bisect_precision_keeps_exactly_the_overflowing_block(overflow_model, tmp_path):
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import resolve_profile
-    from parity.run import run_case
+    from parity.session import run_case
     from parity.runner import run_to_trace
     from reference.bundle import load_bundle
 
@@ -271,7 +273,7 @@ def test_bisect_precision_keeps_exactly_the_overflowing_block(overflow_model, tm
     sw = resolve_profile("fp16-flow-fp32-islands", pyproject=pp)
     assert sw.flow_dtype == "fp16" and sw.keep_fp32[-1] == "block2"
     case = run_case(overflow_model, CandidateToken2Wav(overflow_model, sw, "pasted"), SHORT, local=False)
-    assert case.verdict == "pass", case.result["first_divergence"]
+    assert case.verdict == "pass", case.result.first_divergence
 
     # --fine, resumed from the same log: only the block's parts are new trials; the FFN is the culprit
     fine = bisect_precision(overflow_model, "fp16-flow", [SHORT], fine=True, log=res.log, resume=True)
@@ -508,3 +510,42 @@ def test_bisect_git_interrupted_restores_the_repo(history, tmp_path, frozen_ref)
     _assert_clean(repo, before)
     log = json.loads((tmp_path / "wd" / "bisect-git.json").read_text())
     assert log["status"] == "interrupted"
+
+
+# =============================================================================================
+# the package: its page escapes what comes from outside; no cycle with the CLI, no private names across modules
+
+def test_bisect_page_escapes_hostile_names(tmp_path):
+    from parity.bisect import BisectResult, TrialLog, write_bisect_report
+
+    evil = "<script>alert(1)</script>"
+    log = TrialLog(tmp_path / "bisect-switches.json", "switches", {"x": 1})
+    rep = tmp_path / "trials" / "t001 <u>.html"
+    rep.parent.mkdir()
+    rep.write_text("r")
+    log.add({"key": [f"fault={evil}"], "what": f"fault={evil}", "verdict": "fail",
+             "headline": {"stage": "<i>audio</i>", "code": "x\"onmouseover=\"alert(2)", "message": evil},
+             "reason": "</td><script>alert(3)</script>", "seconds": 1.0, "report": log.rel(rep)})
+    res = BisectResult("switches", "found", culprit=[f"fault={evil}"], message=f"found {evil}",
+                       headline={"stage": "<i>audio</i>", "code": "c", "message": evil}, trial_report=rep,
+                       profile_toml=f'[tool.parity.profiles.x]\nkeep_fp32 = ["{evil}"]\n',
+                       warnings=[f"warning {evil}"],
+                       skipped=[{"sha": "a" * 40, "subject": "<img src=x onerror=alert(4)>", "reason": evil}])
+    html = write_bisect_report(res, log, tmp_path / "page.html").read_text()
+    assert "<script" not in html and "<img" not in html and "<i>audio" not in html and "<u>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(4)&gt;" in html
+    assert 'onmouseover="alert(2)' not in html and "&#34;onmouseover=&#34;alert(2)" in html
+    assert 'href="trials/t001 &lt;u&gt;.html"' in html  # the link survives, escaped
+
+
+def test_bisect_package_has_no_cycle_with_the_cli_and_no_private_cross_imports():
+    import ast
+
+    code = "import sys, parity.bisect.cli; assert 'parity.cli' not in sys.modules, 'parity.bisect imports parity.cli'"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for f in sorted((ROOT / "parity" / "bisect").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{f.name} imports private names {private} from {'.' * node.level}{node.module}"

@@ -179,3 +179,26 @@ def test_model_object_reruns_are_identical():
     m = Token2Wav.from_preset("tiny")
     inp = load_bundle(SHORT)
     assert torch.equal(m.run(inp), m.run(inp))
+
+
+def test_run_json_keeps_per_frame_vectors_in_a_sidecar(tmp_path):
+    import json
+
+    from parity.result import read_json, read_matrix_json, sidecar_path
+
+    out = tmp_path / "r.json"
+    args = ["run", "--inputs", str(SHORT), "--no-local", "--no-progress", "--report", str(tmp_path / "r.html")]
+    assert main(args + ["--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["vectors"]["sidecar"] == "r.vectors.npz" and sidecar_path(out).exists()
+    assert not any("per_frame_error" in s for s in d["stages"]) and "per_frame" not in d["audio"]
+    back = read_json(out)
+    assert back.stage("flow_mel").per_frame_error and back.audio["per_frame"]["lsd_db"]
+    inline = tmp_path / "inline.json"
+    assert main(args + ["--json", str(inline), "--inline-vectors", "--profile", "fp32-sdpa",
+                        "--profile", "fp32-sdpa-math"]) == 0
+    d2 = json.loads(inline.read_text())
+    assert d2["schema"] == "tts-parity-matrix/1" and "vectors" not in d2 and not sidecar_path(inline).exists()
+    flow_mel = next(s for s in d2["cases"][0]["stages"] if s["name"] == "flow_mel")
+    assert flow_mel["per_frame_error"] == back.stage("flow_mel").per_frame_error  # same numbers either way
+    assert len(read_matrix_json(inline)) == 2

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from parity.cli import main
-from parity.compare import CompareOptions, compare_loaded, compare_paths, exit_code
+from parity.compare import CompareOptions, compare_loaded, compare_paths
 from parity.ingest import Loaded, load
 from parity.policy import load_policy
 from parity.runner import run_to_trace
@@ -37,12 +37,12 @@ def _loaded(path):
 
 def test_reference_vs_itself_passes_with_zero_error(ref_trace):
     r = compare_paths(ref_trace, ref_trace)
-    assert r["verdict"] == "pass" and r["first_divergence"] is None
-    for s in r["stages"]:
-        assert s["status"] == "pass", s["name"]
-        assert s["metrics"]["max_abs_err"] == 0.0, s["name"]
-    assert exit_code(r) == 0
-    json.dumps(r)  # JSON-safe as produced
+    assert r.verdict == "pass" and r.first_divergence is None
+    for s in r.stages:
+        assert s.status == "pass", s.name
+        assert s.metrics["max_abs_err"] == 0.0, s.name
+    assert r.exit_code == 0
+    json.dumps(r.to_json(), allow_nan=False)  # JSON-safe as produced
 
 
 def fork_dialect(tr, tmp_path, fmt="safetensors"):
@@ -85,29 +85,29 @@ def test_fork_dialect_compares_and_lists_normalisations(ref_trace, tmp_path, fmt
     tr = read_trace(ref_trace)
     p = fork_dialect(tr, tmp_path, fmt)
     r = compare_paths(ref_trace, p)
-    assert r["verdict"] == "pass", r["first_divergence"]
-    kinds = {(n["stage"], n["kind"]) for n in r["normalisations"]}
+    assert r.verdict == "pass", r.first_divergence
+    kinds = {(n["stage"], n["kind"]) for n in r.normalisations}
     assert ("flow_mel", "rename") in kinds and ("flow_mel", "prompt-slice") in kinds
     assert ("flow_mel", "transpose") in kinds and ("mu", "transpose") in kinds
     assert ("f0", "squeeze") in kinds and ("audio", "squeeze") in kinds
     assert ("step3.v1", "rename") in kinds and ("prompt_feat", "transpose") in kinds
     assert ("x0", "rename") in kinds and ("embedding", "rename") in kinds
-    compared = {s["name"] for s in r["stages"] if s["status"] == "pass"}
+    compared = {s.name for s in r.stages if s.status == "pass"}
     assert {"mu", "x0", "step1.v1", "step10.x", "flow_mel", "f0", "source", "audio"} <= compared
-    missing = {s["name"] for s in r["stages"] if s["status"] == "missing"}
+    missing = {s.name for s in r.stages if s.status == "missing"}
     assert "spks" in missing and "s_stft" in missing
-    assert any(f["code"] == "stage_missing" for f in r["findings"])
+    assert any(f.code == "stage_missing" for f in r.findings)
     if fmt == "npydir":  # metadata keys aliased and judged by meaning
-        assert not any(f["code"] == "schedule_mismatch" for f in r["findings"])
+        assert not any(f.code == "schedule_mismatch" for f in r.findings)
 
 
 def test_dialect_metadata_mismatch_is_a_failure(ref_trace, tmp_path):
     p = fork_dialect(read_trace(ref_trace), tmp_path, "npydir")
     (p / "metadata.json").write_text(json.dumps({"steps": 1, "scheduler": "linear"}))
     r = compare_paths(ref_trace, p)
-    assert r["verdict"] == "fail"
-    assert r["first_divergence"]["code"] == "schedule_mismatch"
-    assert "n_timesteps" in r["first_divergence"]["message"]
+    assert r.verdict == "fail"
+    assert r.first_divergence.code == "schedule_mismatch"
+    assert "n_timesteps" in r.first_divergence.message
 
 
 def test_length_mismatch_is_a_finding_never_a_truncation(ref_trace, tmp_path):
@@ -116,11 +116,11 @@ def test_length_mismatch_is_a_finding_never_a_truncation(ref_trace, tmp_path):
     t["audio"] = t["audio"][:, :-240]
     p = write_trace(tmp_path / "short.safetensors", t, tr.metadata)
     r = compare_paths(ref_trace, p)
-    assert r["verdict"] == "fail" and r["first_divergence"]["code"] == "length_mismatch"
-    assert r["first_divergence"]["stage"] == "audio"
+    assert r.verdict == "fail" and r.first_divergence.code == "length_mismatch"
+    assert r.first_divergence.stage == "audio"
     r2 = compare_paths(ref_trace, p, opts=CompareOptions(allow_trim=True))
-    assert r2["verdict"] == "pass"
-    assert any(n["kind"] == "trim" for n in r2["normalisations"])
+    assert r2.verdict == "pass"
+    assert any(n["kind"] == "trim" for n in r2.normalisations)
 
 
 def test_nan_in_reference_is_an_error_not_a_pass(ref_trace, tmp_path):
@@ -130,9 +130,9 @@ def test_nan_in_reference_is_an_error_not_a_pass(ref_trace, tmp_path):
     t["mu"][0, 3, 5] = float("nan")
     p = write_trace(tmp_path / "nanref.safetensors", t, tr.metadata)
     r = compare_paths(p, p)  # even identical NaN never compares equal
-    assert r["verdict"] == "error"
-    assert r["first_divergence"]["code"] == "reference_nonfinite" and r["first_divergence"]["stage"] == "mu"
-    assert exit_code(r) == 2
+    assert r.verdict == "error"
+    assert r.first_divergence.code == "reference_nonfinite" and r.first_divergence.stage == "mu"
+    assert r.exit_code == 2
 
 
 def test_nan_in_candidate_fails_at_its_origin(ref_trace, tmp_path):
@@ -143,7 +143,7 @@ def test_nan_in_candidate_fails_at_its_origin(ref_trace, tmp_path):
         t[k][0, 0, 7] = float("nan")
     p = write_trace(tmp_path / "nancand.safetensors", t, tr.metadata)
     r = compare_paths(ref_trace, p)
-    assert r["first_divergence"]["stage"] == "step4.v2" and r["first_divergence"]["code"] == "nonfinite_origin"
+    assert r.first_divergence.stage == "step4.v2" and r.first_divergence.code == "nonfinite_origin"
 
 
 def test_corrupt_and_missing_files_are_clear_errors(ref_trace, tmp_path, capsys):
@@ -160,7 +160,7 @@ def test_no_common_stage_is_an_error(ref_trace, tmp_path):
     p = tmp_path / "other.npz"
     np.savez(p, completely_unknown=np.zeros(3, dtype=np.float32))
     r = compare_paths(ref_trace, p)
-    assert r["verdict"] == "error" and r["first_divergence"]["code"] == "nothing_to_compare"
+    assert r.verdict == "error" and r.first_divergence.code == "nothing_to_compare"
 
 
 def test_map_option_and_shape_mismatch(ref_trace, tmp_path, capsys):
@@ -168,9 +168,9 @@ def test_map_option_and_shape_mismatch(ref_trace, tmp_path, capsys):
     p = tmp_path / "mapped.npz"
     np.savez(p, my_mel=tr["flow_mel"].numpy(), weird=np.zeros((3, 7), dtype=np.float32))
     r = compare_paths(ref_trace, p, maps={"my_mel": "flow_mel", "weird": "f0"})
-    assert {s["name"]: s["status"] for s in r["stages"]}["flow_mel"] == "pass"
-    f0 = next(s for s in r["stages"] if s["name"] == "f0")
-    assert f0["status"] == "fail" and f0["problem"]["code"] == "shape_mismatch"
+    assert {s.name: s.status for s in r.stages}["flow_mel"] == "pass"
+    f0 = next(s for s in r.stages if s.name == "f0")
+    assert f0.status == "fail" and f0.problem["code"] == "shape_mismatch"
 
 
 def test_required_stage_missing_fails(ref_trace, tmp_path):
@@ -180,10 +180,10 @@ def test_required_stage_missing_fails(ref_trace, tmp_path):
     t = {k: v for k, v in tr.tensors.items() if k != "s_stft"}
     p = write_trace(tmp_path / "nostft.safetensors", t, tr.metadata)
     r = compare_paths(ref_trace, p, policy_path=pol)
-    assert r["verdict"] == "fail"
-    assert any(f["code"] == "stage_missing_required" for f in r["findings"])
+    assert r.verdict == "fail"
+    assert any(f.code == "stage_missing_required" for f in r.findings)
     r2 = compare_paths(ref_trace, p)
-    assert r2["verdict"] == "pass"  # absent but not required: reported only
+    assert r2.verdict == "pass"  # absent but not required: reported only
 
 
 def test_compare_cli_json_schema(ref_trace, tmp_path, capsys):
@@ -212,7 +212,7 @@ def test_metadata_mismatch_weights_and_info(ref_trace, tmp_path):
     meta = dict(tr.metadata, weights_sha256="deadbeef", attention="sdpa", device="cuda:0")
     p = write_trace(tmp_path / "w.safetensors", tr.tensors, meta)
     r = compare_paths(ref_trace, p)
-    codes = {f["code"]: f["severity"] for f in r["findings"]}
+    codes = {f.code: f.severity for f in r.findings}
     assert codes["weights_mismatch"] == "failure"
     assert codes["attention_differs"] == "info" and codes["device_differs"] == "info"
 
@@ -222,18 +222,18 @@ def test_step_local_errors_and_amplification():
     comparison separates per-step error from drift."""
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import switches_from
-    from parity.run import run_case
+    from parity.session import run_case
 
     model = Token2Wav.from_preset("tiny")
     cand = CandidateToken2Wav(model, switches_from("fp16-flow"), "fp16-flow")
     case = run_case(model, cand, MEDIUM)
-    steps = case.result["steps"]
+    steps = case.result.steps
     assert len(steps) == 10
-    assert all(r["local_x"] is not None and r["acc_x"] is not None for r in steps)
-    assert steps[-1]["acc_x"] > steps[-1]["local_x"]  # accumulated error exceeds the last step's own
-    assert all(r["cfg_gap_ref"] is not None and r["cfg_gap_cand"] is not None for r in steps)
-    assert any(r["growth"] is not None for r in steps)
-    local_names = {s["name"] for s in case.result["local"]}
+    assert all(r.local["x"] is not None and r.acc["x"] is not None for r in steps)
+    assert steps[-1].acc["x"] > steps[-1].local["x"]  # accumulated error exceeds the last step's own
+    assert all(r.cfg_gap_ref is not None and r.cfg_gap_cand is not None for r in steps)
+    assert any(r.growth is not None for r in steps)
+    local_names = {s.name for s in case.result.local}
     assert {"step1.v1", "step10.x", "f0", "audio"} <= local_names
 
 
@@ -264,8 +264,8 @@ def test_in_memory_compare_with_reduced_precision_context(ref_trace):
     t = {k: (v.half().float() if v.is_floating_point() and k not in inputs else v) for k, v in tr.tensors.items()}
     cand = Loaded(t, dict(tr.metadata, precision="fp16"), "cand")
     r = compare_loaded(ref, cand, load_policy(), CompareOptions())
-    assert r["context"]["precision"] == "fp16"
-    assert r["verdict"] == "pass", r["first_divergence"]
+    assert r.context["precision"] == "fp16"
+    assert r.verdict == "pass", r.first_divergence
 
 
 def test_calibrate_writes_loadable_rules(tmp_path, capsys):
@@ -289,13 +289,13 @@ def test_fp64_arbiter_rule(ref_trace, tmp_path):
     t["step5.v1"] = t["step5.v1"] * (1 + 3e-6)  # fp32-rounding-sized: passes the arbiter
     p = write_trace(tmp_path / "c.safetensors", t, tr.metadata)
     r = compare_paths(ref_trace, p, fp64_path=p64)
-    s = next(s for s in r["stages"] if s["name"] == "step5.v1")
-    assert s["statistic"] == "arbiter:rmse" and s["status"] == "pass"
+    s = next(s for s in r.stages if s.name == "step5.v1")
+    assert s.statistic == "arbiter:rmse" and s.status == "pass"
     t["step5.v1"] = tr["step5.v1"] + 1e-3  # far above the fp32 noise floor: fails the arbiter
     p = write_trace(tmp_path / "c2.safetensors", t, tr.metadata)
     r = compare_paths(ref_trace, p, fp64_path=p64)
-    s = next(s for s in r["stages"] if s["name"] == "step5.v1")
-    assert s["status"] == "fail" and s["value"] > s["limit"]
+    s = next(s for s in r.stages if s.name == "step5.v1")
+    assert s.status == "fail" and s.value > s.limit
 
 
 def test_flow_mel_failing_only_on_its_own_limit_is_explained(ref_trace, tmp_path):
@@ -315,8 +315,8 @@ def test_flow_mel_failing_only_on_its_own_limit_is_explained(ref_trace, tmp_path
                    '[[rule]]\nstage = "flow_mel"\nprecision = ["int8"]\nstatistic = "rel_l2"\nlimit = 0.01\n')
     r = compare_loaded(Loaded(dict(tr.tensors), dict(tr.metadata), "ref"),
                        Loaded(t, dict(tr.metadata, precision="int8"), "cand"), load_policy(pol), CompareOptions())
-    assert r["verdict"] == "fail"
-    fd = r["first_divergence"]
-    assert fd["stage"] == "flow_mel" and fd["code"] == "flow_mel_mismatch"
-    head = next(f for f in r["findings"] if f["code"] == "flow_mel_mismatch")
-    assert "carries the last ODE state's error" in head["message"] and "prompt slicing" not in head["message"]
+    assert r.verdict == "fail"
+    fd = r.first_divergence
+    assert fd.stage == "flow_mel" and fd.code == "flow_mel_mismatch"
+    head = next(f for f in r.findings if f.code == "flow_mel_mismatch")
+    assert "carries the last ODE state's error" in head.message and "prompt slicing" not in head.message

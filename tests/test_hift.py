@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy.signal import get_window
 
-from parity.capture import HIFT_STAGES, Recorder
+from parity.capture import Recorder
+from parity.stages import VOCODER_OUTPUTS
 from reference.checkpoint import read_state_dict
 from reference.config import preset
 from reference.errors import CheckpointError, InputError
@@ -124,7 +125,7 @@ def test_stages_finite_and_realistic(tiny_run):
 def test_default_stages_and_optional_ones(tiny):
     mel = speech_like_mel(12, seed=2)
     _, default = run(tiny, mel)
-    assert set(default) == set(HIFT_STAGES)
+    assert set(default) == set(VOCODER_OUTPUTS)
     _, more = run(tiny, mel, patterns="+hift.*")
     assert {f"hift.{n}{i}" for n in ("ups", "fusion", "resblocks", "source_down") for i in range(3)} \
         | {"hift.conv_post"} <= set(more)

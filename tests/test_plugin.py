@@ -6,7 +6,6 @@ extensions cannot be imported twice in one process."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -74,13 +73,17 @@ def test_update_golden_then_pass_then_a_changed_constant_fails(pytester):
     pytester.makepyfile(test_gold="""
 def test_golden(parity_bundle_mode, parity_golden):
     result = parity_golden.check(*parity_bundle_mode)
-    assert result["verdict"] == "pass", result["first_divergence"]
+    assert result.verdict == "pass", result.first_divergence
 """)
     args = [f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-s"]
+    gold = pytester.path / "fixtures" / "golden" / "short-offline.safetensors"
+    r = pytester.runpytest_subprocess(*args)  # no golden yet: a failure, and nothing written
+    r.assert_outcomes(failed=2)
+    assert "short-offline.safetensors is missing: rerun with --parity-update-golden" in r.stdout.str()
+    assert not gold.exists()
     r = pytester.runpytest_subprocess(*args, "--parity-update-golden")
     r.assert_outcomes(passed=2)
     assert "golden short-offline.safetensors written" in r.stdout.str()
-    gold = pytester.path / "fixtures" / "golden" / "short-offline.safetensors"
     assert gold.exists()
     r = pytester.runpytest_subprocess(*args)
     r.assert_outcomes(passed=2)
@@ -118,3 +121,28 @@ def test_shipped_goldens_exist_with_versions():
     assert len(files) == 6
     meta = read_trace(files[0]).metadata
     assert meta["versions"]["torch"] and meta["pipeline"] == "reference" and meta["n_timesteps"] == 10
+
+
+def test_a_mistyped_tool_parity_key_is_a_usage_error(pytester):
+    pytester.makefile(".toml", pyproject='[tool.parity]\nsuite_profiles = "fp32-sdpa"\n')
+    pytester.makepyfile(test_it=ONE_LINE_TEST)
+    r = pytester.runpytest_subprocess(f"--parity-bundle={SHORT}", "-p", "no:cacheprovider")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    assert "suite_profiles must be a list" in r.stderr.str() and "Traceback" not in r.stderr.str()
+
+
+def test_parallel_workers_share_one_session_report(pytester):
+    """Under pytest-xdist each worker writes the reports of its failing cases; the controller writes the one
+    session page, listing every worker's cases."""
+    _project(pytester)
+    pytester.makepyfile(test_it=ONE_LINE_TEST)
+    report = pytester.path / "reports" / "session.html"
+    r = pytester.runpytest_subprocess("-n", "2", "--parity-profile", "sneaky", f"--parity-bundle={SHORT}",
+                                      f"--parity-report={report}", "-p", "no:cacheprovider")
+    r.assert_outcomes(failed=2)
+    assert "parity: session report" in r.stdout.str() and "(2 cases)" in r.stdout.str()
+    page = report.read_text()
+    for mode in ("offline", "streaming"):
+        assert f"short-sneaky-{mode}.html" in page
+        assert (report.with_suffix("") / f"short-sneaky-{mode}.html").exists()
+    assert ">FAIL: 0 of 2 case(s) pass<" in page

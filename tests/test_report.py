@@ -96,10 +96,10 @@ def cases(model, tmp_path_factory):
     """Cases by fault name ("" = passing profile); traces kept for the parity-report tests."""
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import switches_from
-    from parity.run import run_case
+    from parity.session import ReferenceCache, run_case
 
     trace_dir = tmp_path_factory.mktemp("traces")
-    ref_cache: dict = {}
+    refs = ReferenceCache()
     made: dict = {}
 
     def get(fault: str = ""):
@@ -108,7 +108,7 @@ def cases(model, tmp_path_factory):
             name = fault or "fp32-sdpa"
             cand = CandidateToken2Wav(model, switches_from("fp32-sdpa", faults), name)
             # step-local errors only for the passing case (the per-step chart's local curves); faults skip them
-            made[fault] = run_case(model, cand, SHORT, profile_name=name, ref_cache=ref_cache, trace_dir=trace_dir,
+            made[fault] = run_case(model, cand, SHORT, profile_name=name, refs=refs, trace_dir=trace_dir,
                                    local=not fault)
         return made[fault]
 
@@ -155,8 +155,8 @@ def test_passing_report(cases, built):
     assert "No stage holds NaN or Inf" in section(html, "nonfinite")
     # the stage table: every stage, passing ODE steps collapsed behind a group row
     st = section(html, "stages")
-    for s in case.result["stages"]:
-        assert f'data-stage="{s["name"]}"' in st
+    for s in case.result.stages:
+        assert f'data-stage="{s.name}"' in st
     assert 'class="group" data-target="step-1"' in st and 'class="collapsed" id="step-1"' in st
     # the audio metrics come from the result, as the result formats them
     am = section(html, "audio-metrics")
@@ -169,7 +169,7 @@ def test_passing_report(cases, built):
     assert "flash-cpu" in prov and noise_for_config(preset("tiny")).fingerprint() in prov  # the tiny model's noise
     assert re.search(r'<tr class="differs"><th>attention \(requested\)</th>', prov)
     assert re.search(r'<tr class=""><th>noise fingerprint</th>', prov)
-    assert section(html, "raw-stats").count("<details class=\"stage\">") == len(case.result["stages"])
+    assert section(html, "raw-stats").count("<details class=\"stage\">") == len(case.result.stages)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -177,20 +177,20 @@ def test_fault_reports(cases, built, fault):
     from candidate.faults import catalogue
 
     case = cases(fault)
-    fd = case.result["first_divergence"]
+    fd = case.result.first_divergence
     assert case.verdict == "fail" and fd is not None
-    assert fd["stage"] == catalogue()[fault].stage()
+    assert fd.stage == catalogue()[fault].stage()
     html = check_common(built(fault))
     banner = section(html, "verdict")
     assert ">FAIL<" in banner
-    assert f"<strong>{fd['stage']}</strong>" in banner and f"<code>{fd['code']}</code>" in banner
+    assert f"<strong>{fd.stage}</strong>" in banner and f"<code>{fd.code}</code>" in banner
     # the findings in order, the headline first
     diag = section(html, "diagnosis")
     codes = re.findall(r'<tr class="finding [a-z]+">.*?<code>([^<]+)</code>', diag, re.S)
-    assert codes == [f["code"] for f in case.result["findings"]]
-    assert codes[0] == fd["code"]
+    assert codes == [f.code for f in case.result.findings]
+    assert codes[0] == fd.code
     # the first divergence row is marked in the stage table, and its step is not collapsed
-    assert f'<tr class="stage-row first" data-stage="{fd["stage"]}">' in section(html, "stages")
+    assert f'<tr class="stage-row first" data-stage="{fd.stage}">' in section(html, "stages")
     for im in images(html):
         assert im.shape[1] == 800
     assert len(wavs(html)) == 3
@@ -212,11 +212,11 @@ def test_nonfinite_report(cases, built):
 
 def test_crashed_candidate_report(cases, built):
     case = cases("shape-crash")
-    crash = [f for f in case.result["findings"] if f["code"] == "candidate_crashed"]
-    assert crash and case.result["audio"] is None
+    crash = [f for f in case.result.findings if f.code == "candidate_crashed"]
+    assert crash and case.result.audio is None
     html = check_common(built("shape-crash"))
     banner = section(html, "verdict")
-    assert "The candidate crashed" in banner and f"while computing <strong>{crash[0]['stage']}</strong>" in banner
+    assert "The candidate crashed" in banner and f"while computing <strong>{crash[0].stage}</strong>" in banner
     assert "RuntimeError" in banner
     assert "the candidate has no audio" in section(html, "waveform")
     assert len(wavs(html)) == 1  # the reference alone
@@ -239,7 +239,7 @@ def test_report_without_tensors(cases, tmp_path):
     from parity.report import build_report
 
     case = cases("istft-gain")
-    path = build_report(case.result, tmp_path / "bare.html", load_sources=False)
+    path = build_report(case.result, tmp_path / "bare.html")
     html = check_common(path)
     assert len(images(html)) == 1  # only the step chart: it needs no tensors
     for sid in ("mel", "f0", "waveform"):
@@ -249,14 +249,15 @@ def test_report_without_tensors(cases, tmp_path):
 
 def test_json_result_is_enough(cases, tmp_path):
     """A result written to JSON and read back renders the same way (no live objects needed)."""
-    from parity.compare import write_json
     from parity.report import build_report
+    from parity.result import read_json, write_json
 
     case = cases("uncond-keeps-cond")
     p = write_json(case.result, tmp_path / "r.json")
-    result = json.loads(p.read_text())
+    result = read_json(p)
+    assert result.to_json() == case.result.to_json()
     html = check_common(build_report(result, tmp_path / "j.html", case=case))
-    assert result["first_divergence"]["code"] in section(html, "verdict")
+    assert result.first_divergence.code in section(html, "verdict")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,11 +279,11 @@ def _hostile_dumps(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_hostile_names_are_escaped(tmp_path):
-    from parity.report import report_from_saved
+    from parity.cli import report_from_saved
 
     ref, cand = _hostile_dumps(tmp_path)
     path, result = report_from_saved([str(ref), str(cand)], tmp_path / "hostile.html")
-    assert result["first_divergence"]["stage"] == HOSTILE
+    assert result.first_divergence.stage == HOSTILE
     html = read(path)
     assert HOSTILE not in html
     assert "alert(2)" in html and "<img src=x" not in html
@@ -321,7 +322,7 @@ def test_parity_report_from_traces(cases, tmp_path, capsys):
 
 def test_parity_report_from_json(cases, tmp_path, monkeypatch):
     from parity.cli import report_main
-    from parity.compare import write_json
+    from parity.result import write_json
 
     case = cases("noise-unshared")
     j = write_json(case.result, tmp_path / "result.json")
@@ -329,8 +330,8 @@ def test_parity_report_from_json(cases, tmp_path, monkeypatch):
     assert report_main([str(j), str(case.ref_trace), str(case.cand_trace), "-o", str(out)]) == 1
     html = check_common(out)
     # the saved result is shown as saved (nothing recomputed): its headline, its numbers
-    fd = case.result["first_divergence"]
-    assert f"<strong>{fd['stage']}</strong>" in section(html, "verdict") and fd["code"] in section(html, "verdict")
+    fd = case.result.first_divergence
+    assert f"<strong>{fd.stage}</strong>" in section(html, "verdict") and fd.code in section(html, "verdict")
     assert len(images(html)) == 4
     # the JSON alone: tensors from the result's sources (the traces still exist); default output name
     monkeypatch.chdir(tmp_path)
@@ -352,7 +353,7 @@ def test_parity_report_default_name(cases, tmp_path, monkeypatch):
 
 def test_parity_report_input_errors(tmp_path, capsys):
     from parity.cli import report_main
-    from parity.report import report_from_saved
+    from parity.cli import report_from_saved
     from reference.errors import InputError
 
     assert report_main([str(tmp_path / "nope.safetensors"), str(tmp_path / "nope2.safetensors")]) == 2
@@ -385,7 +386,9 @@ def test_summary_page_links(cases, built):
     for c, fault in zip(cs, ("", "istft-gain")):
         c.report = built(fault)
     case_dir = cs[0].report.parent
-    path = build_summary_page(cs, case_dir.parent / "run.html")
+    from parity.session import CaseSummary
+
+    path = build_summary_page([CaseSummary.of(c) for c in cs], case_dir.parent / "run.html")
     html = read(path)
     links = re.findall(r'<a href="([^"]+)">', html)
     assert links == [f"{case_dir.name}/{c.name}.html" for c in cs]  # relative to the summary page
@@ -394,3 +397,16 @@ def test_summary_page_links(cases, built):
     assert ">FAIL: 1 of 2 case(s) pass<" in html
     assert "audio_preclamp" in html and "vocoder_divergence" in html
     assert footer_size(html) == path.stat().st_size
+
+
+def test_the_report_package_only_renders():
+    """plots, audio players, view model and pages: none of them reads traces, compares or judges."""
+    import ast
+
+    root = FIXTURES.parent / "parity" / "report"
+    assert sorted(p.stem for p in root.glob("*.py")) == ["__init__", "audio", "page", "plots", "view"]
+    forbidden = {"compare", "diagnose", "ingest", "policy", "metrics", "runner", "session", "trace"}
+    for f in root.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert (node.module or "").split(".")[0] not in forbidden, f"{f.name} imports parity.{node.module}"

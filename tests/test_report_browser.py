@@ -322,12 +322,12 @@ def _synthetic_traces(d: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def nan_report(tmp_path_factory) -> Path:
-    from parity.report import report_from_saved
+    from parity.cli import report_from_saved
 
     d = tmp_path_factory.mktemp("browser")
     rp, cp = _synthetic_traces(d)
     path, result = report_from_saved([str(rp), str(cp)], d / "report.html")
-    assert result["verdict"] == "fail"
+    assert result.verdict == "fail"
     return path
 
 

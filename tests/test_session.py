@@ -13,7 +13,8 @@ import torch
 from candidate.faults import catalogue, parse_fault
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.capture import SESSION_PATTERNS, Recorder
+from parity.capture import Recorder
+from parity.stages import SESSION_PATTERNS
 from parity.ingest import load as ingest_load
 from parity.stages import canonical_session_expected, position, sort_stages
 from parity.streaming_metrics import (GlitchThresholds, chunk_starts, detect_glitches, expected_chunk_samples,

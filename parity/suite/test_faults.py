@@ -1,11 +1,10 @@
 """The harness testing itself: every catalogue fault is caught and localised to its recorded stage."""
 
-from pathlib import Path
 
 import pytest
 
 from candidate.faults import catalogue
-from parity.run import default_bundles
+from parity.project import default_bundles
 
 BUNDLE = next((b for b in default_bundles() if b.stem == "medium"), None)
 
@@ -20,10 +19,9 @@ def test_fault_is_caught_and_localised(parity_fault, blocks, parity_run):
     case = parity_run("fp32-explicit", BUNDLE, faults=(parity_fault,), patterns="+step*.block*" if blocks else None)
     result = case.result
     expected = fault.stage(blocks_captured=blocks)
-    assert result["verdict"] == "fail", f"{parity_fault} was not caught: {result['summary']}"
-    fd = result["first_divergence"]
-    assert fd["stage"] == expected, (f"{parity_fault}: headline at {fd['stage']} [{fd['code']}], expected {expected}: "
-                                     f"{fd['message']}")
+    assert result.verdict == "fail", f"{parity_fault} was not caught: {result.summary}"
+    fd = result.first_divergence
+    assert fd.stage == expected, f"{parity_fault}: headline at {fd.stage} [{fd.code}], expected {expected}: {fd.message}"
     if fault.expected_code:
-        codes = {f["code"] for f in result["findings"] if f["stage"] == expected}
+        codes = {f.code for f in result.findings_at(expected)}
         assert fault.expected_code in codes, f"{parity_fault}: codes at {expected}: {codes}"

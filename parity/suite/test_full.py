@@ -2,7 +2,7 @@
 
 import pytest
 
-from parity.run import default_bundles
+from parity.project import default_bundles
 
 pytestmark = [pytest.mark.parity_full, pytest.mark.slow]
 

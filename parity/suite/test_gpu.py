@@ -2,12 +2,12 @@
 
 import pytest
 
-from parity.run import default_bundles
+from parity.project import default_bundles, shipped_profiles
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("profile", ["fp16-flash-cuda", "bf16-flash-cuda"])
+@pytest.mark.parametrize("profile", shipped_profiles("cuda"))
 @pytest.mark.parametrize("streaming", [False, True], ids=["offline", "streaming"])
 def test_cuda_profile(profile, streaming, parity_session, assert_parity):
     bundle = next(b for b in default_bundles() if b.stem == "medium")

@@ -19,7 +19,7 @@ def test_reference_is_deterministic(parity_bundle_mode, parity_model):
     exact = Policy().extend([{"stage": "*", "statistic": "exact"}], "determinism")
     result = compare_loaded(Loaded(a.tensors, a.metadata, "run 1"), Loaded(b.tensors, b.metadata, "run 2"), exact,
                             CompareOptions(precision="fp32", attention="explicit", audio_metrics=False))
-    assert result["verdict"] == "pass", result["first_divergence"]
+    assert result.verdict == "pass", result.first_divergence
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
@@ -28,5 +28,4 @@ def test_reference_matches_golden(parity_bundle_mode, parity_golden, parity_sess
         pytest.skip("goldens are stored for the tiny preset")
     bundle, streaming = parity_bundle_mode
     result = parity_golden.check(bundle, streaming)
-    fd = result["first_divergence"]
-    assert result["verdict"] == "pass", f"reference drifted from its golden trace: {fd}"
+    assert result.verdict == "pass", f"reference drifted from its golden trace: {result.first_divergence}"

@@ -1,0 +1,451 @@
+"""The view model: the comparison result reshaped for the page template (rows, tables, groups, notes) plus the
+figures and players the page embeds. No metric is computed here; every number comes from the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..render import fmt
+from ..result import Comparison, StageResult
+from ..stages import STEP_OUTPUTS, layout, parse_step
+from .audio import audio_players, worst_positions
+from .plots import listvec, mel2d, plot_f0, plot_mel, plot_steps, plot_waves, vec
+
+NONFINITE_CODES = ("nonfinite_origin", "reference_nonfinite", "audio_nonfinite")
+
+
+def _loc(at: Any, stage: str | None = None) -> str:
+    """A max-error location {flat, index, channel, frame} as text."""
+    if not isinstance(at, dict):
+        return ""
+    kind = layout(stage).kind if stage else ""
+    if kind == "wave" and at.get("frame") is not None:
+        return f"sample {at['frame']}"
+    parts = []
+    if at.get("channel") is not None:
+        parts.append(f"ch {at['channel']}")
+    if at.get("frame") is not None:
+        parts.append(f"frame {at['frame']}")
+    if not parts and at.get("index") is not None:
+        parts.append(f"index {fmt(at['index'])}")
+    return ", ".join(parts)
+
+
+
+def _evidence(ev: Any, limit: int = 10) -> list[tuple[str, str]]:
+    if not isinstance(ev, dict):
+        return [("evidence", fmt(ev))] if ev not in (None, {}, []) else []
+    out = []
+    for k, v in ev.items():
+        if k.endswith("_at") and isinstance(v, dict):
+            out.append((k, _loc(v) or fmt(v)))
+        elif isinstance(v, list) and len(v) > 8:
+            out.append((k, f"{len(v)} items: " + fmt(v[:8], limit=120) + " ..."))
+        else:
+            out.append((k, fmt(v, limit=200)))
+        if len(out) >= limit:
+            out.append(("...", f"{len(ev) - limit} more"))
+            break
+    return out
+
+
+def _kernels(m: dict) -> tuple[Any, Any]:
+    k = m.get("attention_kernels")
+    if isinstance(k, dict) and ("counts" in k or "fallbacks" in k):
+        return k.get("counts"), k.get("fallbacks")
+    return k, None
+
+
+def _error_text(e: Any) -> str | None:
+    if e is None:
+        return None
+    if isinstance(e, dict):
+        s = f"{e.get('type', 'error')}: {e.get('message', '')}"
+        if e.get("stage"):
+            s += f" (while computing {e['stage']}"
+            s += f", after {e['last_recorded']})" if e.get("last_recorded") else ")"
+        return s
+    return str(e)
+
+
+PROVENANCE = [
+    # label, getter, highlight differences
+    ("pipeline", lambda m: m.get("pipeline"), False),  # differs by design
+    ("model", lambda m: m.get("model"), True),
+    ("config", lambda m: m.get("config"), True),
+    ("weights sha256", lambda m: m.get("weights_sha256"), True),
+    ("weights", lambda m: m.get("weights"), True),
+    ("noise fingerprint", lambda m: (m.get("noise") or {}).get("fingerprint") if isinstance(m.get("noise"), dict)
+     else m.get("noise"), True),
+    ("noise source", lambda m: (m.get("noise") or {}).get("source") if isinstance(m.get("noise"), dict) else None,
+     True),
+    ("dtypes", lambda m: m.get("dtypes"), True),
+    ("precision", lambda m: m.get("precision"), True),
+    ("device", lambda m: m.get("device"), True),
+    ("attention (requested)", lambda m: m.get("attention"), True),
+    ("attention kernels that ran (counts)", lambda m: _kernels(m)[0], True),
+    ("attention fallbacks", lambda m: _kernels(m)[1] or None, True),
+    ("n_timesteps", lambda m: m.get("n_timesteps"), True),
+    ("t_scheduler", lambda m: m.get("t_scheduler"), True),
+    ("cfg_rate", lambda m: m.get("cfg_rate"), True),
+    ("sigma_min", lambda m: m.get("sigma_min"), True),
+    ("streaming", lambda m: m.get("streaming"), True),
+    ("finalize", lambda m: m.get("finalize"), True),
+    ("sample rate", lambda m: m.get("sample_rate"), True),
+    ("inputs", lambda m: m.get("inputs"), True),
+    ("torch", lambda m: (m.get("env") or {}).get("torch") if isinstance(m.get("env"), dict) else None, True),
+    ("git SHA", lambda m: (m.get("env") or {}).get("git_sha") if isinstance(m.get("env"), dict) else None, True),
+    ("python", lambda m: (m.get("env") or {}).get("python") if isinstance(m.get("env"), dict) else None, True),
+    ("threads", lambda m: (m.get("env") or {}).get("threads") if isinstance(m.get("env"), dict) else None, True),
+    ("profile", lambda m: m.get("profile"), True),
+    ("switches", lambda m: m.get("switches"), True),
+    ("faults", lambda m: m.get("faults"), True),
+    ("compile", lambda m: m.get("compile"), True),
+    ("status", lambda m: m.get("status"), True),
+    ("error", lambda m: _error_text(m.get("error")), True),
+    ("started", lambda m: m.get("started"), False),
+    ("seconds", lambda m: m.get("seconds"), False),
+]
+_PROV_KEYS = {"pipeline", "model", "config", "weights_sha256", "weights", "noise", "dtypes", "precision", "device",
+              "attention", "attention_kernels", "n_timesteps", "t_scheduler", "cfg_rate", "sigma_min", "streaming",
+              "finalize", "sample_rate", "inputs", "env", "profile", "switches", "faults", "compile", "status",
+              "error", "started", "seconds", "stage_order"}
+
+
+def provenance_rows(meta: dict) -> tuple[list[dict], list[dict]]:
+    ref = meta.get("ref") if isinstance(meta.get("ref"), dict) else {}
+    cand = meta.get("cand") if isinstance(meta.get("cand"), dict) else {}
+    rows = []
+    for label, get, hl in PROVENANCE:
+        a, b = get(ref), get(cand)
+        if a is None and b is None:
+            continue
+        ta, tb = fmt(a, limit=400), fmt(b, limit=400)
+        rows.append({"label": label, "ref": ta, "cand": tb, "differs": hl and ta != tb})
+    other = []
+    for k in sorted(set(ref) | set(cand)):
+        if k in _PROV_KEYS:
+            continue
+        ta, tb = fmt(ref.get(k), limit=400), fmt(cand.get(k), limit=400)
+        other.append({"label": k, "ref": ta, "cand": tb, "differs": ta != tb})
+    return rows, other
+
+
+def _stage_row(s: StageResult, first: str | None) -> dict:
+    m = s.metrics or {}
+    sp = m.get("special") or {}
+    name = s.name
+    if m.get("kind") == "int" and isinstance(m.get("first_mismatch"), dict):
+        fm = m["first_mismatch"]
+        maxd = f"{m.get('n_mismatch')} mismatches; first at {fmt(fm.get('index'))}: {fmt(fm.get('ref'))} vs " \
+               f"{fmt(fm.get('cand'))}"
+    else:
+        maxd = fmt(m.get("max_abs_err"), sp, "max_abs_err") if m else "-"
+        loc = _loc(m.get("max_abs_err_at"), name)
+        if loc:
+            maxd += f" @ {loc}"
+    min_atol = s.min_atol_to_pass if s.judged else m.get("min_atol_to_pass")
+    atol_txt = fmt(min_atol, sp, "min_atol_to_pass") if (min_atol is not None or "min_atol_to_pass" in sp) else "-"
+    if atol_txt == "+inf":
+        atol_txt = "none (non-finite)"
+    norms = [f"{n.get('kind')}: {n.get('detail')}" for n in s.normalisations if isinstance(n, dict)]
+    rs, cs = s.ref_stats or {}, s.cand_stats or {}
+    nf = []
+    for side, st in (("ref", rs), ("cand", cs)):
+        k = (st.get("nan_count") or 0) + (st.get("inf_count") or 0)
+        if k:
+            nf.append(f"{side}: {k} NaN/Inf")
+    detail = s.detail or ""
+    if s.arbiter:
+        detail += f" [arbiter: {fmt(s.arbiter)}]"
+    return {"name": name, "status": s.status, "statistic": s.statistic or "-",
+            "value": fmt(s.value), "limit": fmt(s.limit), "maxdiff": maxd, "min_atol": atol_txt,
+            "min_rtol": fmt(s.min_rtol_to_pass, sp, "min_rtol_to_pass"), "norms": norms, "nonfinite": nf,
+            "detail": detail, "first": first is not None and name == first,
+            "shape": fmt(rs.get("shape") or cs.get("shape"))}
+
+
+def stage_groups(stages: list[StageResult], first: str | None) -> list[dict]:
+    """Stage rows in pipeline order; a whole passing ODE step becomes one collapsible group."""
+    groups: list[dict] = []
+    i = 0
+    while i < len(stages):
+        st = parse_step(stages[i].name)
+        if st is None:
+            groups.append({"collapsible": False, "rows": [_stage_row(stages[i], first)]})
+            i += 1
+            continue
+        k = st[0]
+        grp = []
+        while i < len(stages) and (parse_step(stages[i].name) or (None,))[0] == k:
+            grp.append(stages[i])
+            i += 1
+        ok = all(g.ok for g in grp) and first not in [g.name for g in grp]
+        rows = [_stage_row(g, first) for g in grp]
+        if ok:
+            errs = [(g.metric("max_abs_err"), g.name) for g in grp]
+            errs = [e for e in errs if isinstance(e[0], (int, float))]
+            worst = max(errs) if errs else None
+            summary = f"{len(grp)} stages pass" + (f"; worst max |diff| {fmt(worst[0])} ({worst[1]})" if worst else "")
+            groups.append({"collapsible": True, "id": f"step-{k}", "label": f"step{k}.*", "summary": summary,
+                           "rows": rows})
+        else:
+            groups.append({"collapsible": False, "rows": rows})
+    return groups
+
+
+def _kv_rows(d: dict | None, skip=("special",)) -> list[tuple[str, str]]:
+    if not isinstance(d, dict):
+        return []
+    sp = d.get("special") or {}
+    return [(k, fmt(v, sp, k, limit=300)) for k, v in d.items() if k not in skip]
+
+
+def _stats_table(rs: dict | None, cs: dict | None) -> list[tuple[str, str, str]]:
+    keys = list(dict.fromkeys(list((rs or {}).keys()) + list((cs or {}).keys())))
+    rsp, csp = (rs or {}).get("special") or {}, (cs or {}).get("special") or {}
+    return [(k, fmt((rs or {}).get(k), rsp, k) if rs else "-", fmt((cs or {}).get(k), csp, k) if cs else "-")
+            for k in keys if k != "special"]
+
+
+def raw_stats(stages: list[StageResult]) -> list[dict]:
+    """Everything the result holds about each stage (the step-local stages' rows are in the stage section)."""
+    out = []
+    for s in stages:
+        m = s.metrics
+        out.append({"name": str(s.name), "status": s.status,
+                    "stats": _stats_table(s.ref_stats, s.cand_stats),
+                    "metrics": "\n".join(f"{k}: {v}" for k, v in _kv_rows(m)) if m else "",
+                    "metrics_special": fmt((m or {}).get("special")) if (m or {}).get("special") else None,
+                    "rule": fmt(s.rule, limit=400) if s.rule else None,
+                    "first_values": fmt(s.first_values, limit=400) if s.first_values else None,
+                    "problem": fmt(s.problem, limit=400) if s.problem else None,
+                    "detail": s.detail})
+    return out
+
+
+def nonfinite_rows(stages: list[StageResult]) -> list[dict]:
+    rows = []
+    seen_first = set()
+    for s in stages:
+        for side in ("ref", "cand"):
+            st = (s.ref_stats if side == "ref" else s.cand_stats) or {}
+            nan, inf = st.get("nan_count") or 0, st.get("inf_count") or 0
+            if nan or inf:
+                rows.append({"stage": s.name, "side": "reference" if side == "ref" else "candidate",
+                             "nan": nan, "posinf": st.get("posinf_count") or 0, "neginf": st.get("neginf_count") or 0,
+                             "numel": st.get("numel"), "first": fmt(st.get("first_nonfinite_index")),
+                             "origin": side not in seen_first})
+                seen_first.add(side)
+    return rows
+
+
+def audio_metric_tables(audio: dict | None) -> dict:
+    if not audio:
+        return {"available": False, "reason": "no audio section in the result (no audio on one side, or audio "
+                                              "metrics were not computed)"}
+    if audio.get("comparable") is False:
+        return {"available": False, "reason": audio.get("reason") or "audio not comparable"}
+    sections = []
+    for key, title in (("waveform", "waveform"), ("spectral", "log-spectral distance"), ("mel", "log-mel / MCD"),
+                       ("f0", "F0"), ("clicks", "clicks (high-frequency bursts)"), ("length", "length")):
+        d = audio.get(key)
+        if isinstance(d, dict):
+            sections.append({"title": title, "rows": _kv_rows(d)})
+        elif key != "length":
+            sections.append({"title": title, "rows": [], "note": "not computed"})
+    side_rows = []
+    r, c = audio.get("ref") or {}, audio.get("cand") or {}
+    for k in list(dict.fromkeys(list(r) + list(c))):
+        if k == "special":
+            continue
+        rv, cv = r.get(k), c.get(k)
+        if isinstance(rv, dict) or isinstance(cv, dict):
+            for kk in list(dict.fromkeys(list(rv or {}) + list(cv or {}))):
+                if kk == "special":
+                    continue
+                side_rows.append((f"{k}.{kk}", fmt((rv or {}).get(kk)), fmt((cv or {}).get(kk))))
+        else:
+            side_rows.append((k, fmt(rv, r.get("special"), k), fmt(cv, c.get("special"), k)))
+    return {"available": True, "sections": sections, "sides": side_rows, "notes": audio.get("notes") or [],
+            "finite_ok": audio.get("finite_ok"), "sr": audio.get("sr")}
+
+
+# tensors and figures for the page
+
+
+@dataclass
+class Media:
+    steps: dict
+    mel: dict
+    f0: dict
+    waveform: dict
+    listen: dict
+
+
+def _step_limits(result: Comparison) -> dict[str, float]:
+    out = {}
+    for f in STEP_OUTPUTS:
+        s = result.stage(f"step1.{f}")
+        rule = (s.rule if s else None) or {}
+        if rule.get("statistic") == "elementwise" and isinstance(rule.get("atol"), (int, float)) and rule["atol"] > 0:
+            out[f] = float(rule["atol"])
+    return out
+
+
+def _safe(fn, *a, **k) -> tuple[Any, str | None]:
+    """A figure that fails to draw becomes a note; it never takes the report down."""
+    try:
+        return fn(*a, **k), None
+    except Exception as exc:  # noqa: BLE001 - plotting foreign data must not crash the report
+        return None, f"could not draw this figure: {type(exc).__name__}: {exc}"
+
+
+def _join(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
+
+
+def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> Media:
+    rt, ct = rt or {}, ct or {}
+    have = bool(rt) or bool(ct)
+    no_t = tensor_note or "no trace tensors were given to the report (only the comparison result): plots omitted"
+    steps = result.steps
+    if steps:
+        img, err = _safe(plot_steps, steps, _step_limits(result))
+        step_sec = {"img": img, "note": err, "rows": [r.to_json() for r in steps]}
+    else:
+        step_sec = {"img": None, "note": "no ODE steps in either trace (e.g. an external dump without per-step "
+                                         "tensors)", "rows": []}
+
+    # mel
+    mel_sec: dict = {"img": None, "note": None}
+    rm, cm = mel2d(rt.get("flow_mel")), mel2d(ct.get("flow_mel"))
+    label = "flow_mel"
+    pf: list[tuple[str, np.ndarray]] = []
+    st = result.stage("flow_mel")
+    if st and st.per_frame_error:
+        pf.append(("flow_mel: mean |cand - ref| per frame", listvec(st.per_frame_error)))
+    apf = (result.audio or {}).get("per_frame") or {}
+    if rm is None and not have:
+        mel_sec["note"] = no_t
+    elif rm is None and rt.get("audio") is not None:
+        try:  # an external dump without flow_mel: the mel of each side's audio, by the pipeline's recipe
+            from ..melspec import audio_mel
+
+            rm = audio_mel(vec(rt["audio"])).astype(np.float64)
+            cm = audio_mel(vec(ct["audio"])).astype(np.float64) if ct.get("audio") is not None else None
+            label = "mel of the audio (pipeline recipe; no flow_mel in the traces)"
+            if apf.get("logmel_l1") is not None:
+                pf.append(("audio log-mel L1 per frame", listvec(apf["logmel_l1"])))
+        except Exception as exc:  # noqa: BLE001
+            mel_sec["note"] = f"no flow_mel in the traces and the audio mel failed: {exc}"
+    if rm is not None:
+        if apf.get("lsd_db") is not None:
+            pf.append(("audio log-spectral distance (dB)", listvec(apf["lsd_db"])))
+        img, err = _safe(plot_mel, rm, cm, pf[:2], label)
+        mel_sec["img"] = img
+        notes = [err] if err else []
+        if cm is None:
+            notes.append("the candidate has no " + label.split(" ")[0] + ": reference only")
+        elif cm.shape != rm.shape:
+            notes.append(f"shapes differ (reference {list(rm.shape)}, candidate {list(cm.shape)}): no difference "
+                         f"image")
+        mel_sec["note"] = "; ".join(notes) or None
+    elif mel_sec["note"] is None:
+        mel_sec["note"] = "no flow_mel (and no audio) in the reference trace"
+
+    # F0
+    f0_sec: dict = {"img": None, "note": None}
+    rf, cf = vec(rt.get("f0")), vec(ct.get("f0"))
+    thr = ((result.audio or {}).get("f0") or {}).get("voiced_threshold_hz")
+    if thr is None:
+        from ..audio_metrics import VOICED_THRESHOLD_HZ
+
+        thr = VOICED_THRESHOLD_HZ
+    if rf is None:
+        f0_sec["note"] = no_t if not have else "no f0 in the reference trace"
+    else:
+        f0_sec["img"], err = _safe(plot_f0, rf, cf, float(thr))
+        f0_sec["note"] = _join(err, "the candidate has no f0: reference only" if cf is None else
+                               f"F0 lengths differ ({rf.size} vs {cf.size} frames): no difference curve"
+                               if cf.size != rf.size else None)
+    f0_sec["threshold"] = fmt(thr)
+
+    # waveform and players
+    audio = result.audio or {}
+    ref_meta = result.metadata.get("ref")
+    sr = audio.get("sr") or (ref_meta.get("sample_rate") if isinstance(ref_meta, dict) else None)
+    sr = int(sr) if isinstance(sr, (int, float)) and sr > 0 else 24000
+    ra, ca = vec(rt.get("audio")), vec(ct.get("audio"))
+    wav_sec: dict = {"img": None, "note": None}
+    listen: dict = {"windows": [], "note": None, "sanitised": [], "missing": None}
+    if ra is None:
+        wav_sec["note"] = no_t if not have else "no audio in the reference trace"
+        listen["missing"] = wav_sec["note"]
+    else:
+        pos = worst_positions(result, sr, ra.size if ca is None else min(ra.size, ca.size))
+        worst, wl = pos[0] if pos else (None, "")
+        wav_sec["img"], err = _safe(plot_waves, ra, ca, sr, worst, wl)
+        no_cand = "the candidate has no audio (it crashed or did not dump it): reference only" if ca is None else None
+        wav_sec["note"] = _join(err, no_cand)
+        lp, err = _safe(audio_players, result, ra, ca, sr, budget)
+        if lp:
+            listen.update(lp)
+        listen["missing"] = _join(err, no_cand)
+    return Media(step_sec, mel_sec, f0_sec, wav_sec, listen)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole page
+
+SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "steps", "mel", "f0", "waveform", "listen",
+               "nonfinite", "audio-metrics", "raw-stats")
+
+
+def page_context(result: Comparison, *, title: str, seconds: dict, media: Media, notes: list[str]) -> dict:
+    """Everything ``report.html.j2`` shows, from the result (and the figures/players already made)."""
+    import time
+
+    fd = result.first_divergence
+    first = fd.stage if fd else None
+    findings = [{"severity": f.severity, "code": f.code, "stage": f.stage, "message": f.message,
+                 "evidence": _evidence(f.evidence)} for f in result.findings]
+    crash = next((f for f in result.findings if f.code == "candidate_crashed"), None)
+    if crash is not None:
+        ev = crash.evidence
+        crash = {"stage": crash.stage, "message": crash.message, "last_recorded": ev.get("last_recorded"),
+                 "missing": [str(m) for m in ev.get("missing_stages") or []]}
+    prov, prov_other = provenance_rows(result.metadata)
+    src = result.sources
+    return {
+        "title": title,
+        "verdict": result.verdict,
+        "first": fd.headline_json() if fd else None,
+        "crash": crash,
+        "findings": findings,
+        "counts": {s: sum(1 for f in findings if f["severity"] == s) for s in ("error", "failure", "warning", "info")},
+        "sources": {k: src.get(k) for k in ("ref", "cand", "local", "fp64") if src.get(k)},
+        "context": result.context,
+        "policy_sources": result.policy.get("sources") or [],
+        "summary": result.summary,
+        "case": dict(result.case or {}),
+        "seconds": {k: fmt(v) for k, v in seconds.items()},
+        "prov": prov,
+        "prov_other": prov_other,
+        "groups": stage_groups(result.stages, first),
+        "local_rows": [_stage_row(s, None) for s in result.local],
+        "normalisations": [n for n in result.normalisations if isinstance(n, dict)],
+        "first_in_table": any(s.name == first for s in result.stages),
+        "media": media,
+        "nonfinite": nonfinite_rows(result.stages),
+        "nf_findings": [f for f in findings if f["code"] in NONFINITE_CODES],
+        "audio_tables": audio_metric_tables(result.audio),
+        "raw": raw_stats(result.stages),
+        "notes": notes,
+        "section_ids": SECTION_IDS,
+        "schema": result.schema,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
