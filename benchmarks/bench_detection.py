@@ -1,7 +1,7 @@
 """Detection power of the noise-floor gate: the mutation suite (``benchmarks/mutations.py``: slips a port
 makes, none in the fault catalogue) and the legitimate changes, judged against the fp32 noise floor of the
 same model, bundle and mode, and, for contrast, by the flat tolerances (``fixtures/tolerances.toml``
-through the existing ``parity run`` machinery: ``parity.run.run_case``, step-local errors included).
+through the existing ``parity run`` machinery: ``parity.session.run_case``, step-local errors included).
 
     python benchmarks/bench_detection.py                                   # tiny, short bundle, both modes
     python benchmarks/bench_detection.py --modes offline --only gelu-exact,cfg-sign
@@ -39,7 +39,7 @@ from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
 from parity.floor import EstimateLog, FloorCache, Recipe, estimate_floor, judge, run_reference
 from parity.policy import load_policy
-from parity.run import run_case
+from parity.session import ReferenceCache, run_case
 from parity.stages import sort_stages
 from reference.bundle import load_bundle
 from reference.model import Token2Wav
@@ -77,14 +77,14 @@ def run_mode(model, bundle: Path, streaming: bool, cases, cache: FloorCache | No
     log(f"[{mode}] floor {floor.digest[:12]}: k = {floor.k:g} ({elog.seconds:.1f} s{', cached' if elog.from_cache else ''})")
     base, _ = run_reference(model, inputs, streaming=streaming)
     policy = load_policy()
-    ref_cache: dict = {}
+    refs = ReferenceCache()
     rows = []
     for case in cases:
         t0 = time.perf_counter()
         cand = CandidateToken2Wav(model, switches_from("fp32-explicit", **case.switches), case.name)
         case.patch(cand, inputs)
         with threads(case.threads):
-            res = run_case(model, cand, bundle, streaming=streaming, policy=policy, ref_cache=ref_cache, local=True,
+            res = run_case(model, cand, bundle, streaming=streaming, policy=policy, refs=refs, local=True,
                            profile_name=case.name)
         ref, ct = res.ref_tensors, res.cand_tensors
         if not torch.equal(ref["audio"], base["audio"]):
@@ -98,7 +98,8 @@ def run_mode(model, bundle: Path, streaming: bool, cases, cache: FloorCache | No
         if fc is not None and fc in floor.stages and fc in ct:
             sv = v[fc]
             eff = sv.ratio if sv.status not in ("nonfinite", "shape") else float("inf")
-        flat_fd = (res.result.get("first_divergence") or {})
+        fd = res.result.first_divergence
+        flat_fd = {"stage": fd.stage, "code": fd.code} if fd is not None else {}
         crashed = res.cand_meta.get("status") == "crashed"
         row = {
             "name": case.name, "kind": case.kind, "group": case.group, "declared": case.stage,
@@ -107,8 +108,8 @@ def run_mode(model, bundle: Path, streaming: bool, cases, cache: FloorCache | No
             "floor": {"caught": not v.passed, "first_over": fo.stage if fo else None,
                       "first_over_ratio": fo.ratio if fo else None, "statistic": fo.statistic if fo else None,
                       "localized": bool(fo is not None and fo.stage == fc), "max_ratio": v.max_ratio},
-            "flat": {"verdict": res.result["verdict"], "first": flat_fd.get("stage"), "code": flat_fd.get("code"),
-                     "localized": flat_fd.get("stage") == fc if res.result["verdict"] != "pass" else False},
+            "flat": {"verdict": res.result.verdict, "first": flat_fd.get("stage"), "code": flat_fd.get("code"),
+                     "localized": flat_fd.get("stage") == fc if res.result.verdict != "pass" else False},
             "seconds": round(time.perf_counter() - t0, 2),
         }
         rows.append(row)

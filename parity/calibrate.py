@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 
-from reference.bundle import load_bundle
+from reference.bundle import bundle_dims, load_bundle
 
 from .runner import run_to_trace
 from .stages import INPUTS, parse_step, position
@@ -41,7 +41,7 @@ def measure(model, bundles, modes=(False, True), patterns=None, keep_dir: Path |
     m64 = model.to_float64()
     out: dict = {}
     for b in bundles:
-        inputs = load_bundle(b)
+        inputs = load_bundle(b, **bundle_dims(model.cfg))
         for streaming in modes:
             tag = f"{Path(b).stem}-{'streaming' if streaming else 'offline'}"
             r32 = run_to_trace(model, inputs, None, patterns=patterns, streaming=streaming)

@@ -98,15 +98,19 @@ def read_project(pyproject: str | Path | None = None) -> ProjectConfig:
 # ---------------------------------------------------------------------------------------------
 # profile lists, derived from the one registry (candidate.switches)
 
-def shipped_profiles(device: str | None = "cpu", include_reference: bool = False) -> list[str]:
+def shipped_profiles(device: str | None = "cpu", include_reference: bool = False,
+                     include_onnx: bool = False) -> list[str]:
     """The shipped candidate profiles (:data:`candidate.switches.PROFILES`, the one registry) that run on
     ``device`` (None: any), in registry order; the reference-equivalent one (no switch differs from the
-    defaults: the reference run again) only with ``include_reference``."""
+    defaults: the reference run again) only with ``include_reference``; the ONNX Runtime estimator profiles
+    (an optional extra, some providers GPU-only) only with ``include_onnx``."""
     from candidate.switches import PROFILES, Switches
 
     out = []
     for name, spec in PROFILES.items():
         sw = Switches(**spec)
+        if sw.onnx and not include_onnx:
+            continue
         if (include_reference or sw.differences()) and (device is None or sw.device == device):
             out.append(name)
     return out

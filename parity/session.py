@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from reference.bundle import load_bundle
+from reference.bundle import bundle_dims, load_bundle
 from reference.probe import Probe
 
 from .capture import Recorder
@@ -149,7 +149,7 @@ class ReferenceCache:
             if trace_path is not None and not Path(trace_path).exists():
                 write_trace(trace_path, res.tensors, res.metadata)
             return res
-        res = run_pipeline(model, inputs if inputs is not None else load_bundle(bundle), trace_path, mode,
+        res = run_pipeline(model, inputs if inputs is not None else load_bundle(bundle, **bundle_dims(model.cfg)), trace_path, mode,
                            patterns=patterns, extra_meta={"inputs": bundle.name},
                            progress=Progress("reference", True) if progress else None, raise_errors=True)
         self._runs[key] = res
@@ -260,7 +260,7 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
     (``local``), the comparison. ``trace_dir``: keep both traces there (``<bundle>-<mode>-<profile>``)."""
     mode = mode or RunMode(streaming, finalize)
     bundle = Path(bundle)
-    inputs = load_bundle(bundle)
+    inputs = load_bundle(bundle, **bundle_dims(model.cfg))
     stem = f"{bundle.stem}-{mode.label}"
     ref_path = trace_dir / f"{stem}-reference.safetensors" if trace_dir else None
     cand_path = trace_dir / f"{stem}-{profile_name}.safetensors" if trace_dir else None

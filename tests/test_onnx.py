@@ -27,7 +27,7 @@ from candidate.mask_check import mask_check_from_traces, rel_l2  # noqa: E402
 from candidate.pipeline import CandidateToken2Wav  # noqa: E402
 from candidate.switches import Switches, resolve_profile, switches_from  # noqa: E402
 from parity.policy import load_policy  # noqa: E402
-from parity.run import run_case  # noqa: E402
+from parity.session import run_case  # noqa: E402
 from reference.errors import InputError  # noqa: E402
 from reference.model import Token2Wav  # noqa: E402
 
@@ -81,7 +81,7 @@ def _case(model, cand, bundle=MEDIUM, streaming=False, policy=None):
 
 
 def _stage(case, name):
-    return next(s for s in case.result["stages"] if s["name"] == name)
+    return case.result.stage(name)
 
 
 def _maxabs(case, name):
@@ -192,10 +192,10 @@ def test_export_from_a_model_dir(tmp_path, exported):
 @pytest.mark.parametrize("profile", ["onnx-cpu", "onnx-cpu-basic", "onnx-fused"])
 def test_fp32_onnx_profiles_pass_the_fp32_policy(model, policy, profile):
     case = _case(model, _cand(model, profile), policy=policy)
-    assert case.verdict == "pass", case.result["first_divergence"]
+    assert case.verdict == "pass", case.result.first_divergence
     for name in ("step1.v1", "step1.v2", "step10.x", "flow_mel"):
         assert _maxabs(case, name) < FP32_LIMIT, name
-        assert _stage(case, name)["status"] == "pass"
+        assert _stage(case, name).status == "pass"
     # really a different backend: not bit-identical to the PyTorch reference
     assert _maxabs(case, "step1.v1") > 0
     assert case.cand_meta["onnx"]["session"]["providers_used"] == ["CPUExecutionProvider"]
@@ -204,13 +204,13 @@ def test_fp32_onnx_profiles_pass_the_fp32_policy(model, policy, profile):
 
 def test_onnx_fp16_error_is_measured_and_within_its_policy(model, policy):
     case = _case(model, _cand(model, "onnx-fp16"), policy=policy)
-    assert case.cand_meta["precision"] == "fp16" and case.result["context"]["precision"] == "fp16"
+    assert case.cand_meta["precision"] == "fp16" and case.result.context["precision"] == "fp16"
     v1, mel = rel_l2(case.cand_tensors["step1.v1"], case.ref_tensors["step1.v1"]), \
         rel_l2(case.cand_tensors["flow_mel"], case.ref_tensors["flow_mel"])
     # it ran in fp16 (well above the fp32 floor of 4e-7) and stays inside the fp16 rules (6e-2 and 1e-2)
-    assert 1e-5 < v1 < _stage(case, "step1.v1")["limit"]
-    assert 1e-4 < mel < _stage(case, "flow_mel")["limit"]
-    assert case.verdict == "pass", case.result["first_divergence"]
+    assert 1e-5 < v1 < _stage(case, "step1.v1").limit
+    assert 1e-4 < mel < _stage(case, "flow_mel").limit
+    assert case.verdict == "pass", case.result.first_divergence
     fp16 = case.cand_meta["onnx"]["fp16"]
     assert fp16["keep_io_types"] is True
     assert case.cand_meta["onnx"]["file"]["inputs"][0]["dtype"] == "float"  # fp32 inputs kept
@@ -221,7 +221,7 @@ def test_onnx_fp16_error_is_measured_and_within_its_policy(model, policy):
 def test_unmasked_export_in_streaming_mode_is_caught_at_step1_v1(model, policy):
     case = _case(model, _cand(model, "onnx-cpu"), streaming=True, policy=policy)
     assert case.verdict == "fail"
-    assert case.result["first_divergence"]["stage"] == "step1.v1"
+    assert case.result.first_divergence.stage == "step1.v1"
     assert case.cand_meta["onnx_run"]["streaming_calls_without_mask_input"] == 10
     chk = mask_check_from_traces(model.flow.decoder, case.ref_tensors, case.cand_tensors)
     assert chk.decidable and chk.ignores_mask and chk.stage == "step1.v1"
@@ -232,7 +232,7 @@ def test_unmasked_export_in_streaming_mode_is_caught_at_step1_v1(model, policy):
 
 def test_mask_input_export_passes_in_streaming_mode(model, policy):
     case = _case(model, _cand(model, "onnx-cpu-mask"), streaming=True, policy=policy)
-    assert case.verdict == "pass", case.result["first_divergence"]
+    assert case.verdict == "pass", case.result.first_divergence
     assert case.cand_meta["onnx"]["file"]["mask_input"] is True
     assert case.cand_meta["onnx_run"]["streaming_calls"] == 10
     assert case.cand_meta["onnx_run"]["streaming_calls_without_mask_input"] == 0
@@ -322,7 +322,7 @@ def test_user_file_runs_and_is_recorded(exported, model, policy):
     (name,) = bind_profiles(None, str(path))
     cand = CandidateToken2Wav(model, resolve_profile(name), name)
     case = _case(model, cand, policy=policy)
-    assert case.verdict == "pass", case.result["first_divergence"]
+    assert case.verdict == "pass", case.result.first_divergence
     f = case.cand_meta["onnx"]["file"]
     assert f["sha256"] == file_sha256(path) and f["opset"] == 18 and f["producer"] == "pytorch"
     assert [i["name"] for i in f["inputs"]] == ["x", "mask", "mu", "t", "spks", "cond"]
@@ -381,7 +381,7 @@ def test_gpu_provider_profiles_run_or_say_why_not(model, policy, profile):
     if why is None:  # a machine with the provider: it must pass the fp32 policy on the medium bundle
         case = _case(model, _cand(model, profile, onnx_require_provider=resolve_profile(profile).onnx_provider),
                      policy=policy)
-        assert case.verdict == "pass", case.result["first_divergence"]
+        assert case.verdict == "pass", case.result.first_divergence
         return
     assert "ExecutionProvider is not available" in why
     with pytest.raises(BackendUnavailable) as ei:
@@ -400,7 +400,7 @@ def test_switch_rules(model):
 def test_flow_level_fault_still_applies_around_the_onnx_estimator(model, policy):
     cand = CandidateToken2Wav(model, switches_from("onnx-cpu", ("uncond-keeps-cond",)), "onnx-cpu")
     case = _case(model, cand, policy=policy)
-    assert case.verdict == "fail" and case.result["first_divergence"]["stage"] == "step1.v2"
+    assert case.verdict == "fail" and case.result.first_divergence.stage == "step1.v2"
 
 
 # ---------------------------------------------------------------------------------------------- full size
@@ -413,6 +413,6 @@ def test_full_size_onnx_agreement(tmp_path):
     pol = load_policy()
     for prof in ("onnx-cpu", "onnx-fused"):
         case = _case(full, _cand(full, prof), policy=pol)
-        assert case.verdict == "pass", (prof, case.result["first_divergence"])
+        assert case.verdict == "pass", (prof, case.result.first_divergence)
         print(prof, {n: (_maxabs(case, n), rel_l2(case.cand_tensors[n], case.ref_tensors[n]))
                      for n in ("step1.v1", "flow_mel")})

@@ -93,6 +93,9 @@ def test_profile_lists_come_from_the_registry():
 
     cpu, cuda = shipped_profiles("cpu"), shipped_profiles("cuda")
     assert cpu and cuda and not set(cpu) & set(cuda)
-    assert set(cpu) | set(cuda) | {"fp32-explicit"} == set(PROFILES)  # every shipped profile, reference aside
+    onnx = {p for p in PROFILES if resolve_profile(p).onnx}  # the optional ONNX Runtime backend: opt-in
+    assert onnx and not onnx & (set(cpu) | set(cuda))
+    assert set(cpu) | set(cuda) | onnx | {"fp32-explicit"} == set(PROFILES)  # every shipped profile, reference aside
+    assert onnx <= set(shipped_profiles(None, include_onnx=True))
     assert all(resolve_profile(p).device == "cuda" for p in cuda)
     assert shipped_profiles("cpu", include_reference=True) == ["fp32-explicit"] + cpu

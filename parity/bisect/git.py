@@ -246,7 +246,7 @@ class GitBisect:
         if self.ref_paths:
             paths = self.ref_paths
         else:
-            from reference.bundle import load_bundle
+            from reference.bundle import bundle_dims, load_bundle
 
             from ..runner import run_to_trace
 
@@ -258,7 +258,7 @@ class GitBisect:
                     if model is None:
                         model = self.model.load()
                     self.progress.note(f"computing the frozen reference trace for {b.name}")
-                    run_to_trace(model, load_bundle(b), p, streaming=self.streaming,
+                    run_to_trace(model, load_bundle(b, **bundle_dims(model.cfg)), p, streaming=self.streaming,
                                  extra_meta={"inputs": b.name, "frozen_for": "parity bisect git"}, raise_errors=True)
                 paths.append(p)
         self.ref_paths = paths

@@ -9,11 +9,11 @@ from parity.policy import Policy
 
 
 def test_reference_is_deterministic(parity_bundle_mode, parity_model):
-    from reference.bundle import load_bundle
+    from reference.bundle import bundle_dims, load_bundle
     from parity.runner import run_to_trace
 
     bundle, streaming = parity_bundle_mode
-    inputs = load_bundle(bundle)
+    inputs = load_bundle(bundle, **bundle_dims(parity_model.cfg))
     a = run_to_trace(parity_model, inputs, None, streaming=streaming)
     b = run_to_trace(parity_model, inputs, None, streaming=streaming)
     exact = Policy().extend([{"stage": "*", "statistic": "exact"}], "determinism")
