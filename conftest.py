@@ -18,7 +18,20 @@ def pytest_configure(config):
 
     import torch
 
+    if "PARITY_FLOOR_CACHE" not in os.environ:  # floors computed by tests go to a fresh directory per test session
+        # (set here, before xdist starts its workers, so they and the CLI subprocesses share it), never to ~/.cache
+        import tempfile
+
+        os.environ["PARITY_FLOOR_CACHE"] = config._parity_floor_tmp = tempfile.mkdtemp(prefix="parity-test-floors-")
     threads = os.environ.get("PARITY_TEST_THREADS", "1")
     torch.set_num_threads(int(threads))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = threads
+
+
+def pytest_unconfigure(config):
+    tmp = getattr(config, "_parity_floor_tmp", None)
+    if tmp:  # the floor cache directory this process made (not one the caller set)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -76,3 +76,15 @@ def output_parent() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the HTML report here")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def floor_parent() -> argparse.ArgumentParser:
+    """Which floor judges: ``--floor FILE`` (a floor from ``parity floor``), ``--no-floor`` (flat tolerances only)."""
+    p = _parent()
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--floor", action="append", metavar="FILE",
+                   help="noise floor or precision envelope to judge against (parity floor --out FILE); default: the "
+                        "reference's own floor from the shipped floors, the cache, or computed")
+    g.add_argument("--no-floor", action="store_true",
+                   help="judge every stage by the flat tolerances of the policy (no measured floor)")
+    return p

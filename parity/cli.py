@@ -66,6 +66,84 @@ def cmd_dump(args) -> int:
     if args.wav and res.audio is not None:
         _write_wav(args.wav, res.audio, model.cfg.sample_rate)
     print(f"wrote {res.trace_path} ({len(res.stages)} stages, {res.seconds:.2f} s)")
+    if args.embed_floor:
+        if pipe is not model:
+            raise InputError("--embed-floor embeds the reference's own noise floor: dump the reference pipeline")
+        _embed_floor(model, inputs, res, args)
+    return 0
+
+
+def _log(msg: str) -> None:
+    print(f"parity: {msg}", file=sys.stderr, flush=True)
+
+
+def _embed_floor(model, inputs, res, args) -> None:
+    """Put the reference's fp32 noise floor (shipped, cached or computed now) into the trace's metadata, so that
+    ``parity compare`` finds it on a machine without the model or the cache."""
+    import json
+
+    from .floor.store import EMBED_KEY, FloorStore
+    from .trace import read_trace, write_trace
+
+    ch = FloorStore(log=_log).for_run(model, inputs, streaming=args.streaming, finalize=not args.no_finalize,
+                                      bundle_name=Path(args.inputs).stem)
+    if ch.floor is None:
+        raise InputError(f"--embed-floor: no floor for this trace: {ch.reason}")
+    tr = read_trace(res.trace_path)
+    write_trace(res.trace_path, tr.tensors, dict(tr.metadata, **{EMBED_KEY: json.loads(ch.floor.to_json())}))
+    print(f"embedded the fp32 noise floor {ch.floor.digest[:12]} (k {ch.floor.k:g}, {ch.source}) in {res.trace_path}")
+
+
+def _floor_store(args, log=_log):
+    from .floor.store import store_from_args
+
+    return store_from_args(args, log)
+
+
+def cmd_floor(args) -> int:
+    from reference.bundle import bundle_dims, load_bundle
+
+    from .floor import EstimateLog, FloorCache, Recipe, estimate_envelope, estimate_floor
+    from .floor.store import envelope_spec
+    from .session import ModelSpec
+
+    model = ModelSpec.from_args(args).load()
+    inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
+    recipe = Recipe(patterns=tuple(p for p in args.stages.split(",") if p) if args.stages else None)
+    cache = None if args.no_cache else FloorCache()
+    log = EstimateLog()
+    kw = dict(streaming=args.streaming, finalize=not args.no_finalize, recipe=recipe, cache=cache,
+              bundle_name=Path(args.inputs).stem, log=log)
+    if args.profile:
+        from candidate.switches import switches_from
+
+        sw = switches_from(args.profile)
+        spec, why = envelope_spec(sw)
+        if spec is None:
+            why = why or "an fp32 profile: use the fp32 noise floor, without --profile"
+            raise InputError(f"profile {args.profile!r}: no reduced-precision envelope ({why})")
+        _log(f"estimating the {spec.fmt} envelope of profile {args.profile} (emulated rounding; "
+             f"{3 + recipe.n_seeds + recipe.n_held_out} runs)")
+        floor = estimate_envelope(model, inputs, spec, **kw)
+    else:
+        from .floor.members import fp32_members
+
+        n = 1 + len(fp32_members(recipe.n_seeds, recipe.n_held_out, recipe.families))
+        _log(f"estimating the fp32 noise floor ({n} runs of the reference)")
+        floor = estimate_floor(model, inputs, **kw)
+    what = "fp32 noise floor" if floor.kind == "fp32" else f"{floor.kind} envelope"
+    where = "from the cache" if log.from_cache else f"{len(floor.members) + 1} runs in {log.seconds:.1f} s"
+    print(f"{what} of {model.model_id} on {args.inputs} ({'streaming' if args.streaming else 'offline'}): "
+          f"k {floor.k:g} (largest held-out ratio {floor.k_basis.get('largest', 0):.3g}), {len(floor.stages)} stages, "
+          f"digest {floor.digest[:12]}; {where}")
+    if args.verbose:
+        print(f"  {'stage':<18}{'max_abs':>11}{'rel_l2':>11}  set by")
+        for name, sf in floor.stages.items():
+            print(f"  {name:<18}{sf.max_abs:>11.3g}{sf.rel_l2:>11.3g}  {sf.worst.get('max_abs', '')}")
+    if cache is not None:
+        print(f"cached: {cache.path(floor.digest)}")
+    if args.out:
+        print(f"wrote {floor.save(args.out)}")
     return 0
 
 
@@ -96,8 +174,12 @@ def cmd_compare(args) -> int:
     from .summary import render
 
     opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention)
+    files = args.floor or []
+    if len(files) > 1:
+        raise InputError(f"parity compare: one --floor FILE per comparison (got {len(files)})")
     result = compare_paths(args.ref, args.cand, policy_path=args.policy, maps=parse_maps(args.map), opts=opts,
-                           local_path=args.local, fp64_path=args.fp64)
+                           local_path=args.local, fp64_path=args.fp64, floors=_floor_store(args),
+                           floor_file=files[0] if files else None)
     print(render(result, verbose=args.verbose))
     if args.json:
         write_json(result, args.json)
@@ -193,8 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--wav", help="also write the audio as 16-bit WAV")
     d.add_argument("--pipeline", choices=["reference", "candidate"], default="reference")
     d.add_argument("--profile", help="candidate profile (parity profiles)")
+    d.add_argument("--embed-floor", action="store_true",
+                   help="put the reference's fp32 noise floor (shipped, cached or computed now) into the trace, so "
+                        "parity compare finds it where neither the model nor the floor cache is")
     _add_onnx_args(d)
     d.set_defaults(func=cmd_dump)
+
+    fl = sub.add_parser("floor", help="measure the noise floor (or a profile's precision envelope) of a model, bundle "
+                                      "and mode", parents=[A.model_parent("tiny"), A.streaming_parent()])
+    fl.add_argument("--inputs", required=True, help="input bundle (.safetensors), or a trace holding the inputs")
+    fl.add_argument("--no-finalize", action="store_true", help="non-final chunk")
+    fl.add_argument("--profile", help="the precision envelope of this (bf16/fp16/int8) candidate profile instead of "
+                                      "the fp32 noise floor")
+    fl.add_argument("--stages", help="extra stage globs to give floors ('+step*.block*': every DiT block's output)")
+    fl.add_argument("--out", help="write the floor here (JSON; .json.gz compressed), for --floor FILE")
+    fl.add_argument("--no-cache", action="store_true", help="neither read nor write the floor cache")
+    fl.add_argument("-v", "--verbose", action="store_true", help="list every stage's floor")
+    fl.set_defaults(func=cmd_floor)
 
     n = sub.add_parser("noise", help="shared noise")
     nsub = n.add_subparsers(dest="noise_cmd", required=True)
@@ -208,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     ne.set_defaults(func=cmd_noise_export)
 
     c = sub.add_parser("compare", help="compare two traces from anywhere",
-                       parents=[A.policy_parent(), A.map_parent(), A.trim_parent(), A.output_parent()])
+                       parents=[A.policy_parent(), A.floor_parent(), A.map_parent(), A.trim_parent(),
+                                A.output_parent()])
     c.add_argument("ref")
     c.add_argument("cand")
     c.add_argument("--precision", choices=list(PRECISION_CLASSES), help="candidate precision class for the policy")
@@ -220,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the "
                                    "fixtures)",
                        parents=[A.model_parent("tiny"), A.streaming_parent(), A.capture_parent(), A.fault_parent(),
-                                A.policy_parent(), A.local_parent(), A.output_parent()])
+                                A.policy_parent(), A.floor_parent(), A.local_parent(), A.output_parent()])
     r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
     r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
@@ -282,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False):
+def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False,
+                      floors=None):
     """``parity-report``: REF_TRACE CAND_TRACE (compare, then report), or RESULT.json [REF_TRACE CAND_TRACE]
     (the saved result; plots from the given traces or from the result's sources when they exist).
     Returns ``(path, result)``."""
@@ -324,7 +423,14 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
         from .policy import load_policy
 
         rl, cl = load(inputs[0], mp), load(inputs[1], mp)
-        result = compare_loaded(rl, cl, load_policy(policy), CompareOptions(allow_trim=allow_trim))
+        opts = CompareOptions(allow_trim=allow_trim)
+        floor = None
+        if floors is not None:  # the same floor lookup as parity compare (the reference trace's own provenance)
+            from .compare import candidate_context
+
+            floor = floors.for_trace(rl.metadata, rl.tensors, cand_meta=cl.metadata,
+                                     precision=candidate_context(cl, opts)[0])
+        result = compare_loaded(rl, cl, load_policy(policy), opts, floor=floor)
         default = Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html"
         path = build_report(result, Path(out) if out else default, ref_tensors=rl.tensors, cand_tensors=cl.tensors)
         return path, result
@@ -337,13 +443,13 @@ def report_main(argv: list[str] | None = None) -> int:
     from . import args as A
 
     p = argparse.ArgumentParser(prog="parity-report", description="build the HTML parity report from saved inputs",
-                                parents=[A.policy_parent(), A.map_parent(), A.trim_parent()])
+                                parents=[A.policy_parent(), A.floor_parent(), A.map_parent(), A.trim_parent()])
     p.add_argument("inputs", nargs="+", help="REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE]")
     p.add_argument("-o", "--out", help="report path (default reports/<name>.html)")
     args = p.parse_args(argv)
     try:
         path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
-                                         allow_trim=args.allow_trim)
+                                         allow_trim=args.allow_trim, floors=_floor_store(args))
         print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")
         return result.exit_code
     except ParityUserError as exc:

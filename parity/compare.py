@@ -18,7 +18,7 @@ from .diagnose import diagnose, metadata_findings
 from .ingest import Loaded, load
 from .melspec import audio_mel
 from .normalize import align
-from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, load_policy
+from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, judgement_from_floor, load_policy
 from .result import Comparison, StageResult, StepRow
 from .stages import STEP_OUTPUTS, layout, parse_step, position, sort_stages
 
@@ -103,14 +103,68 @@ def domain_metrics(name: str, ra: torch.Tensor, ca: torch.Tensor) -> dict:
     return out
 
 
-def _judge_stage(rule: Rule, m: dict, arbiter: dict | None) -> Judgement:
-    """The one place a stage's measurements meet a gate. Today the gate is the policy rule (``gate="rule"``);
-    a measured noise floor would be consulted here first and say which gate decided."""
-    return judge(rule, m, arbiter)
+@dataclass(frozen=True)
+class StageGate:
+    """A stage's measured floor for the gate: the :class:`parity.floor.StageFloor`, the floor's k, kind and
+    digest; ``local``: the step-local comparison judged against the accumulated stage's floor (looser: the
+    teacher-forced error carries no upstream error)."""
+
+    stage: object
+    k: float
+    kind: str
+    digest: str
+    local: bool = False
+
+
+def _judge_stage(rule: Rule | None, m: dict, arbiter: dict | None, gate: StageGate | None = None,
+                 ref: torch.Tensor | None = None, cand: torch.Tensor | None = None,
+                 no_floor: str | None = None) -> Judgement | None:
+    """The one place a stage's measurements meet a gate.
+
+    With a measured floor for the stage (``gate``), the floor decides: error / floor <= k
+    (:func:`parity.floor.judge.judge_stage` on the aligned tensors, gate ``"floor"``), unless the rule says
+    otherwise (``with_floor``: ``"both"`` keeps the rule next to the floor, ``"rule"`` lets the rule decide).
+    Without one, the policy rule decides (gate ``"flat"``; ``no_floor`` is why there is no floor). None: no
+    rule and no floor (the stage is reported, not judged)."""
+    from .floor.judge import judge_stage
+
+    fj = None
+    if gate is not None and ref is not None and cand is not None:
+        sv = judge_stage(gate.stage, ref, cand, gate.k)
+        if sv.status != "shape":
+            fj = judgement_from_floor(sv, gate.kind, gate.k, gate.digest, gate.stage)
+            if gate.local:
+                fj.detail += " (the accumulated stage's floor)"
+        else:
+            no_floor = f"the floor's shape does not fit ({sv.detail})"
+    if fj is None:
+        if rule is None:
+            return None
+        j = judge(rule, m, arbiter)
+        j.gate = "flat"
+        if no_floor:
+            j.floor = {"reason": no_floor}
+        return j
+    mode = rule.with_floor if rule is not None else "replace"
+    if mode == "replace":
+        return fj
+    flat = judge(rule, m, arbiter)
+    if mode == "rule":
+        flat.gate, flat.ratio, flat.floor = "flat", fj.ratio, dict(fj.floor or {}, reported_only=True)
+        flat.detail = f"{flat.detail} [the rule decides (with_floor = \"rule\"); floor: {fj.detail}]"
+        return flat
+    # both: the flat rule is kept next to the floor (the measured reason is in the rule); the first to fail decides
+    if flat.status == "fail":
+        flat.gate, flat.ratio, flat.floor = "flat", fj.ratio, fj.floor
+        flat.detail = f"{flat.detail} [flat limit kept next to the floor: {rule.reason}; floor: {fj.detail}]"
+        return flat
+    fj.detail = f"{fj.detail}; flat limit kept too ({rule.describe()}: {flat.status})"
+    return fj
 
 
 def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | None, opts: CompareOptions,
-                   prompt_frames, arbiter_ref: torch.Tensor | None = None) -> StageResult:
+                   prompt_frames, arbiter_ref: torch.Tensor | None = None, gate: StageGate | None = None,
+                   no_floor: str | None = None) -> StageResult:
     al = align(name, r, c, prompt_frames=prompt_frames, allow_trim=opts.allow_trim)
     entry = StageResult(name=name, status="fail", rule=rule.to_dict() if rule else None, ref_stats=M.side_stats(r),
                         cand_stats=M.side_stats(c), normalisations=list(al.notes), position=list(position(name)))
@@ -147,39 +201,79 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | Non
             mr = M.pair_metrics(r64.ref.numpy(), _upcast(r64.cand))
             if mc.get("rmse") is not None and mr.get("rmse") is not None:
                 arb = {"statistic": "rmse", "cand_err": mc["rmse"], "ref_err": mr["rmse"]}
-    if rule is None:
+    j = _judge_stage(rule, m, arb, gate, ra, ca, no_floor)
+    if j is None:
         if m.get("finite_ok"):
-            entry.status, entry.detail = "info", "no policy rule for this stage"
+            entry.status, entry.detail = "info", "no policy rule and no floor for this stage"
         else:
             entry.status, entry.detail = "fail", "non-finite values (no rule needed: NaN never passes)"
         return entry
-    j = _judge_stage(rule, m, arb)
     entry.status, entry.statistic, entry.value, entry.limit, entry.detail = j.status, j.statistic, j.value, j.limit, \
         j.detail
-    entry.gate, entry.arbiter = j.gate, j.arbiter
-    entry.judged = True
+    entry.gate, entry.arbiter, entry.floor, entry.ratio = j.gate, j.arbiter, j.floor, j.ratio
+    entry.judged = rule is not None
     entry.min_atol_to_pass = m.get("min_atol_to_pass")
     entry.min_rtol_to_pass = m.get("min_rtol_to_pass")
     return entry
 
 
+def candidate_context(cand: Loaded, opts: CompareOptions | None = None) -> tuple[str, str]:
+    """(precision class, attention) the policy and the floor lookup are asked with."""
+    return _cand_context(cand, opts or CompareOptions())
+
+
+def _floor_for(floor, precision: str):
+    """(FloorChoice, the Floor that gates this candidate or None, why none)."""
+    from .floor.store import FloorChoice
+    from .floor.types import Floor
+
+    if floor is None:
+        choice = FloorChoice(None, "none", "no floor was given to the comparison")
+    elif isinstance(floor, Floor):
+        choice = FloorChoice(floor, "given")
+    else:
+        choice = floor
+    f = choice.floor
+    if f is None:
+        return choice, None, choice.reason or "no floor"
+    want = "fp32" if precision == "fp32" else precision
+    if f.kind != want:
+        return choice, None, (f"the floor is the {f.kind} {'noise floor' if f.kind == 'fp32' else 'envelope'}, the "
+                              f"candidate is {precision}: it needs the {want} "
+                              f"{'noise floor' if want == 'fp32' else 'envelope'}")
+    return choice, f, ""
+
+
 def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts: CompareOptions | None = None,
-                   local: Loaded | None = None, fp64: Loaded | None = None) -> Comparison:
+                   local: Loaded | None = None, fp64: Loaded | None = None, floor=None) -> Comparison:
     """Compare two loaded traces (plus optionally the candidate's step-local trace and a float64 reference for
-    the arbiter rules). The inputs are not modified."""
+    the arbiter rules). ``floor``: the measured floor to judge against (a :class:`parity.floor.Floor` or the
+    :class:`parity.floor.store.FloorChoice` of a floor store); stages without one fall back to the policy's
+    flat rules, and the result says which gate decided each stage. The inputs are not modified."""
     opts = opts or CompareOptions()
     policy = policy or load_policy()
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
     precision, attention = _cand_context(cand, opts)
+    choice, gfloor, why_none = _floor_for(floor, precision)
     prompt_frames = _prompt_frames(ref)
     names = sort_stages(list(dict.fromkeys(list(ref.tensors) + list(cand.tensors))))
+
+    def gate_of(name: str, local_: bool = False) -> tuple[StageGate | None, str | None]:
+        if gfloor is None:
+            return None, why_none
+        if name not in gfloor.stages:
+            return None, (f"no floor for this stage (the floor covers the {len(gfloor.stages)} stages captured by "
+                          f"default)")
+        return StageGate(gfloor.stages[name], gfloor.k, gfloor.kind, gfloor.digest, local_), None
+
     stages: list[StageResult] = []
     for name in names:
         rule = policy.rule_for(name, precision, attention)
         in_r, in_c = name in ref.tensors, name in cand.tensors
         if in_r and in_c:
+            g, why = gate_of(name)
             entry = _stage_compare(name, ref.tensors[name], cand.tensors[name], rule, opts, prompt_frames,
-                                   fp64.tensors.get(name) if fp64 is not None else None)
+                                   fp64.tensors.get(name) if fp64 is not None else None, g, why)
         elif in_r:
             req = bool(rule and rule.required)
             entry = StageResult(name=name, status="fail" if req else "missing", ref_stats=M.side_stats(ref.tensors[name]),
@@ -199,7 +293,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
             if name in ref.tensors:
                 rule = (policy.rule_for("local:" + name, precision, attention)
                         or policy.rule_for(name, precision, attention))
-                local_stages[name] = _stage_compare(name, ref.tensors[name], t, rule, opts, prompt_frames)
+                g, why = gate_of(name, True)
+                local_stages[name] = _stage_compare(name, ref.tensors[name], t, rule, opts, prompt_frames, None, g, why)
     steps = step_table(ref, cand, by_name, local_stages)
     audio = None
     if opts.audio_metrics and "audio" in ref.tensors and "audio" in cand.tensors:
@@ -215,7 +310,9 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
                  "ref_names": ref.original_names, "cand_names": cand.original_names},
         context={"precision": precision, "attention": attention, "prompt_frames": prompt_frames,
                  "allow_trim": opts.allow_trim},
-        policy={"sources": policy.sources})
+        policy={"sources": policy.sources},
+        floor=dict(choice.to_json(), applies=gfloor is not None, **({} if gfloor is not None else
+                                                                   {"not_applied": why_none})))
 
 
 def _err(entry: StageResult | None, key: str = "max_abs_err"):
@@ -281,9 +378,25 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
 
 
 def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = None, opts: CompareOptions | None = None,
-                  local_path=None, fp64_path=None, pyproject=None) -> Comparison:
+                  local_path=None, fp64_path=None, pyproject=None, floors=None, floor_file=None) -> Comparison:
+    """Compare two saved traces. ``floors``: a :class:`parity.floor.store.FloorStore` to find the reference
+    trace's floor in (from its own provenance); ``floor_file``: an explicit floor (checked against the
+    reference trace's key). Neither: the flat tolerances."""
     ref = load(ref_path, maps)
     cand = load(cand_path, maps)
     local = load(local_path, maps) if local_path else None
     fp64 = load(fp64_path, maps) if fp64_path else None
-    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64)
+    floor = None
+    if floor_file is not None or floors is not None:
+        from .floor.store import FloorStore
+
+        store = floors if floors is not None else FloorStore(cache=None, shipped=None, compute=False)
+        precision = _cand_context(cand, opts or CompareOptions())[0]
+        if floor_file is not None:
+            from .floor.types import Floor
+
+            floor = store.check_file_for_trace(Floor.load(floor_file), ref.metadata, ref.tensors)
+            floor.path = str(floor_file)
+        else:
+            floor = store.for_trace(ref.metadata, ref.tensors, cand_meta=cand.metadata, precision=precision)
+    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, floor)

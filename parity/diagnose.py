@@ -171,8 +171,21 @@ def _num_ev(entry: StageResult) -> dict:
     m = entry.metrics or {}
     ev = {k: m.get(k) for k in ("max_abs_err", "mean_abs_err", "rel_l2", "cosine", "snr_db", "max_abs_err_at")
           if k in m}
-    ev.update({"statistic": entry.statistic, "value": entry.value, "limit": entry.limit})
+    ev.update({"statistic": entry.statistic, "value": entry.value, "limit": entry.limit, "gate": entry.gate})
+    if entry.ratio is not None:
+        ev["ratio"] = entry.ratio
     return ev
+
+
+def _judged(entry: StageResult) -> str:
+    """How the stage was judged, in the finding's words: the floor gate's "N x the noise floor" / "N x its
+    rounding-only error", or the flat rule's value vs limit (and why no floor decided)."""
+    if entry.gate == "floor":
+        return entry.detail
+    judged = f"{entry.statistic} {entry.value:.3g} vs limit {entry.limit:.3g}" \
+        if isinstance(entry.value, float) and isinstance(entry.limit, float) else entry.detail
+    reason = (entry.floor or {}).get("reason") if isinstance(entry.floor, dict) else None
+    return judged + (f"; flat tolerance: {reason}" if reason and entry.gate == "flat" else "")
 
 
 def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
@@ -195,9 +208,7 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
         loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
     elif where.get("frame") is not None:
         loc = f" at frame {where.get('frame')}"
-    judged = f"{entry.statistic} {entry.value:.3g} vs limit {entry.limit:.3g}" \
-        if isinstance(entry.value, float) and isinstance(entry.limit, float) else entry.detail
-    tail = f" ({err}{loc}; {judged})"
+    tail = f" ({err}{loc}; {_judged(entry)})"
     if name in INPUTS:
         return "inputs_differ", f"input '{name}' differs between the two sides" + tail
     if name in ("mu", "spks", "cond"):
@@ -309,7 +320,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
         e = loc_voc[0]
         out.append(_f("vocoder_local_mismatch", e.name, "failure",
                       f"fed the reference flow_mel, the candidate vocoder itself diverges at {e.name} "
-                      f"({e.statistic} {_fmtv(e.value)} vs limit {_fmtv(e.limit)})", _num_ev(e)))
+                      f"({_judged(e)})", _num_ev(e)))
     # step count differs (a 1-step candidate against a 10-step reference)
     rk = max([parse_step(n)[0] for n in ref.tensors if parse_step(n)] or [0])
     ck = max([parse_step(n)[0] for n in cand.tensors if parse_step(n)] or [0])

@@ -18,10 +18,19 @@ in pyproject.toml and ``--policy FILE`` add rules on top)::
     arbiter = { k = 4.0, floor = 1e-6 }   # fp64 arbiter, when a float64 reference trace is available
     required = true             # a missing candidate stage fails instead of being reported
     skip = true                 # do not judge this stage (non-finite values still fail)
+    with_floor = "replace"      # when a measured floor exists for the stage: "replace" (default: the floor
+                                # decides, this rule is the fallback), "both" (this rule is kept next to the
+                                # floor, both must pass; give the measured reason in 'reason'), "rule" (this
+                                # rule decides; the floor ratio is only reported)
+    reason = "..."              # why the rule is kept next to a floor (required with with_floor = "both")
 
 A stage pattern starting with ``local:`` applies to the step-local (teacher-forced) comparison of that
 stage: the candidate's step driven from the reference's own state, its vocoder fed the reference mel.
 Without a ``local:`` rule the stage's own rule is used.
+
+Floors first: a stage with a measured noise floor (fp32 candidates) or precision envelope (bf16/fp16/int8)
+is judged by error / floor <= k (:func:`judgement_from_floor`, gate ``"floor"``); the rules here are the
+fallback for stages without one (gate ``"flat"``) and, with ``with_floor``, kept next to it.
 
 Choosing a rule: among the rules whose stage, precision and attention match, the most specific wins
 (more qualifiers first, then the stage pattern with more literal characters); a tie goes to the rule
@@ -44,6 +53,7 @@ STATISTICS = ("elementwise", "max_abs", "mean_abs", "rmse", "rel_l2", "nmse", "q
               "f0_rmse_cents", "f0_max_cents", "gpe", "vde",  # f0
               "logmel_l1", "logmel_l1_max", "mcd")  # audio, audio_preclamp (through the pipeline's mel recipe)
 HIGHER_IS_BETTER = {"cosine", "snr_db"}
+WITH_FLOOR = ("replace", "both", "rule")  # what a rule does where a measured floor exists (see the module docstring)
 PRECISION_CLASSES = ("fp32", "bf16", "fp16", "int8")  # a candidate's precision class (rules' ``precision``)
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.toml"
 _METRIC_KEY = {"max_abs": "max_abs_err", "mean_abs": "mean_abs_err", "rmse": "rmse", "rel_l2": "rel_l2",
@@ -66,6 +76,8 @@ class Rule:
     arbiter: dict | None = None
     required: bool = False
     skip: bool = False
+    with_floor: str = "replace"
+    reason: str | None = None
     source: str = "builtin"
     index: int = 0
 
@@ -97,7 +109,10 @@ class Rule:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("stage", "statistic", "precision", "attention", "atol", "rtol", "max_frac",
-                                           "limit", "quantile", "arbiter", "required", "skip", "source")}
+                                           "limit", "quantile", "arbiter", "required", "skip", "with_floor", "reason",
+                                           "source")}
+        if d["with_floor"] == "replace":
+            del d["with_floor"]
         return {k: v for k, v in d.items() if v not in (None, False) or k in ("stage", "statistic")}
 
 
@@ -120,7 +135,7 @@ class Policy:
 
 def _rule_from_dict(d: dict, source: str, index: int) -> Rule:
     known = {"stage", "statistic", "precision", "attention", "atol", "rtol", "max_frac", "limit", "quantile", "arbiter",
-             "required", "skip"}
+             "required", "skip", "with_floor", "reason"}
     bad = set(d) - known
     if bad:
         raise InputError(f"{source}: unknown key(s) {', '.join(sorted(bad))} (known: {', '.join(sorted(known))})")
@@ -137,11 +152,18 @@ def _rule_from_dict(d: dict, source: str, index: int) -> Rule:
     arb = d.get("arbiter")
     if arb is not None and (not isinstance(arb, dict) or "k" not in arb):
         raise InputError(f"{source}: arbiter must be a table with 'k' (and optionally 'floor')")
+    wf = d.get("with_floor", "replace")
+    if wf not in WITH_FLOOR:
+        raise InputError(f"{source}: with_floor {wf!r} is not one of {', '.join(WITH_FLOOR)}")
+    if wf == "both" and not d.get("reason"):
+        raise InputError(f"{source}: with_floor = \"both\" keeps a flat limit next to a measured floor: give the "
+                         f"measured reason in 'reason'")
     return Rule(stage=d["stage"], statistic=stat, precision=listify(d.get("precision")),
                 attention=listify(d.get("attention")), atol=float(d.get("atol", 0.0)), rtol=float(d.get("rtol", 0.0)),
                 max_frac=float(d.get("max_frac", 0.0)), limit=None if d.get("limit") is None else float(d["limit"]),
                 quantile=None if d.get("quantile") is None else float(d["quantile"]), arbiter=arb,
-                required=bool(d.get("required", False)), skip=bool(d.get("skip", False)), source=source, index=index)
+                required=bool(d.get("required", False)), skip=bool(d.get("skip", False)), with_floor=wf,
+                reason=None if d.get("reason") is None else str(d["reason"]), source=source, index=index)
 
 
 def read_policy_file(path: str | Path) -> list[dict]:
@@ -188,7 +210,9 @@ class Judgement:
     limit: float | None
     detail: str = ""
     arbiter: dict | None = None
-    gate: str = "rule"  # which gate decided: the policy rule (its limit, or its fp64 arbiter)
+    gate: str = "flat"  # which gate decided: "flat" (a policy rule: its limit, or its fp64 arbiter) or "floor"
+    floor: dict | None = None  # gate "floor": the floor, k and the statistics' ratios (see judgement_from_floor)
+    ratio: float | None = None  # error / floor of the deciding statistic (gate "floor"; reported under "rule")
 
 
 def judge(rule: Rule, m: dict, arbiter: dict | None = None) -> Judgement:
@@ -224,3 +248,39 @@ def judge(rule: Rule, m: dict, arbiter: dict | None = None) -> Judgement:
         return Judgement("fail", stat, None, rule.limit, f"statistic {stat} is undefined for this pair")
     ok = v >= rule.limit if stat in HIGHER_IS_BETTER else v <= rule.limit
     return Judgement("pass" if ok else "fail", stat, float(v), rule.limit, rule.describe())
+
+
+# ---------------------------------------------------------------------------------------------
+# judging one stage against a measured floor
+
+FLOOR_WORDS = {"fp32": "the fp32 noise floor", "bf16": "its bf16 rounding-only error",
+               "fp16": "its fp16 rounding-only error", "int8": "its int8 rounding-only error"}
+
+
+def judgement_from_floor(sv, kind: str, k: float, digest: str, stage_floor=None) -> Judgement:
+    """The floor gate's decision (:func:`parity.floor.judge.judge_stage`'s ``StageVerdict``) as a Judgement:
+    ``value`` the candidate's error in the deciding statistic, ``limit`` = k x its floor (so value <= limit
+    exactly when ratio <= k), ``ratio`` = error / floor. For a reduced precision the floor is the emulated
+    envelope: the detail reads "N x its rounding-only error"."""
+    what = FLOOR_WORDS.get(kind, f"the {kind} floor")
+    fl = {"kind": kind, "digest": digest, "k": k, "statistic": sv.statistic, "value": sv.floor, "unit": sv.unit,
+          "block": sv.block, "ratios": {s: (None if r is None or not math.isfinite(r) else r)
+                                        for s, r in sv.ratios.items()},
+          "zero_floor": list(sv.zero_floor)}
+    if stage_floor is not None:
+        fl.update({"max_abs": stage_floor.max_abs, "rel_l2": stage_floor.rel_l2, "gated": list(stage_floor.gate)})
+    if sv.status == "nonfinite":
+        return Judgement("fail", "finite", None, None, "non-finite values (NaN never passes, whatever the floor)",
+                         gate="floor", floor=fl, ratio=None)
+    if sv.ratio is None:  # no gated statistic: reported, not judged
+        return Judgement("skip", sv.statistic or "-", None, None,
+                         f"reported, not gated: {what} is 0.1 or more in relative L2 here (phase drift, not "
+                         f"arithmetic); judged through F0 and the audio's log-mel", gate="floor", floor=fl)
+    unit = sv.unit if sv.unit is not None else sv.floor
+    limit = k * unit if unit is not None else None
+    where = f" at block {sv.block}" if sv.statistic == "envelope" and sv.block is not None else ""
+    zero = " (floor exactly 0: in units of one fp32 ulp of the stage's scale)" if sv.statistic in sv.zero_floor else ""
+    detail = (f"{sv.ratio:.3g}x {what}: {sv.statistic} {sv.value:.3g}{where} vs floor {unit:.3g}{zero}; "
+              f"gate {k:g}x")
+    return Judgement("pass" if sv.status == "pass" else "fail", sv.statistic, sv.value, limit, detail, gate="floor",
+                     floor=fl, ratio=float(sv.ratio))

@@ -373,11 +373,26 @@ class Golden:
                       + ("; ".join(changed) if changed else "no tensor changed"))
             else:
                 print(f"\nparity: golden {path.name} written")
+            self.update_floors(bundle, streaming, model)
         gold = load(path)
         cur = Loaded(tensors, dict(meta, env=res.metadata.get("env")), f"<reference {path.stem}>")
         result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.project),
                                 CompareOptions(precision="fp32", attention="explicit", audio_metrics=False))
         return result
+
+
+    def update_floors(self, bundle, streaming: bool, model=None) -> list[Path]:
+        """Rewrite the shipped floors of (bundle, mode) beside the golden: the fp32 noise floor and the envelope of
+        each reduced-precision profile of the suite (:func:`parity.floor.store.write_shipped`)."""
+        from .floor.store import write_shipped
+
+        model = model or self.ps.model()
+        paths = write_shipped(model, bundle, streaming=streaming, profiles=self.ps.pc.profiles, directory=self.dir,
+                              log=lambda m: print(f"\nparity: {m}"))
+        floors = self.ps.session.floors
+        if floors is not None:
+            floors.forget()
+        return paths
 
 
 def _versions() -> dict:

@@ -107,8 +107,10 @@ class StageResult:
 
     ``status``: pass | fail | skip | info (no rule) | missing (absent from the candidate) | extra (absent
     from the reference). ``statistic``/``value``/``limit``/``detail`` say what decided it; ``gate`` names
-    the gate that decided (``"rule"``: the policy rule's limit). Room for measured noise floors: ``floor``
-    (the floor object: value and the key it was measured under) and ``ratio`` (error / floor).
+    the gate that decided: ``"floor"`` (error / measured floor <= k; ``limit`` is then k x the floor) or
+    ``"flat"`` (a policy rule). ``floor``: the stage's floor as judged (kind, digest, k, the deciding
+    statistic's floor ``value`` and divisor ``unit``, every statistic's ratio), or ``{"reason": ...}`` why a
+    flat rule decided; ``ratio``: error / floor of the deciding statistic ("12x floor").
     ``min_atol_to_pass``/``min_rtol_to_pass`` are written when a rule judged the stage.
     """
 
@@ -257,8 +259,18 @@ class Comparison:
     case: dict | None = None
     schema: str = RESULT_SCHEMA
     extra: dict = field(default_factory=dict)
+    floor: dict | None = None  # the floor judged against: source, kind, digest, key, k, members, contributions
 
     # -- derived -------------------------------------------------------------------------------
+    @property
+    def gates(self) -> dict:
+        """How many judged stages each gate decided (``{"floor": n, "flat": m}``)."""
+        out: dict = {}
+        for s in self.stages:
+            if s.gate:
+                out[s.gate] = out.get(s.gate, 0) + 1
+        return out
+
     @property
     def verdict(self) -> str:
         return verdict_of(self.findings)
@@ -343,6 +355,8 @@ class Comparison:
         }
         if self.case is not None:
             d["case"] = self.case
+        if self.floor is not None:
+            d["floor"] = self.floor
         d.update(self.extra)
         return to_jsonable(d)
 
@@ -363,7 +377,8 @@ class Comparison:
                 if pf:
                     audio = dict(audio, per_frame=pf)
             known = {"schema", "verdict", "first_divergence", "findings", "stages", "local", "steps", "audio",
-                     "normalisations", "metadata", "sources", "context", "policy", "summary", "case", "vectors"}
+                     "normalisations", "metadata", "sources", "context", "policy", "summary", "case", "vectors",
+                     "floor"}
             out = cls(stages=[StageResult.from_json(s, vectors, prefix + "stages/") for s in d.get("stages") or []],
                       findings=[Finding.from_json(f) for f in d.get("findings") or []],
                       local=[StageResult.from_json(s, vectors, prefix + "local/") for s in d.get("local") or []],
@@ -371,7 +386,7 @@ class Comparison:
                       audio=audio, normalisations=list(d.get("normalisations") or []),
                       metadata=dict(d.get("metadata") or {"ref": {}, "cand": {}}), sources=dict(d.get("sources") or {}),
                       context=dict(d.get("context") or {}), policy=dict(d.get("policy") or {}), case=d.get("case"),
-                      schema=schema, extra={k: v for k, v in d.items() if k not in known})
+                      schema=schema, extra={k: v for k, v in d.items() if k not in known}, floor=d.get("floor"))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{what}: malformed comparison result ({type(exc).__name__}: {exc})") from exc
         if out.verdict != d["verdict"]:

@@ -20,8 +20,11 @@ def run_command(args) -> int:
     """The CLI: every bundle x every profile; one report per case plus a summary page when there are several."""
     from .summary import render
 
+    from .floor.store import store_from_args
+
     t_start = time.perf_counter()
-    session = Session(policy=args.policy)
+    floors = store_from_args(args, lambda m: print(f"parity: {m}", file=sys.stderr, flush=True))
+    session = Session(policy=args.policy, floors=floors)
     model = session.model(ModelSpec.from_args(args))
     bundles = [Path(b) for b in (args.inputs or default_bundles())]
     if not bundles:

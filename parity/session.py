@@ -9,8 +9,9 @@
   builds its own key; callers never compose one.
 * :func:`run_case`: one case, capture -> trace -> compare -> diagnose: the reference (cached), the
   candidate, the candidate's step-local (teacher-forced) errors, the comparison. Returns a :class:`Case`.
-* :class:`Session`: one project configuration, one policy, the models, the candidates and the reference
-  cache for everything run in it (a ``parity run``, a pytest session, a bisection).
+* :class:`Session`: one project configuration, one policy, the models, the candidates, the reference
+  cache and the floor store (:class:`parity.floor.store.FloorStore`: shipped floors, the disk cache, computed
+  on demand) for everything run in it (a ``parity run``, a pytest session, a bisection).
 
 Nothing here renders: reports belong to the command layer (``parity.run``, ``parity.cli``, the plugin).
 """
@@ -255,9 +256,11 @@ def step_local(cand, ref: dict, *, streaming: bool, finalize: bool = True) -> di
 def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finalize: bool = True,
              mode: RunMode | None = None, policy: Policy | None = None, patterns=None, trace_dir: Path | None = None,
              local: bool = True, progress: bool = False, profile_name: str = "candidate",
-             refs: ReferenceCache | None = None, allow_trim: bool = False) -> Case:
+             refs: ReferenceCache | None = None, allow_trim: bool = False, floors=None) -> Case:
     """Reference (from ``refs`` when given) and candidate on one bundle, the candidate's step-local errors
-    (``local``), the comparison. ``trace_dir``: keep both traces there (``<bundle>-<mode>-<profile>``)."""
+    (``local``), the comparison. ``trace_dir``: keep both traces there (``<bundle>-<mode>-<profile>``).
+    ``floors``: the :class:`parity.floor.store.FloorStore` the candidate's floor (fp32 noise floor or
+    precision envelope) comes from; None: the flat tolerances judge."""
     mode = mode or RunMode(streaming, finalize)
     bundle = Path(bundle)
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
@@ -276,7 +279,13 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
     ref_l = Loaded(ref_res.tensors, ref_res.metadata, str(ref_path or f"<reference {stem}>"))
     cand_l = Loaded(cand_res.tensors, cand_res.metadata, str(cand_path or f"<candidate {stem}>"))
     loc_l = Loaded(loc, {"pipeline": "candidate-local"}, "<step-local>") if loc else None
-    result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l)
+    floor = None
+    if floors is not None:
+        floor = floors.for_run(model, inputs, switches=getattr(cand, "sw", None), streaming=mode.streaming,
+                               finalize=mode.finalize, session=mode.session, bundle_name=bundle.stem)
+    t3f = time.perf_counter()
+    result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l,
+                            floor=floor)
     t4 = time.perf_counter()
     result.case = {"bundle": bundle.name, "profile": profile_name, "streaming": mode.streaming,
                    "finalize": mode.finalize,
@@ -286,7 +295,8 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
         result.case["session"] = mode.session
     return Case(bundle.name, profile_name, mode, result, ref_res.metadata, cand_res.metadata, ref_res.tensors,
                 cand_res.tensors, loc, ref_path, cand_path,
-                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t3 - t2, "compare": t4 - t3})
+                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t3 - t2, "floor": t3f - t3,
+                         "compare": t4 - t3f})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,10 +307,12 @@ class Session:
 
     ``policy``: a :class:`parity.policy.Policy`, an extra policy file (on top of the defaults and the
     project's ``[tool.parity.tolerances]``), or None. ``pyproject``: the project file (default ./pyproject.toml).
+    ``floors``: the floor store (default: shipped floors, the disk cache, computed when missing); None: no
+    floors, every stage judged by the flat tolerances (``--no-floor``).
     """
 
     def __init__(self, pyproject: str | Path | None = None, policy: Policy | str | Path | None = None,
-                 project: ProjectConfig | None = None):
+                 project: ProjectConfig | None = None, floors="default"):
         self.project = project if project is not None else read_project(pyproject)
         self.pyproject = self.project.path
         self._policy_arg = policy
@@ -308,6 +320,11 @@ class Session:
         self.models: dict[ModelSpec, object] = {}
         self.candidates: dict[tuple, object] = {}
         self.refs = ReferenceCache()
+        if floors == "default":
+            from .floor.store import FloorStore
+
+            floors = FloorStore()
+        self.floors = floors
 
     @property
     def policy(self) -> Policy:
@@ -343,4 +360,4 @@ class Session:
             local: bool = True, progress: bool = False, allow_trim: bool = False) -> Case:
         return run_case(model, cand, bundle, mode=mode, policy=self.policy, patterns=patterns, trace_dir=trace_dir,
                         local=local, progress=progress, profile_name=cand.profile_name, refs=self.refs,
-                        allow_trim=allow_trim)
+                        allow_trim=allow_trim, floors=self.floors)

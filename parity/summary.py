@@ -26,6 +26,33 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _ratio(r) -> str:
+    """error / floor as "12x" (two significant digits)."""
+    if r is None:
+        return "-"
+    if not isinstance(r, (int, float)) or r != r:
+        return "?"
+    return f"{r:.2g}x" if r < 1e4 else f"{r:.1e}x"
+
+
+def gate_line(result: Comparison) -> str:
+    """Which gate decided: the measured floor (its kind, k, where it came from) and/or the flat tolerances."""
+    g = result.gates
+    fl = result.floor or {}
+    nf, nflat = g.get("floor", 0), g.get("flat", 0)
+    parts = []
+    if nf:
+        kind = fl.get("kind")
+        what = "the fp32 noise floor" if kind == "fp32" else f"the {kind} precision envelope (rounding-only error)"
+        src = fl.get("source")
+        where = f"{src} {fl.get('path')}" if fl.get("path") else str(src)
+        parts.append(f"{what}, k {fl.get('k'):g} ({where}; digest {str(fl.get('digest'))[:12]}): {nf} stages")
+    if nflat:
+        why = fl.get("not_applied") or fl.get("reason") if not nf else "stages without a floor"
+        parts.append(f"flat tolerances: {nflat} stages" + (f" ({why})" if why else ""))
+    return "gate: " + ("; ".join(parts) if parts else "no stage was judged")
+
+
 def render(result: Comparison, *, color: bool | None = None, verbose: bool = False, width: int = 110) -> str:
     if color is None:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
@@ -39,6 +66,7 @@ def render(result: Comparison, *, color: bool | None = None, verbose: bool = Fal
     ctx = result.context
     lines.append(f"  candidate precision {ctx.get('precision')}, attention {ctx.get('attention')}; "
                  f"policy {', '.join(result.policy.get('sources', []))}")
+    lines.append("  " + gate_line(result))
     if fd:
         lines.append(c(f"  first divergence: {fd.stage} [{fd.code}] {fd.message}", "31"))
     shown = [f for f in result.findings if f.severity in ("error", "failure", "warning")]
@@ -52,7 +80,8 @@ def render(result: Comparison, *, color: bool | None = None, verbose: bool = Fal
         if not verbose and len(info) > 4:
             lines.append(f"  ... {len(info) - 4} more info findings (--verbose)")
     lines.append("stages (pipeline order):")
-    head = f"  {'':2}{'stage':<18}{'status':<7}{'statistic':<13}{'value':>10}{'limit':>10}{'max|diff|':>11}{'min atol':>10}"
+    head = (f"  {'':2}{'stage':<18}{'status':<7}{'gate':<6}{'statistic':<17}{'value':>10}{'limit':>10}{'x floor':>9}"
+            f"{'max|diff|':>11}")
     lines.append(head)
     first_name = fd.stage if fd else None
     stages = result.stages
@@ -70,7 +99,10 @@ def render(result: Comparison, *, color: bool | None = None, verbose: bool = Fal
             bad = [g for g in group if not g.ok]
             if not bad and first_name not in [g.name for g in group]:
                 worst = max(g.metric("max_abs_err") or 0.0 for g in group)
-                lines.append(f"  {'':2}{f'step{k}.*':<18}{'ok':<7}{len(group)} stages, max |diff| {worst:.3g}")
+                rated = [g for g in group if g.ratio is not None]
+                wr = max(rated, key=lambda g: g.ratio) if rated else None
+                lines.append(f"  {'':2}{f'step{k}.*':<18}{'ok':<7}{len(group)} stages, max |diff| {worst:.3g}"
+                             + (f", worst {_ratio(wr.ratio)} floor ({wr.name})" if wr else ""))
                 continue
             for g in group:
                 lines.append(_row(g, first_name, c))
@@ -96,6 +128,5 @@ def _row(s: StageResult, first_name, c) -> str:
     mark = ">>" if s.name == first_name else "  "
     status = MARK.get(s.status, s.status)
     col = {"pass": "32", "fail": "31", "missing": "90", "extra": "90"}.get(s.status, "0")
-    return (f"  {c(mark, '31;1')}{s.name:<18}{c(f'{status:<7}', col)}{(s.statistic or '-'):<13}"
-            f"{_fmt(s.value):>10}{_fmt(s.limit):>10}{_fmt(s.metric('max_abs_err')):>11}"
-            f"{_fmt(s.min_atol_to_pass):>10}")
+    return (f"  {c(mark, '31;1')}{s.name:<18}{c(f'{status:<7}', col)}{(s.gate or '-'):<6}{(s.statistic or '-'):<17}"
+            f"{_fmt(s.value):>10}{_fmt(s.limit):>10}{_ratio(s.ratio):>9}{_fmt(s.metric('max_abs_err')):>11}")

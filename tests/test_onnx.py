@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(onnx_available() is not None,
 from candidate.mask_check import mask_check_from_traces, rel_l2  # noqa: E402
 from candidate.pipeline import CandidateToken2Wav  # noqa: E402
 from candidate.switches import Switches, resolve_profile, switches_from  # noqa: E402
+from parity.floor.store import FloorStore  # noqa: E402
 from parity.policy import load_policy  # noqa: E402
 from parity.session import run_case  # noqa: E402
 from reference.errors import InputError  # noqa: E402
@@ -76,8 +77,14 @@ def _cand(model, profile, **over):
     return CandidateToken2Wav(model, switches_from(profile, **over), profile)
 
 
-def _case(model, cand, bundle=MEDIUM, streaming=False, policy=None):
-    return run_case(model, cand, bundle, streaming=streaming, policy=policy, profile_name=cand.profile_name)
+# the shipped floors of the fixture bundles (fp32 noise floor; fp16 envelopes of the shipped PyTorch profiles);
+# nothing is computed: a profile without a shipped floor is judged by the flat tolerances, and the result says so
+FLOORS = FloorStore(cache=None, compute=False)
+
+
+def _case(model, cand, bundle=MEDIUM, streaming=False, policy=None, floors=FLOORS):
+    return run_case(model, cand, bundle, streaming=streaming, policy=policy, profile_name=cand.profile_name,
+                    floors=floors)
 
 
 def _stage(case, name):
@@ -191,11 +198,16 @@ def test_export_from_a_model_dir(tmp_path, exported):
 
 @pytest.mark.parametrize("profile", ["onnx-cpu", "onnx-cpu-basic", "onnx-fused"])
 def test_fp32_onnx_profiles_pass_the_fp32_policy(model, policy, profile):
+    """At the noise floor: every stage judged by error / fp32 noise floor <= k (the shipped floor of the bundle)."""
     case = _case(model, _cand(model, profile), policy=policy)
     assert case.verdict == "pass", case.result.first_divergence
+    res = case.result
+    assert res.floor["kind"] == "fp32" and res.floor["source"] == "shipped" and not res.gates.get("flat")
+    for name in ("step1.v1", "step1.v2", "step10.x", "flow_mel", "audio"):
+        st = _stage(case, name)
+        assert st.status == "pass" and st.gate == "floor" and 0 < st.ratio <= res.floor["k"], (name, st.detail)
     for name in ("step1.v1", "step1.v2", "step10.x", "flow_mel"):
         assert _maxabs(case, name) < FP32_LIMIT, name
-        assert _stage(case, name).status == "pass"
     # really a different backend: not bit-identical to the PyTorch reference
     assert _maxabs(case, "step1.v1") > 0
     assert case.cand_meta["onnx"]["session"]["providers_used"] == ["CPUExecutionProvider"]
@@ -207,10 +219,12 @@ def test_onnx_fp16_error_is_measured_and_within_its_policy(model, policy):
     assert case.cand_meta["precision"] == "fp16" and case.result.context["precision"] == "fp16"
     v1, mel = rel_l2(case.cand_tensors["step1.v1"], case.ref_tensors["step1.v1"]), \
         rel_l2(case.cand_tensors["flow_mel"], case.ref_tensors["flow_mel"])
-    # it ran in fp16 (well above the fp32 floor of 4e-7) and stays inside the fp16 rules (6e-2 and 1e-2)
+    # it ran in fp16 (well above the fp32 floor of 4e-7) and stays inside the fp16 rules (6e-2 and 1e-2): no
+    # fp16 envelope of this layout is shipped and the module computes none, so the flat rules judge, and say why
     assert 1e-5 < v1 < _stage(case, "step1.v1").limit
     assert 1e-4 < mel < _stage(case, "flow_mel").limit
     assert case.verdict == "pass", case.result.first_divergence
+    assert _stage(case, "flow_mel").gate == "flat" and "computing is off" in case.result.floor["reason"]
     fp16 = case.cand_meta["onnx"]["fp16"]
     assert fp16["keep_io_types"] is True
     assert case.cand_meta["onnx"]["file"]["inputs"][0]["dtype"] == "float"  # fp32 inputs kept
@@ -411,8 +425,9 @@ def test_full_size_onnx_agreement(tmp_path):
     against the reference (one flow each; minutes)."""
     full = Token2Wav.from_preset("cosyvoice3-0.5b")
     pol = load_policy()
+    floors = FloorStore()  # the full-size floor: from the cache, else computed (36 full-size runs: long)
     for prof in ("onnx-cpu", "onnx-fused"):
-        case = _case(full, _cand(full, prof), policy=pol)
+        case = _case(full, _cand(full, prof), policy=pol, floors=floors)
         assert case.verdict == "pass", (prof, case.result.first_divergence)
         print(prof, {n: (_maxabs(case, n), rel_l2(case.cand_tensors[n], case.ref_tensors[n]))
                      for n in ("step1.v1", "flow_mel")})

@@ -47,6 +47,23 @@ class Recipe:
                 "k_alpha": AG.K_ALPHA, "k_min": AG.K_MIN, "saturated_rel_l2": SATURATED_REL_L2}
 
 
+def recipe_dict(recipe: Recipe, spec: PrecisionSpec | None = None) -> dict:
+    """The recipe as it enters the cache key (with the precision spec of an envelope)."""
+    rdict = recipe.to_dict()
+    if spec is not None:
+        rdict["precision"] = spec.to_dict()
+    return rdict
+
+
+def floor_key(model, inputs: dict, *, kind: str = "fp32", spec: PrecisionSpec | None = None, streaming: bool = False,
+              finalize: bool = True, recipe: Recipe | None = None) -> tuple[dict, str]:
+    """(key fields, digest) of the floor :func:`estimate_floor` / :func:`estimate_envelope` would compute for
+    these arguments, without computing it."""
+    meta = model.provenance(streaming=streaming, finalize=finalize)
+    return make_key(meta, inputs, streaming=streaming, finalize=finalize, kind=kind,
+                    recipe=recipe_dict(recipe or Recipe(), spec))
+
+
 @dataclass
 class EstimateLog:
     """What a computation cost (not part of the floor, which stays deterministic)."""
@@ -73,9 +90,7 @@ def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: Preci
     t0 = time.perf_counter()
     log = log if log is not None else EstimateLog()
     meta = model.provenance(streaming=streaming, finalize=finalize)
-    rdict = recipe.to_dict()
-    if spec is not None:
-        rdict["precision"] = spec.to_dict()
+    rdict = recipe_dict(recipe, spec)
     key, digest = make_key(meta, inputs, streaming=streaming, finalize=finalize, kind=kind, recipe=rdict)
     if cache is not None:
         hit = cache.get(digest)

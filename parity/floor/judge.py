@@ -45,6 +45,7 @@ class StageVerdict:
     ratios: dict = field(default_factory=dict)
     zero_floor: tuple[str, ...] = ()
     detail: str = ""
+    unit: float | None = None  # the divisor of ``statistic``: its floor, or the absolute epsilon of a zero floor
 
     @property
     def failed(self) -> bool:
@@ -57,7 +58,7 @@ class StageVerdict:
         return {"stage": self.stage, "status": self.status, "ratio": j(self.ratio), "statistic": self.statistic,
                 "value": j(self.value), "floor": j(self.floor), "block": self.block,
                 "ratios": {k: j(v) for k, v in self.ratios.items()}, "zero_floor": list(self.zero_floor),
-                "detail": self.detail}
+                "detail": self.detail, "unit": j(self.unit)}
 
 
 @dataclass(frozen=True)
@@ -111,28 +112,31 @@ def judge_stage(sf: StageFloor, ref: torch.Tensor, cand: torch.Tensor, k: float)
         return StageVerdict(sf.name, "nonfinite", math.inf, "finite", math.inf, None,
                             detail="non-finite values (NaN never passes, whatever the floor)")
     ratios: dict[str, float] = {}
+    units: dict[str, float] = {}
     zero: list[str] = []
-    r, z = _div(st.max_abs, sf.max_abs, U32 * max(sf.scale, TINY))
-    ratios["max_abs"] = r
+    eps = U32 * max(sf.scale, TINY)
+    r, z = _div(st.max_abs, sf.max_abs, eps)
+    ratios["max_abs"], units["max_abs"] = r, (eps if z else sf.max_abs)
     if z:
         zero.append("max_abs")
     r, z = _div(st.rel_l2, sf.rel_l2, U32)
-    ratios["rel_l2"] = r
+    ratios["rel_l2"], units["rel_l2"] = r, (U32 if z else sf.rel_l2)
     if z:
         zero.append("rel_l2")
-    worst_b, worst_r, env_zero = None, -1.0, False
+    worst_b, worst_r, env_zero, env_unit = None, -1.0, False, None
     for b, (e, f, s) in enumerate(zip(st.envelope, sf.envelope, sf.block_scale)):
         rb, zb = _div(e, f, U32 * max(s, TINY))
         if rb > worst_r:
-            worst_b, worst_r, env_zero = b, rb, zb
+            worst_b, worst_r, env_zero, env_unit = b, rb, zb, (U32 * max(s, TINY) if zb else f)
     ratios["envelope"] = max(worst_r, 0.0)
+    units["envelope"] = env_unit
     if env_zero:
         zero.append("envelope")
     for name, fv in sf.extra.items():
         v = st.extra.get(name)
         if v is not None:
             r, z = _div(v, fv, _domain_eps(name))
-            ratios[name] = r
+            ratios[name], units[name] = r, (_domain_eps(name) if z else fv)
             if z:
                 zero.append(name)
     gated = [(ratios[g], g) for g in sf.gate if g in ratios]
@@ -147,7 +151,7 @@ def judge_stage(sf: StageFloor, ref: torch.Tensor, cand: torch.Tensor, k: float)
     detail = (f"{stat} {value:.3g}{where} = {ratio:.3g} x floor {floor:.3g}"
               + (" (floor exactly 0: judged against one fp32 ulp of the stage's scale)" if stat in zero else "")
               + f"; gate {k:g}x")
-    return StageVerdict(sf.name, status, ratio, stat, value, floor, worst_b, ratios, tuple(zero), detail)
+    return StageVerdict(sf.name, status, ratio, stat, value, floor, worst_b, ratios, tuple(zero), detail, units.get(stat))
 
 
 def judge(floor: Floor, ref: dict, cand: dict, k: float | None = None, stages=None) -> FloorVerdict:

@@ -6,6 +6,7 @@ the same inputs give the same JSON text byte for byte (no timestamps, no timings
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -146,10 +147,16 @@ class Floor:
         return cls.from_dict(d, source)
 
     def save(self, path: str | Path) -> Path:
+        """Write the JSON (``.gz``: gzip-compressed, compact and still byte-deterministic: no timestamp in the
+        gzip header), atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json())
+        if path.suffix == ".gz":
+            text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+            tmp.write_bytes(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+        else:
+            tmp.write_text(self.to_json())
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
         return path
 
@@ -158,4 +165,9 @@ class Floor:
         path = Path(path)
         if not path.exists():
             raise InputError(f"{path}: noise-floor file not found")
-        return cls.from_json(path.read_text(), str(path))
+        try:
+            raw = path.read_bytes()
+            text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a readable noise-floor file ({type(exc).__name__}: {exc})") from exc
+        return cls.from_json(text, str(path))

@@ -364,3 +364,60 @@ def plot_waves(ref: np.ndarray, cand: np.ndarray | None, sr: int, worst: int | N
     z2.tick_params(labelsize=7)
     z2.set_xlabel("time (s)", fontsize=8)
     return _png_uri(fig)
+
+
+def plot_floor_ratios(rows: list[dict], k: float | None, first: str | None) -> str:
+    """error / floor of every stage in pipeline order (log y), the gate multiplier k as a line. ``rows``: one
+    per stage, ``{"name", "ratio", "status", "gate"}`` as the result holds them (ratio None: no floor ratio:
+    a flat-gated stage, drawn as a grey tick at the bottom; ratio 0: identical to the reference)."""
+    from matplotlib.ticker import NullLocator
+
+    fig = _figure(3.6)
+    ax = fig.add_axes((0.08, 0.36, 0.9, 0.56))
+    x = np.arange(len(rows))
+    r = np.array([np.nan if row["ratio"] is None else float(row["ratio"]) for row in rows], dtype=np.float64)
+    pos = np.isfinite(r) & (r > 0)
+    lo = float(np.nanmin(r[pos])) if pos.any() else 1e-3
+    hi = float(np.nanmax(r[pos])) if pos.any() else 1.0
+    bottom = min(lo, 1e-2 if k is None else k * 1e-3) / 3.0
+    top = max(hi, k or 1.0) * 3.0
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(bottom, top)
+    fail = np.array([row["status"] == "fail" for row in rows])
+    flat = np.array([row["gate"] != "floor" for row in rows])
+    zero = np.isfinite(r) & (r == 0)
+    inf = np.isinf(r)
+    ok = pos & ~fail
+    ax.vlines(x[pos], bottom, r[pos], color="0.8", lw=0.8)
+    ax.plot(x[ok], r[ok], "o", color="C2", ms=3.5, label="within k x floor")
+    if (pos & fail).any():
+        ax.plot(x[pos & fail], r[pos & fail], "o", color="red", ms=4.5, label="over k x floor")
+    if zero.any():
+        ax.plot(x[zero], np.full(zero.sum(), bottom * 1.3), "o", mfc="none", mec="C2", ms=3.5,
+                label="identical (ratio 0)")
+    if inf.any():
+        ax.plot(x[inf], np.full(inf.sum(), top / 1.3), "^", color="red", ms=5, label="non-finite")
+    sel = flat & ~np.isfinite(r)
+    if sel.any():
+        ax.plot(x[sel], np.full(sel.sum(), bottom * 1.3), "|", color="0.45" if not fail[sel].any() else "0.45",
+                ms=8, label="flat tolerance (no floor ratio)")
+        if (sel & fail).any():
+            ax.plot(x[sel & fail], np.full((sel & fail).sum(), bottom * 1.3), "x", color="red", ms=6,
+                    label="flat tolerance failed")
+    if k is not None:
+        ax.axhline(k, color="C3", lw=0.9, ls="--", label=f"gate k = {k:g}")
+    ax.axhline(1.0, color="0.5", lw=0.6, ls=":")
+    names = [row["name"] for row in rows]
+    if first in names:
+        ax.axvline(names.index(first), color="red", lw=0.7, alpha=0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90, fontsize=5 if len(rows) > 60 else 6.5)
+    ax.set_xlim(-1, len(rows))
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_ylabel("error / floor", fontsize=8)
+    ax.set_title("error / floor per stage, pipeline order (the deciding statistic; from the comparison result)",
+                 fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper left", ncol=3)
+    return _png_uri(fig)

@@ -12,7 +12,7 @@ from ..render import fmt
 from ..result import Comparison, StageResult
 from ..stages import STEP_OUTPUTS, layout, parse_step
 from .audio import audio_players, worst_positions
-from .plots import listvec, mel2d, plot_f0, plot_mel, plot_steps, plot_waves, vec
+from .plots import listvec, mel2d, plot_f0, plot_floor_ratios, plot_mel, plot_steps, plot_waves, vec
 
 NONFINITE_CODES = ("nonfinite_origin", "reference_nonfinite", "audio_nonfinite")
 
@@ -161,11 +161,70 @@ def _stage_row(s: StageResult, first: str | None) -> dict:
     detail = s.detail or ""
     if s.arbiter:
         detail += f" [arbiter: {fmt(s.arbiter)}]"
-    return {"name": name, "status": s.status, "statistic": s.statistic or "-",
+    fl = s.floor if isinstance(s.floor, dict) else {}
+    return {"name": name, "status": s.status, "statistic": s.statistic or "-", "gate": s.gate or "-",
+            "floor": fmt(fl.get("unit", fl.get("value"))) if s.gate == "floor" or s.ratio is not None else "-",
+            "ratio": ratio_text(s.ratio),
             "value": fmt(s.value), "limit": fmt(s.limit), "maxdiff": maxd, "min_atol": atol_txt,
             "min_rtol": fmt(s.min_rtol_to_pass, sp, "min_rtol_to_pass"), "norms": norms, "nonfinite": nf,
             "detail": detail, "first": first is not None and name == first,
             "shape": fmt(rs.get("shape") or cs.get("shape"))}
+
+
+def ratio_text(r) -> str:
+    """error / floor as display text ("12x", "0.31x")."""
+    if r is None:
+        return "-"
+    if not isinstance(r, (int, float)) or r != r:
+        return "?"
+    if r == float("inf"):
+        return "inf"
+    return f"{r:.2g}x" if r < 1e4 else f"{r:.1e}x"
+
+
+def floor_section(result: Comparison) -> dict:
+    """The floor's provenance as the result holds it (``result.floor``): where it came from, its key, k and how
+    k was chosen, the ensemble by family (members, seeds) and what each family contributed per stage; and
+    the gates that decided. Nothing is recomputed."""
+    fl = result.floor or {}
+    gates = result.gates
+    out = {"available": bool(fl.get("kind")), "applies": bool(fl.get("applies")), "source": fl.get("source"),
+           "path": fl.get("path"), "reason": fl.get("reason") or "", "not_applied": fl.get("not_applied") or "",
+           "tried": ", ".join(fl.get("tried") or []), "gates": gates, "kind": fl.get("kind"), "k": fl.get("k"),
+           "digest": fl.get("digest"), "verified": fl.get("verified", True)}
+    if not out["available"]:
+        return out
+    key = fl.get("key") or {}
+    model = key.get("model") or {}
+    out["key_rows"] = [(k, fmt(v, limit=200)) for k, v in (
+        ("flow weights sha256", model.get("flow_sha256")), ("hift weights sha256", model.get("hift_sha256")),
+        ("noise fingerprint", model.get("noise")), ("n_timesteps / t_scheduler / cfg_rate",
+                                                    f"{model.get('n_timesteps')} / {model.get('t_scheduler')} / "
+                                                    f"{model.get('cfg_rate')}"),
+        ("bundle sha256", key.get("bundle")), ("streaming / finalize", f"{key.get('streaming')} / {key.get('finalize')}"),
+        ("torch", key.get("torch")), ("kind", key.get("kind")))]
+    prov = fl.get("provenance") or {}
+    out["prov_rows"] = [(k, fmt(v, limit=300)) for k, v in prov.items() if v is not None]
+    basis = fl.get("k_basis") or {}
+    worst = basis.get("worst") or {}
+    out["k_rows"] = [("rule", fmt(basis.get("rule"), limit=300)), ("largest held-out ratio", fmt(basis.get("largest"))),
+                     ("Gumbel quantile", fmt(basis.get("gumbel_quantile"))), ("samples", fmt(basis.get("n_samples"))),
+                     ("worst sample", f"{worst.get('sample')} at {worst.get('stage')} ({worst.get('statistic')}, "
+                                      f"{fmt(worst.get('ratio'))})" if worst else "-")]
+    fams = fl.get("families") or {}
+    out["families"] = [{"family": f, "fit": d.get("fit"), "held_out": d.get("held_out"),
+                        "seeds": fmt(d.get("seeds") or "-", limit=120), "members": fmt(d.get("members"), limit=300)}
+                       for f, d in fams.items()]
+    contrib = fl.get("contributions") or {}
+    fam_names = list(contrib)
+    stage_names = [s.name for s in result.stages if any(s.name in contrib[f] for f in fam_names)]
+    out["contrib_families"] = fam_names
+    out["contrib_rows"] = [{"stage": n, "values": [fmt((contrib[f].get(n) or [None])[0]) for f in fam_names]}
+                           for n in stage_names]
+    rec = fl.get("recipe") or {}
+    out["recipe"] = fmt({k: v for k, v in rec.items() if k != "precision"}, limit=400)
+    out["precision"] = fmt(rec.get("precision"), limit=400) if rec.get("precision") else None
+    return out
 
 
 def stage_groups(stages: list[StageResult], first: str | None) -> list[dict]:
@@ -190,6 +249,10 @@ def stage_groups(stages: list[StageResult], first: str | None) -> list[dict]:
             errs = [e for e in errs if isinstance(e[0], (int, float))]
             worst = max(errs) if errs else None
             summary = f"{len(grp)} stages pass" + (f"; worst max |diff| {fmt(worst[0])} ({worst[1]})" if worst else "")
+            rated = [g for g in grp if g.ratio is not None]
+            if rated:
+                wr = max(rated, key=lambda g: g.ratio)
+                summary += f"; worst {ratio_text(wr.ratio)} floor ({wr.name})"
             groups.append({"collapsible": True, "id": f"step-{k}", "label": f"step{k}.*", "summary": summary,
                            "rows": rows})
         else:
@@ -284,6 +347,7 @@ class Media:
     f0: dict
     waveform: dict
     listen: dict
+    floor: dict | None = None
 
 
 def _step_limits(result: Comparison) -> dict[str, float]:
@@ -306,6 +370,18 @@ def _safe(fn, *a, **k) -> tuple[Any, str | None]:
 
 def _join(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
+
+
+def floor_chart(result: Comparison) -> dict:
+    """The error/floor chart over every compared stage in pipeline order, from the stages' ratios."""
+    rows = [{"name": s.name, "ratio": s.ratio, "status": s.status, "gate": s.gate} for s in result.stages
+            if s.gate is not None]
+    if not any(r["ratio"] is not None for r in rows):
+        return {"img": None, "note": "no stage has a floor ratio (every judged stage was decided by a flat "
+                                     "tolerance)" if rows else "no stage was judged"}
+    fd = result.first_divergence
+    img, err = _safe(plot_floor_ratios, rows, (result.floor or {}).get("k"), fd.stage if fd else None)
+    return {"img": img, "note": err}
 
 
 def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> Media:
@@ -395,13 +471,13 @@ def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int,
         if lp:
             listen.update(lp)
         listen["missing"] = _join(err, no_cand)
-    return Media(step_sec, mel_sec, f0_sec, wav_sec, listen)
+    return Media(step_sec, mel_sec, f0_sec, wav_sec, listen, floor_chart(result))
 
 
 # ---------------------------------------------------------------------------------------------
 # the whole page
 
-SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "steps", "mel", "f0", "waveform", "listen",
+SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "floor", "steps", "mel", "f0", "waveform", "listen",
                "nonfinite", "audio-metrics", "raw-stats")
 
 
@@ -436,6 +512,7 @@ def page_context(result: Comparison, *, title: str, seconds: dict, media: Media,
         "prov": prov,
         "prov_other": prov_other,
         "groups": stage_groups(result.stages, first),
+        "floor": floor_section(result),
         "local_rows": [_stage_row(s, None) for s in result.local],
         "normalisations": [n for n in result.normalisations if isinstance(n, dict)],
         "first_in_table": any(s.name == first for s in result.stages),

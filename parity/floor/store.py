@@ -1,0 +1,425 @@
+"""Where a comparison's floor comes from: the floor store a :class:`parity.session.Session` owns (like its
+:class:`parity.session.ReferenceCache`, it builds its own keys; callers never compose one), the shipped
+floors of the fixture bundles, and the choice handed to :func:`parity.compare.compare_loaded`.
+
+A candidate is judged against the floor of the reference it is compared with: the fp32 noise floor for an
+fp32 candidate, the emulated envelope of its precision (:func:`envelope_spec`) for a bf16/fp16/int8 one.
+Lookup, by the key of :mod:`parity.floor.cache` (model weights and noise, bundle, mode, torch version, kind,
+recipe):
+
+1. floors given explicitly (``--floor FILE``) and floors already used in this session (memory);
+2. the shipped floors beside the golden traces (``fixtures/golden/*.floor.json.gz``, written by
+   ``pytest --parity-update-golden``), found by digest;
+3. the on-disk cache (:class:`parity.floor.cache.FloorCache`);
+4. computed now (:func:`estimate_floor` / :func:`estimate_envelope`) when the model is at hand and computing
+   is allowed, then stored in the cache;
+5. none: the comparison falls back to the flat tolerances, and says why (:attr:`FloorChoice.reason`).
+
+Only the single-call modes have floors, recorded with the default capture patterns: stages outside them
+(per-block DiT outputs, HiFT internals, a streaming session's ``chunk{c}.*`` stages) are judged by the flat
+rules, and the verdict says so per stage.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reference.errors import InputError
+
+from .cache import FloorCache, key_from_trace
+from .chop import PrecisionSpec, spec_from_switches
+from .estimate import EstimateLog, Recipe, estimate_envelope, estimate_floor, floor_key, recipe_dict
+from .types import Floor
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "fixtures" / "golden"
+SHIPPED_SUFFIX = ".floor.json.gz"
+_DIGEST_RE = re.compile(rb'"digest":\s*"([0-9a-f]{64})"')
+
+
+# ---------------------------------------------------------------------------------------------
+# which floor a candidate needs
+
+def envelope_spec(sw) -> tuple[PrecisionSpec | None, str]:
+    """The reduced-precision emulation for a candidate's :class:`candidate.switches.Switches` (None for an
+    fp32 candidate, or with the reason when its precision layout is not emulated)."""
+    prec = sw.precision
+    if prec == "fp32":
+        return None, "fp32"
+    if sw.flow_dtype != "fp32" and not (sw.keeps("time_grid") and sw.keeps("euler")):
+        return None, (f"the solver's time grid or Euler state runs in {prec} (keep_fp32 lacks time_grid/euler): the "
+                      f"emulation keeps the solver fp32, as the upstream fixes do")
+    if sw.onnx:
+        if sw.onnx_fp16:  # the whole exported estimator in fp16 (inputs and outputs kept fp32); the front end,
+            # solver and vocoder stay the candidate's fp32 PyTorch code
+            keep = ("flow.input_embedding", "flow.spk_embed_affine_layer", "flow.pre_lookahead_layer")
+            return PrecisionSpec("fp16", flow=True, hift=False, keep=keep, residual_fp32=False), ""
+        return None, f"the ONNX estimator's {prec} layout is not emulated"
+    try:
+        return spec_from_switches(sw), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def switches_of(meta: dict):
+    """A candidate trace's switches (its ``switches`` metadata), or None (a foreign dump)."""
+    d = meta.get("switches") if isinstance(meta, dict) else None
+    if not isinstance(d, dict):
+        return None
+    import dataclasses
+
+    from candidate.switches import Switches
+
+    names = {f.name for f in dataclasses.fields(Switches)}
+    try:
+        return Switches(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+    except (InputError, TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the choice handed to the comparison
+
+@dataclass
+class FloorChoice:
+    """The floor a comparison is judged against (``floor`` None: none, and ``reason`` says why), where it came
+    from (``source``: file | embedded | shipped | cache | computed | memory | none), the file (``path``), what
+    the lookup cost (``seconds``) and what it tried (``tried``)."""
+
+    floor: Floor | None
+    source: str
+    reason: str = ""
+    path: str | None = None
+    seconds: float = 0.0
+    tried: list = field(default_factory=list)
+    verified: bool = True  # the floor's key was checked against the reference trace's own
+
+    @property
+    def kind(self) -> str | None:
+        return self.floor.kind if self.floor is not None else None
+
+    def to_json(self) -> dict:
+        """The result's ``floor`` section: what the report shows as the floor's provenance."""
+        out = {"source": self.source, "reason": self.reason, "path": self.path, "seconds": round(self.seconds, 3),
+               "tried": list(self.tried), "verified": self.verified}
+        f = self.floor
+        if f is None:
+            return out
+        fams: dict = {}
+        for m in f.members:
+            d = fams.setdefault(m["family"], {"fit": 0, "held_out": 0, "seeds": [], "members": []})
+            d["held_out" if m["role"] == "held-out" else "fit"] += 1
+            if m.get("seed") is not None:
+                d["seeds"].append(m["seed"])
+            d["members"].append(m["name"])
+        basis = {k: v for k, v in f.k_basis.items() if k != "samples"}
+        out.update({"kind": f.kind, "digest": f.digest, "key": f.key, "k": f.k, "k_basis": basis,
+                    "recipe": f.recipe, "provenance": f.provenance, "families": fams,
+                    "contributions": f.contributions(), "stages": len(f.stages)})
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# shipped floors
+
+def shipped_name(bundle_stem: str, mode_label: str, profile: str | None = None) -> str:
+    """``<bundle>-<mode>.floor.json.gz`` (fp32) or ``<bundle>-<mode>.<profile>.floor.json.gz`` (the envelope
+    of that profile's precision)."""
+    mid = f".{profile}" if profile else ""
+    return f"{bundle_stem}-{mode_label}{mid}{SHIPPED_SUFFIX}"
+
+
+class ShippedFloors:
+    """The floors shipped beside the golden traces, by digest (read from each file's head, loaded on use)."""
+
+    def __init__(self, directory: str | Path = SHIPPED_DIR):
+        self.dir = Path(directory)
+        self._index: dict[str, Path] | None = None
+
+    def index(self) -> dict[str, Path]:
+        if self._index is None:
+            self._index = {}
+            for p in sorted(self.dir.glob(f"*{SHIPPED_SUFFIX}")):
+                try:
+                    with gzip.open(p, "rb") as fh:
+                        head = fh.read(400)
+                except (OSError, EOFError):
+                    continue
+                m = _DIGEST_RE.search(head)
+                if m:
+                    self._index[m.group(1).decode()] = p
+        return self._index
+
+    def get(self, digest: str) -> tuple[Floor | None, Path | None]:
+        p = self.index().get(digest)
+        if p is None:
+            return None, None
+        try:
+            f = Floor.load(p)
+        except InputError:
+            return None, p
+        return (f, p) if f.digest == digest else (None, p)
+
+
+def write_shipped(model, bundle: str | Path, *, streaming: bool, profiles=(), directory: str | Path = SHIPPED_DIR,
+                  log=None) -> list[Path]:
+    """Compute and write the shipped floors of one fixture bundle and mode: the fp32 floor and the envelope of
+    each reduced-precision profile in ``profiles`` whose precision is emulated (one file per distinct
+    emulation). What ``pytest --parity-update-golden`` runs."""
+    from reference.bundle import bundle_dims, load_bundle
+
+    from candidate.switches import switches_from
+
+    bundle = Path(bundle)
+    inputs = load_bundle(bundle, **bundle_dims(model.cfg))
+    label = "streaming" if streaming else "offline"
+    directory = Path(directory)
+    out = []
+    el = EstimateLog()
+    f = estimate_floor(model, inputs, streaming=streaming, bundle_name=bundle.stem, log=el)
+    out.append(f.save(directory / shipped_name(bundle.stem, label)))
+    if log:
+        log(f"floor {out[-1].name}: k {f.k:g}, {el.seconds:.1f} s")
+    seen = set()
+    for prof in profiles:
+        spec, _ = envelope_spec(switches_from(prof))
+        if spec is None or spec in seen:
+            continue
+        seen.add(spec)
+        el = EstimateLog()
+        env = estimate_envelope(model, inputs, spec, streaming=streaming, bundle_name=bundle.stem, log=el)
+        out.append(env.save(directory / shipped_name(bundle.stem, label, prof)))
+        if log:
+            log(f"envelope {out[-1].name}: k {env.k:g}, {el.seconds:.1f} s")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the store
+
+class FloorStore:
+    """Floors for a session: explicit files, memory, shipped, the disk cache, computed on demand.
+
+    ``cache``: a :class:`FloorCache` (default: the default cache directory), or None for no disk cache;
+    ``shipped``: the directory of shipped floors, or None; ``compute``: compute a missing floor when the model
+    is at hand; ``recipe``: the estimation recipe (part of every key)."""
+
+    def __init__(self, cache: FloorCache | None | str = "default", shipped: str | Path | None = SHIPPED_DIR,
+                 compute: bool = True, recipe: Recipe | None = None, log=None):
+        self.cache = FloorCache() if cache == "default" else cache
+        self.shipped = ShippedFloors(shipped) if shipped is not None else None
+        self.compute = compute
+        self.recipe = recipe or Recipe()
+        self.log = log
+        self._mem: dict[str, tuple[Floor, str, str | None]] = {}  # digest -> (floor, source, path)
+        self.files: list[Path] = []
+        self.computed: list[str] = []  # digests computed in this store's life (tests, cost reports)
+
+    def forget(self) -> None:
+        """Drop what this store has read (the shipped floors were rewritten)."""
+        self._mem = {d: v for d, v in self._mem.items() if v[1] == "file"}
+        if self.shipped is not None:
+            self.shipped._index = None
+
+    def add_file(self, path: str | Path) -> Floor:
+        """A floor given explicitly (``--floor FILE``): preferred over every other source for its key."""
+        f = Floor.load(path)
+        self._mem[f.digest] = (f, "file", str(path))
+        self.files.append(Path(path))
+        return f
+
+    # -- lookup -----------------------------------------------------------------------------------
+    def _lookup(self, digest: str, tried: list) -> FloorChoice | None:
+        t0 = time.perf_counter()
+        hit = self._mem.get(digest)
+        if hit is not None:
+            return FloorChoice(hit[0], hit[1], "", hit[2], time.perf_counter() - t0, tried)
+        tried.append("memory")
+        if self.shipped is not None:
+            f, p = self.shipped.get(digest)
+            tried.append(f"shipped ({self.shipped.dir})" if f is None else "shipped")
+            if f is not None:
+                self._mem[digest] = (f, "shipped", str(p))
+                return FloorChoice(f, "shipped", "", str(p), time.perf_counter() - t0, tried)
+        if self.cache is not None:
+            f = self.cache.get(digest)
+            tried.append(f"cache ({self.cache.dir})" if f is None else "cache")
+            if f is not None:
+                p = str(self.cache.path(digest))
+                self._mem[digest] = (f, "cache", p)
+                return FloorChoice(f, "cache", "", p, time.perf_counter() - t0, tried)
+        return None
+
+    def _compute(self, model, inputs, kind, spec, streaming, finalize, bundle_name, tried, t0) -> FloorChoice:
+        what = "fp32 noise floor" if spec is None else f"{kind} envelope"
+        if self.log:
+            self.log(f"computing the {what} of {bundle_name or 'the inputs'} "
+                     f"({'streaming' if streaming else 'offline'}; cached afterwards)")
+        el = EstimateLog()
+        try:
+            if spec is None:
+                f = estimate_floor(model, inputs, streaming=streaming, finalize=finalize, recipe=self.recipe,
+                                   cache=self.cache, bundle_name=bundle_name, log=el)
+            else:
+                f = estimate_envelope(model, inputs, spec, streaming=streaming, finalize=finalize, recipe=self.recipe,
+                                      cache=self.cache, bundle_name=bundle_name, log=el)
+        except (RuntimeError, ValueError) as exc:
+            return FloorChoice(None, "none", f"computing the {what} failed: {type(exc).__name__}: {exc}",
+                               seconds=time.perf_counter() - t0, tried=tried + ["compute"])
+        self.computed.append(f.digest)
+        p = str(self.cache.path(f.digest)) if self.cache is not None else None
+        self._mem[f.digest] = (f, "computed", p)
+        return FloorChoice(f, "computed", f"computed now in {el.seconds:.1f} s", p, time.perf_counter() - t0,
+                           tried + ["compute"])
+
+    def for_run(self, model, inputs: dict, *, switches=None, streaming: bool = False, finalize: bool = True,
+                session: str = "single", bundle_name: str | None = None) -> FloorChoice:
+        """The floor for a candidate with ``switches`` run on ``inputs`` by ``model`` (the reference) in one mode."""
+        t0 = time.perf_counter()
+        if session != "single":
+            return FloorChoice(None, "none", f"no floors for the '{session}' session kind (its chunk stages are judged "
+                                             f"by the flat tolerances)")
+        kind, spec = "fp32", None
+        if switches is not None and switches.precision != "fp32":
+            spec, why = envelope_spec(switches)
+            if spec is None:
+                return FloorChoice(None, "none", f"no {switches.precision} envelope: {why}")
+            kind = spec.fmt
+        try:
+            key, digest = floor_key(model, inputs, kind=kind, spec=spec, streaming=streaming, finalize=finalize,
+                                    recipe=self.recipe)
+        except InputError as exc:
+            return FloorChoice(None, "none", f"the floor's key cannot be built: {exc}")
+        tried: list = []
+        hit = self._lookup(digest, tried)
+        if hit is not None:
+            return hit
+        if not self.compute:
+            return FloorChoice(None, "none", "no shipped or cached floor for this model, bundle and mode, and computing "
+                                             "is off", seconds=time.perf_counter() - t0, tried=tried)
+        return self._compute(model, inputs, kind, spec, streaming, finalize, bundle_name, tried, t0)
+
+    def for_trace(self, ref_meta: dict, ref_tensors: dict, *, cand_meta: dict | None = None,
+                  precision: str = "fp32", load_model: bool = True) -> FloorChoice:
+        """The floor of a reference trace, from its own provenance: the key from its metadata and recorded
+        inputs; the shipped floors, the cache, else computed with the model its metadata names (a preset, or a
+        model directory that exists here with the same weights)."""
+        t0 = time.perf_counter()
+        kind, spec = "fp32", None
+        if precision != "fp32":
+            sw = switches_of(cand_meta or {})
+            if sw is None:
+                return FloorChoice(None, "none", f"no {precision} envelope: the candidate's precision layout is "
+                                                 f"unknown (no switches in its metadata); make one with `parity floor "
+                                                 f"--profile P` and pass it with --floor")
+            spec, why = envelope_spec(sw)
+            if spec is None:
+                return FloorChoice(None, "none", f"no {precision} envelope: {why}")
+            kind = spec.fmt
+        try:
+            key, digest = key_from_trace(ref_meta, ref_tensors, kind=kind, recipe=recipe_dict(self.recipe, spec))
+        except InputError as exc:
+            return FloorChoice(None, "none", f"the reference trace does not identify its floor: {exc}")
+        tried: list = []
+        emb = embedded_floor(ref_meta)
+        if emb is not None and emb.digest == digest:
+            self._mem.setdefault(digest, (emb, "embedded", None))
+        hit = self._lookup(digest, tried)
+        if hit is not None:
+            return hit
+        if not (self.compute and load_model):
+            return FloorChoice(None, "none", "no shipped, cached or embedded floor for this reference trace, and "
+                                             "computing is off", seconds=time.perf_counter() - t0, tried=tried)
+        model, why = model_from_provenance(ref_meta)
+        if model is None:
+            return FloorChoice(None, "none", f"no shipped, cached or embedded floor for this reference trace, and it "
+                                             f"cannot be computed here: {why}", seconds=time.perf_counter() - t0,
+                               tried=tried)
+        from reference.bundle import bundle_dims, validate_bundle
+
+        try:
+            inputs = validate_bundle({n: ref_tensors[n] for n in ("token", "prompt_token", "prompt_feat",
+                                                                  "embedding")},
+                                     source="reference trace", **bundle_dims(model.cfg))
+        except (KeyError, InputError) as exc:
+            return FloorChoice(None, "none", f"the reference trace's inputs cannot be rerun: {exc}", tried=tried)
+        streaming, finalize = bool(ref_meta.get("streaming", False)), bool(ref_meta.get("finalize", True))
+        _, mine = floor_key(model, inputs, kind=kind, spec=spec, streaming=streaming, finalize=finalize,
+                            recipe=self.recipe)
+        if mine != digest:
+            return FloorChoice(None, "none", f"the model {ref_meta.get('model')} here is not the one that produced the "
+                                             f"reference trace (weights, noise, schedule or torch version differ)",
+                               seconds=time.perf_counter() - t0, tried=tried)
+        return self._compute(model, inputs, kind, spec, streaming, finalize, str(ref_meta.get("inputs") or "") or None,
+                             tried, t0)
+
+    def check_file_for_trace(self, floor: Floor, ref_meta: dict, ref_tensors: dict) -> FloorChoice:
+        """An explicit floor for a comparison: used when its key is the reference trace's own (or when the trace
+        cannot say), refused (InputError) when the key names another model, bundle or mode."""
+        try:
+            key, digest = key_from_trace(ref_meta, ref_tensors, kind=floor.kind, recipe=floor.recipe)
+        except InputError as exc:
+            return FloorChoice(floor, "file", f"key not verified: {exc}", verified=False)
+        if digest != floor.digest:
+            diff = sorted(k for k in set(key) | set(floor.key) if key.get(k) != floor.key.get(k))
+            raise InputError(f"the floor {floor.digest[:12]} was measured for another reference: its key differs in "
+                             f"{', '.join(diff) or 'its digest'} (the reference trace's floor is {digest[:12]})")
+        return FloorChoice(floor, "file", "")
+
+
+def store_from_args(args, log=None) -> FloorStore | None:
+    """The floor store of a command's ``--floor FILE`` / ``--no-floor`` (None: the flat tolerances only)."""
+    if getattr(args, "no_floor", False):
+        return None
+    store = FloorStore(log=log)
+    for f in getattr(args, "floor", None) or []:
+        store.add_file(f)
+    return store
+
+
+# ---------------------------------------------------------------------------------------------
+# a floor embedded in a trace, the model a trace names
+
+EMBED_KEY = "floor"
+
+
+def embedded_floor(meta: dict) -> Floor | None:
+    """The floor ``parity dump --embed-floor`` put in a reference trace's metadata, or None."""
+    v = meta.get(EMBED_KEY) if isinstance(meta, dict) else None
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return None
+    if not isinstance(v, dict):
+        return None
+    try:
+        return Floor.from_dict(v, "embedded floor")
+    except InputError:
+        return None
+
+
+def model_from_provenance(meta: dict):
+    """(the reference model a trace's ``model`` field names, or None with the reason)."""
+    mid = str(meta.get("model") or "")
+    noise = meta.get("noise") if isinstance(meta.get("noise"), dict) else {}
+    src = str(noise.get("source") or "")
+    if src and not src.startswith("upstream") and "recipe" not in src:
+        return None, f"its noise came from {src!r}, which cannot be rebuilt here"
+    from reference.model import Token2Wav
+
+    try:
+        if mid.startswith("preset:"):
+            return Token2Wav.from_preset(mid[len("preset:"):]), ""
+        if mid.startswith("model_dir:"):
+            d = Path(mid[len("model_dir:"):])
+            if not d.is_dir():
+                return None, f"its model directory {d} does not exist here"
+            return Token2Wav.from_model_dir(d), ""
+    except InputError as exc:
+        return None, f"its model {mid!r} cannot be loaded ({exc})"
+    return None, f"its metadata names no loadable model (model = {mid or 'none'!r})"
