@@ -1,7 +1,9 @@
-"""Detection power of the noise-floor gate: the mutation suite (``benchmarks/mutations.py``: slips a port
-makes, none in the fault catalogue) and the legitimate changes, judged against the fp32 noise floor of the
-same model, bundle and mode, and, for contrast, by the flat tolerances (``fixtures/tolerances.toml``
-through the existing ``parity run`` machinery: ``parity.session.run_case``, step-local errors included).
+"""Detection power of parity's verdict at the noise floor: the mutation suite (``benchmarks/mutations.py``:
+slips a port makes, none in the fault catalogue) and the legitimate changes, each run through the REAL
+verdict: ``parity.session.run_case`` (reference, candidate, step-local errors, compare -> diagnose) with the
+session's floor store (the shipped floor of a fixture bundle on the tiny model; computed and cached for
+the full-size one), exactly what ``parity run`` decides. For contrast the same traces are compared again
+with the flat tolerances alone (``fixtures/tolerances.toml``, no floor: ``parity run --no-floor``).
 
     python benchmarks/bench_detection.py                                   # tiny, short bundle, both modes
     python benchmarks/bench_detection.py --modes offline --only gelu-exact,cfg-sign
@@ -11,10 +13,11 @@ Per case:
 
 * ``first_changed``: the first stage (pipeline order) where the candidate differs from the reference at
   all, bit for bit: where the change really acts (the declared stage is the intent);
-* ``effect``: the candidate's error at that stage in floor units (the judge's ratio there);
-* floor gate: ``caught`` (some stage over k x floor), ``first_over`` and ``localized`` (first_over ==
-  first_changed); for legitimate changes a catch is a false alarm;
-* flat tolerances: the verdict and the headline stage of ``parity run``'s comparison.
+* ``effect``: the candidate's error at that stage in floor units: the ratio the verdict itself recorded
+  there (``StageResult.ratio``);
+* floor verdict: ``caught`` (verdict fail), ``first`` (the headline's stage) and ``localized`` (the
+  headline's stage is ``first_changed``); for legitimate changes a catch is a false alarm;
+* flat tolerances: the verdict and the headline stage of the same comparison without a floor.
 
 The target (issue 14): every mutation whose effect is at least 10x its floor is caught and localised, and
 no legitimate change is flagged. Controls (each rewrite the mutations patch in, with default knobs) must
@@ -37,11 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.mutations import ALL, CONTROLS, LEGIT, MUTATIONS
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.floor import EstimateLog, FloorCache, Recipe, estimate_floor, judge, run_reference
+from parity.compare import CompareOptions, compare_loaded
+from parity.floor import FloorCache, Recipe
+from parity.floor.store import SHIPPED_DIR, FloorStore
+from parity.ingest import Loaded
 from parity.policy import load_policy
 from parity.session import ReferenceCache, run_case
 from parity.stages import sort_stages
-from reference.bundle import load_bundle
+from reference.bundle import bundle_dims, load_bundle
 from reference.model import Token2Wav
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,14 +74,15 @@ def first_changed(ref: dict, cand: dict) -> str | None:
     return None
 
 
-def run_mode(model, bundle: Path, streaming: bool, cases, cache: FloorCache | None, log, recipe=None) -> dict:
-    inputs = load_bundle(bundle)
+def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, log) -> dict:
+    inputs = load_bundle(bundle, **bundle_dims(model.cfg))
     mode = "streaming" if streaming else "offline"
-    elog = EstimateLog()
-    floor = estimate_floor(model, inputs, streaming=streaming, cache=cache, bundle_name=bundle.stem, log=elog,
-                           recipe=recipe)
-    log(f"[{mode}] floor {floor.digest[:12]}: k = {floor.k:g} ({elog.seconds:.1f} s{', cached' if elog.from_cache else ''})")
-    base, _ = run_reference(model, inputs, streaming=streaming)
+    t0 = time.perf_counter()
+    choice = floors.for_run(model, inputs, streaming=streaming, bundle_name=bundle.stem)
+    if choice.floor is None:
+        raise RuntimeError(f"no floor for {bundle.name} ({mode}): {choice.reason}")
+    floor = choice.floor
+    log(f"[{mode}] floor {floor.digest[:12]}: k = {floor.k:g} ({choice.source}, {time.perf_counter() - t0:.1f} s)")
     policy = load_policy()
     refs = ReferenceCache()
     rows = []
@@ -85,40 +92,45 @@ def run_mode(model, bundle: Path, streaming: bool, cases, cache: FloorCache | No
         case.patch(cand, inputs)
         with threads(case.threads):
             res = run_case(model, cand, bundle, streaming=streaming, policy=policy, refs=refs, local=True,
-                           profile_name=case.name)
+                           profile_name=case.name, floors=floors)
         ref, ct = res.ref_tensors, res.cand_tensors
-        if not torch.equal(ref["audio"], base["audio"]):
-            raise RuntimeError("parity run's reference differs from the floor's baseline")
         fc = first_changed(ref, ct)
         if case.kind == "control" and fc is not None:
             raise RuntimeError(f"{case.name}: the rewrite is not bit-identical to the candidate (first at {fc})")
-        v = judge(floor, ref, ct)
-        fo = v.first_over
+        r = res.result
+        if r.floor.get("digest") != floor.digest:
+            raise RuntimeError(f"{case.name}: judged against another floor ({r.floor.get('digest')})")
+        fd = r.first_divergence
+        st = r.stage(fc) if fc else None
         eff = None
-        if fc is not None and fc in floor.stages and fc in ct:
-            sv = v[fc]
-            eff = sv.ratio if sv.status not in ("nonfinite", "shape") else float("inf")
-        fd = res.result.first_divergence
-        flat_fd = {"stage": fd.stage, "code": fd.code} if fd is not None else {}
+        if st is not None and st.gate == "floor":
+            eff = st.ratio if st.ratio is not None else (float("inf") if st.status == "fail" else None)
+        # the same traces through the flat tolerances alone (no floor): what parity run --no-floor decides
+        flat = compare_loaded(Loaded(ref, res.ref_meta, "ref"), Loaded(ct, res.cand_meta, "cand"), policy,
+                              CompareOptions(), Loaded(res.local_tensors, {"pipeline": "candidate-local"}, "local")
+                              if res.local_tensors else None)
+        ffd = flat.first_divergence
         crashed = res.cand_meta.get("status") == "crashed"
         row = {
             "name": case.name, "kind": case.kind, "group": case.group, "declared": case.stage,
             "description": case.description, "first_changed": fc, "crashed": crashed,
             "effect": eff,
-            "floor": {"caught": not v.passed, "first_over": fo.stage if fo else None,
-                      "first_over_ratio": fo.ratio if fo else None, "statistic": fo.statistic if fo else None,
-                      "localized": bool(fo is not None and fo.stage == fc), "max_ratio": v.max_ratio},
-            "flat": {"verdict": res.result.verdict, "first": flat_fd.get("stage"), "code": flat_fd.get("code"),
-                     "localized": flat_fd.get("stage") == fc if res.result.verdict != "pass" else False},
+            "floor": {"caught": r.verdict != "pass", "first": fd.stage if fd else None,
+                      "code": fd.code if fd else None, "gate": r.stage(fd.stage).gate
+                      if fd and fd.stage and r.stage(fd.stage) else None,
+                      "localized": bool(fd is not None and fd.stage == fc),
+                      "max_ratio": max((x.ratio for x in r.stages if x.ratio is not None), default=0.0),
+                      "message": fd.message if fd else None},
+            "flat": {"verdict": flat.verdict, "first": ffd.stage if ffd else None, "code": ffd.code if ffd else None,
+                     "localized": bool(ffd is not None and ffd.stage == fc)},
             "seconds": round(time.perf_counter() - t0, 2),
         }
         rows.append(row)
         log(f"  {case.name:26} {case.kind:8} changed@{str(fc):15} effect "
             f"{'-' if eff is None else f'{eff:9.3g}'}  floor:{'CAUGHT' if row['floor']['caught'] else 'pass':6} "
-            f"@{str(row['floor']['first_over']):15} flat:{row['flat']['verdict']:5} @{row['flat']['first']}")
-    return {"mode": mode, "bundle": bundle.name, "floor": {"digest": floor.digest, "k": floor.k,
-                                                            "seconds": round(elog.seconds, 2),
-                                                            "from_cache": elog.from_cache,
+            f"@{str(row['floor']['first']):15} flat:{row['flat']['verdict']:5} @{row['flat']['first']}")
+    return {"mode": mode, "bundle": bundle.name, "floor": {"digest": floor.digest, "k": floor.k, "source": choice.source,
+                                                            "seconds": round(choice.seconds, 2),
                                                             "k_basis": {k: v for k, v in floor.k_basis.items()
                                                                         if k != "samples"}},
             "cases": rows, "summary": summarize(rows)}
@@ -132,6 +144,7 @@ def summarize(rows: list[dict]) -> dict:
     return {
         "mutations": len(mut), "with_effect": len(visible),
         "floor_caught": sum(r["floor"]["caught"] for r in visible),
+        "floor_caught_not_visible": [r["name"] for r in mut if r["first_changed"] is None and r["floor"]["caught"]],
         "floor_localized": sum(r["floor"]["localized"] for r in visible),
         "flat_caught": sum(r["flat"]["verdict"] != "pass" for r in visible),
         "flat_localized": sum(r["flat"]["localized"] for r in visible),
@@ -144,14 +157,15 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"### {result['mode']}, bundle {result['bundle']}, k = {result['floor']['k']:g}", "",
-             "| case | kind | group | first changed | effect (x floor) | floor gate | first over | localized | "
-             "flat tolerances | flat first |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"### {result['mode']}, bundle {result['bundle']}, k = {result['floor']['k']:g} "
+             f"(floor: {result['floor']['source']})", "",
+             "| case | kind | group | first changed | effect (x floor) | verdict (floor) | headline | localized | "
+             "flat tolerances | flat headline |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["cases"]:
         eff = "-" if r["effect"] is None else ("inf" if r["effect"] == float("inf") else f"{r['effect']:.3g}")
         f = r["floor"]
         lines.append(f"| {r['name']} | {r['kind']} | {r['group']} | {r['first_changed'] or 'none (bit-identical)'} | "
-                     f"{eff} | {'**caught**' if f['caught'] else 'pass'} | {f['first_over'] or '-'} | "
+                     f"{eff} | {'**caught**' if f['caught'] else 'pass'} | {f['first'] or '-'} | "
                      f"{'yes' if f['localized'] else ('-' if not f['caught'] else 'no')} | "
                      f"{r['flat']['verdict']} | {r['flat']['first'] or '-'} |")
     s = result["summary"]
@@ -206,13 +220,15 @@ def main(argv=None) -> dict:
         cases = MUTATIONS + LEGIT
     if not args.no_controls:
         cases = list(CONTROLS) + [c for c in cases if c.kind != "control"]
-    cache = FloorCache(args.cache_dir) if args.cache_dir else None
     recipe = Recipe(n_seeds=3, n_held_out=2, families=("attention", "mca-modules", "mca-ops")) if args.quick else None
+    # the session's floor store: the shipped floors (fixture bundles, default recipe), the cache, else computed
+    floors = FloorStore(cache=FloorCache(args.cache_dir) if args.cache_dir else None,
+                        shipped=None if args.quick else SHIPPED_DIR, recipe=recipe, log=log)
     out = {"preset": args.preset, "model_dir": args.model_dir, "torch": torch.__version__, "quick": args.quick,
            "target_effect": TARGET, "modes": []}
     t0 = time.perf_counter()
     for mode in args.modes.split(","):
-        out["modes"].append(run_mode(model, bundle, mode == "streaming", cases, cache, log, recipe))
+        out["modes"].append(run_mode(model, bundle, mode == "streaming", cases, floors, log))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     text = "\n\n".join(table(m) for m in out["modes"])
     print(text)

@@ -233,3 +233,39 @@ def test_op_mca_keeps_exact_stages_exact(model, inputs, base):
     for n in ("x0", "cond", "step1.t", "step4.t", "step4.dt"):
         assert torch.equal(rec.tensors[n], base[n]), n
     assert not torch.equal(rec.tensors["step1.v1"], base["step1.v1"])
+
+
+def test_shipped_floor_equals_a_fresh_computation(model, inputs, floor):
+    """The shipped short/offline floor (fixtures/golden, maybe computed on another CPU) against the one computed
+    here: the same key, stages and gates; every statistic within a factor 2 (floors are statistics: another
+    CPU's kernels move the members' last bits, never their scale), exact zeros exact, k within a factor 2."""
+    from parity.floor.store import FloorStore
+
+    ch = FloorStore(cache=None, compute=False).for_run(model, inputs)
+    shipped = ch.floor
+    assert ch.source == "shipped" and shipped.digest == floor.digest and shipped.key == floor.key
+    assert list(shipped.stages) == list(floor.stages) and shipped.members == floor.members
+    for n, sf in floor.stages.items():
+        sh = shipped[n]
+        assert sh.shape == sf.shape and sh.gate == sf.gate and sh.n_blocks == sf.n_blocks, n
+        for stat in ("max_abs", "rel_l2"):
+            a, b = sf.value(stat), sh.value(stat)
+            assert (a == 0) == (b == 0), (n, stat, a, b)
+            if a:
+                assert 0.5 <= b / a <= 2.0, (n, stat, a, b)
+        pairs = [(a, b) for a, b in zip(sf.envelope, sh.envelope) if a and b]
+        if pairs:
+            r = sorted(b / a for a, b in pairs)
+            assert 0.5 <= r[len(r) // 2] <= 2.0, n  # the median block
+    assert 0.5 <= shipped.k / floor.k <= 2.0, (shipped.k, floor.k)
+
+
+def test_floor_store_hits_the_cache_on_a_second_run(model, inputs, floor, cache_dir):
+    from parity.floor.store import FloorStore
+
+    store = FloorStore(cache=FloorCache(cache_dir), shipped=None, compute=False)
+    first = store.for_run(model, inputs)
+    assert first.source == "cache" and first.floor.to_json() == floor.to_json()
+    assert store.cache.hits == 1 and store.computed == []
+    again = FloorStore(cache=FloorCache(cache_dir), shipped=None, compute=False).for_run(model, inputs)
+    assert again.source == "cache" and again.floor == first.floor

@@ -206,3 +206,152 @@ def test_shipped_floor_index_and_a_damaged_file(tmp_path, shipped):
     f = shipped.floor
     p = cache.put(f)
     assert Floor.load(p) == f and cache.get(f.digest) == f
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    d = tmp_path / "floor-cache"
+    monkeypatch.setenv("PARITY_FLOOR_CACHE", str(d))
+    return d
+
+
+def _small_bundle(path):
+    """A bundle with no shipped floor: the short bundle with its last 4 target tokens dropped."""
+    from safetensors.torch import save_file
+
+    b = load_bundle(SHORT)
+    save_file({k: (v[:, :-4] if k == "token" else v).contiguous() for k, v in b.items()}, str(path))
+    return path
+
+
+def test_two_file_workflow_gets_the_floor_from_the_reference_provenance(tmp_path, fresh_cache, capsys):
+    from parity.cli import main
+    from parity.result import read_json
+
+    m = tmp_path / "model"
+    assert main(["export-model", "--preset", "tiny", "--out", str(m)]) == 0
+    b = _small_bundle(tmp_path / "b.safetensors")
+    ref, cand = tmp_path / "ref.safetensors", tmp_path / "port.safetensors"
+    assert main(["dump", "--model-dir", str(m), "--inputs", str(b), "--out", str(ref)]) == 0
+    assert main(["dump", "--model-dir", str(m), "--inputs", str(b), "--out", str(cand), "--profile", "fp32-sdpa"]) == 0
+    capsys.readouterr()
+    # no flag: the floor of the reference trace's own model, bundle and mode; computed (nothing shipped or cached)
+    assert main(["compare", str(ref), str(cand), "--json", str(tmp_path / "r1.json")]) == 0
+    out = capsys.readouterr()
+    assert "gate: the fp32 noise floor" in out.out and "computing the fp32 noise floor" in out.err
+    r1 = read_json(tmp_path / "r1.json")
+    assert r1.floor["source"] == "computed" and not r1.gates.get("flat") and r1.floor["key"]["model"]["flow_sha256"]
+    assert len(list(fresh_cache.rglob("*.json"))) == 1
+    # a second run hits the cache
+    assert main(["compare", str(ref), str(cand), "--json", str(tmp_path / "r2.json")]) == 0
+    r2 = read_json(tmp_path / "r2.json")
+    assert r2.floor["source"] == "cache" and r2.floor["digest"] == r1.floor["digest"]
+    assert [s.ratio for s in r2.stages] == [s.ratio for s in r1.stages]
+    # parity floor finds the same floor (cached) and writes it; --floor FILE judges with it
+    fl = tmp_path / "floor.json"
+    assert main(["floor", "--model-dir", str(m), "--inputs", str(b), "--out", str(fl)]) == 0
+    assert "from the cache" in capsys.readouterr().out and Floor.load(fl).digest == r1.floor["digest"]
+    assert main(["compare", str(ref), str(cand), "--floor", str(fl), "--json", str(tmp_path / "r3.json")]) == 0
+    assert read_json(tmp_path / "r3.json").floor["source"] == "file"
+    # a floor of another reference is refused (exit 2, one line)
+    other = ShippedFloors().index()[next(iter(ShippedFloors().index()))]
+    capsys.readouterr()
+    assert main(["compare", str(ref), str(cand), "--floor", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "measured for another reference" in err and "bundle" in err and len(err.strip().splitlines()) == 1
+    # --no-floor: the flat tolerances, said so
+    assert main(["compare", str(ref), str(cand), "--no-floor"]) == 0
+    assert "flat tolerances: 77 stages" in capsys.readouterr().out
+    # embedded in the trace: found where neither the model nor the cache is
+    ref_e = tmp_path / "ref-embedded.safetensors"
+    assert main(["dump", "--model-dir", str(m), "--inputs", str(b), "--out", str(ref_e), "--embed-floor"]) == 0
+    m.rename(tmp_path / "elsewhere")
+    for p in fresh_cache.rglob("*.json"):
+        p.unlink()
+    capsys.readouterr()
+    assert main(["compare", str(ref_e), str(cand), "--json", str(tmp_path / "r4.json")]) == 0
+    assert read_json(tmp_path / "r4.json").floor["source"] == "embedded"
+    # and without it: the flat tolerances, with the reason
+    assert main(["compare", str(ref), str(cand), "--json", str(tmp_path / "r5.json")]) == 0
+    r5 = read_json(tmp_path / "r5.json")
+    assert r5.floor["source"] == "none" and "does not exist here" in r5.floor["reason"] and r5.gates.get("flat") == 77
+
+
+def test_parity_floor_envelope_judges_a_reduced_precision_dump(tmp_path, fresh_cache, capsys):
+    from parity.cli import main
+    from parity.result import read_json
+
+    b = _small_bundle(tmp_path / "b.safetensors")
+    env = tmp_path / "int8.json.gz"
+    assert main(["floor", "--inputs", str(b), "--profile", "int8-dynamic", "--out", str(env), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 envelope" in out and "flow_mel" in out and Floor.load(env).kind == "int8"
+    ref, cand = tmp_path / "ref.safetensors", tmp_path / "int8.safetensors"
+    assert main(["dump", "--preset", "tiny", "--inputs", str(b), "--out", str(ref)]) == 0
+    assert main(["dump", "--preset", "tiny", "--inputs", str(b), "--out", str(cand), "--profile", "int8-dynamic"]) == 0
+    # without the file, the cache holds it (parity floor stored it): found from the two traces alone
+    assert main(["compare", str(ref), str(cand), "--json", str(tmp_path / "r.json")]) == 0
+    r = read_json(tmp_path / "r.json")
+    assert r.floor["kind"] == "int8" and r.floor["source"] == "cache" and r.gates.get("floor", 0) > 60
+    assert "int8 precision envelope" in capsys.readouterr().out
+    assert main(["floor", "--inputs", str(b), "--profile", "fp32-sdpa"]) == 2
+
+
+def test_parity_run_says_which_gate_decided(tmp_path, capsys):
+    from parity.cli import main
+    from parity.result import read_json
+
+    rep, js = tmp_path / "r.html", tmp_path / "r.json"
+    assert main(["run", "--inputs", str(SHORT), "--report", str(rep), "--json", str(js), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "gate: the fp32 noise floor, k" in out and "shipped" in out
+    assert read_json(js).floor["source"] == "shipped"
+    html = rep.read_text()
+    assert 'id="floor-chart"' in html and 'id="gate-line"' in html
+
+
+def test_write_shipped_and_find_by_digest(model, tmp_path):
+    """What --parity-update-golden writes for one bundle and mode: the fp32 floor and one envelope per emulated
+    reduced-precision profile, gzip-compressed and byte-deterministic; the store finds them by their key."""
+    from parity.floor.store import write_shipped
+
+    b = _small_bundle(tmp_path / "tiny.safetensors")
+    paths = write_shipped(model, b, streaming=False, profiles=["fp32-sdpa", "int8-dynamic"], directory=tmp_path)
+    assert [p.name for p in paths] == ["tiny-offline.floor.json.gz", "tiny-offline.int8-dynamic.floor.json.gz"]
+    assert set(ShippedFloors(tmp_path).index().values()) == set(paths)
+    again = tmp_path / "again.floor.json.gz"
+    Floor.load(paths[0]).save(again)
+    assert again.read_bytes() == paths[0].read_bytes()
+    store = FloorStore(cache=None, shipped=tmp_path, compute=False)
+    inputs = load_bundle(b, **bundle_dims(model.cfg))
+    from candidate.switches import switches_from
+
+    fp32, int8 = store.for_run(model, inputs), store.for_run(model, inputs, switches=switches_from("int8-dynamic"))
+    assert (fp32.source, fp32.floor.kind) == ("shipped", "fp32") and (int8.source, int8.floor.kind) == ("shipped", "int8")
+    none = store.for_run(model, inputs, streaming=True)
+    assert none.floor is None and "computing is off" in none.reason
+    no_env = store.for_run(model, inputs, switches=switches_from("fp16-flow", keep_fp32=("residual", "adaln")))
+    assert no_env.floor is None and "time_grid" in no_env.reason  # an fp16 solver is not emulated: flat rules
+
+
+def test_update_golden_rewrites_the_shipped_floors(monkeypatch, tmp_path):
+    from parity import pytest_plugin as P
+
+    calls = []
+    monkeypatch.setattr("parity.floor.store.write_shipped",
+                        lambda model, bundle, **kw: calls.append((bundle, kw)) or [])
+
+    class PS:
+        pc = P.ParityConfig(profiles=["fp16-flow"])
+        session = Session(floors=FloorStore(cache=None, compute=False))
+
+        def model(self):
+            return "model"
+
+    g = P.Golden(PS(), update=True)
+    g.dir = tmp_path
+    g.update_floors(SHORT, True)
+    assert calls == [(SHORT, {"streaming": True, "profiles": ["fp16-flow"], "directory": tmp_path,
+                              "log": calls[0][1]["log"]})]

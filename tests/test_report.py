@@ -317,7 +317,10 @@ def test_parity_report_from_traces(cases, tmp_path, capsys):
     assert ">FAIL<" in section(html, "verdict")
     assert _stage_status(section(html, "stages"), "audio_preclamp") == "fail"
     assert "vocoder_divergence" in section(html, "diagnosis")
-    assert len(images(html)) == 4 and len(wavs(html)) == 3
+    # parity-report compares like parity compare: the reference trace's own floor (the shipped one of the short
+    # bundle) judges, and the floor section charts error / floor: 4 figures + that chart
+    assert len(images(html)) == 5 and len(wavs(html)) == 3
+    assert 'id="floor-chart"' in section(html, "floor") and "shipped" in section(html, "floor")
 
 
 def test_parity_report_from_json(cases, tmp_path, monkeypatch):
