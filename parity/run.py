@@ -53,6 +53,14 @@ def run_command(args) -> int:
             cases.append(case)
             print(render(case.result, verbose=args.verbose))
             print()
+    if floors is not None and floors.files:  # a --floor FILE that judged no case is worth a line
+        from .floor import Floor
+
+        used = {(c.result.floor or {}).get("digest") for c in cases}
+        for f in floors.files:
+            if Floor.load(f).digest not in used:
+                print(f"parity: --floor {f} judged no case (its key is none of these bundles, modes and precisions)",
+                      file=sys.stderr)
     from .report import build_report, build_summary_page
 
     if len(cases) == 1:
