@@ -21,6 +21,16 @@ def test_case(parity_case, assert_parity):
 """
 
 
+# the plugin's verdict is the floor gate: the shipped fp32 floor of the fixture bundle judges every stage
+FLOOR_GATE_TEST = """
+def test_case(parity_case, assert_parity):
+    assert_parity(parity_case)
+    r = parity_case.result
+    assert r.floor["source"] == "shipped" and r.floor["kind"] == "fp32", r.floor
+    assert r.gates.get("floor", 0) >= 77 and not r.gates.get("flat"), r.gates
+"""
+
+
 def _project(pytester, pyproject_extra: str = "") -> None:
     pytester.makefile(".toml", pyproject=f"""
 [tool.pytest.ini_options]
@@ -49,7 +59,7 @@ def test_faulty_profile_from_pyproject_fails_with_headline_and_report(pytester):
 
 def test_ini_keys_select_profiles_and_markers_registered(pytester):
     _project(pytester, '\n[tool.parity]\nsuite_profiles = ["fp32-sdpa-math"]\n')
-    pytester.makepyfile(test_it=ONE_LINE_TEST + """
+    pytester.makepyfile(test_it=FLOOR_GATE_TEST + """
 import pytest
 
 @pytest.mark.parity_full
