@@ -188,6 +188,10 @@ def test_fp16_candidate_accumulating_one_block_in_fp16_is_beyond_its_envelope(mo
     ok = s.run(model, s.candidate(model, "fp16-flow"), SHORT, RunMode(False), local=False)
     assert ok.verdict == "pass", ok.result.headline_text()
     assert ok.result.floor["kind"] == "fp16" and ok.result.gates.get("floor", 0) > 60
+    # the vocoder keeps its perceptual gates, with limits from the envelope: F0 in cents, audio by log-mel distance
+    for stage, stat in (("f0", "f0_"), ("audio", "logmel_l1")):
+        st = ok.result.stage(stage)
+        assert st.gate == "floor" and st.statistic.startswith(stat) and 0 < st.ratio <= ok.result.floor["k"], st.detail
     bad = s.run(model, s.candidate(model, "fp16-flow", ["low-accumulate-block:block=1"]), SHORT, RunMode(False),
                 local=False)
     fd = bad.result.first_divergence
