@@ -85,7 +85,22 @@ def test_golden(parity_bundle_mode, parity_golden):
     result = parity_golden.check(*parity_bundle_mode)
     assert result.verdict == "pass", result.first_divergence
 """)
-    args = [f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-s"]
+    # --parity-update-golden also rewrites the shipped floors beside the golden (Golden.update_floors ->
+    # write_shipped: the fp32 floor and one envelope per reduced-precision suite profile, 36 reference runs each,
+    # 7 minutes for this test's two updates); here a stub plugin records the call instead: the computation itself
+    # is tested in tests/test_floor_gate.py (test_write_shipped_and_find_by_digest)
+    pytester.makepyfile(floorstub="""
+from pathlib import Path
+
+import parity.floor.store as S
+
+def _record(model, bundle, *, streaming, profiles=(), directory=S.SHIPPED_DIR, log=None):
+    print(f"\\nfloorstub: write_shipped {Path(bundle).stem} {'streaming' if streaming else 'offline'} -> {directory}")
+    return []
+
+S.write_shipped = _record
+""")
+    args = [f"--parity-bundle={SHORT}", "-p", "no:cacheprovider", "-s", "-p", "floorstub"]
     gold = pytester.path / "fixtures" / "golden" / "short-offline.safetensors"
     r = pytester.runpytest_subprocess(*args)  # no golden yet: a failure, and nothing written
     r.assert_outcomes(failed=2)
@@ -95,6 +110,8 @@ def test_golden(parity_bundle_mode, parity_golden):
     r.assert_outcomes(passed=2)
     assert "golden short-offline.safetensors written" in r.stdout.str()
     assert gold.exists()
+    for mode in ("offline", "streaming"):
+        assert f"floorstub: write_shipped short {mode} -> {gold.parent}" in r.stdout.str()
     r = pytester.runpytest_subprocess(*args)
     r.assert_outcomes(passed=2)
     # a deliberately changed reference: one constant (the guidance rate) moved by 1.4 %
