@@ -76,3 +76,16 @@ def output_parent() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the HTML report here")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def onnx_parent() -> argparse.ArgumentParser:
+    """The estimator under ONNX Runtime: ``--onnx-estimator FILE``, ``--require-provider NAME``. They become
+    switch overrides of the candidate (:func:`parity.session.onnx_overrides`), on top of its profile."""
+    p = _parent()
+    p.add_argument("--onnx-estimator", metavar="FILE",
+                   help="run this exported DiT estimator (x, mask, mu, t, spks, cond -> estimator_out) under ONNX "
+                        "Runtime in the candidate (default profile onnx-cpu)")
+    p.add_argument("--require-provider", metavar="NAME",
+                   help="the ONNX Runtime session must run on this provider (cpu, cuda, tensorrt); a fallback to "
+                        "another is a failing finding (required_provider_missing)")
+    return p

@@ -32,20 +32,19 @@ def _write_wav(path: str | Path, audio, sr: int) -> Path:
 def cmd_dump(args) -> int:
     from reference.bundle import bundle_dims, load_bundle
 
+    from .onnx_options import OnnxOptions, name_suffix
     from .runner import Progress, run_to_trace
     from .session import ModelSpec, Session
 
+    onnx = OnnxOptions.from_args(args)
+    overrides = onnx.overrides()  # a missing file or an unknown provider: one line before anything loads
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
-    if args.pipeline == "candidate" or args.profile or args.fault or args.onnx_estimator or args.require_provider:
-        profile = args.profile
-        if args.onnx_estimator or args.require_provider:
-            from candidate.onnx_backend import bind_profiles
-
-            profile = bind_profiles([args.profile] if args.profile else None, args.onnx_estimator,
-                                    args.require_provider)[0]
-        pipe = Session().candidate(model, profile, args.fault, args.device, label=profile or "fp32-explicit")
-        label = f"candidate[{profile or 'fp32-explicit'}]"
+    if args.pipeline == "candidate" or args.profile or args.fault or onnx:
+        profile = onnx.profiles([args.profile] if args.profile else None, [None])[0]
+        pipe = Session().candidate(model, profile, args.fault, args.device,
+                                   label=(profile or "fp32-explicit") + name_suffix(overrides), overrides=overrides)
+        label = f"candidate[{pipe.profile_name}]"
     else:
         pipe = model
         label = "reference"
@@ -62,6 +61,11 @@ def cmd_dump(args) -> int:
         msg = check_required_kernel(args.require_kernel, res.metadata.get("attention_kernels") or {})
         if msg:
             print(f"parity dump: {msg}", file=sys.stderr)
+            return 1
+    if onnx.require_provider:  # recorded in the trace too: a later parity compare reports the same finding
+        msg = ((res.metadata.get("onnx") or {}).get("session") or {}).get("required_provider_missing")
+        if msg:
+            print(f"parity dump: {msg}; trace written to {res.trace_path}", file=sys.stderr)
             return 1
     if args.wav and res.audio is not None:
         _write_wav(args.wav, res.audio, model.cfg.sample_rate)
@@ -97,7 +101,7 @@ def cmd_compare(args) -> int:
 
     opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention)
     result = compare_paths(args.ref, args.cand, policy_path=args.policy, maps=parse_maps(args.map), opts=opts,
-                           local_path=args.local, fp64_path=args.fp64)
+                           local_path=args.local, fp64_path=args.fp64, mask_check=not args.no_mask_check)
     print(render(result, verbose=args.verbose))
     if args.json:
         write_json(result, args.json)
@@ -139,10 +143,6 @@ def cmd_export_model(args) -> int:
 def cmd_run(args) -> int:
     from .run import run_command
 
-    if args.onnx_estimator or args.require_provider:
-        from candidate.onnx_backend import bind_profiles
-
-        args.profile = bind_profiles(args.profile, args.onnx_estimator, args.require_provider)
     return run_command(args)
 
 
@@ -155,13 +155,6 @@ def cmd_export_onnx(args) -> int:
     print(f"wrote {info.path} (opset {info.options.opset}, {info.options.exporter} exporter, onnx.checker ok, "
           f"sha256 {info.file_sha256[:16]}, {info.seconds:.1f} s); inputs: {ins}")
     return 0
-
-
-def _add_onnx_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--onnx-estimator", metavar="FILE",
-                   help="run this exported DiT estimator under ONNX Runtime (default profile onnx-cpu)")
-    p.add_argument("--require-provider", metavar="NAME",
-                   help="fail unless the ONNX Runtime session runs on this provider (cpu, cuda, tensorrt)")
 
 
 def cmd_calibrate(args) -> int:
@@ -185,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace",
-                       parents=[A.model_parent(), A.streaming_parent(), A.capture_parent(), A.fault_parent()])
+                       parents=[A.model_parent(), A.streaming_parent(), A.capture_parent(), A.fault_parent(),
+                                A.onnx_parent()])
     d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, "
                                                    "embedding)")
     d.add_argument("--out", required=True, help="trace to write (.safetensors)")
@@ -193,7 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--wav", help="also write the audio as 16-bit WAV")
     d.add_argument("--pipeline", choices=["reference", "candidate"], default="reference")
     d.add_argument("--profile", help="candidate profile (parity profiles)")
-    _add_onnx_args(d)
     d.set_defaults(func=cmd_dump)
 
     n = sub.add_parser("noise", help="shared noise")
@@ -215,18 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--attention", help="candidate attention kernel for the policy")
     c.add_argument("--local", help="step-local trace of the candidate (driven from the reference's tensors)")
     c.add_argument("--fp64", help="float64 reference trace for the arbiter rules")
+    c.add_argument("--no-mask-check", action="store_true",
+                   help="streaming traces: skip the chunk-mask check (it loads the reference model the reference "
+                        "trace names and runs its estimator twice)")
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the "
                                    "fixtures)",
                        parents=[A.model_parent("tiny"), A.streaming_parent(), A.capture_parent(), A.fault_parent(),
-                                A.policy_parent(), A.local_parent(), A.output_parent()])
+                                A.onnx_parent(), A.policy_parent(), A.local_parent(), A.output_parent()])
     r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
     r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
     r.add_argument("--inline-vectors", action="store_true",
                    help="keep the per-frame vectors in the --json file instead of its .vectors.npz sidecar")
-    _add_onnx_args(r)
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_run)
 

@@ -164,9 +164,11 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | Non
 
 
 def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts: CompareOptions | None = None,
-                   local: Loaded | None = None, fp64: Loaded | None = None) -> Comparison:
-    """Compare two loaded traces (plus optionally the candidate's step-local trace and a float64 reference for
-    the arbiter rules). The inputs are not modified."""
+                   local: Loaded | None = None, fp64: Loaded | None = None, mask_check: dict | None = None
+                   ) -> Comparison:
+    """Compare two loaded traces (plus optionally the candidate's step-local trace, a float64 reference for
+    the arbiter rules, and the streaming chunk-mask check computed capture-side, :mod:`parity.streaming_mask`).
+    The inputs are not modified."""
     opts = opts or CompareOptions()
     policy = policy or load_policy()
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
@@ -205,7 +207,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     if opts.audio_metrics and "audio" in ref.tensors and "audio" in cand.tensors:
         audio = audio_section(ref, cand)
     meta_find = metadata_findings(ref.metadata, cand.metadata)
-    findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio)
+    findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio,
+                        mask_check=mask_check)
     return Comparison(
         stages=stages, findings=findings, local=list(local_stages.values()), steps=steps, audio=audio,
         normalisations=ref.normalisations + cand.normalisations + [n for s in stages for n in s.normalisations],
@@ -215,7 +218,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
                  "ref_names": ref.original_names, "cand_names": cand.original_names},
         context={"precision": precision, "attention": attention, "prompt_frames": prompt_frames,
                  "allow_trim": opts.allow_trim},
-        policy={"sources": policy.sources})
+        policy={"sources": policy.sources}, mask_check=mask_check)
 
 
 def _err(entry: StageResult | None, key: str = "max_abs_err"):
@@ -281,9 +284,19 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
 
 
 def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = None, opts: CompareOptions | None = None,
-                  local_path=None, fp64_path=None, pyproject=None) -> Comparison:
+                  local_path=None, fp64_path=None, pyproject=None, mask_check: bool = False) -> Comparison:
+    """Compare saved traces. ``mask_check``: in streaming mode, also run the chunk-mask check with the reference
+    model named by the reference trace's provenance (capture-side work: it loads and runs that model)."""
     ref = load(ref_path, maps)
     cand = load(cand_path, maps)
     local = load(local_path, maps) if local_path else None
     fp64 = load(fp64_path, maps) if fp64_path else None
-    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64)
+    mc = None
+    if mask_check:
+        from .diagnose import _boolish
+        from .streaming_mask import check_saved
+
+        mc = check_saved(ref.metadata, ref.tensors, cand.tensors,
+                         streaming=bool(_boolish(ref.metadata.get("streaming"))
+                                        or _boolish(cand.metadata.get("streaming"))))
+    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, mask_check=mc)

@@ -150,6 +150,29 @@ def metadata_findings(ref: dict, cand: dict) -> list[Finding]:
     only_r = sorted(k for k in ("n_timesteps", "t_scheduler", "cfg_rate", "weights_sha256", "noise") if k in ref and k not in cand)
     if only_r and cand:
         out.append(_f("metadata_missing", None, "info", f"the candidate's metadata lacks {', '.join(only_r)}"))
+    out.extend(onnx_findings(cand))
+    return out
+
+
+def onnx_findings(cand: dict) -> list[Finding]:
+    """What the candidate's ONNX Runtime provenance (``onnx``, ``onnx_run``) says about the run: a session that
+    did not run on the provider it was required to (``required_provider_missing``, a failure: the candidate did
+    not run as configured), and streaming calls made to a graph without an attention-mask input (information;
+    whether that changed the result is the chunk-mask check's finding)."""
+    out = []
+    onnx, run = cand.get("onnx"), cand.get("onnx_run")
+    sess = (onnx.get("session") or {}) if isinstance(onnx, dict) else {}
+    if sess.get("require_provider") and sess.get("required_provider_missing"):
+        out.append(_f("required_provider_missing", None, "failure", str(sess["required_provider_missing"]),
+                      {"required": sess.get("require_provider"), "requested": sess.get("providers_requested"),
+                       "used": sess.get("providers_used")}))
+    if isinstance(run, dict) and (run.get("streaming_calls_without_mask_input") or 0) > 0:
+        n, total = run["streaming_calls_without_mask_input"], run.get("streaming_calls")
+        out.append(_f("streaming_calls_without_mask_input", None, "info",
+                      f"{n} of {total} streaming estimator calls went to an ONNX graph without an attention-mask "
+                      f"input: they ran with full attention instead of the chunk mask (upstream's exported file and "
+                      f"TensorRT path; an export with --mask-input takes the mask)",
+                      {"streaming_calls_without_mask_input": n, "streaming_calls": total, "calls": run.get("calls")}))
     return out
 
 
@@ -253,9 +276,13 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
 
 def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: list[StepRow],
              local_stages: dict[str, StageResult], ref, cand, meta_find: list[Finding], precision: str,
-             audio: dict | None) -> list[Finding]:
-    """The ordered findings of one comparison (``ref``/``cand``: the two :class:`parity.ingest.Loaded`)."""
-    out: list[Finding] = list(meta_find)
+             audio: dict | None, mask_check: dict | None = None) -> list[Finding]:
+    """The ordered findings of one comparison (``ref``/``cand``: the two :class:`parity.ingest.Loaded`;
+    ``mask_check``: the streaming chunk-mask check, whose finding goes before the stage's own at the same
+    position: the cause before the symptom)."""
+    from .streaming_mask import findings as mask_findings
+
+    out: list[Finding] = list(meta_find) + mask_findings(mask_check)
     common = [s for s in stages if s.compared]
     if not common:
         out.append(_f("nothing_to_compare", None, "error",

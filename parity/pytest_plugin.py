@@ -6,7 +6,16 @@ Options (each also an ini key in ``[tool.pytest.ini_options]``, or a key of ``[t
 ``--parity-preset`` (``parity_preset``), ``--parity-model-dir`` (``parity_model_dir``),
 ``--parity-profile`` repeatable (``parity_profiles``), ``--parity-device`` (``parity_device``),
 ``--parity-report PATH`` (``parity_report``: one summary page for the session plus a report per failing
-case), ``--parity-update-golden``, ``--parity-policy`` (``parity_policy``), ``--parity-bundle`` repeatable.
+case), ``--parity-update-golden``, ``--parity-policy`` (``parity_policy``), ``--parity-bundle`` repeatable,
+``--parity-onnx-estimator FILE`` (``parity_onnx_estimator``, ``[tool.parity] onnx_estimator``: the suite's
+candidates run this exported estimator under ONNX Runtime; default profile onnx-cpu) and
+``--parity-require-provider NAME`` (``parity_require_provider``, ``[tool.parity] require_provider``): switch
+overrides of the suite's candidates (``parity_case``), as ``--onnx-estimator`` / ``--require-provider`` of
+``parity run``.
+
+Default profiles: the shipped CPU profiles, plus the ONNX Runtime ones when the ``[onnx]`` extra is installed
+(:func:`parity.project.suite_profiles`); a profile whose ONNX Runtime provider is missing here (onnx-cuda,
+onnx-tensorrt on a CPU machine) is collected and skipped with the reason.
 
 Markers: ``parity_full`` (full-size model; selected with ``-m parity_full``), ``gpu`` (needs CUDA;
 skipped without), ``slow``.
@@ -32,7 +41,8 @@ import pytest
 
 from reference.errors import InputError
 
-from .project import ProjectConfig, default_bundles, read_project, shipped_profiles
+from .onnx_options import OnnxOptions
+from .project import ProjectConfig, default_bundles, read_project, suite_profiles
 from .stages import GOLDEN_STAGES
 
 
@@ -46,12 +56,20 @@ def pytest_addoption(parser):
     g.addoption("--parity-update-golden", action="store_true", default=False, help="rewrite the golden traces")
     g.addoption("--parity-policy", default=None, help="extra tolerance policy TOML")
     g.addoption("--parity-bundle", action="append", default=None, help="input bundle (repeatable; default: fixtures)")
+    g.addoption("--parity-onnx-estimator", default=None, metavar="FILE",
+                help="the suite's candidates run this exported DiT estimator under ONNX Runtime (default profile "
+                     "onnx-cpu)")
+    g.addoption("--parity-require-provider", default=None, metavar="NAME",
+                help="the ONNX Runtime session must run on this provider (cpu, cuda, tensorrt)")
     parser.addini("parity_preset", "default model preset", default="tiny")
     parser.addini("parity_model_dir", "model directory", default="")
     parser.addini("parity_profiles", "candidate profiles", type="linelist", default=[])
     parser.addini("parity_device", "candidate device", default="cpu")
     parser.addini("parity_report", "session report path", default="")
     parser.addini("parity_policy", "extra tolerance policy TOML", default="")
+    parser.addini("parity_onnx_estimator", "exported DiT estimator for the suite's candidates (ONNX Runtime)",
+                  default="")
+    parser.addini("parity_require_provider", "required ONNX Runtime provider", default="")
 
 
 def pytest_configure(config):
@@ -76,6 +94,8 @@ class ParityConfig:
     bundles: list[str] = field(default_factory=list)
     rootdir: Path = Path(".")
     project: ProjectConfig = field(default_factory=ProjectConfig)
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)  # switch overrides of the suite's candidates
+    default_profiles: bool = False  # profiles from suite_profiles() (nothing configured)
 
     @classmethod
     def from_config(cls, config) -> "ParityConfig":
@@ -97,8 +117,18 @@ class ParityConfig:
                 return iv
             return value
 
+        onnx_file = pick("--parity-onnx-estimator", "parity_onnx_estimator", project.onnx_estimator)
+        if onnx_file and not Path(str(onnx_file)).is_absolute():
+            onnx_file = root / str(onnx_file)
+        onnx = OnnxOptions(str(onnx_file) if onnx_file else None,
+                           pick("--parity-require-provider", "parity_require_provider", project.require_provider))
+        try:
+            onnx.overrides()
+        except InputError as exc:
+            raise pytest.UsageError(f"parity: {exc}") from None
         # [tool.parity] suite_profiles (``profiles`` there is the table of user-defined profiles)
-        profiles = pick("--parity-profile", "parity_profiles", project.suite_profiles) or shipped_profiles("cpu")
+        configured = pick("--parity-profile", "parity_profiles", project.suite_profiles)
+        profiles = onnx.profiles(configured, suite_profiles("cpu"))
         return cls(preset=pick("--parity-preset", "parity_preset", project.preset) or "tiny",
                    model_dir=pick("--parity-model-dir", "parity_model_dir", project.model_dir) or None,
                    profiles=list(profiles), device=pick("--parity-device", "parity_device", project.device) or "cpu",
@@ -106,7 +136,7 @@ class ParityConfig:
                    update_golden=bool(config.getoption("--parity-update-golden")),
                    policy=pick("--parity-policy", "parity_policy", project.policy) or None,
                    bundles=list(config.getoption("--parity-bundle") or project.bundles or []), rootdir=root,
-                   project=project)
+                   project=project, onnx=onnx, default_profiles=not configured and not onnx.estimator)
 
     def model_spec(self, preset: str | None = None):
         from .session import ModelSpec
@@ -123,16 +153,35 @@ def _bundles(pc: ParityConfig) -> list[Path]:
     return [Path(b) for b in pc.bundles] if pc.bundles else default_bundles()
 
 
+def profile_unavailable(pc: ParityConfig, profile: str) -> str | None:
+    """Why ``profile`` (with the suite's switch overrides) cannot run here: its ONNX Runtime provider is missing
+    (:func:`candidate.onnx_backend.profile_unavailable`); None when it can, or when it does not resolve (the
+    case then fails with that error when it runs)."""
+    from candidate.switches import switches_from
+
+    try:
+        sw = switches_from(profile, (), pc.project.path, **pc.onnx.overrides())
+    except InputError:
+        return None
+    if not sw.onnx:
+        return None
+    from candidate.onnx_backend import profile_unavailable as why_not
+
+    return why_not(sw)
+
+
 def pytest_generate_tests(metafunc):
     pc: ParityConfig = metafunc.config._parity
     if "parity_case_spec" in metafunc.fixturenames:
-        specs, ids = [], []
+        params = []
         for prof in pc.profiles:
+            why = profile_unavailable(pc, prof)
+            marks = [pytest.mark.skip(reason=f"profile {prof}: {why}")] if why else []
             for b in _bundles(pc):
                 for streaming in (False, True):
-                    specs.append((prof, str(b), streaming))
-                    ids.append(f"{b.stem}-{prof}-{'streaming' if streaming else 'offline'}")
-        metafunc.parametrize("parity_case_spec", specs, ids=ids)
+                    params.append(pytest.param((prof, str(b), streaming), marks=marks,
+                                               id=f"{b.stem}-{prof}-{'streaming' if streaming else 'offline'}"))
+        metafunc.parametrize("parity_case_spec", params)
     if "parity_bundle_mode" in metafunc.fixturenames:
         specs = [(str(b), s) for b in _bundles(pc) for s in (False, True)]
         metafunc.parametrize("parity_bundle_mode", specs,
@@ -183,15 +232,15 @@ class ParitySession:
     def model(self, preset: str | None = None):
         return self.session.model(self.pc.model_spec(preset))
 
-    def candidate(self, model, profile: str, faults=(), device: str | None = None):
-        return self.session.candidate(model, profile, faults, device or self.pc.device)
+    def candidate(self, model, profile: str, faults=(), device: str | None = None, overrides: dict | None = None):
+        return self.session.candidate(model, profile, faults, device or self.pc.device, overrides=overrides)
 
     def run(self, profile: str, bundle, streaming: bool = False, faults=(), model=None, patterns=None,
-            local: bool = True):
+            local: bool = True, overrides: dict | None = None):
         from .session import RunMode
 
         model = model or self.model()
-        cand = self.candidate(model, profile, faults)
+        cand = self.candidate(model, profile, faults, overrides=overrides)
         case = self.session.run(model, cand, bundle, RunMode(streaming), patterns=patterns, local=local)
         self.cases.append(case)
         return case
@@ -287,7 +336,7 @@ def parity_policy(parity_session):
 @pytest.fixture
 def parity_case(parity_session, parity_case_spec):
     profile, bundle, streaming = parity_case_spec
-    return parity_session.run(profile, bundle, streaming)
+    return parity_session.run(profile, bundle, streaming, overrides=parity_session.pc.onnx.overrides())
 
 
 @pytest.fixture
@@ -309,11 +358,27 @@ def parity_reference(parity_session):
 @pytest.fixture
 def assert_parity(parity_session):
     """``assert_parity(case)``: passes when the comparison passes; otherwise writes the case's report and
-    fails with the headline finding and the report path."""
-    def check(case, expect: str = "pass"):
+    fails with the headline finding and the report path. ``assert_parity(case, expect="fail",
+    finding=CODE, stage=STAGE)``: the case must fail with that finding as the headline (a known, diagnosed
+    failure, e.g. :func:`parity.streaming_mask.expected_outcome`); ``why`` is shown when it does not."""
+    def check(case, expect: str = "pass", finding: str | None = None, stage: str | None = None,
+              why: str | None = None):
         v = case.result.verdict
-        if v == expect:
+        fd = case.result.first_divergence
+        wanted = finding is None or (fd is not None and fd.code == finding and (stage is None or fd.stage == stage))
+        if v == expect and wanted:
+            if finding is not None:
+                case.result.case = dict(case.result.case or {}, expected={"verdict": expect, "finding": finding,
+                                                                          "stage": stage, "why": why})
             return case
+        if finding is not None:
+            want = f"{expect.upper()} with headline {stage or '*'} [{finding}]" + (f" ({why})" if why else "")
+            try:
+                where = f"\n  report: {parity_session.write_case_report(case)}"
+            except Exception as exc:  # noqa: BLE001
+                where = f"\n  (report not written: {exc})"
+            pytest.fail(f"parity {v.upper()} for {case.name}, expected {want}: {case.result.headline_text()}{where}",
+                        pytrace=False)
         try:
             path = parity_session.write_case_report(case)
             where = f"\n  report: {path}"

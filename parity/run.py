@@ -20,7 +20,11 @@ def run_command(args) -> int:
     """The CLI: every bundle x every profile; one report per case plus a summary page when there are several."""
     from .summary import render
 
+    from .onnx_options import OnnxOptions
+
     t_start = time.perf_counter()
+    onnx = OnnxOptions.from_args(args)
+    overrides = onnx.overrides()  # --onnx-estimator / --require-provider: switches on top of each profile
     session = Session(policy=args.policy)
     model = session.model(ModelSpec.from_args(args))
     bundles = [Path(b) for b in (args.inputs or default_bundles())]
@@ -29,7 +33,7 @@ def run_command(args) -> int:
     for b in bundles:
         if not b.exists():
             raise InputError(f"{b}: input bundle not found")
-    profiles = args.profile or ["fp32-sdpa"]
+    profiles = onnx.profiles(args.profile, ["fp32-sdpa"])
     mode = RunMode(streaming=args.streaming)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = Path(args.report) if args.report else Path("reports") / f"parity-{stamp}.html"
@@ -37,7 +41,7 @@ def run_command(args) -> int:
     show_progress = not args.no_progress and sys.stderr.isatty()
     cases: list[Case] = []
     for prof in profiles:
-        cand = session.candidate(model, prof, args.fault or (), device=args.device)
+        cand = session.candidate(model, prof, args.fault or (), device=args.device, overrides=overrides)
         for b in bundles:
             case = session.run(model, cand, b, mode, patterns=args.stages, trace_dir=trace_dir,
                                local=not args.no_local, progress=show_progress)

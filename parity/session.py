@@ -35,6 +35,7 @@ from .project import ProjectConfig, read_project
 from .result import Comparison
 from .runner import Progress, RunResult, run_to_trace
 from .stages import STEP_OUTPUTS, VOCODER_OUTPUTS
+from .streaming_mask import check as check_mask
 from .trace import write_trace
 
 
@@ -206,14 +207,18 @@ class CaseSummary:
     message: str | None = None
     seconds: float | None = None
     report: str | None = None
+    expected: str | None = None  # a known, diagnosed outcome the test asserted (assert_parity(..., finding=))
 
     @classmethod
     def of(cls, case: Case) -> "CaseSummary":
         fd = case.result.first_divergence
         secs = [v for v in (case.seconds or {}).values() if isinstance(v, (int, float))]
+        exp = (case.result.case or {}).get("expected")
+        expected = (f"{exp.get('verdict')}: {exp.get('stage') or '*'} [{exp.get('finding')}]"
+                    if isinstance(exp, dict) and exp.get("finding") else None)
         return cls(case.name, case.bundle, case.profile, case.mode.label, case.verdict, fd.stage if fd else None,
                    fd.code if fd else None, fd.message if fd else None, sum(secs) if secs else None,
-                   str(case.report) if case.report else None)
+                   str(case.report) if case.report else None, expected)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -255,9 +260,10 @@ def step_local(cand, ref: dict, *, streaming: bool, finalize: bool = True) -> di
 def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finalize: bool = True,
              mode: RunMode | None = None, policy: Policy | None = None, patterns=None, trace_dir: Path | None = None,
              local: bool = True, progress: bool = False, profile_name: str = "candidate",
-             refs: ReferenceCache | None = None, allow_trim: bool = False) -> Case:
+             refs: ReferenceCache | None = None, allow_trim: bool = False, mask_check: bool = True) -> Case:
     """Reference (from ``refs`` when given) and candidate on one bundle, the candidate's step-local errors
-    (``local``), the comparison. ``trace_dir``: keep both traces there (``<bundle>-<mode>-<profile>``)."""
+    (``local``), in streaming mode the chunk-mask check (``mask_check``, :mod:`parity.streaming_mask`), the
+    comparison. ``trace_dir``: keep both traces there (``<bundle>-<mode>-<profile>``)."""
     mode = mode or RunMode(streaming, finalize)
     bundle = Path(bundle)
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
@@ -273,10 +279,13 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
     t2 = time.perf_counter()
     loc = step_local(cand, ref_res.tensors, streaming=mode.streaming, finalize=mode.finalize) if local else {}
     t3 = time.perf_counter()
+    mask = check_mask(model, ref_res.tensors, cand_res.tensors, streaming=mode.streaming) if mask_check else None
+    t3m = time.perf_counter()
     ref_l = Loaded(ref_res.tensors, ref_res.metadata, str(ref_path or f"<reference {stem}>"))
     cand_l = Loaded(cand_res.tensors, cand_res.metadata, str(cand_path or f"<candidate {stem}>"))
     loc_l = Loaded(loc, {"pipeline": "candidate-local"}, "<step-local>") if loc else None
-    result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l)
+    result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l,
+                            mask_check=mask)
     t4 = time.perf_counter()
     result.case = {"bundle": bundle.name, "profile": profile_name, "streaming": mode.streaming,
                    "finalize": mode.finalize,
@@ -286,7 +295,8 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
         result.case["session"] = mode.session
     return Case(bundle.name, profile_name, mode, result, ref_res.metadata, cand_res.metadata, ref_res.tensors,
                 cand_res.tensors, loc, ref_path, cand_path,
-                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t3 - t2, "compare": t4 - t3})
+                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t3 - t2, "mask_check": t3m - t3,
+                         "compare": t4 - t3m})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,18 +331,25 @@ class Session:
             self.models[spec] = spec.load()
         return self.models[spec]
 
-    def candidate(self, model, profile: str | None, faults=(), device: str = "cpu", label: str | None = None):
-        """The candidate for ``profile`` (built-in or ``[tool.parity.profiles]``) plus ``faults`` on ``model``,
-        built once per session."""
+    def candidate(self, model, profile: str | None, faults=(), device: str = "cpu", label: str | None = None,
+                  overrides: dict | None = None):
+        """The candidate for ``profile`` (built-in or ``[tool.parity.profiles]``) plus ``faults`` and switch
+        ``overrides`` (e.g. :meth:`parity.onnx_options.OnnxOptions.overrides`) on ``model``, built once per
+        session."""
         from candidate.pipeline import CandidateToken2Wav
         from candidate.switches import switches_from
 
+        from .onnx_options import check_overrides, name_suffix
+
         faults = tuple(faults or ())
-        key = (id(model), profile, faults, device, label)
+        overrides = dict(overrides or {})
+        key = (id(model), profile, faults, device, label, tuple(sorted(overrides.items())))
         if key not in self.candidates:
             over = {"device": device} if device != "cpu" else {}
-            sw = switches_from(profile, faults, self.pyproject, **over)
-            name = label or (profile or "fp32-explicit") + ("+" + "+".join(faults) if faults else "")
+            sw = switches_from(profile, faults, self.pyproject, **over, **overrides)
+            check_overrides(sw, profile, overrides)
+            name = label or ((profile or "fp32-explicit") + name_suffix(overrides)
+                             + ("+" + "+".join(faults) if faults else ""))
             self.candidates[key] = CandidateToken2Wav(model, sw, name)
         return self.candidates[key]
 

@@ -208,6 +208,7 @@ class GitBisect:
         names = [b.name for b in self.bundles] or [r.name for r in self.ref_paths]
         identity = {"repo": str(repo), "good": self.good_sha, "bad": self.bad_sha, "cmd": cfg.cmd,
                     "profile": None if cfg.cmd else cfg.profile, "faults": None if cfg.cmd else self.faults,
+                    **({"onnx": cfg.onnx.cli_args()} if cfg.onnx and not cfg.cmd else {}),
                     "model": None if cfg.cmd else (cfg.model.preset or str(cfg.model.model_dir)), "bundles": names,
                     "streaming": cfg.streaming, "policy": str(cfg.policy) if cfg.policy else None,
                     "maps": cfg.maps or None}
@@ -355,6 +356,8 @@ class GitBisect:
                         argv.append("--streaming")
                     for f in self.faults:
                         argv += ["--fault", f]
+                    if self.cfg.onnx:  # a commit whose dump lacks these options exits 2: skipped, with the reason
+                        argv += self.cfg.onnx.cli_args()
                     shell = False
                 timeout, global_bound = self._timeout()
                 rc, tail = _run_proc(argv, cwd=str(wt), env=env, timeout=timeout, log_path=tdir / f"{stem}.log",
@@ -611,6 +614,7 @@ class GitBisectConfig:
     cmd: str | None = None  # shell command writing a dump at {out}; None: the commit's candidate package
     profile: str = "fp32-sdpa"  # in-process mode: candidate profile and faults
     faults: Sequence[str] = ()
+    onnx: Any = None  # in-process mode: parity.onnx_options.OnnxOptions (--onnx-estimator / --require-provider)
     model: ModelSpec = field(default_factory=lambda: ModelSpec("tiny"))  # for the frozen reference (and trials)
     device: str = "cpu"
     bundles: Sequence[str | Path] | None = None
