@@ -277,10 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False):
-    """``parity-report``: REF_TRACE CAND_TRACE (compare, then report), or RESULT.json [REF_TRACE CAND_TRACE]
-    (the saved result; plots from the given traces or from the result's sources when they exist).
-    Returns ``(path, result)``."""
+def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False,
+                      mask_check: bool = True):
+    """``parity-report``: REF_TRACE CAND_TRACE (compare, then report; streaming traces get the chunk-mask check
+    as in ``parity compare`` unless ``mask_check`` is off), or RESULT.json [REF_TRACE CAND_TRACE] (the saved
+    result; plots from the given traces or from the result's sources when they exist). Returns
+    ``(path, result)``."""
     from .aliases import parse_maps
     from .ingest import load, tensors_from_sources
     from .report import build_report
@@ -318,8 +320,12 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
         from .compare import CompareOptions, compare_loaded
         from .policy import load_policy
 
+        from .streaming_mask import check_saved, is_streaming
+
         rl, cl = load(inputs[0], mp), load(inputs[1], mp)
-        result = compare_loaded(rl, cl, load_policy(policy), CompareOptions(allow_trim=allow_trim))
+        mc = (check_saved(rl.metadata, rl.tensors, cl.tensors, streaming=is_streaming(rl.metadata, cl.metadata))
+              if mask_check else None)
+        result = compare_loaded(rl, cl, load_policy(policy), CompareOptions(allow_trim=allow_trim), mask_check=mc)
         default = Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html"
         path = build_report(result, Path(out) if out else default, ref_tensors=rl.tensors, cand_tensors=cl.tensors)
         return path, result
@@ -335,10 +341,12 @@ def report_main(argv: list[str] | None = None) -> int:
                                 parents=[A.policy_parent(), A.map_parent(), A.trim_parent()])
     p.add_argument("inputs", nargs="+", help="REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE]")
     p.add_argument("-o", "--out", help="report path (default reports/<name>.html)")
+    p.add_argument("--no-mask-check", action="store_true",
+                   help="two streaming traces: skip the chunk-mask check (it loads the model the reference names)")
     args = p.parse_args(argv)
     try:
         path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
-                                         allow_trim=args.allow_trim)
+                                         allow_trim=args.allow_trim, mask_check=not args.no_mask_check)
         print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")
         return result.exit_code
     except ParityUserError as exc:

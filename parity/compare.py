@@ -293,10 +293,7 @@ def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = 
     fp64 = load(fp64_path, maps) if fp64_path else None
     mc = None
     if mask_check:
-        from .diagnose import _boolish
-        from .streaming_mask import check_saved
+        from .streaming_mask import check_saved, is_streaming
 
-        mc = check_saved(ref.metadata, ref.tensors, cand.tensors,
-                         streaming=bool(_boolish(ref.metadata.get("streaming"))
-                                        or _boolish(cand.metadata.get("streaming"))))
+        mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=is_streaming(ref.metadata, cand.metadata))
     return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, mask_check=mc)

@@ -153,6 +153,21 @@ def _bundles(pc: ParityConfig) -> list[Path]:
     return [Path(b) for b in pc.bundles] if pc.bundles else default_bundles()
 
 
+# In the default suite (no profile and no bundle configured) the ONNX Runtime profiles run on this one fixture
+# bundle, offline and streaming: they swap the estimator alone (the graph's length axis is tested at 37, 256 and
+# 301 frames in tests/test_onnx.py; solver, CFG and vocoder are the PyTorch profiles' code), and on its 130
+# frames (three 50-frame chunks) the streaming chunk-mask check decides. It keeps their CI cost at a third.
+ONNX_SUITE_BUNDLE = "medium"
+
+
+def _profile_bundles(pc: ParityConfig, profile: str, bundles: list[Path]) -> list[Path]:
+    from candidate.switches import ONNX_PROFILES
+
+    if not (pc.default_profiles and not pc.bundles and profile in ONNX_PROFILES):
+        return bundles
+    return [b for b in bundles if b.stem == ONNX_SUITE_BUNDLE] or bundles[:1]
+
+
 def profile_unavailable(pc: ParityConfig, profile: str) -> str | None:
     """Why ``profile`` (with the suite's switch overrides) cannot run here: its ONNX Runtime provider is missing
     (:func:`candidate.onnx_backend.profile_unavailable`); None when it can, or when it does not resolve (the
@@ -177,7 +192,7 @@ def pytest_generate_tests(metafunc):
         for prof in pc.profiles:
             why = profile_unavailable(pc, prof)
             marks = [pytest.mark.skip(reason=f"profile {prof}: {why}")] if why else []
-            for b in _bundles(pc):
+            for b in _profile_bundles(pc, prof, _bundles(pc)):
                 for streaming in (False, True):
                     params.append(pytest.param((prof, str(b), streaming), marks=marks,
                                                id=f"{b.stem}-{prof}-{'streaming' if streaming else 'offline'}"))

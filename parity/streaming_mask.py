@@ -49,6 +49,14 @@ def _prefixes(ref: dict, cand: dict) -> list[str]:
     return sorted(out, key=lambda p: int(p[5:-1]))
 
 
+def is_streaming(ref_meta: dict, cand_meta: dict) -> bool:
+    """Either trace's provenance says it ran in streaming mode (the chunk mask applies)."""
+    def flag(v):
+        return v.strip().lower() in ("1", "true", "yes", "on") if isinstance(v, str) else bool(v)
+
+    return flag(ref_meta.get("streaming")) or flag(cand_meta.get("streaming"))
+
+
 def not_checked(reason: str) -> dict:
     return {"checked": False, "reason": reason}
 
@@ -80,14 +88,9 @@ def check(model, ref: dict, cand: dict, *, streaming: bool) -> dict | None:
     return first
 
 
-def check_saved(ref_meta: dict, ref: dict, cand: dict, *, streaming: bool) -> dict | None:
-    """:func:`check` for two saved traces (``parity compare``): the reference model is loaded from the reference
-    trace's provenance (``model`` = ``preset:NAME`` or ``model_dir:PATH``) and used only when its weights hash is
-    the trace's; otherwise the result says why the check was not run."""
-    if not streaming:
-        return None
-    if not _prefixes(ref, cand):
-        return check(None, ref, cand, streaming=True)
+def model_from_provenance(ref_meta: dict):
+    """``(model, None)``: the reference model a trace's provenance names (``model`` = ``preset:NAME`` or
+    ``model_dir:PATH``), loaded here and with the trace's weights hash; else ``(None, why not)``."""
     mid = str(ref_meta.get("model") or "")
     kind, _, name = mid.partition(":")
     try:
@@ -98,16 +101,29 @@ def check_saved(ref_meta: dict, ref: dict, cand: dict, *, streaming: bool) -> di
         elif kind == "model_dir" and name:
             model = Token2Wav.from_model_dir(name)
         else:
-            return not_checked(f"the reference trace does not name a model this harness can load (model "
-                               f"{mid or 'not recorded'})")
+            return None, (f"the reference trace does not name a model this harness can load (model "
+                          f"{mid or 'not recorded'})")
     except Exception as exc:  # noqa: BLE001 - a model that cannot be loaded here: say so, compare the rest
-        return not_checked(f"the reference model {mid} could not be loaded here ({type(exc).__name__}: "
-                           f"{str(exc)[:160]})")
+        return None, f"the reference model {mid} could not be loaded here ({type(exc).__name__}: {str(exc)[:160]})"
     want = ref_meta.get("weights_sha256")
     have = model.provenance(streaming=True)["weights_sha256"]
     if want and str(want) != have:
-        return not_checked(f"the reference model {mid} loaded here has other weights ({have}) than the trace "
-                           f"({want})")
+        return None, f"the reference model {mid} loaded here has other weights ({have}) than the trace ({want})"
+    return model, None
+
+
+def check_saved(ref_meta: dict, ref: dict, cand: dict, *, streaming: bool, model=None) -> dict | None:
+    """:func:`check` for two saved traces (``parity compare``, ``parity bisect git``): with ``model``, or the
+    reference model loaded from the reference trace's provenance (:func:`model_from_provenance`); when it cannot
+    be, the result says why the check was not run."""
+    if not streaming:
+        return None
+    if not _prefixes(ref, cand):
+        return check(None, ref, cand, streaming=True)
+    if model is None:
+        model, why = model_from_provenance(ref_meta)
+        if model is None:
+            return not_checked(why)
     return check(model, ref, cand, streaming=True)
 
 

@@ -161,6 +161,11 @@ def test_compare_runs_the_mask_check_from_the_reference_provenance(user_file, tm
     res = read_json(j)
     assert (res.first_divergence.stage, res.first_divergence.code) == ("step1.v1", "streaming_mask_ignored")
     assert res.mask_check["checked"] and res.mask_check["ignores_mask"]
+    # parity-report on the same two traces compares the same way
+    from parity.cli import report_main
+
+    assert report_main([str(ref), str(cand), "-o", str(tmp_path / "r.html")]) == 1
+    assert "IGNORES the chunk mask" in (tmp_path / "r.html").read_text()
     # without the check the failure is still found, but only its symptom
     assert main(["compare", str(ref), str(cand), "--json", str(j), "--no-mask-check"]) == 1
     res = read_json(j)

@@ -220,6 +220,7 @@ class GitBisect:
         self.run_trials = 0
         self.exhausted: str | None = None
         self.ref_model = cfg.ref_model
+        self._mask_model, self._mask_why = None, None  # streaming: the model of the chunk-mask check, loaded once
         self.refs: list = []  # Loaded, per bundle
         self.policy = None
         self.wt_root: Path | None = None
@@ -265,6 +266,21 @@ class GitBisect:
         self.ref_paths = paths
         self.refs = [load(p, self.maps) for p in paths]
         self.log.update(reference=[self.log.rel(p) for p in paths])
+
+    def _mask_check(self, i: int, cand) -> dict | None:
+        """Streaming: the chunk-mask check of a commit's dump against the frozen reference, with the reference
+        model (the one that froze it, else the one its provenance names, loaded once)."""
+        if not self.streaming:
+            return None
+        from ..streaming_mask import check_saved, model_from_provenance, not_checked
+
+        ref = self.refs[i]
+        if self._mask_model is None and self._mask_why is None:
+            self._mask_model, self._mask_why = ((self.ref_model, None) if self.ref_model is not None
+                                                else model_from_provenance(ref.metadata))
+        if self._mask_model is None:
+            return not_checked(self._mask_why)
+        return check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=True, model=self._mask_model)
 
     def _budget_left(self) -> str | None:
         if self.max_trials is not None and self.run_trials >= self.max_trials:
@@ -372,7 +388,7 @@ class GitBisect:
                 dumps.append(dump)
                 try:
                     cand = load(dump, self.maps)
-                    result = compare_loaded(self.refs[i], cand, self.policy)
+                    result = compare_loaded(self.refs[i], cand, self.policy, mask_check=self._mask_check(i, cand))
                 except ParityUserError as exc:
                     return 125, f"unreadable dump: {exc}", None, None, dumps
                 except Exception as exc:  # noqa: BLE001 - a dump the comparison cannot digest: skip, say why
