@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from . import session_compare as SC
 from .diagnose import diagnose, metadata_findings
 from .ingest import Loaded, load
 from .melspec import audio_mel
@@ -164,12 +165,19 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | Non
 
 
 def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts: CompareOptions | None = None,
-                   local: Loaded | None = None, fp64: Loaded | None = None) -> Comparison:
+                   local: Loaded | None = None, fp64: Loaded | None = None, *, offline: Loaded | None = None
+                   ) -> Comparison:
     """Compare two loaded traces (plus optionally the candidate's step-local trace and a float64 reference for
-    the arbiter rules). The inputs are not modified."""
+    the arbiter rules). Streaming-session traces get the session comparison (:mod:`parity.session_compare`:
+    chunks paired by token offset, schedule, options, glitches; ``offline``: the offline reference run of the
+    same tokens, for the stream-vs-offline section). The inputs are not modified."""
     opts = opts or CompareOptions()
     policy = policy or load_policy()
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
+    prep = None
+    if SC.is_session(ref) or SC.is_session(cand):
+        prep = SC.prepare(ref, cand)
+        cand = prep.cand
     precision, attention = _cand_context(cand, opts)
     prompt_frames = _prompt_frames(ref)
     names = sort_stages(list(dict.fromkeys(list(ref.tensors) + list(cand.tensors))))
@@ -189,6 +197,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
         else:
             entry = StageResult(name=name, status="extra", cand_stats=M.side_stats(cand.tensors[name]),
                                 position=list(position(name)), detail="absent from the reference")
+        if prep is not None:
+            SC.annotate_stage(entry, rule, prep)
         stages.append(entry)
     by_name = {s.name: s for s in stages}
 
@@ -204,8 +214,18 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     audio = None
     if opts.audio_metrics and "audio" in ref.tensors and "audio" in cand.tensors:
         audio = audio_section(ref, cand)
-    meta_find = metadata_findings(ref.metadata, cand.metadata)
+    elif opts.audio_metrics and prep is not None and "stream.audio" in ref.tensors and "stream.audio" in cand.tensors:
+        audio = audio_section(*(dataclasses.replace(t, tensors={"audio": t.tensors["stream.audio"],
+                                                                **({"flow_mel": t.tensors["stream.mel"]}
+                                                                   if "stream.mel" in t.tensors else {})})
+                                for t in (ref, cand)))
+        audio["stage"] = "stream.audio"  # the audio findings name the stream
+    meta_find = metadata_findings(ref.metadata, cand.metadata) + (prep.findings if prep is not None else [])
     findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio)
+    session = None
+    if prep is not None:
+        session, more = SC.section(ref, cand, offline, prep, by_name)
+        findings = sorted(findings + more, key=lambda f: f.sort_key())  # stable: the diagnosis first at a tie
     return Comparison(
         stages=stages, findings=findings, local=list(local_stages.values()), steps=steps, audio=audio,
         normalisations=ref.normalisations + cand.normalisations + [n for s in stages for n in s.normalisations],
@@ -215,7 +235,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
                  "ref_names": ref.original_names, "cand_names": cand.original_names},
         context={"precision": precision, "attention": attention, "prompt_frames": prompt_frames,
                  "allow_trim": opts.allow_trim},
-        policy={"sources": policy.sources})
+        policy={"sources": policy.sources}, session=session)
 
 
 def _err(entry: StageResult | None, key: str = "max_abs_err"):
