@@ -301,9 +301,10 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
 
 
 def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = None, opts: CompareOptions | None = None,
-                  local_path=None, fp64_path=None, pyproject=None) -> Comparison:
+                  local_path=None, fp64_path=None, pyproject=None, offline_path=None) -> Comparison:
     ref = load(ref_path, maps)
     cand = load(cand_path, maps)
     local = load(local_path, maps) if local_path else None
     fp64 = load(fp64_path, maps) if fp64_path else None
-    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64)
+    offline = load(offline_path, maps) if offline_path else None
+    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, offline=offline)

@@ -292,6 +292,7 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
                             progress=Progress(f"candidate[{profile_name}]", True) if progress else None)
     t2 = time.perf_counter()
     loc = step_local(cand, ref_res.tensors, streaming=mode.streaming, finalize=mode.finalize) if local else {}
+    t2b = time.perf_counter()
     off_l = None
     if mode.is_session:  # the offline reference run of the same tokens: what streaming costs (stream vs offline)
         off = (refs if refs is not None else ReferenceCache()).get(model, bundle, RunMode(), inputs=inputs)
@@ -318,7 +319,8 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
             result.case["session_options"] = mode.options.tag() or "defaults"
     return Case(bundle.name, profile_name, mode, result, ref_res.metadata, cand_res.metadata, ref_res.tensors,
                 cand_res.tensors, loc, ref_path, cand_path,
-                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t3 - t2, "compare": t4 - t3})
+                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t2b - t2,
+                         **({"offline reference": t3 - t2b} if off_l is not None else {}), "compare": t4 - t3})
 
 
 # ---------------------------------------------------------------------------------------------

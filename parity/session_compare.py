@@ -98,11 +98,13 @@ def is_session(tr: Loaded) -> bool:
 
 
 def chunks_of(tr: Loaded) -> list[ChunkInfo]:
-    """The calls of one side, by index (from its chunk tensors; the run's ``session_chunks`` fill gaps)."""
-    recs = {}
-    for r in tr.metadata.get("session_chunks") or []:
+    """The calls of one side, by index (from its chunk tensors; the run's ``session_chunks``, else the plan written
+    before the run -- all a crashed run has for its later calls -- fill gaps)."""
+    recs: dict = {}
+    plan = tr.metadata.get("session_plan") if isinstance(tr.metadata.get("session_plan"), dict) else {}
+    for r in (plan.get("chunks") or []) + list(tr.metadata.get("session_chunks") or []):  # what ran wins
         if isinstance(r, dict) and isinstance(r.get("index"), int):
-            recs[r["index"]] = r
+            recs[r["index"]] = {**recs.get(r["index"], {}), **r}
     idx = sorted({c for c in (parse_chunk(n) for n in tr.tensors) if c is not None for c in [c[0]]} | set(recs))
     out = []
     T = tr.tensors
@@ -594,8 +596,24 @@ def drift(ref: Loaded, cand: Loaded, offline: Loaded | None, prep: SessionPrep) 
         except ValueError as exc:
             out["sides"][side] = {"error": str(exc)}
             continue
-        out["sides"][side] = [dict(r.to_dict(), index=chunks[r.chunk].index) for r in rows]
+        out["sides"][side] = [dict(r.to_dict(), index=chunks[r.chunk].index,
+                                   audio_logmel_l1=_logmel_l1(sa, oa, r.samples)) for r in rows]
     return out
+
+
+def _logmel_l1(a: torch.Tensor, b: torch.Tensor, span) -> float | None:
+    """Log-mel L1 (the pipeline's mel recipe) between two streams over samples ``span``: how far the streamed
+    audio sounds from the offline audio where sample-level errors say little (the vocoder's phase)."""
+    from .audio_metrics import logmel_distance
+    from .melspec import audio_mel
+
+    s0, s1 = int(span[0]), int(span[1])
+    x = a.detach().double().reshape(-1)[s0:s1]
+    y = b.detach().double().reshape(-1)[s0:s1]
+    if x.numel() < 1920 or x.numel() != y.numel() or not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        return None
+    v = logmel_distance(audio_mel(y), audio_mel(x)).get("logmel_l1")
+    return float(v) if isinstance(v, (int, float)) else None
 
 
 def _metric(entry: StageResult | None, key: str):
@@ -628,7 +646,8 @@ def chunk_rows(prep: SessionPrep, by_name: dict) -> list[dict]:
         row = {"chunk": c.index, "cand_chunk": j, "token_offset": c.token_offset, "hop": hop, "final": bool(c.finalize),
                "ref_samples": [rstart, rstart + (c.samples or 0)],
                "cand_samples": [cstarts[j], cstarts[j] + (cc.samples or 0)] if cc is not None else None,
-               "status": "fail" if fails else ("missing" if j is None else "pass"),
+               "status": "fail" if fails else ("missing" if j is None or any(v == "missing" for v in statuses.values())
+                                               else "pass"),
                "first_fail": prefix + fails[0] if fails else None, "statuses": statuses,
                "mel": {"max_abs_err": _metric(mel, "max_abs_err"), "rel_l2": _metric(mel, "rel_l2"),
                        "status": mel.status if mel else None},
@@ -636,7 +655,8 @@ def chunk_rows(prep: SessionPrep, by_name: dict) -> list[dict]:
                          "snr_db": _metric(aud, "snr_db"), "logmel_l1": _metric(aud, "logmel_l1"),
                          "status": aud.status if aud else None, "statistic": aud.statistic if aud else None,
                          "value": aud.value if aud else None, "limit": aud.limit if aud else None,
-                         "gate": aud.gate if aud else None}}
+                         "gate": aud.gate if aud else None,
+                         "problem": aud.problem.get("message") if aud is not None and aud.problem else None}}
         rows.append(row)
         rstart += c.samples or 0
     return rows
@@ -664,12 +684,24 @@ def section(ref: Loaded, cand: Loaded, offline: Loaded | None, prep: SessionPrep
         "pairs": {str(k): v for k, v in sorted(prep.pairs.items())},
         "unmatched": {"ref": prep.unmatched_ref, "cand": prep.unmatched_cand},
         "chunks": chunk_rows(prep, by_name),
+        "boundaries": {"ref": _starts(prep.ref_chunks), "cand": _starts(prep.cand_chunks)},
         "glitches": gl,
         "drift": dr,
         "notes": gnotes,
         "sample_rate": _sr(ref),
     }
     return sec, findings
+
+
+def _starts(chunks: list[ChunkInfo]) -> list[int] | None:
+    """Stream sample index where each call after the first starts (None when a count is unknown)."""
+    if not chunks or any(c.samples is None for c in chunks):
+        return None
+    out, s = [], 0
+    for c in chunks[:-1]:
+        s += c.samples
+        out.append(s)
+    return out
 
 
 def _drift_findings(dr: dict) -> list[Finding]:
@@ -683,11 +715,12 @@ def _drift_findings(dr: dict) -> list[Finding]:
 
     body = [x for x in r[:-1]] if len(r) > 1 else []
     msg = (f"streaming costs (the reference stream against the offline run of the same tokens): mel max |diff| "
-           f"{_fmtv(span(body, 'mel_max_abs', min))}..{_fmtv(span(body, 'mel_max_abs'))} on the chunks with the mask, "
-           f"{_fmtv(r[-1]['mel_max_abs'])} on the final call; audio rel. L2 up to {_fmtv(span(r, 'audio_rel_l2'))}")
+           f"{_fmtv(span(body, 'mel_max_abs', min))}..{_fmtv(span(body, 'mel_max_abs'))} on the calls with the chunk "
+           f"mask, {_fmtv(r[-1]['mel_max_abs'])} on the final call; audio log-mel L1 up to "
+           f"{_fmtv(span(r, 'audio_logmel_l1'))}")
     ev = {"ref": r}
     if isinstance(c, list):
-        msg += (f". The candidate stream: mel max |diff| up to {_fmtv(span(c, 'mel_max_abs'))}, audio rel. L2 up to "
-                f"{_fmtv(span(c, 'audio_rel_l2'))}")
+        msg += (f". The candidate stream against the same offline run: mel max |diff| up to "
+                f"{_fmtv(span(c, 'mel_max_abs'))}, audio log-mel L1 up to {_fmtv(span(c, 'audio_logmel_l1'))}")
         ev["cand"] = c
     return [_finding("stream_vs_offline", None, "info", msg, ev)]
