@@ -21,7 +21,7 @@ from .melspec import audio_mel
 from .normalize import align
 from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, load_policy
 from .result import Comparison, StageResult, StepRow
-from .stages import STEP_OUTPUTS, layout, parse_step, position, sort_stages
+from .stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
 
 
 
@@ -91,6 +91,7 @@ def domain_metrics(name: str, ra: torch.Tensor, ca: torch.Tensor) -> dict:
     from . import audio_metrics as A
 
     out: dict = {}
+    name = session_rule_stage(name) or name  # a session stage gets the statistics of the stage it corresponds to
     if name == "f0":
         fm = A.f0_metrics(ra.double().reshape(-1).numpy(), ca.double().reshape(-1).numpy())
         out.update({k: fm[k] for k in ("f0_rmse_cents", "f0_max_abs_cents", "gpe", "vde", "f0_mae_hz", "f0_max_abs_hz",

@@ -57,8 +57,9 @@ EXPLAIN = {
     "chunk_slice_mismatch": "the flow output matches; the frames appended to the cumulative mel differ "
                             "(the token_offset * token_mel_ratio slice)",
     "chunk_mel_mismatch": "the frames this call appended differ (its flow output was not captured)",
-    "chunk_vocoder_mismatch": "the call's mel matches; its emitted samples differ (HiFT not run on the "
-                              "cumulative mel, or the wrong samples emitted)",
+    "chunk_vocoder_mismatch": "the call's mel is within its tolerance, its emitted samples are not (the vocoder's own "
+                              "error, or the loop's vocoder step: HiFT not run on the cumulative mel, the wrong "
+                              "samples emitted)",
     "chunk_audio_mismatch": "the emitted samples differ (the mel of this call was not captured)",
     "stream_mismatch": "the whole stream differs while every chunk compared before it matches",
 }
