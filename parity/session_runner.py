@@ -189,3 +189,18 @@ def parse_step_chunks(spec: str) -> tuple:
         except ValueError:
             raise InputError(f"--step-chunks {spec!r}: expected chunk indices, first, last, all or none") from None
     return tuple(out)
+
+
+def session_cli_args(options: SessionOptions | None = None) -> list[str]:
+    """The ``parity dump`` arguments of a streaming session with ``options`` (for a child process: ``bisect git``)."""
+    o = options or SessionOptions()
+    argv = ["--session", SESSION_KIND]
+    for flag, v, default in (("--initial-hop", o.initial_hop, None), ("--max-hop", o.max_hop, None),
+                             ("--growth", o.growth, 2), ("--final-mask", o.final_mask, "upstream"),
+                             ("--hop-state", o.hop_state, "fresh"), ("--carried-hop", o.carried_hop, None)):
+        if v != default:
+            argv += [flag, str(v)]
+    steps = (o.step_chunks,) if isinstance(o.step_chunks, (str, int)) else tuple(o.step_chunks)
+    if steps != ("first", "last"):
+        argv += ["--step-chunks", ",".join(str(s) for s in steps) or "none"]
+    return argv

@@ -169,20 +169,36 @@ def session_lines(result: Comparison, verbose: bool = False) -> list[str]:
     return out
 
 
-def mapping_lines(result: Comparison, verbose: bool = False, limit: int = 12) -> list[str]:
-    """The naming dialect mapping applied to each side (file name -> canonical stage)."""
+def mapping_lines(result: Comparison, verbose: bool = False, limit: int = 16) -> list[str]:
+    """The naming dialect mapping applied to each side (name in the file -> canonical stage); a chunked dump's
+    renames that differ only by the chunk number are one line (``chunk_{c}/tts_speech -> chunk{c}.audio``)."""
+    import re
+
     out = []
     src = result.sources
     for side, label in (("ref", "reference"), ("cand", "candidate")):
         if src.get(f"{side}_dialect") != "aliased":
             continue
         names = src.get(f"{side}_names") or {}
-        pairs = [(o, cn) for cn, o in names.items() if o != cn]
-        if not pairs:
+        groups: dict[tuple, list] = {}
+        for cn, o in names.items():
+            if o == cn:
+                continue
+            ch = parse_chunk(cn)
+            if ch is not None:
+                num = str(ch[0])
+                pat = re.sub(rf"(?<!\d){num}(?!\d)", "{c}", str(o), count=1)
+                if pat != o:
+                    groups.setdefault((pat, f"chunk{{c}}.{ch[1]}"), []).append(ch[0])
+                    continue
+            groups.setdefault((str(o), cn), [])
+        if not groups:
             continue
-        out.append(f"name mapping ({label}, {len(pairs)} renamed):")
-        for o, cn in pairs[: (None if verbose else limit)]:
-            out.append(f"  {o} -> {cn}")
-        if not verbose and len(pairs) > limit:
-            out.append(f"  ... {len(pairs) - limit} more (--verbose lists them)")
+        n = sum(max(len(v), 1) for v in groups.values())
+        out.append(f"name mapping ({label}, {n} renamed):")
+        items = list(groups.items())
+        for (o, cn), cs in items[: (None if verbose else limit)]:
+            out.append(f"  {o} -> {cn}" + (f"  (c = {', '.join(map(str, sorted(cs)))})" if cs else ""))
+        if not verbose and len(items) > limit:
+            out.append(f"  ... {len(items) - limit} more (--verbose lists them)")
     return out
