@@ -100,7 +100,7 @@ class SessionOptions:
             parts.append(f"hop-{self.hop_state}" + (str(self.carried_hop) if self.carried_hop is not None else ""))
         steps = (self.step_chunks,) if isinstance(self.step_chunks, (str, int)) else tuple(self.step_chunks)
         if steps != ("first", "last"):
-            parts.append("steps-" + "-".join(str(s) for s in steps))
+            parts.append("steps-" + ("-".join(str(s) for s in steps) or "none"))
         return "-".join(parts)
 
     def resolve(self, cfg) -> "ResolvedOptions":

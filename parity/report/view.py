@@ -284,7 +284,7 @@ class Media:
     f0: dict
     waveform: dict
     listen: dict
-    session: dict | None = None  # the streaming-session section (parity.report.session)
+    session: dict | None = None  # the streaming-session section (parity.report.chunks)
 
 
 def _step_limits(result: Comparison) -> dict[str, float]:
@@ -312,7 +312,7 @@ def _join(*notes: str | None) -> str | None:
 def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> Media:
     rt, ct = rt or {}, ct or {}
     if result.session:  # a streaming session: the mel, waveform and players show the streams
-        from .session import session_view
+        from .chunks import session_view
 
         sess = session_view(result, rt, ct, budget, _safe)
         rt, ct = ({**t, **{k: t[s] for k, s in (("flow_mel", "stream.mel"), ("audio", "stream.audio"))
