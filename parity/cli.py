@@ -34,10 +34,12 @@ def cmd_dump(args) -> int:
 
     from .onnx_options import OnnxOptions, name_suffix
     from .runner import Progress, run_to_trace
-    from .session import ModelSpec, Session
+    from .session import ModelSpec, Session, run_pipeline
+    from .session_runner import options_from_args, session_mode
 
     onnx = OnnxOptions.from_args(args)
     overrides = onnx.overrides()  # a missing file or an unknown provider: one line before anything loads
+    session_opts = options_from_args(args)  # before loading anything: a bad combination is exit 2 at once
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     if args.pipeline == "candidate" or args.profile or args.fault or onnx:
@@ -48,9 +50,13 @@ def cmd_dump(args) -> int:
     else:
         pipe = model
         label = "reference"
-    res = run_to_trace(pipe, inputs, args.out, patterns=args.stages, streaming=args.streaming,
-                       finalize=not args.no_finalize, extra_meta={"inputs": str(args.inputs)},
-                       progress=Progress(label))
+    if session_opts is not None:  # upstream's chunked loop (parity.session_runner)
+        res = run_pipeline(pipe, inputs, args.out, session_mode(session_opts), patterns=args.stages,
+                           extra_meta={"inputs": str(args.inputs)}, progress=Progress(label))
+    else:
+        res = run_to_trace(pipe, inputs, args.out, patterns=args.stages, streaming=args.streaming,
+                           finalize=not args.no_finalize, extra_meta={"inputs": str(args.inputs)},
+                           progress=Progress(label))
     if res.error is not None:
         print(f"parity dump: {label} crashed at {res.crashed_at}: {type(res.error).__name__}: {res.error}; "
               f"partial trace with {len(res.stages)} stages written to {res.trace_path}", file=sys.stderr)
@@ -101,7 +107,8 @@ def cmd_compare(args) -> int:
 
     opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention)
     result = compare_paths(args.ref, args.cand, policy_path=args.policy, maps=parse_maps(args.map), opts=opts,
-                           local_path=args.local, fp64_path=args.fp64, mask_check=not args.no_mask_check)
+                           local_path=args.local, fp64_path=args.fp64, mask_check=not args.no_mask_check,
+                           offline_path=args.offline)
     print(render(result, verbose=args.verbose))
     if args.json:
         write_json(result, args.json)
@@ -127,8 +134,15 @@ def cmd_profiles(args) -> int:
 def cmd_faults(args) -> int:
     from candidate.faults import catalogue
 
-    for name, f in sorted(catalogue().items()):
-        print(f"{name:<22} -> {f.stage():<15} {f.description}")
+    if args.mode in ("call", "all"):
+        for name, f in sorted(catalogue().items()):
+            print(f"{name:<22} -> {f.stage():<15} {f.description}")
+    if args.mode in ("session", "all"):
+        if args.mode == "all":
+            print("\nstreaming-session faults (parity run --session streaming; <last> = the final call's chunk):")
+        for name, f in sorted(catalogue("session").items()):
+            code = f" [{f.expected_code}]" if f.expected_code else ""
+            print(f"{name:<30} -> {f.stage(last_chunk='<last>'):<22}{code} {f.description}")
     return 0
 
 
@@ -178,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace",
-                       parents=[A.model_parent(), A.streaming_parent(), A.capture_parent(), A.fault_parent(),
-                                A.onnx_parent()])
+                       parents=[A.model_parent(), A.streaming_parent(), A.session_parent(), A.capture_parent(),
+                                A.fault_parent(), A.onnx_parent()])
     d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, "
                                                    "embedding)")
     d.add_argument("--out", required=True, help="trace to write (.safetensors)")
@@ -211,13 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-mask-check", action="store_true",
                    help="streaming traces: skip the chunk-mask check (it loads the reference model the reference "
                         "trace names and runs its estimator twice)")
+    c.add_argument("--offline", help="offline reference trace of the same tokens: a streaming-session comparison "
+                                     "then quantifies per chunk how far each stream is from it (stream vs offline)")
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the "
                                    "fixtures)",
-                       parents=[A.model_parent("tiny"), A.streaming_parent(), A.capture_parent(), A.fault_parent(),
-                                A.onnx_parent(), A.policy_parent(), A.local_parent(), A.output_parent()])
-    r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
+                       parents=[A.model_parent("tiny"), A.streaming_parent(), A.session_parent(), A.capture_parent(),
+                                A.fault_parent(), A.onnx_parent(), A.policy_parent(), A.local_parent(),
+                                A.output_parent()])
+    r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles "
+                                                     "(with --session streaming: fixtures/sessions)")
     r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
     r.add_argument("--inline-vectors", action="store_true",
@@ -236,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profiles", help="list candidate profiles")
     pr.set_defaults(func=cmd_profiles)
     fa = sub.add_parser("faults", help="list injectable faults and where they must be localised")
+    fa.add_argument("--mode", choices=["call", "session", "all"], default="all",
+                    help="single-call faults, streaming-session faults, or both (default)")
     fa.set_defaults(func=cmd_faults)
 
     em = sub.add_parser("export-model", help="write a preset as a model directory in the upstream key format")

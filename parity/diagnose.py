@@ -13,7 +13,7 @@ import dataclasses
 import json
 
 from .result import Finding, StageResult, StepRow
-from .stages import INPUTS, is_vocoder_stage, layout, parse_step, position, sort_stages
+from .stages import INPUTS, is_session_stage, is_vocoder_stage, layout, parse_step, position, sort_stages
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
 
@@ -201,6 +201,10 @@ def _num_ev(entry: StageResult) -> dict:
 def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
               local_stages: dict[str, StageResult]) -> tuple[str, str]:
     """(code, message) for the first failing stage."""
+    if is_session_stage(name):  # a streaming session's chunk or stream stage (parity.session_compare)
+        from .session_compare import classify_session_stage
+
+        return classify_session_stage(name, entry, by_name, local_stages)
     if entry.problem:
         return entry.problem["code"], entry.problem["message"]
     if entry.nonfinite() and not entry.nonfinite("ref"):
@@ -412,22 +416,23 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
 
 def _audio_findings(a: dict) -> list[Finding]:
     out = []
+    stage = a.get("stage") or "audio"  # "stream.audio" for a streaming session
     cand, ref = a.get("cand") or {}, a.get("ref") or {}
     nf = (cand.get("nonfinite") or {}).get("total") if isinstance(cand.get("nonfinite"), dict) else None
     if nf:
-        out.append(_f("audio_nonfinite", "audio", "failure", f"the candidate audio holds {nf} non-finite samples"))
+        out.append(_f("audio_nonfinite", stage, "failure", f"the candidate audio holds {nf} non-finite samples"))
     cr, rr = (cand.get("clipping") or {}), (ref.get("clipping") or {})
     if cr.get("runs", 0) > rr.get("runs", 0):
-        out.append(_f("audio_clipping", "audio", "warning",
+        out.append(_f("audio_clipping", stage, "warning",
                       f"candidate clips at the 0.99 clamp in {cr.get('runs')} runs (reference {rr.get('runs', 0)}); "
                       f"longest {cr.get('longest_run')} samples", {"cand": cr, "ref": rr}))
     dc_c, dc_r = cand.get("dc_offset"), ref.get("dc_offset")
     if isinstance(dc_c, float) and isinstance(dc_r, float) and abs(dc_c - dc_r) > 0.01:
-        out.append(_f("audio_dc_offset", "audio", "warning", f"DC offset {dc_c:.4f} vs reference {dc_r:.4f}"))
+        out.append(_f("audio_dc_offset", stage, "warning", f"DC offset {dc_c:.4f} vs reference {dc_r:.4f}"))
     clicks = a.get("clicks") or {}
     if isinstance(clicks.get("ratio_max"), float) and clicks["ratio_max"] > 10:
         t = clicks.get("worst_time_s")
-        out.append(_f("audio_click", "audio", "warning",
+        out.append(_f("audio_click", stage, "warning",
                       f"high-frequency burst {clicks['ratio_max']:.3g}x the reference's"
                       + (f" at {t:.3f} s" if isinstance(t, float) else ""), clicks))
     return out

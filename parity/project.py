@@ -34,9 +34,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLE_DIR = PROJECT_ROOT / "fixtures" / "bundles"
 
 
+SESSION_BUNDLE_DIR = PROJECT_ROOT / "fixtures" / "sessions"
+
+
 def default_bundles() -> list[Path]:
     """The shipped fixture bundles (``fixtures/bundles/*.safetensors``), sorted."""
     return sorted(BUNDLE_DIR.glob("*.safetensors"))
+
+
+def default_session_bundles() -> list[Path]:
+    """The shipped streaming-session bundles (``fixtures/sessions/*.safetensors``: long enough for three chunks
+    and the final call), sorted."""
+    return sorted(SESSION_BUNDLE_DIR.glob("*.safetensors"))
 
 
 @dataclass(frozen=True)

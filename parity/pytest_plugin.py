@@ -28,7 +28,14 @@ Fixtures:
 * ``parity_model``, ``parity_policy``, ``parity_reference(bundle, streaming)`` (cached reference runs),
   ``parity_run(profile, bundle, streaming, faults=())`` (any candidate, cached reference),
   ``parity_golden`` (``parity_golden.check(bundle, streaming)`` compares the reference with its golden
-  trace, or rewrites it under ``--parity-update-golden``; a missing golden fails without that option).
+  trace, or rewrites it under ``--parity-update-golden``; a missing golden fails without that option;
+  ``parity_golden.check_session(bundle)`` the same for the golden stream trace of a streaming session).
+
+Streaming sessions (upstream's chunked loop, ``RunMode(session="streaming")``): ``parity_session_case`` is
+parametrised over the session bundles (``fixtures/sessions``) x the fp32 profiles of the suite (``compiled``
+only when named explicitly: it recompiles for every call length); ``parity_session_run(profile, bundle,
+faults=(), options=None)`` runs any candidate's session; ``parity_session_fault`` parametrises over
+``catalogue("session")`` and ``parity_session_bundle`` over the session bundles.
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ import pytest
 from reference.errors import InputError
 
 from .onnx_options import OnnxOptions
-from .project import ProjectConfig, default_bundles, read_project, suite_profiles
-from .stages import GOLDEN_STAGES
+from .project import ProjectConfig, default_bundles, default_session_bundles, read_project, suite_profiles
+from .stages import GOLDEN_STAGES, SESSION_GOLDEN_PATTERNS
 
 
 def pytest_addoption(parser):
@@ -96,6 +103,7 @@ class ParityConfig:
     project: ProjectConfig = field(default_factory=ProjectConfig)
     onnx: OnnxOptions = field(default_factory=OnnxOptions)  # switch overrides of the suite's candidates
     default_profiles: bool = False  # profiles from suite_profiles() (nothing configured)
+    profiles_explicit: bool = False  # profiles named by option/ini/[tool.parity], not the shipped defaults
 
     @classmethod
     def from_config(cls, config) -> "ParityConfig":
@@ -136,7 +144,8 @@ class ParityConfig:
                    update_golden=bool(config.getoption("--parity-update-golden")),
                    policy=pick("--parity-policy", "parity_policy", project.policy) or None,
                    bundles=list(config.getoption("--parity-bundle") or project.bundles or []), rootdir=root,
-                   project=project, onnx=onnx, default_profiles=not configured and not onnx.estimator)
+                   project=project, onnx=onnx, default_profiles=not configured and not onnx.estimator,
+                   profiles_explicit=bool(configured))
 
     def model_spec(self, preset: str | None = None):
         from .session import ModelSpec
@@ -183,6 +192,22 @@ def profile_unavailable(pc: ParityConfig, profile: str) -> str | None:
     from candidate.onnx_backend import profile_unavailable as why_not
 
     return why_not(sw)
+def session_profiles(pc: ParityConfig) -> list[str]:
+    """The suite's profiles for the streaming-session cases: the fp32 ones (the session's chunk stages reuse the
+    single-call rules; reduced precision was measured by hand, docs/benchmarks.md), ``torch.compile`` ones only
+    when named explicitly (a recompilation per call length: about a minute on the tiny preset)."""
+    from candidate.switches import switches_from
+
+    out = []
+    for p in pc.profiles:
+        try:
+            sw = switches_from(p, (), pc.project.path)
+        except Exception:  # noqa: BLE001 - an unknown profile fails in its own single-call cases
+            continue
+        if sw.precision != "fp32" or ((sw.compile or sw.onnx) and not pc.profiles_explicit):
+            continue  # ONNX profiles: the streaming chunk-mask check is covered by their single-call cases
+        out.append(p)
+    return out
 
 
 def pytest_generate_tests(metafunc):
@@ -206,6 +231,18 @@ def pytest_generate_tests(metafunc):
 
         names = sorted(catalogue())
         metafunc.parametrize("parity_fault", names, ids=names)
+    if "parity_session_spec" in metafunc.fixturenames:
+        specs = [(prof, str(b)) for prof in session_profiles(pc) for b in default_session_bundles()]
+        metafunc.parametrize("parity_session_spec", specs,
+                             ids=[f"{Path(b).stem}-{p}-streaming-session" for p, b in specs])
+    if "parity_session_fault" in metafunc.fixturenames:
+        from candidate.faults import catalogue
+
+        names = sorted(catalogue("session"))
+        metafunc.parametrize("parity_session_fault", names, ids=names)
+    if "parity_session_bundle" in metafunc.fixturenames:
+        bs = default_session_bundles()
+        metafunc.parametrize("parity_session_bundle", [str(b) for b in bs], ids=[b.stem for b in bs])
 
 
 def pytest_collection_modifyitems(config, items):
@@ -251,19 +288,27 @@ class ParitySession:
         return self.session.candidate(model, profile, faults, device or self.pc.device, overrides=overrides)
 
     def run(self, profile: str, bundle, streaming: bool = False, faults=(), model=None, patterns=None,
-            local: bool = True, overrides: dict | None = None):
+            local: bool = True, mode=None, overrides: dict | None = None):
+        """One case; ``mode``: a :class:`parity.session.RunMode` (default: single call, ``streaming``)."""
         from .session import RunMode
 
         model = model or self.model()
         cand = self.candidate(model, profile, faults, overrides=overrides)
-        case = self.session.run(model, cand, bundle, RunMode(streaming), patterns=patterns, local=local)
+        case = self.session.run(model, cand, bundle, mode or RunMode(streaming), patterns=patterns, local=local)
         self.cases.append(case)
         return case
 
-    def reference(self, bundle, streaming: bool = False, model=None, patterns=None):
+    def run_session(self, profile: str, bundle, faults=(), options=None, model=None, patterns=None):
+        """One streaming-session case (upstream's chunked loop with ``options``, a SessionOptions or None)."""
+        from .session_runner import session_mode
+
+        return self.run(profile, bundle, faults=faults, model=model, patterns=patterns, local=False,
+                        mode=session_mode(options), overrides=self.pc.onnx.overrides())
+
+    def reference(self, bundle, streaming: bool = False, model=None, patterns=None, mode=None):
         from .session import RunMode
 
-        return self.session.reference(model or self.model(), bundle, RunMode(streaming), patterns)
+        return self.session.reference(model or self.model(), bundle, mode or RunMode(streaming), patterns)
 
     def report_dir(self) -> Path:
         base = Path(self.pc.report) if self.pc.report else self.pc.rootdir / "reports" / "pytest-parity.html"
@@ -363,6 +408,21 @@ def parity_run(parity_session):
 
 
 @pytest.fixture
+def parity_session_case(parity_session, parity_session_spec):
+    """A streaming-session case: the reference's and the candidate's sessions on a session bundle."""
+    profile, bundle = parity_session_spec
+    return parity_session.run_session(profile, bundle)
+
+
+@pytest.fixture
+def parity_session_run(parity_session):
+    """``parity_session_run(profile, bundle, faults=(), options=None, patterns=None)`` -> Case (streaming session)."""
+    def run(profile, bundle, faults=(), options=None, patterns=None):
+        return parity_session.run_session(profile, bundle, tuple(faults), options, patterns=patterns)
+    return run
+
+
+@pytest.fixture
 def parity_reference(parity_session):
     """``parity_reference(bundle, streaming=False)`` -> RunResult of the reference (cached per session)."""
     def ref(bundle, streaming=False, patterns=None):
@@ -420,19 +480,41 @@ class Golden:
         """Returns the comparison result of the reference against its golden trace (rewriting it first under
         ``--parity-update-golden``). A missing golden fails the test unless the option is given: it is never
         written silently and compared with itself."""
+        res = self.ps.reference(bundle, streaming, model=model)
+        tensors = {k: v for k, v in res.tensors.items() if k in self.STAGES}
+        return self._check(self.path(bundle, streaming), tensors, res.metadata)
+
+    def session_path(self, bundle, mode) -> Path:
+        return self.dir / f"{Path(bundle).stem}-{mode.label}.safetensors"
+
+    def check_session(self, bundle, options=None, model=None):
+        """The golden stream trace of a streaming session of ``bundle`` (``options``: SessionOptions, default
+        upstream's): the calls' control values, the appended frames, a few ODE states of the recorded chunks and
+        the stream (:data:`parity.stages.SESSION_GOLDEN_PATTERNS`), compared as a session (schedule included)."""
+        import fnmatch
+
+        from .session_runner import session_mode
+
+        mode = session_mode(options)
+        res = self.ps.reference(bundle, model=model, mode=mode)
+        tensors = {k: v for k, v in res.tensors.items()
+                   if any(fnmatch.fnmatchcase(k, p) for p in SESSION_GOLDEN_PATTERNS)}
+        return self._check(self.session_path(bundle, mode), tensors, res.metadata,
+                           ("session", "session_options", "session_plan", "session_schedule", "session_chunks",
+                            "session_holdback_frames", "session_samples_per_frame", "session_deviations",
+                            "sample_rate"))
+
+    def _check(self, path: Path, tensors: dict, ref_meta: dict, extra_keys=()):
         from .compare import CompareOptions, compare_loaded
         from .ingest import Loaded, load
         from .policy import load_policy
         from .trace import write_trace
 
-        res = self.ps.reference(bundle, streaming, model=model)
-        tensors = {k: v for k, v in res.tensors.items() if k in self.STAGES}
-        meta = {k: res.metadata.get(k) for k in ("model", "weights_sha256", "noise", "n_timesteps", "t_scheduler",
-                                                 "cfg_rate", "streaming", "finalize", "dtypes", "attention")}
-        meta["env"] = res.metadata.get("env")
+        meta = {k: ref_meta.get(k) for k in ("model", "weights_sha256", "noise", "n_timesteps", "t_scheduler",
+                                             "cfg_rate", "streaming", "finalize", "dtypes", "attention") + tuple(extra_keys)}
+        meta["env"] = ref_meta.get("env")
         meta["versions"] = _versions()
         meta["pipeline"] = "reference"
-        path = self.path(bundle, streaming)
         if not path.exists() and not self.update:
             pytest.fail(f"golden trace {path} is missing: rerun with --parity-update-golden to write it from the "
                         f"current reference (then review and commit it)", pytrace=False)
@@ -454,7 +536,7 @@ class Golden:
             else:
                 print(f"\nparity: golden {path.name} written")
         gold = load(path)
-        cur = Loaded(tensors, dict(meta, env=res.metadata.get("env")), f"<reference {path.stem}>")
+        cur = Loaded(tensors, dict(meta, env=ref_meta.get("env")), f"<reference {path.stem}>")
         result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.project),
                                 CompareOptions(precision="fp32", attention="explicit", audio_metrics=False))
         return result

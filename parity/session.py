@@ -74,18 +74,32 @@ class ModelSpec:
 @dataclass(frozen=True)
 class RunMode:
     """How a pipeline is driven on one bundle. ``session`` is the session kind: ``"single"`` = one call of
-    ``pipeline.run(inputs, probe, streaming=, finalize=)``; other kinds are registered runners."""
+    ``pipeline.run(inputs, probe, streaming=, finalize=)``; other kinds are registered runners
+    (``"streaming"``: upstream's chunked loop, :mod:`parity.session_runner`). ``options``: the kind's options
+    (for ``"streaming"`` a :class:`reference.session.SessionOptions`; None = its defaults), hashable, part of
+    every cache key and, when not the defaults, of the label."""
 
     streaming: bool = False
     finalize: bool = True
     session: str = "single"
+    options: object = None
 
     @property
     def label(self) -> str:
-        """``offline`` | ``streaming`` (+ ``-<kind>`` for a session kind other than single): case names, trace
-        names."""
+        """``offline`` | ``streaming`` (the single-call modes), or ``<offline|streaming>-<kind>`` for another
+        session kind (``streaming-session`` for the chunked streaming session), + ``-<options tag>`` when its
+        options are not the defaults: case names, trace names."""
         base = "streaming" if self.streaming else "offline"
-        return base if self.session == "single" else f"{base}-{self.session}"
+        if self.session == "single":
+            return base
+        lab = f"{base}-{self.session}" if self.session != base else f"{base}-session"
+        tag = self.options.tag() if hasattr(self.options, "tag") else ""
+        return f"{lab}-{tag}" if tag else lab
+
+    @property
+    def is_session(self) -> bool:
+        """A multi-call session kind (not one pipeline call)."""
+        return self.session != "single"
 
 
 SessionRunner = Callable[..., RunResult]  # (pipeline, inputs, out, *, mode, patterns, extra_meta, progress, raise_errors)
@@ -97,7 +111,13 @@ def _run_single(pipeline, inputs: dict, out, *, mode: RunMode, patterns=None, ex
                         extra_meta=extra_meta, progress=progress, raise_errors=raise_errors)
 
 
-SESSION_KINDS: dict[str, SessionRunner] = {"single": _run_single}
+def _run_streaming(pipeline, inputs: dict, out, *, mode: RunMode, **kw) -> RunResult:
+    from .session_runner import run_streaming_session
+
+    return run_streaming_session(pipeline, inputs, out, mode=mode, **kw)
+
+
+SESSION_KINDS: dict[str, SessionRunner] = {"single": _run_single, "streaming": _run_streaming}
 
 
 def register_session_kind(name: str, runner: SessionRunner) -> None:
@@ -278,6 +298,11 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
                             progress=Progress(f"candidate[{profile_name}]", True) if progress else None)
     t2 = time.perf_counter()
     loc = step_local(cand, ref_res.tensors, streaming=mode.streaming, finalize=mode.finalize) if local else {}
+    t2b = time.perf_counter()
+    off_l = None
+    if mode.is_session:  # the offline reference run of the same tokens: what streaming costs (stream vs offline)
+        off = (refs if refs is not None else ReferenceCache()).get(model, bundle, RunMode(), inputs=inputs)
+        off_l = Loaded(off.tensors, off.metadata, f"<reference {bundle.stem}-offline>")
     t3 = time.perf_counter()
     mask = check_mask(model, ref_res.tensors, cand_res.tensors, streaming=mode.streaming) if mask_check else None
     t3m = time.perf_counter()
@@ -285,17 +310,25 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
     cand_l = Loaded(cand_res.tensors, cand_res.metadata, str(cand_path or f"<candidate {stem}>"))
     loc_l = Loaded(loc, {"pipeline": "candidate-local"}, "<step-local>") if loc else None
     result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l,
-                            mask_check=mask)
+                            mask_check=mask, offline=off_l)
     t4 = time.perf_counter()
+    blocks = bool(patterns and "block" in str(patterns))
+    if mode.is_session and hasattr(cand, "expected_session_stage"):
+        calls = (cand_res.metadata.get("session_plan") or {}).get("chunks") or [None]
+        expected = cand.expected_session_stage(len(calls) - 1, blocks)
+    else:
+        expected = getattr(cand, "expected_stage", lambda *_: None)(blocks)
     result.case = {"bundle": bundle.name, "profile": profile_name, "streaming": mode.streaming,
-                   "finalize": mode.finalize,
-                   "expected_stage": getattr(cand, "expected_stage", lambda *_: None)(
-                       bool(patterns and "block" in str(patterns)))}
+                   "finalize": mode.finalize, "expected_stage": expected}
     if mode.session != "single":
         result.case["session"] = mode.session
+        result.case["mode"] = mode.label
+        if hasattr(mode.options, "tag"):
+            result.case["session_options"] = mode.options.tag() or "defaults"
     return Case(bundle.name, profile_name, mode, result, ref_res.metadata, cand_res.metadata, ref_res.tensors,
                 cand_res.tensors, loc, ref_path, cand_path,
-                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t3 - t2, "mask_check": t3m - t3,
+                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t2b - t2,
+                         **({"offline reference": t3 - t2b} if off_l is not None else {}), "mask_check": t3m - t3,
                          "compare": t4 - t3m})
 
 

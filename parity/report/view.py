@@ -348,6 +348,7 @@ class Media:
     f0: dict
     waveform: dict
     listen: dict
+    session: dict | None = None  # the streaming-session section (parity.report.chunks)
 
 
 def _step_limits(result: Comparison) -> dict[str, float]:
@@ -374,6 +375,14 @@ def _join(*notes: str | None) -> str | None:
 
 def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> Media:
     rt, ct = rt or {}, ct or {}
+    if result.session:  # a streaming session: the mel, waveform and players show the streams
+        from .chunks import session_view
+
+        sess = session_view(result, rt, ct, budget, _safe)
+        rt, ct = ({**t, **{k: t[s] for k, s in (("flow_mel", "stream.mel"), ("audio", "stream.audio"))
+                           if s in t and k not in t}} for t in (rt, ct))
+    else:
+        sess = {"available": False, "note": "not a streaming session (one token2wav call): no chunks"}
     have = bool(rt) or bool(ct)
     no_t = tensor_note or "no trace tensors were given to the report (only the comparison result): plots omitted"
     steps = result.steps
@@ -459,13 +468,13 @@ def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int,
         if lp:
             listen.update(lp)
         listen["missing"] = _join(err, no_cand)
-    return Media(step_sec, mel_sec, f0_sec, wav_sec, listen)
+    return Media(step_sec, mel_sec, f0_sec, wav_sec, listen, sess)
 
 
 # ---------------------------------------------------------------------------------------------
 # the whole page
 
-SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "steps", "mel", "f0", "waveform", "listen",
+SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "session", "steps", "mel", "f0", "waveform", "listen",
                "nonfinite", "audio-metrics", "raw-stats")
 
 
