@@ -109,6 +109,32 @@ def test_cli_run_user_file_streaming_names_the_mask(user_file, tmp_path, capsys)
         assert text in html, text
 
 
+def test_streaming_session_with_an_unmasked_file_names_the_mask_and_the_mask_input_export_passes(tiny, user_file,
+                                                                                                tmp_path, capsys):
+    """Issues 16 x 17: upstream's chunked session loop (`--session streaming`) on an exported estimator. The
+    unmasked graph ignores the chunk mask in every call but the last: the mask finding is the headline at the
+    first chunk's step1.v1; the `--mask-input` export of the same weights passes the same session."""
+    from candidate.onnx_export import ExportOptions, cached_export
+
+    j = tmp_path / "r.json"
+    rc = main(["run", "--session", "streaming", "--onnx-estimator", str(user_file), "--json", str(j),
+               "--report", str(tmp_path / "r.html"), "--no-progress"])
+    assert rc == 1, capsys.readouterr().out
+    res = read_json(j)
+    fd = res.first_divergence
+    assert (fd.stage, fd.code) == ("chunk0.step1.v1", "streaming_mask_ignored")
+    assert res.mask_check["ignores_mask"] and res.mask_check["prefix"] == "chunk0."
+    assert res.session is not None
+    masked = cached_export(tiny.flow.decoder.estimator, ExportOptions(mask_input=True)).path
+    rc = main(["run", "--session", "streaming", "--onnx-estimator", str(masked), "--json", str(j),
+               "--report", str(tmp_path / "r2.html"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    res = read_json(j)
+    assert res.verdict == "pass" and "streaming_mask_ignored" not in {f.code for f in res.findings}
+    assert [r["status"] for r in res.session["chunks"]] == ["pass"] * 4  # 38, 50, 100 tokens, final call
+
+
 def test_cli_user_file_errors_exit_2_with_one_line(user_file, tmp_path, capsys):
     import onnx
 
