@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from . import session_compare as SC
 from .diagnose import diagnose, metadata_findings
 from .ingest import Loaded, load
 from .melspec import audio_mel
 from .normalize import align
 from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, judgement_from_floor, load_policy
 from .result import Comparison, StageResult, StepRow
-from .stages import STEP_OUTPUTS, layout, parse_step, position, sort_stages
+from .stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
 
 
 
@@ -90,6 +91,7 @@ def domain_metrics(name: str, ra: torch.Tensor, ca: torch.Tensor) -> dict:
     from . import audio_metrics as A
 
     out: dict = {}
+    name = session_rule_stage(name) or name  # a session stage gets the statistics of the stage it corresponds to
     if name == "f0":
         fm = A.f0_metrics(ra.double().reshape(-1).numpy(), ca.double().reshape(-1).numpy())
         out.update({k: fm[k] for k in ("f0_rmse_cents", "f0_max_abs_cents", "gpe", "vde", "f0_mae_hz", "f0_max_abs_hz",
@@ -245,14 +247,22 @@ def _floor_for(floor, precision: str):
 
 
 def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts: CompareOptions | None = None,
-                   local: Loaded | None = None, fp64: Loaded | None = None, floor=None) -> Comparison:
-    """Compare two loaded traces (plus optionally the candidate's step-local trace and a float64 reference for
-    the arbiter rules). ``floor``: the measured floor to judge against (a :class:`parity.floor.Floor` or the
-    :class:`parity.floor.store.FloorChoice` of a floor store); stages without one fall back to the policy's
-    flat rules, and the result says which gate decided each stage. The inputs are not modified."""
+                   local: Loaded | None = None, fp64: Loaded | None = None, mask_check: dict | None = None, *,
+                   offline: Loaded | None = None, floor=None) -> Comparison:
+    """Compare two loaded traces (plus optionally the candidate's step-local trace, a float64 reference for
+    the arbiter rules, and the streaming chunk-mask check computed capture-side, :mod:`parity.streaming_mask`).
+    Streaming-session traces get the session comparison (:mod:`parity.session_compare`: chunks paired by token
+    offset, schedule, options, glitches; ``offline``: the offline reference run of the same tokens, for the
+    stream-vs-offline section). ``floor``: the measured floor to judge against (a :class:`parity.floor.Floor`
+    or the :class:`parity.floor.store.FloorChoice` of a floor store); stages without one fall back to the
+    policy's flat rules, and the result says which gate decided each stage. The inputs are not modified."""
     opts = opts or CompareOptions()
     policy = policy or load_policy()
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
+    prep = None
+    if SC.is_session(ref) or SC.is_session(cand):
+        prep = SC.prepare(ref, cand)
+        cand = prep.cand
     precision, attention = _cand_context(cand, opts)
     choice, gfloor, why_none = _floor_for(floor, precision)
     prompt_frames = _prompt_frames(ref)
@@ -283,6 +293,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
         else:
             entry = StageResult(name=name, status="extra", cand_stats=M.side_stats(cand.tensors[name]),
                                 position=list(position(name)), detail="absent from the reference")
+        if prep is not None:
+            SC.annotate_stage(entry, rule, prep)
         stages.append(entry)
     by_name = {s.name: s for s in stages}
 
@@ -299,8 +311,19 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     audio = None
     if opts.audio_metrics and "audio" in ref.tensors and "audio" in cand.tensors:
         audio = audio_section(ref, cand)
-    meta_find = metadata_findings(ref.metadata, cand.metadata)
-    findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio)
+    elif opts.audio_metrics and prep is not None and "stream.audio" in ref.tensors and "stream.audio" in cand.tensors:
+        audio = audio_section(*(dataclasses.replace(t, tensors={"audio": t.tensors["stream.audio"],
+                                                                **({"flow_mel": t.tensors["stream.mel"]}
+                                                                   if "stream.mel" in t.tensors else {})})
+                                for t in (ref, cand)))
+        audio["stage"] = "stream.audio"  # the audio findings name the stream
+    meta_find = metadata_findings(ref.metadata, cand.metadata) + (prep.findings if prep is not None else [])
+    findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio,
+                        mask_check=mask_check)
+    session = None
+    if prep is not None:
+        session, more = SC.section(ref, cand, offline, prep, by_name)
+        findings = sorted(findings + more, key=lambda f: f.sort_key())  # stable: the diagnosis first at a tie
     return Comparison(
         stages=stages, findings=findings, local=list(local_stages.values()), steps=steps, audio=audio,
         normalisations=ref.normalisations + cand.normalisations + [n for s in stages for n in s.normalisations],
@@ -310,7 +333,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
                  "ref_names": ref.original_names, "cand_names": cand.original_names},
         context={"precision": precision, "attention": attention, "prompt_frames": prompt_frames,
                  "allow_trim": opts.allow_trim},
-        policy={"sources": policy.sources},
+        policy={"sources": policy.sources}, mask_check=mask_check, session=session,
         floor=dict(choice.to_json(), applies=gfloor is not None, **({} if gfloor is not None else
                                                                    {"not_applied": why_none})))
 
@@ -378,10 +401,13 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
 
 
 def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = None, opts: CompareOptions | None = None,
-                  local_path=None, fp64_path=None, pyproject=None, floors=None, floor_file=None) -> Comparison:
-    """Compare two saved traces. ``floors``: a :class:`parity.floor.store.FloorStore` to find the reference
-    trace's floor in (from its own provenance); ``floor_file``: an explicit floor (checked against the
-    reference trace's key). Neither: the flat tolerances."""
+                  local_path=None, fp64_path=None, pyproject=None, mask_check: bool = False,
+                  offline_path=None, floors=None, floor_file=None) -> Comparison:
+    """Compare saved traces. ``mask_check``: in streaming mode, also run the chunk-mask check with the reference
+    model named by the reference trace's provenance (capture-side work: it loads and runs that model).
+    ``floors``: a :class:`parity.floor.store.FloorStore` to find the reference trace's floor in (from its own
+    provenance); ``floor_file``: an explicit floor (checked against the reference trace's key). Neither: the
+    flat tolerances."""
     ref = load(ref_path, maps)
     cand = load(cand_path, maps)
     local = load(local_path, maps) if local_path else None
@@ -399,4 +425,11 @@ def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = 
             floor.path = str(floor_file)
         else:
             floor = store.for_trace(ref.metadata, ref.tensors, cand_meta=cand.metadata, precision=precision)
-    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, floor)
+    mc = None
+    if mask_check:
+        from .streaming_mask import check_saved, is_streaming
+
+        mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=is_streaming(ref.metadata, cand.metadata))
+    offline = load(offline_path, maps) if offline_path else None
+    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, mask_check=mc,
+                          offline=offline, floor=floor)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reference.errors import InputError
 
-from .project import BUNDLE_DIR, default_bundles
+from .project import BUNDLE_DIR, SESSION_BUNDLE_DIR, default_bundles, default_session_bundles
 from .result import Finding, aggregate_verdict, exit_code_for, write_json, write_matrix_json
 from .session import Case, CaseSummary, ModelSpec, RunMode, Session
 from .trace import now_iso
@@ -21,26 +21,33 @@ def run_command(args) -> int:
     from .summary import render
 
     from .floor.store import store_from_args
+    from .onnx_options import OnnxOptions
+    from .session_runner import options_from_args, session_mode
 
     t_start = time.perf_counter()
+    onnx = OnnxOptions.from_args(args)
+    overrides = onnx.overrides()  # --onnx-estimator / --require-provider: switches on top of each profile
+    session_opts = options_from_args(args)
     floors = store_from_args(args, lambda m: print(f"parity: {m}", file=sys.stderr, flush=True))
     session = Session(policy=args.policy, floors=floors)
     model = session.model(ModelSpec.from_args(args))
-    bundles = [Path(b) for b in (args.inputs or default_bundles())]
+    defaults = default_session_bundles() if session_opts is not None else default_bundles()
+    bundles = [Path(b) for b in (args.inputs or defaults)]
     if not bundles:
-        raise InputError(f"no input bundles given and none found in {BUNDLE_DIR}")
+        raise InputError(f"no input bundles given and none found in "
+                         f"{SESSION_BUNDLE_DIR if session_opts is not None else BUNDLE_DIR}")
     for b in bundles:
         if not b.exists():
             raise InputError(f"{b}: input bundle not found")
-    profiles = args.profile or ["fp32-sdpa"]
-    mode = RunMode(streaming=args.streaming)
+    profiles = onnx.profiles(args.profile, ["fp32-sdpa"])
+    mode = session_mode(session_opts) if session_opts is not None else RunMode(streaming=args.streaming)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = Path(args.report) if args.report else Path("reports") / f"parity-{stamp}.html"
     trace_dir = Path(args.keep_traces) if args.keep_traces else None
     show_progress = not args.no_progress and sys.stderr.isatty()
     cases: list[Case] = []
     for prof in profiles:
-        cand = session.candidate(model, prof, args.fault or (), device=args.device)
+        cand = session.candidate(model, prof, args.fault or (), device=args.device, overrides=overrides)
         for b in bundles:
             case = session.run(model, cand, b, mode, patterns=args.stages, trace_dir=trace_dir,
                                local=not args.no_local, progress=show_progress)

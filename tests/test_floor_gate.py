@@ -130,6 +130,18 @@ def test_without_a_floor_the_flat_tolerances_decide_and_say_why(model, base):
         assert why in res.floor["reason"] and why in render(res, color=False)
     ch = FloorStore(cache=None, compute=False).for_run(model, {}, session="chunked")
     assert ch.floor is None and "chunked" in ch.reason
+    # a streaming-session trace (parity compare, parity-report): no floor either, whatever the store holds
+    ch = FloorStore(cache=None, compute=True).for_trace({"session": "streaming", "streaming": True}, {})
+    assert ch.floor is None and "'streaming' session kind" in ch.reason
+
+
+def test_embed_floor_refuses_a_streaming_session(tmp_path, capsys):
+    from parity.cli import main
+
+    out = tmp_path / "s.safetensors"
+    assert main(["dump", "--preset", "tiny", "--inputs", str(SHORT), "--out", str(out), "--session", "streaming",
+                 "--embed-floor"]) == 2
+    assert "--embed-floor: a streaming session has no noise floor" in capsys.readouterr().err and not out.exists()
 
 
 def test_stages_without_a_floor_fall_back_to_flat_per_stage(model, shipped, base, inputs):

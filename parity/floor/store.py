@@ -309,6 +309,10 @@ class FloorStore:
         inputs; the shipped floors, the cache, else computed with the model its metadata names (a preset, or a
         model directory that exists here with the same weights)."""
         t0 = time.perf_counter()
+        sess = ref_meta.get("session") if isinstance(ref_meta, dict) else None
+        if sess not in (None, "single"):
+            return FloorChoice(None, "none", f"no floors for the '{sess}' session kind (its chunk stages are judged by "
+                                             f"the flat tolerances)")
         kind, spec = "fp32", None
         if precision != "fp32":
             sw = switches_of(cand_meta or {})
