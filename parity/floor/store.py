@@ -281,8 +281,8 @@ class FloorStore:
         """The floor for a candidate with ``switches`` run on ``inputs`` by ``model`` (the reference) in one mode."""
         t0 = time.perf_counter()
         if session != "single":
-            return FloorChoice(None, "none", f"no floors for the '{session}' session kind (its chunk stages are judged "
-                                             f"by the flat tolerances)")
+            return FloorChoice(None, "none", f"no floors for the '{session}' session kind: its chunk stages are judged "
+                                             f"by the flat tolerances")
         kind, spec = "fp32", None
         if switches is not None and switches.precision != "fp32":
             spec, why = envelope_spec(switches)
@@ -311,8 +311,8 @@ class FloorStore:
         t0 = time.perf_counter()
         sess = ref_meta.get("session") if isinstance(ref_meta, dict) else None
         if sess not in (None, "single"):
-            return FloorChoice(None, "none", f"no floors for the '{sess}' session kind (its chunk stages are judged by "
-                                             f"the flat tolerances)")
+            return FloorChoice(None, "none", f"no floors for the '{sess}' session kind: its chunk stages are judged by "
+                                             f"the flat tolerances")
         kind, spec = "fp32", None
         if precision != "fp32":
             sw = switches_of(cand_meta or {})
