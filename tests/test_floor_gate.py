@@ -356,18 +356,21 @@ def test_parity_floor_envelope_judges_a_reduced_precision_dump(tmp_path, fresh_c
 
 def test_parity_run_says_which_gate_decided(tmp_path, capsys):
     from parity.cli import main
-    from parity.result import read_json
+    from parity.result import read_matrix_json
 
     rep, js = tmp_path / "r.html", tmp_path / "r.json"
-    env = ShippedFloors().index()  # an fp16 envelope given with --floor judges no fp32 case: said on stderr
-    fp16 = next(p for p in env.values() if p.name == shipped_name("short", "offline", "fp16-flow"))
-    assert main(["run", "--inputs", str(SHORT), "--report", str(rep), "--json", str(js), "--no-progress",
-                 "--floor", str(fp16)]) == 0
+    idx = {p.name: p for p in ShippedFloors().index().values()}
+    fp32 = idx[shipped_name("short", "offline")]  # judges the short case: --floor FILE wins over the shipped copy
+    fp16 = idx[shipped_name("short", "offline", "fp16-flow")]  # judges no fp32 case: said on stderr
+    assert main(["run", "--inputs", str(SHORT), "--inputs", str(MEDIUM), "--report", str(rep), "--json", str(js),
+                 "--no-progress", "--floor", str(fp32), "--floor", str(fp16)]) == 0
     cap = capsys.readouterr()
-    assert "gate: the fp32 noise floor, k" in cap.out and "shipped" in cap.out
-    assert f"--floor {fp16} judged no case" in cap.err
-    assert read_json(js).floor["source"] == "shipped"
-    html = rep.read_text()
+    assert "gate: the fp32 noise floor, k" in cap.out and "shipped" in cap.out and f"file {fp32}" in cap.out
+    assert f"--floor {fp16} judged no case" in cap.err and f"--floor {fp32} judged" not in cap.err
+    short, medium = read_matrix_json(js)
+    assert (short.floor["source"], short.floor["path"]) == ("file", str(fp32)) and medium.floor["source"] == "shipped"
+    assert not short.gates.get("flat") and not medium.gates.get("flat")
+    html = (rep.with_suffix("") / "short-fp32-sdpa-offline.html").read_text()
     assert 'id="floor-chart"' in html and 'id="gate-line"' in html
 
 
