@@ -12,9 +12,7 @@ their own process (closed pipes, signals, concurrency) run the installed console
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time

@@ -91,10 +91,12 @@ def test_missing_flow_mel_and_audio_warns_in_the_headline(ref_trace, tmp_path, c
     out = capsys.readouterr().out
     assert rc == 1 and "required stages absent" in out and "flow_mel, audio" in out
     # a custom list; a stage that is there passes the requirement
-    assert main(["compare", str(ref_trace), str(ref_trace), "--require-stages", "flow_mel,audio,f0"]) == 0
+    assert main(["compare", str(ref_trace), str(ref_trace), "--require-stages", "--require-stage", "f0"]) == 0
     capsys.readouterr()
-    assert main(["compare", str(ref_trace), str(cand), "--require-stages", "mu"]) == 0
+    assert main(["compare", str(ref_trace), str(cand), "--require-stage", "mu"]) == 0
     capsys.readouterr()
+    assert main(["compare", str(ref_trace), str(cand), "--require-stage", "f0"]) == 1
+    assert "required stages absent: f0" in capsys.readouterr().out
 
 
 def test_require_stages_in_run(tmp_path, capsys):
