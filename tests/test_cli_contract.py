@@ -189,11 +189,13 @@ def _closed_stdout_cases(tmp_path: Path) -> dict[str, tuple[str, list, int, list
         "bisect-nothing-fails": ("parity", ["bisect", "switches", "--profile", "fp32-sdpa", "--bundle", SHORT,
                                             "--no-local", "--workdir", tmp_path / "wd"], 0,
                                  [tmp_path / "wd" / "bisect-switches.json"]),
+        "noise-export": ("parity", ["noise", "export", "--preset", "tiny", "--out", tmp_path / "n.safetensors"], 0,
+                         [tmp_path / "n.safetensors"]),
     }
 
 
 @pytest.mark.parametrize("which", ["profiles", "faults", "compare", "run", "run-fail", "dump", "parity-report",
-                                   "bisect-nothing-fails"])
+                                   "bisect-nothing-fails", "noise-export"])
 def test_stdout_closed_by_its_reader(which, tmp_path):
     """``parity ... | head -c 0``: the reader is gone before the first write."""
     prog, argv, code, files = _closed_stdout_cases(tmp_path)[which]
@@ -265,6 +267,8 @@ def test_ctrl_c(which, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert lines and "interrupted" in lines[-1], r.stderr
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "p.html").exists()
+    if which in ("run", "dump"):  # nothing already computed is lost: the partial trace stays
+        assert wait_for.exists() and wait_for.stat().st_size > 0, sorted(p.name for p in wait_for.parent.iterdir())
 
 
 # =============================================================================================
@@ -412,3 +416,20 @@ def test_every_readme_command_line_parses():
                 build_parser().parse_args(argv[1:])
             except SystemExit as exc:
                 pytest.fail(f"README: {ln!r} does not parse (exit {exc.code})")
+
+
+def test_the_readme_exit_code_table_matches_the_code():
+    """README's "Exit codes and outputs" table names exactly the codes the commands use, with their meanings."""
+    from parity.bisect.log import EXIT_CODES as BISECT_CODES
+    from parity.result import EXIT_CODES
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Exit codes and outputs", 1)[1].split("\n## ", 1)[0]
+    table = dict(re.findall(r"^\| (\d+) \| (.*) \|$", section, re.M))
+    assert set(table) == {"0", "1", "2", "130"}, table
+    assert set(map(str, EXIT_CODES.values())) | set(map(str, BISECT_CODES.values())) <= set(table)
+    assert table[str(EXIT_CODES["pass"])].startswith("pass") and "NO_FAILURE" in table["0"]
+    assert table[str(EXIT_CODES["fail"])].startswith("parity failure")
+    assert table[str(EXIT_CODES["error"])].startswith("unusable input") and "no traceback" in table["2"]
+    assert table[str(BISECT_CODES["interrupted"])].startswith("interrupted")
+    assert "parity profiles | parity faults" not in text
