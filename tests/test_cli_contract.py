@@ -387,6 +387,57 @@ def test_session_report_counts_cases_by_their_tests(pytester, workers):
     assert "PASS" in line and "4 cases" in line
 
 
+FAILING_SUITE = f"""
+SHORT = {str(SHORT)!r}
+
+def test_case(parity_case, assert_parity):
+    assert_parity(parity_case)
+
+def test_a_regression_slips_in(parity_run, assert_parity):
+    assert_parity(parity_run("fp32-sdpa", SHORT, faults=("istft-gain",), local=False))
+"""
+
+
+def test_session_report_of_a_failing_suite_says_fail(pytester):
+    """The other direction: a red build never gets a PASS page."""
+    pytester.makepyfile(test_suite=FAILING_SUITE)
+    report = pytester.path / "ci.html"
+    r = pytester.runpytest_subprocess("--parity-profile", "fp32-sdpa", f"--parity-bundle={SHORT}",
+                                      f"--parity-report={report}", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=2, failed=1)  # test_case: offline and streaming
+    page = report.read_text()
+    title = re.search(r"<title>([^<]*)</title>", page).group(1)
+    assert title.startswith("parity FAIL") and "2 of 3" in title, title
+    assert "exit status 1" in page
+    assert "test failed: fault not caught as expected" not in page  # the fault row's test did fail...
+    faults = re.search(r'<section id="fault-cases">(.*?)</section>', page, re.S).group(1)
+    assert "test failed" in faults and "istft-gain" in faults  # ...and the page says so
+
+
+CRASHING_SUITE = """
+import os
+
+def test_case(parity_case, assert_parity):
+    assert_parity(parity_case)
+
+def test_the_worker_dies():
+    os._exit(3)
+"""
+
+
+def test_session_report_names_a_worker_that_went_down(pytester):
+    """pytest-xdist: a worker that dies takes its cases with it; the page says so and does not say PASS."""
+    pytester.makepyfile(test_suite=CRASHING_SUITE)
+    report = pytester.path / "ci.html"
+    r = pytester.runpytest_subprocess("--parity-profile", "fp32-sdpa", f"--parity-bundle={SHORT}",
+                                      f"--parity-report={report}", "-p", "no:cacheprovider", "-n", "2")
+    assert r.ret == pytest.ExitCode.TESTS_FAILED
+    page = report.read_text()
+    title = re.search(r"<title>([^<]*)</title>", page).group(1)
+    assert not title.startswith("parity PASS"), title
+    assert "went down" in page and "the cases it ran are missing from this page" in page
+
+
 # =============================================================================================
 # the README's commands are commands
 

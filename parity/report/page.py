@@ -82,9 +82,10 @@ def _test_note(row: dict) -> str:
     o = row["outcome"]
     if o is None:
         return "-"
-    if row["faults"]:
-        return {"passed": "expected fault caught", "failed": "test failed: fault not caught as expected"}.get(o, o)
-    return {"passed": "passed", "failed": "test failed"}.get(o, o)
+    if o == "passed" and row["faults"] and row["verdict"] != "pass":
+        return "expected fault caught"
+    # what the test expected of the case is the test's business: say only that it failed
+    return {"passed": "passed", "failed": "test failed", "error": "test error"}.get(o, o)
 
 
 def summary_view(rows: list[dict], session: dict | None) -> dict:
@@ -103,9 +104,11 @@ def summary_view(rows: list[dict], session: dict | None) -> dict:
             verdict = "fail"
         else:
             verdict = "error"
-        caught = sum(1 for r in ok if r["faults"])
-        parts = [f"{n_ok - caught} pass parity" if n_ok - caught else "", f"{caught} expected fault(s) caught"
-                 if caught else ""]
+        n_pass = sum(1 for r in ok if r["verdict"] == "pass")
+        caught = sum(1 for r in ok if r["faults"] and r["verdict"] != "pass")
+        other = n_ok - n_pass - caught  # e.g. an xfail, or a test that expects a failure without a fault
+        parts = [f"{n_pass} pass parity" if n_pass else "", f"{caught} expected fault(s) caught" if caught else "",
+                 f"{other} other(s)" if other else ""]
         detail = ", ".join(p for p in parts if p)
         text = f"{n_ok} of {n} case(s) as their tests expect" + (f" ({detail})" if detail else "")
         title = f"{n_ok} of {n} cases as their tests expect"
