@@ -22,3 +22,14 @@ def pytest_configure(config):
     torch.set_num_threads(int(threads))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = threads
+    # ONNX exports (tests/test_onnx.py, the onnx-* profiles of the parity suite) go to one temporary cache for
+    # the whole run, shared by pytest-xdist workers (they inherit the environment; cache writes are atomic
+    # renames), never to the user's ~/.cache. A PARITY_ONNX_CACHE given by the caller is kept (full-size exports
+    # take minutes).
+    if not os.environ.get("PARITY_ONNX_CACHE"):
+        import shutil
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="parity-onnx-cache-")
+        os.environ["PARITY_ONNX_CACHE"] = d
+        config.add_cleanup(lambda: (shutil.rmtree(d, ignore_errors=True), os.environ.pop("PARITY_ONNX_CACHE", None)))

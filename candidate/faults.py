@@ -39,6 +39,10 @@ class Fault:
     params: dict = field(default_factory=dict)  # defaults for "name:key=val"
     expected_stage_blocks: str | None = None  # the stage when per-block outputs are captured
     mode: str = "call"  # "call": acts on a single token2wav call; "session": acts on the streaming session loop
+    # session faults: the chunk-boundary glitch findings (parity.session_compare, "glitch_<kind>") the fault gets
+    # on the shipped session bundle (fixtures/sessions/stream), measured with the limits of
+    # parity.streaming_metrics; empty: it does not click there (other findings localise it)
+    glitches: tuple = ()
 
     def stage(self, params: dict | None = None, blocks_captured: bool = False, last_chunk: int | None = None) -> str:
         """The expected stage; session faults may name ``chunk{last}`` (the final call's index)."""
@@ -184,28 +188,29 @@ for _f in [
 for _f in [
     Fault("session-hift-per-chunk", "HiFT runs on each chunk's new mel alone instead of the cumulative mel, and its "
           "whole output is emitted (the vocoder restarts at every chunk; 8 frames held back per chunk are lost)",
-          "chunk1.audio", evidence="spec 11.1, 'HiFT run per chunk without the cumulative mel'",
-          overrides={"session_hift_input": "chunk"}, mode="session"),
+          "chunk1.audio", "chunk_vocoder_mismatch", evidence="spec 11.1, 'HiFT run per chunk without the cumulative mel'",
+          overrides={"session_hift_input": "chunk"}, mode="session", glitches=("missing_samples", "spectral_flux")),
     Fault("session-finalize-every-chunk", "every chunk is called with finalize=True: the 3 lookahead tokens are "
           "decoded as real tokens (their frames are appended twice) and HiFT finalizes each time",
-          "chunk0.finalize", evidence="spec 11.1, 'finalize=True on every chunk'",
-          overrides={"session_finalize_all": True}, mode="session"),
+          "chunk0.finalize", "chunk_finalize_mismatch", evidence="spec 11.1, 'finalize=True on every chunk'",
+          overrides={"session_finalize_all": True}, mode="session", glitches=("duplicated_samples", "missing_samples")),
     Fault("session-final-mask", "the final call uses the other chunk-mask setting (with the streaming mask under "
           "final_mask=upstream, without it under final_mask=streaming)", "chunk{last}.streaming",
-          evidence="spec 11.1: upstream's final call passes no stream=True", overrides={"session_final_mask_flip": True},
+          "session_schedule_mismatch", evidence="spec 11.1: upstream's final call passes no stream=True", overrides={"session_final_mask_flip": True},
           mode="session"),
     Fault("session-no-prompt-pad", "no prompt pad: the first chunk has initial_hop tokens instead of initial_hop + "
           "ceil(P/hop)*hop - P, so chunks stop ending on the DiT's mask boundaries (invisible when P is a multiple "
-          "of the hop)", "chunk0.tokens", evidence="spec 11.1, prompt_token_pad",
+          "of the hop)", "chunk0.tokens", "session_schedule_mismatch", evidence="spec 11.1, prompt_token_pad",
           overrides={"session_prompt_pad": False}, mode="session"),
     Fault("session-fixed-hop", "the hop never grows (stream_scale_factor 1): every chunk after the first has "
-          "initial_hop tokens", "chunk1.tokens", evidence="spec 11.1, the hop schedule",
+          "initial_hop tokens", "chunk1.tokens", "session_schedule_mismatch", evidence="spec 11.1, the hop schedule",
           overrides={"session_growth": 1}, mode="session"),
     Fault("session-mel-slice-off-by-one", "the flow output is sliced from token_offset * 2 + 1: one frame is lost "
-          "at every chunk", "chunk0.mel", evidence="spec 11.1, off-by-one in the token_offset * 2 slice",
-          overrides={"session_slice_shift": 1}, mode="session"),
+          "at every chunk", "chunk0.mel", "chunk_slice_mismatch",
+          evidence="spec 11.1, off-by-one in the token_offset * 2 slice", overrides={"session_slice_shift": 1},
+          mode="session", glitches=("missing_samples",)),
     Fault("session-noise-per-chunk", "the fixed noise is re-indexed from 0 at each chunk (flow noise per frame and "
-          "HiFT sine noise per sample) instead of by absolute position", "chunk1.flow_mel_full",
+          "HiFT sine noise per sample) instead of by absolute position", "chunk1.flow_mel_full", "chunk_flow_mismatch",
           evidence="spec 11.1, noise re-indexed from 0 on every chunk", overrides={"session_noise": "chunk-local"},
           mode="session"),
 ]:

@@ -105,6 +105,8 @@ class CandidateToken2Wav:
         probe = as_probe(probe)
         self.kernels.counts.clear()
         self.kernels.fallbacks.clear()
+        if self.sw.onnx:
+            self.flow.estimator.reset_run_counts()
         for k in ("token", "prompt_token", "prompt_feat", "embedding"):
             if k in inputs:
                 probe(k, inputs[k])
@@ -120,6 +122,8 @@ class CandidateToken2Wav:
 
         self.kernels.counts.clear()
         self.kernels.fallbacks.clear()
+        if self.sw.onnx:
+            self.flow.estimator.reset_run_counts()
         return run_session(self, inputs, probe, options, state=state)
 
     # -- components (for step-local errors) ------------------------------------------------------

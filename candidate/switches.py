@@ -173,8 +173,6 @@ PROFILE_HELP = {
 }
 ONNX_PROFILES = {"onnx-cpu", "onnx-cpu-basic", "onnx-cpu-mask", "onnx-fused", "onnx-fp16", "onnx-cuda",
                  "onnx-tensorrt"}
-# profiles defined in this process (register_profile), e.g. a built-in profile bound to a user's ONNX file
-RUNTIME_PROFILES: dict[str, dict] = {}
 
 
 def _coerce(d: dict, source: str) -> dict:
@@ -201,18 +199,7 @@ def load_user_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
 def all_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
     profiles = dict(PROFILES)
     profiles.update(load_user_profiles(pyproject))
-    profiles.update(RUNTIME_PROFILES)
     return profiles
-
-
-def register_profile(name: str, base: str | None = None, **switches) -> str:
-    """Define a profile for the rest of this process (``base`` + ``switches``, as a pyproject profile)."""
-    spec = dict(switches)
-    if base:
-        spec["base"] = base
-    _coerce(spec, f"profile {name!r}")  # unknown switch names fail here, not at first use
-    RUNTIME_PROFILES[name] = spec
-    return name
 
 
 def resolve_profile(name: str, pyproject: str | Path | None = None, _seen: tuple = ()) -> Switches:

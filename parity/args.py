@@ -26,7 +26,36 @@ def model_parent(default_preset: str | None = None) -> argparse.ArgumentParser:
 
 def streaming_parent() -> argparse.ArgumentParser:
     p = _parent()
-    p.add_argument("--streaming", action="store_true", help="streaming: static chunk attention mask (static_chunk_size frames, 50 released)")
+    p.add_argument("--streaming", action="store_true",
+                   help="single-call streaming: ONE token2wav call with the static chunk attention mask "
+                        "(static_chunk_size frames, 50 released); the chunked loop servers run is --session streaming")
+    return p
+
+
+def session_parent() -> argparse.ArgumentParser:
+    """``--session single|streaming`` and the streaming session's options (:class:`reference.session.SessionOptions`;
+    unset = upstream's value from the model config)."""
+    from reference.session import FINAL_MASKS, HOP_STATES
+
+    p = _parent()
+    g = p.add_argument_group("streaming session (upstream's chunked token2wav loop: --session streaming)")
+    g.add_argument("--session", choices=["single", "streaming"], default=None,
+                   help="single: one token2wav call (default; --streaming adds the chunk mask); streaming: upstream's "
+                        "session loop (chunks of 25, 50, 100 tokens + lookahead, the flow re-run on all tokens so far, "
+                        "HiFT on the cumulative mel, a final call), stages chunk{c}.*, stream.mel, stream.audio")
+    g.add_argument("--initial-hop", type=int, metavar="N", help="tokens per chunk at the start (default: the yaml's "
+                                                                "chunk_size, 25 released)")
+    g.add_argument("--max-hop", type=int, metavar="N", help="largest hop (default 4 x initial)")
+    g.add_argument("--growth", type=int, metavar="N", help="hop multiplier after each chunk (default 2; 1 = fixed hop)")
+    g.add_argument("--final-mask", choices=list(FINAL_MASKS),
+                   help="the final call's flow: upstream = without the chunk mask (as upstream does), streaming = with it")
+    g.add_argument("--hop-state", choices=list(HOP_STATES),
+                   help="fresh: the hop starts at --initial-hop; carried: the hop a previous request left on the "
+                        "instance (upstream keeps it across requests; --carried-hop, default the max hop)")
+    g.add_argument("--carried-hop", type=int, metavar="N", help="the hop a carried request starts from")
+    g.add_argument("--step-chunks", metavar="LIST",
+                   help="which calls record the flow's stages (ODE steps): first,last (default), all, none, or indices "
+                        "(-1 = the final call)")
     return p
 
 
@@ -104,4 +133,17 @@ def pcm_parent() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--no-pcm-scale", action="store_true",
                    help="do not scale integer PCM audio (int16/int32) to [-1, 1]: report it as a failure instead")
+    return p
+
+
+def onnx_parent() -> argparse.ArgumentParser:
+    """The estimator under ONNX Runtime: ``--onnx-estimator FILE``, ``--require-provider NAME``. They become
+    switch overrides of the candidate (:func:`parity.session.onnx_overrides`), on top of its profile."""
+    p = _parent()
+    p.add_argument("--onnx-estimator", metavar="FILE",
+                   help="run this exported DiT estimator (x, mask, mu, t, spks, cond -> estimator_out) under ONNX "
+                        "Runtime in the candidate (default profile onnx-cpu)")
+    p.add_argument("--require-provider", metavar="NAME",
+                   help="the ONNX Runtime session must run on this provider (cpu, cuda, tensorrt); a fallback to "
+                        "another is a failing finding (required_provider_missing)")
     return p

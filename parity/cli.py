@@ -35,33 +35,38 @@ def cmd_dump(args) -> int:
 
     from reference.bundle import negative_token_note
 
+    from .onnx_options import OnnxOptions, name_suffix
     from .outputs import Output, prepare_outputs
     from .runner import Progress, run_to_trace
-    from .session import ModelSpec, Session
+    from .session import ModelSpec, Session, run_pipeline
+    from .session_runner import options_from_args, session_mode
 
     prepare_outputs([Output("--out", args.out), Output("--wav", args.wav)])
+    onnx = OnnxOptions.from_args(args)
+    overrides = onnx.overrides()  # a missing file or an unknown provider: one line before anything loads
+    session_opts = options_from_args(args)  # before loading anything: a bad combination is exit 2 at once
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     notes = [n for n in [negative_token_note(inputs, args.inputs)] if n]
     for n in notes:
         print(f"parity dump: note: {n}", file=sys.stderr)
-    if args.pipeline == "candidate" or args.profile or args.fault or args.onnx_estimator or args.require_provider:
-        profile = args.profile
-        if args.onnx_estimator or args.require_provider:
-            from candidate.onnx_backend import bind_profiles
-
-            profile = bind_profiles([args.profile] if args.profile else None, args.onnx_estimator,
-                                    args.require_provider)[0]
-        pipe = Session().candidate(model, profile, args.fault, args.device, label=profile or "fp32-explicit")
-        label = f"candidate[{profile or 'fp32-explicit'}]"
+    if args.pipeline == "candidate" or args.profile or args.fault or onnx:
+        profile = onnx.profiles([args.profile] if args.profile else None, [None])[0]
+        pipe = Session().candidate(model, profile, args.fault, args.device,
+                                   label=(profile or "fp32-explicit") + name_suffix(overrides), overrides=overrides)
+        label = f"candidate[{pipe.profile_name}]"
     else:
         pipe = model
         label = "reference"
     extra = {"inputs": str(args.inputs)}
     if notes:
         extra["input_notes"] = notes
-    res = run_to_trace(pipe, inputs, args.out, patterns=args.stages, streaming=args.streaming,
-                       finalize=not args.no_finalize, extra_meta=extra, progress=Progress(label))
+    if session_opts is not None:  # upstream's chunked loop (parity.session_runner)
+        res = run_pipeline(pipe, inputs, args.out, session_mode(session_opts), patterns=args.stages,
+                           extra_meta=extra, progress=Progress(label))
+    else:
+        res = run_to_trace(pipe, inputs, args.out, patterns=args.stages, streaming=args.streaming,
+                           finalize=not args.no_finalize, extra_meta=extra, progress=Progress(label))
     if res.error is not None:
         print(f"parity dump: {label} crashed at {res.crashed_at}: {type(res.error).__name__}: {res.error}; "
               f"partial trace with {len(res.stages)} stages written to {res.trace_path}", file=sys.stderr)
@@ -72,6 +77,11 @@ def cmd_dump(args) -> int:
         msg = check_required_kernel(args.require_kernel, res.metadata.get("attention_kernels") or {})
         if msg:
             print(f"parity dump: {msg}", file=sys.stderr)
+            return 1
+    if onnx.require_provider:  # recorded in the trace too: a later parity compare reports the same finding
+        msg = ((res.metadata.get("onnx") or {}).get("session") or {}).get("required_provider_missing")
+        if msg:
+            print(f"parity dump: {msg}; trace written to {res.trace_path}", file=sys.stderr)
             return 1
     if args.wav and res.audio is not None:
         _write_wav(args.wav, res.audio, model.cfg.sample_rate)
@@ -116,7 +126,8 @@ def cmd_compare(args) -> int:
     opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention,
                           pcm_scale=not args.no_pcm_scale)
     result = compare_paths(args.ref, args.cand, policy_path=args.policy, maps=parse_maps(args.map), opts=opts,
-                           local_path=args.local, fp64_path=args.fp64)
+                           local_path=args.local, fp64_path=args.fp64, mask_check=not args.no_mask_check,
+                           offline_path=args.offline)
     require_stages(result, required_stages(args))
     print(render(result, verbose=args.verbose))
     if json_path:
@@ -143,8 +154,15 @@ def cmd_profiles(args) -> int:
 def cmd_faults(args) -> int:
     from candidate.faults import catalogue
 
-    for name, f in sorted(catalogue().items()):
-        print(f"{name:<22} -> {f.stage():<15} {f.description}")
+    if args.mode in ("call", "all"):
+        for name, f in sorted(catalogue().items()):
+            print(f"{name:<22} -> {f.stage():<15} {f.description}")
+    if args.mode in ("session", "all"):
+        if args.mode == "all":
+            print("\nstreaming-session faults (parity run --session streaming; <last> = the final call's chunk):")
+        for name, f in sorted(catalogue("session").items()):
+            code = f" [{f.expected_code}]" if f.expected_code else ""
+            print(f"{name:<30} -> {f.stage(last_chunk='<last>'):<22}{code} {f.description}")
     return 0
 
 
@@ -162,10 +180,6 @@ def cmd_export_model(args) -> int:
 def cmd_run(args) -> int:
     from .run import run_command
 
-    if args.onnx_estimator or args.require_provider:
-        from candidate.onnx_backend import bind_profiles
-
-        args.profile = bind_profiles(args.profile, args.onnx_estimator, args.require_provider)
     return run_command(args)
 
 
@@ -181,13 +195,6 @@ def cmd_export_onnx(args) -> int:
     print(f"wrote {info.path} (opset {info.options.opset}, {info.options.exporter} exporter, onnx.checker ok, "
           f"sha256 {info.file_sha256[:16]}, {info.seconds:.1f} s); inputs: {ins}")
     return 0
-
-
-def _add_onnx_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--onnx-estimator", metavar="FILE",
-                   help="run this exported DiT estimator under ONNX Runtime (default profile onnx-cpu)")
-    p.add_argument("--require-provider", metavar="NAME",
-                   help="fail unless the ONNX Runtime session runs on this provider (cpu, cuda, tensorrt)")
 
 
 def cmd_calibrate(args) -> int:
@@ -213,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace",
-                       parents=[A.model_parent(), A.streaming_parent(), A.capture_parent(), A.fault_parent()])
+                       parents=[A.model_parent(), A.streaming_parent(), A.session_parent(), A.capture_parent(),
+                                A.fault_parent(), A.onnx_parent()])
     d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, "
                                                    "embedding)")
     d.add_argument("--out", required=True, help="trace to write (.safetensors)")
@@ -221,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--wav", help="also write the audio as 16-bit WAV")
     d.add_argument("--pipeline", choices=["reference", "candidate"], default="reference")
     d.add_argument("--profile", help="candidate profile (parity profiles)")
-    _add_onnx_args(d)
     d.set_defaults(func=cmd_dump)
 
     n = sub.add_parser("noise", help="shared noise")
@@ -244,18 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--attention", help="candidate attention kernel for the policy")
     c.add_argument("--local", help="step-local trace of the candidate (driven from the reference's tensors)")
     c.add_argument("--fp64", help="float64 reference trace for the arbiter rules")
+    c.add_argument("--no-mask-check", action="store_true",
+                   help="streaming traces: skip the chunk-mask check (it loads the reference model the reference "
+                        "trace names and runs its estimator twice)")
+    c.add_argument("--offline", help="offline reference trace of the same tokens: a streaming-session comparison "
+                                     "then quantifies per chunk how far each stream is from it (stream vs offline)")
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser("run", help="run reference and candidate, compare, report (no arguments: tiny model on the "
                                    "fixtures)",
-                       parents=[A.model_parent("tiny"), A.streaming_parent(), A.capture_parent(), A.fault_parent(),
-                                A.policy_parent(), A.local_parent(), A.output_parent(), A.require_parent()])
-    r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles")
+                       parents=[A.model_parent("tiny"), A.streaming_parent(), A.session_parent(), A.capture_parent(),
+                                A.fault_parent(), A.onnx_parent(), A.policy_parent(), A.local_parent(),
+                                A.output_parent(), A.require_parent()])
+    r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles "
+                                                     "(with --session streaming: fixtures/sessions)")
     r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
     r.add_argument("--inline-vectors", action="store_true",
                    help="keep the per-frame vectors in the --json file instead of its .vectors.npz sidecar")
-    _add_onnx_args(r)
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_run)
 
@@ -270,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profiles", help="list candidate profiles")
     pr.set_defaults(func=cmd_profiles)
     fa = sub.add_parser("faults", help="list injectable faults and where they must be localised")
+    fa.add_argument("--mode", choices=["call", "session", "all"], default="all",
+                    help="single-call faults, streaming-session faults, or both (default)")
     fa.set_defaults(func=cmd_faults)
 
     em = sub.add_parser("export-model", help="write a preset as a model directory in the upstream key format")
@@ -354,10 +369,11 @@ def _report_target(out, default: Path) -> Path:
 
 
 def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False,
-                      require=None, pcm_scale: bool = True):
-    """``parity-report``: REF_TRACE CAND_TRACE (compare, then report), or RESULT.json [REF_TRACE CAND_TRACE]
-    (the saved result; plots from the given traces or from the result's sources when they exist).
-    ``require``: stages the candidate must hold (``--require-stages``). Returns ``(path, result)``."""
+                      require=None, pcm_scale: bool = True, mask_check: bool = True):
+    """``parity-report``: REF_TRACE CAND_TRACE (compare, then report; streaming traces get the chunk-mask check
+    as in ``parity compare`` unless ``mask_check`` is off), or RESULT.json [REF_TRACE CAND_TRACE] (the saved
+    result; plots from the given traces or from the result's sources when they exist). ``require``: stages the
+    candidate must hold (``--require-stages``). Returns ``(path, result)``."""
     from .aliases import parse_maps
     from .ingest import load, tensors_from_sources
     from .report import build_report
@@ -400,10 +416,14 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
     if len(inputs) == 2 and not any(i.lower().endswith(".json") for i in inputs):
         from .compare import CompareOptions, compare_loaded
         from .policy import load_policy
+        from .streaming_mask import check_saved, is_streaming
 
         target = _report_target(out, Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html")
         rl, cl = load(inputs[0], mp), load(inputs[1], mp)
-        result = compare_loaded(rl, cl, load_policy(policy), CompareOptions(allow_trim=allow_trim, pcm_scale=pcm_scale))
+        mc = (check_saved(rl.metadata, rl.tensors, cl.tensors, streaming=is_streaming(rl.metadata, cl.metadata))
+              if mask_check else None)
+        result = compare_loaded(rl, cl, load_policy(policy), CompareOptions(allow_trim=allow_trim, pcm_scale=pcm_scale),
+                                mask_check=mc)
         require_stages(result, require)
         path = build_report(result, target, ref_tensors=rl.tensors, cand_tensors=cl.tensors)
         return path, result
@@ -422,10 +442,12 @@ def report_main(argv: list[str] | None = None) -> int:
                                    A.pcm_parent()])
         p.add_argument("inputs", nargs="+", help="REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE]")
         p.add_argument("-o", "--out", help="report path (default reports/<name>.html)")
+        p.add_argument("--no-mask-check", action="store_true",
+                       help="two streaming traces: skip the chunk-mask check (it loads the model the reference names)")
         args = p.parse_args(argv)
         path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
                                          allow_trim=args.allow_trim, require=required_stages(args),
-                                         pcm_scale=not args.no_pcm_scale)
+                                         pcm_scale=not args.no_pcm_scale, mask_check=not args.no_mask_check)
         print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")
         return result.exit_code
 

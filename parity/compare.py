@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from . import session_compare as SC
 from .diagnose import diagnose, metadata_findings
 from .ingest import Loaded, load
 from .melspec import audio_mel
 from .normalize import align
 from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, load_policy
 from .result import Comparison, StageResult, StepRow
-from .stages import STEP_OUTPUTS, layout, parse_step, position, sort_stages
+from .stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
 
 
 
@@ -91,6 +92,7 @@ def domain_metrics(name: str, ra: torch.Tensor, ca: torch.Tensor) -> dict:
     from . import audio_metrics as A
 
     out: dict = {}
+    name = session_rule_stage(name) or name  # a session stage gets the statistics of the stage it corresponds to
     if name == "f0":
         fm = A.f0_metrics(ra.double().reshape(-1).numpy(), ca.double().reshape(-1).numpy())
         out.update({k: fm[k] for k in ("f0_rmse_cents", "f0_max_abs_cents", "gpe", "vde", "f0_mae_hz", "f0_max_abs_hz",
@@ -165,9 +167,13 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | Non
 
 
 def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts: CompareOptions | None = None,
-                   local: Loaded | None = None, fp64: Loaded | None = None) -> Comparison:
-    """Compare two loaded traces (plus optionally the candidate's step-local trace and a float64 reference for
-    the arbiter rules). The inputs are not modified."""
+                   local: Loaded | None = None, fp64: Loaded | None = None, mask_check: dict | None = None, *,
+                   offline: Loaded | None = None) -> Comparison:
+    """Compare two loaded traces (plus optionally the candidate's step-local trace, a float64 reference for
+    the arbiter rules, and the streaming chunk-mask check computed capture-side, :mod:`parity.streaming_mask`).
+    Streaming-session traces get the session comparison (:mod:`parity.session_compare`: chunks paired by token
+    offset, schedule, options, glitches; ``offline``: the offline reference run of the same tokens, for the
+    stream-vs-offline section). The inputs are not modified."""
     opts = opts or CompareOptions()
     policy = policy or load_policy()
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
@@ -180,6 +186,10 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
         ref, cand, pcm_findings = scale_integer_audio(ref, cand, pcm)
     elif pcm:
         refused = {ia.stage: ia for ia in pcm}
+    prep = None
+    if SC.is_session(ref) or SC.is_session(cand):
+        prep = SC.prepare(ref, cand)
+        cand = prep.cand
     precision, attention = _cand_context(cand, opts)
     prompt_frames = _prompt_frames(ref)
     names = sort_stages(list(dict.fromkeys(list(ref.tensors) + list(cand.tensors))))
@@ -204,6 +214,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
         else:
             entry = StageResult(name=name, status="extra", cand_stats=M.side_stats(cand.tensors[name]),
                                 position=list(position(name)), detail="absent from the reference")
+        if prep is not None:
+            SC.annotate_stage(entry, rule, prep)
         stages.append(entry)
     by_name = {s.name: s for s in stages}
 
@@ -220,8 +232,20 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     if opts.audio_metrics and "audio" in ref.tensors and "audio" in cand.tensors:
         audio = {"comparable": False, "reason": refused["audio"].what()} if "audio" in refused else \
             audio_section(ref, cand)
-    meta_find = metadata_findings(ref.metadata, cand.metadata) + pcm_findings
-    findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio)
+    elif opts.audio_metrics and prep is not None and "stream.audio" in ref.tensors and "stream.audio" in cand.tensors:
+        audio = audio_section(*(dataclasses.replace(t, tensors={"audio": t.tensors["stream.audio"],
+                                                                **({"flow_mel": t.tensors["stream.mel"]}
+                                                                   if "stream.mel" in t.tensors else {})})
+                                for t in (ref, cand)))
+        audio["stage"] = "stream.audio"  # the audio findings name the stream
+    meta_find = (metadata_findings(ref.metadata, cand.metadata) + pcm_findings
+                 + (prep.findings if prep is not None else []))
+    findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio,
+                        mask_check=mask_check)
+    session = None
+    if prep is not None:
+        session, more = SC.section(ref, cand, offline, prep, by_name)
+        findings = sorted(findings + more, key=lambda f: f.sort_key())  # stable: the diagnosis first at a tie
     return Comparison(
         stages=stages, findings=findings, local=list(local_stages.values()), steps=steps, audio=audio,
         normalisations=ref.normalisations + cand.normalisations + [n for s in stages for n in s.normalisations],
@@ -231,7 +255,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
                  "ref_names": ref.original_names, "cand_names": cand.original_names},
         context={"precision": precision, "attention": attention, "prompt_frames": prompt_frames,
                  "allow_trim": opts.allow_trim},
-        policy={"sources": policy.sources})
+        policy={"sources": policy.sources}, mask_check=mask_check, session=session)
 
 
 def _err(entry: StageResult | None, key: str = "max_abs_err"):
@@ -297,9 +321,19 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
 
 
 def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = None, opts: CompareOptions | None = None,
-                  local_path=None, fp64_path=None, pyproject=None) -> Comparison:
+                  local_path=None, fp64_path=None, pyproject=None, mask_check: bool = False,
+                  offline_path=None) -> Comparison:
+    """Compare saved traces. ``mask_check``: in streaming mode, also run the chunk-mask check with the reference
+    model named by the reference trace's provenance (capture-side work: it loads and runs that model)."""
     ref = load(ref_path, maps)
     cand = load(cand_path, maps)
     local = load(local_path, maps) if local_path else None
     fp64 = load(fp64_path, maps) if fp64_path else None
-    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64)
+    mc = None
+    if mask_check:
+        from .streaming_mask import check_saved, is_streaming
+
+        mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=is_streaming(ref.metadata, cand.metadata))
+    offline = load(offline_path, maps) if offline_path else None
+    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, mask_check=mc,
+                          offline=offline)

@@ -13,7 +13,8 @@ import dataclasses
 import json
 
 from .result import Finding, StageResult, StepRow
-from .stages import INPUTS, KEY_STAGES, is_vocoder_stage, layout, parse_step, position, sort_stages
+from .stages import (INPUTS, KEY_STAGES, is_session_stage, is_vocoder_stage, layout, parse_step, position,
+                     sort_stages)
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
 
@@ -163,6 +164,29 @@ def metadata_findings(ref: dict, cand: dict) -> list[Finding]:
     only_r = sorted(k for k in ("n_timesteps", "t_scheduler", "cfg_rate", "weights_sha256", "noise") if k in ref and k not in cand)
     if only_r and cand:
         out.append(_f("metadata_missing", None, "info", f"the candidate's metadata lacks {', '.join(only_r)}"))
+    out.extend(onnx_findings(cand))
+    return out
+
+
+def onnx_findings(cand: dict) -> list[Finding]:
+    """What the candidate's ONNX Runtime provenance (``onnx``, ``onnx_run``) says about the run: a session that
+    did not run on the provider it was required to (``required_provider_missing``, a failure: the candidate did
+    not run as configured), and streaming calls made to a graph without an attention-mask input (information;
+    whether that changed the result is the chunk-mask check's finding)."""
+    out = []
+    onnx, run = cand.get("onnx"), cand.get("onnx_run")
+    sess = (onnx.get("session") or {}) if isinstance(onnx, dict) else {}
+    if sess.get("require_provider") and sess.get("required_provider_missing"):
+        out.append(_f("required_provider_missing", None, "failure", str(sess["required_provider_missing"]),
+                      {"required": sess.get("require_provider"), "requested": sess.get("providers_requested"),
+                       "used": sess.get("providers_used")}))
+    if isinstance(run, dict) and (run.get("streaming_calls_without_mask_input") or 0) > 0:
+        n, total = run["streaming_calls_without_mask_input"], run.get("streaming_calls")
+        out.append(_f("streaming_calls_without_mask_input", None, "info",
+                      f"{n} of {total} streaming estimator calls went to an ONNX graph without an attention-mask "
+                      f"input: they ran with full attention instead of the chunk mask (upstream's exported file and "
+                      f"TensorRT path; an export with --mask-input takes the mask)",
+                      {"streaming_calls_without_mask_input": n, "streaming_calls": total, "calls": run.get("calls")}))
     return out
 
 
@@ -199,6 +223,10 @@ def _num_ev(entry: StageResult) -> dict:
 def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
               local_stages: dict[str, StageResult]) -> tuple[str, str]:
     """(code, message) for the first failing stage."""
+    if is_session_stage(name):  # a streaming session's chunk or stream stage (parity.session_compare)
+        from .session_compare import classify_session_stage
+
+        return classify_session_stage(name, entry, by_name, local_stages)
     if entry.problem:
         return entry.problem["code"], entry.problem["message"]
     if entry.nonfinite() and not entry.nonfinite("ref"):
@@ -273,9 +301,13 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
 
 def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: list[StepRow],
              local_stages: dict[str, StageResult], ref, cand, meta_find: list[Finding], precision: str,
-             audio: dict | None) -> list[Finding]:
-    """The ordered findings of one comparison (``ref``/``cand``: the two :class:`parity.ingest.Loaded`)."""
-    out: list[Finding] = list(meta_find)
+             audio: dict | None, mask_check: dict | None = None) -> list[Finding]:
+    """The ordered findings of one comparison (``ref``/``cand``: the two :class:`parity.ingest.Loaded`;
+    ``mask_check``: the streaming chunk-mask check, whose finding goes before the stage's own at the same
+    position: the cause before the symptom)."""
+    from .streaming_mask import findings as mask_findings
+
+    out: list[Finding] = list(meta_find) + mask_findings(mask_check)
     common = [s for s in stages if s.compared]
     if not common:
         out.append(_f("nothing_to_compare", None, "error",
@@ -413,22 +445,23 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
 
 def _audio_findings(a: dict) -> list[Finding]:
     out = []
+    stage = a.get("stage") or "audio"  # "stream.audio" for a streaming session
     cand, ref = a.get("cand") or {}, a.get("ref") or {}
     nf = (cand.get("nonfinite") or {}).get("total") if isinstance(cand.get("nonfinite"), dict) else None
     if nf:
-        out.append(_f("audio_nonfinite", "audio", "failure", f"the candidate audio holds {nf} non-finite samples"))
+        out.append(_f("audio_nonfinite", stage, "failure", f"the candidate audio holds {nf} non-finite samples"))
     cr, rr = (cand.get("clipping") or {}), (ref.get("clipping") or {})
     if cr.get("runs", 0) > rr.get("runs", 0):
-        out.append(_f("audio_clipping", "audio", "warning",
+        out.append(_f("audio_clipping", stage, "warning",
                       f"candidate clips at the 0.99 clamp in {cr.get('runs')} runs (reference {rr.get('runs', 0)}); "
                       f"longest {cr.get('longest_run')} samples", {"cand": cr, "ref": rr}))
     dc_c, dc_r = cand.get("dc_offset"), ref.get("dc_offset")
     if isinstance(dc_c, float) and isinstance(dc_r, float) and abs(dc_c - dc_r) > 0.01:
-        out.append(_f("audio_dc_offset", "audio", "warning", f"DC offset {dc_c:.4f} vs reference {dc_r:.4f}"))
+        out.append(_f("audio_dc_offset", stage, "warning", f"DC offset {dc_c:.4f} vs reference {dc_r:.4f}"))
     clicks = a.get("clicks") or {}
     if isinstance(clicks.get("ratio_max"), float) and clicks["ratio_max"] > 10:
         t = clicks.get("worst_time_s")
-        out.append(_f("audio_click", "audio", "warning",
+        out.append(_f("audio_click", stage, "warning",
                       f"high-frequency burst {clicks['ratio_max']:.3g}x the reference's"
                       + (f" at {t:.3f} s" if isinstance(t, float) else ""), clicks))
     return out

@@ -107,8 +107,18 @@ class Policy:
     sources: list[str] = field(default_factory=list)
 
     def rule_for(self, stage: str, precision: str = "fp32", attention: str = "explicit") -> Rule | None:
+        """The most specific matching rule. A streaming-session stage no rule names (``chunk2.mel``,
+        ``chunk0.step3.v1``, ``stream.audio``) gets the rule of the single-call stage it corresponds to
+        (:func:`parity.stages.session_rule_stage`: ``flow_mel``, ``step3.v1``, ``audio``)."""
         hits = [r for r in self.rules if r.matches(stage, precision, attention)]
-        return max(hits, key=Rule.specificity) if hits else None
+        if hits:
+            return max(hits, key=Rule.specificity)
+        from .stages import session_rule_stage
+
+        inner = session_rule_stage(stage[6:] if stage.startswith("local:") else stage)
+        if inner is not None:
+            return self.rule_for(("local:" if stage.startswith("local:") else "") + inner, precision, attention)
+        return None
 
     def extend(self, rules: list[dict], source: str) -> "Policy":
         start = len(self.rules)

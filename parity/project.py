@@ -4,11 +4,15 @@
 ``[tool.parity]`` keys (all optional)::
 
     preset = "tiny"                 # model for the pytest plugin (or model_dir = "path")
-    suite_profiles = ["fp32-sdpa"]  # profiles the parity suite runs (default: every shipped CPU profile)
+    suite_profiles = ["fp32-sdpa"]  # profiles the parity suite runs (default: every shipped CPU profile, and
+                                    # the onnx-* ones when the [onnx] extra is installed)
     device = "cpu"
     report = "reports/ci.html"      # pytest session report
     policy = "my-tolerances.toml"   # extra tolerance policy, relative to the pyproject
     bundles = ["fixtures/bundles/short.safetensors"]
+    onnx_estimator = "ckpt/flow.decoder.estimator.fp32.onnx"  # the suite's candidate runs this file (relative
+                                    # to the pyproject) under ONNX Runtime; default profile onnx-cpu
+    require_provider = "cuda"       # the ONNX Runtime session must run on this provider
     [tool.parity.tolerances]        # [[tool.parity.tolerances.rule]] tables, as in a policy file
     [tool.parity.profiles.NAME]     # user-defined candidate profiles (candidate.switches)
 
@@ -30,9 +34,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLE_DIR = PROJECT_ROOT / "fixtures" / "bundles"
 
 
+SESSION_BUNDLE_DIR = PROJECT_ROOT / "fixtures" / "sessions"
+
+
 def default_bundles() -> list[Path]:
     """The shipped fixture bundles (``fixtures/bundles/*.safetensors``), sorted."""
     return sorted(BUNDLE_DIR.glob("*.safetensors"))
+
+
+def default_session_bundles() -> list[Path]:
+    """The shipped streaming-session bundles (``fixtures/sessions/*.safetensors``: long enough for three chunks
+    and the final call), sorted."""
+    return sorted(SESSION_BUNDLE_DIR.glob("*.safetensors"))
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ class ProjectConfig:
     report: str | None = None
     policy: Path | None = None  # resolved against the pyproject's directory
     bundles: list[str] = field(default_factory=list)
+    onnx_estimator: Path | None = None  # resolved against the pyproject's directory
+    require_provider: str | None = None
     tolerances: list[dict] = field(default_factory=list)  # [[tool.parity.tolerances.rule]]
     profiles: dict[str, dict] = field(default_factory=dict)  # [tool.parity.profiles.*]
     raw: dict = field(default_factory=dict)
@@ -85,6 +100,7 @@ def read_project(pyproject: str | Path | None = None) -> ProjectConfig:
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise InputError(f"{path}: [tool.parity.profiles] must hold one table per profile")
     policy = _typed(tool, "policy", str, path, "a path (string)")
+    onnx_estimator = _typed(tool, "onnx_estimator", str, path, "a path (string)")
     return ProjectConfig(path=path, preset=_typed(tool, "preset", str, path, "a preset name"),
                          model_dir=_typed(tool, "model_dir", str, path, "a path (string)"),
                          suite_profiles=_typed(tool, "suite_profiles", list, path, "a list of profile names"),
@@ -92,6 +108,8 @@ def read_project(pyproject: str | Path | None = None) -> ProjectConfig:
                          report=_typed(tool, "report", str, path, "a path (string)"),
                          policy=(path.parent / policy).resolve() if policy else None,
                          bundles=list(_typed(tool, "bundles", list, path, "a list of paths") or []),
+                         onnx_estimator=(path.parent / onnx_estimator).resolve() if onnx_estimator else None,
+                         require_provider=_typed(tool, "require_provider", str, path, "a provider name (string)"),
                          tolerances=list(tol.get("rule", [])), profiles=dict(profiles), raw=dict(tool))
 
 
@@ -114,3 +132,13 @@ def shipped_profiles(device: str | None = "cpu", include_reference: bool = False
         if (include_reference or sw.differences()) and (device is None or sw.device == device):
             out.append(name)
     return out
+
+
+def suite_profiles(device: str | None = "cpu") -> list[str]:
+    """The parity suite's default profiles: the shipped profiles for ``device`` and, when the ``[onnx]`` extra is
+    installed (:func:`candidate.onnx_backend.onnx_available` is None), the ONNX Runtime estimator profiles too.
+    Those whose provider this onnxruntime build lacks (onnx-cuda, onnx-tensorrt on CPU) stay in the list: the
+    suite collects them and skips them with the reason (:func:`candidate.onnx_backend.profile_unavailable`)."""
+    from candidate.onnx_backend import onnx_available
+
+    return shipped_profiles(device, include_onnx=onnx_available() is None)

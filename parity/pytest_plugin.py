@@ -6,7 +6,16 @@ Options (each also an ini key in ``[tool.pytest.ini_options]``, or a key of ``[t
 ``--parity-preset`` (``parity_preset``), ``--parity-model-dir`` (``parity_model_dir``),
 ``--parity-profile`` repeatable (``parity_profiles``), ``--parity-device`` (``parity_device``),
 ``--parity-report PATH`` (``parity_report``: one summary page for the session plus a report per failing
-case), ``--parity-update-golden``, ``--parity-policy`` (``parity_policy``), ``--parity-bundle`` repeatable.
+case), ``--parity-update-golden``, ``--parity-policy`` (``parity_policy``), ``--parity-bundle`` repeatable,
+``--parity-onnx-estimator FILE`` (``parity_onnx_estimator``, ``[tool.parity] onnx_estimator``: the suite's
+candidates run this exported estimator under ONNX Runtime; default profile onnx-cpu) and
+``--parity-require-provider NAME`` (``parity_require_provider``, ``[tool.parity] require_provider``): switch
+overrides of the suite's candidates (``parity_case``), as ``--onnx-estimator`` / ``--require-provider`` of
+``parity run``.
+
+Default profiles: the shipped CPU profiles, plus the ONNX Runtime ones when the ``[onnx]`` extra is installed
+(:func:`parity.project.suite_profiles`); a profile whose ONNX Runtime provider is missing here (onnx-cuda,
+onnx-tensorrt on a CPU machine) is collected and skipped with the reason.
 
 Markers: ``parity_full`` (full-size model; selected with ``-m parity_full``), ``gpu`` (needs CUDA;
 skipped without), ``slow``.
@@ -19,7 +28,14 @@ Fixtures:
 * ``parity_model``, ``parity_policy``, ``parity_reference(bundle, streaming)`` (cached reference runs),
   ``parity_run(profile, bundle, streaming, faults=())`` (any candidate, cached reference),
   ``parity_golden`` (``parity_golden.check(bundle, streaming)`` compares the reference with its golden
-  trace, or rewrites it under ``--parity-update-golden``; a missing golden fails without that option).
+  trace, or rewrites it under ``--parity-update-golden``; a missing golden fails without that option;
+  ``parity_golden.check_session(bundle)`` the same for the golden stream trace of a streaming session).
+
+Streaming sessions (upstream's chunked loop, ``RunMode(session="streaming")``): ``parity_session_case`` is
+parametrised over the session bundles (``fixtures/sessions``) x the fp32 profiles of the suite (``compiled``
+only when named explicitly: it recompiles for every call length); ``parity_session_run(profile, bundle,
+faults=(), options=None)`` runs any candidate's session; ``parity_session_fault`` parametrises over
+``catalogue("session")`` and ``parity_session_bundle`` over the session bundles.
 """
 
 from __future__ import annotations
@@ -32,8 +48,9 @@ import pytest
 
 from reference.errors import InputError
 
-from .project import ProjectConfig, default_bundles, read_project, shipped_profiles
-from .stages import GOLDEN_STAGES
+from .onnx_options import OnnxOptions
+from .project import ProjectConfig, default_bundles, default_session_bundles, read_project, suite_profiles
+from .stages import GOLDEN_STAGES, SESSION_GOLDEN_PATTERNS
 
 
 def pytest_addoption(parser):
@@ -46,12 +63,20 @@ def pytest_addoption(parser):
     g.addoption("--parity-update-golden", action="store_true", default=False, help="rewrite the golden traces")
     g.addoption("--parity-policy", default=None, help="extra tolerance policy TOML")
     g.addoption("--parity-bundle", action="append", default=None, help="input bundle (repeatable; default: fixtures)")
+    g.addoption("--parity-onnx-estimator", default=None, metavar="FILE",
+                help="the suite's candidates run this exported DiT estimator under ONNX Runtime (default profile "
+                     "onnx-cpu)")
+    g.addoption("--parity-require-provider", default=None, metavar="NAME",
+                help="the ONNX Runtime session must run on this provider (cpu, cuda, tensorrt)")
     parser.addini("parity_preset", "default model preset", default="tiny")
     parser.addini("parity_model_dir", "model directory", default="")
     parser.addini("parity_profiles", "candidate profiles", type="linelist", default=[])
     parser.addini("parity_device", "candidate device", default="cpu")
     parser.addini("parity_report", "session report path", default="")
     parser.addini("parity_policy", "extra tolerance policy TOML", default="")
+    parser.addini("parity_onnx_estimator", "exported DiT estimator for the suite's candidates (ONNX Runtime)",
+                  default="")
+    parser.addini("parity_require_provider", "required ONNX Runtime provider", default="")
 
 
 def pytest_configure(config):
@@ -106,6 +131,9 @@ class ParityConfig:
     rootdir: Path = Path(".")
     project: ProjectConfig = field(default_factory=ProjectConfig)
     report_base: Path | None = None  # the claimed session page path (or the default case-report base)
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)  # switch overrides of the suite's candidates
+    default_profiles: bool = False  # profiles from suite_profiles() (nothing configured)
+    profiles_explicit: bool = False  # profiles named by option/ini/[tool.parity], not the shipped defaults
 
     @classmethod
     def from_config(cls, config) -> "ParityConfig":
@@ -127,8 +155,18 @@ class ParityConfig:
                 return iv
             return value
 
+        onnx_file = pick("--parity-onnx-estimator", "parity_onnx_estimator", project.onnx_estimator)
+        if onnx_file and not Path(str(onnx_file)).is_absolute():
+            onnx_file = root / str(onnx_file)
+        onnx = OnnxOptions(str(onnx_file) if onnx_file else None,
+                           pick("--parity-require-provider", "parity_require_provider", project.require_provider))
+        try:
+            onnx.overrides()
+        except InputError as exc:
+            raise pytest.UsageError(f"parity: {exc}") from None
         # [tool.parity] suite_profiles (``profiles`` there is the table of user-defined profiles)
-        profiles = pick("--parity-profile", "parity_profiles", project.suite_profiles) or shipped_profiles("cpu")
+        configured = pick("--parity-profile", "parity_profiles", project.suite_profiles)
+        profiles = onnx.profiles(configured, suite_profiles("cpu"))
         return cls(preset=pick("--parity-preset", "parity_preset", project.preset) or "tiny",
                    model_dir=pick("--parity-model-dir", "parity_model_dir", project.model_dir) or None,
                    profiles=list(profiles), device=pick("--parity-device", "parity_device", project.device) or "cpu",
@@ -136,7 +174,8 @@ class ParityConfig:
                    update_golden=bool(config.getoption("--parity-update-golden")),
                    policy=pick("--parity-policy", "parity_policy", project.policy) or None,
                    bundles=list(config.getoption("--parity-bundle") or project.bundles or []), rootdir=root,
-                   project=project)
+                   project=project, onnx=onnx, default_profiles=not configured and not onnx.estimator,
+                   profiles_explicit=bool(configured))
 
     def model_spec(self, preset: str | None = None):
         from .session import ModelSpec
@@ -153,16 +192,66 @@ def _bundles(pc: ParityConfig) -> list[Path]:
     return [Path(b) for b in pc.bundles] if pc.bundles else default_bundles()
 
 
+# In the default suite (no profile and no bundle configured) the ONNX Runtime profiles run on this one fixture
+# bundle, offline and streaming: they swap the estimator alone (the graph's length axis is tested at 37, 256 and
+# 301 frames in tests/test_onnx.py; solver, CFG and vocoder are the PyTorch profiles' code), and on its 130
+# frames (three 50-frame chunks) the streaming chunk-mask check decides. It keeps their CI cost at a third.
+ONNX_SUITE_BUNDLE = "medium"
+
+
+def _profile_bundles(pc: ParityConfig, profile: str, bundles: list[Path]) -> list[Path]:
+    from candidate.switches import ONNX_PROFILES
+
+    if not (pc.default_profiles and not pc.bundles and profile in ONNX_PROFILES):
+        return bundles
+    return [b for b in bundles if b.stem == ONNX_SUITE_BUNDLE] or bundles[:1]
+
+
+def profile_unavailable(pc: ParityConfig, profile: str) -> str | None:
+    """Why ``profile`` (with the suite's switch overrides) cannot run here: its ONNX Runtime provider is missing
+    (:func:`candidate.onnx_backend.profile_unavailable`); None when it can, or when it does not resolve (the
+    case then fails with that error when it runs)."""
+    from candidate.switches import switches_from
+
+    try:
+        sw = switches_from(profile, (), pc.project.path, **pc.onnx.overrides())
+    except InputError:
+        return None
+    if not sw.onnx:
+        return None
+    from candidate.onnx_backend import profile_unavailable as why_not
+
+    return why_not(sw)
+def session_profiles(pc: ParityConfig) -> list[str]:
+    """The suite's profiles for the streaming-session cases: the fp32 ones (the session's chunk stages reuse the
+    single-call rules; reduced precision was measured by hand, docs/benchmarks.md), ``torch.compile`` ones only
+    when named explicitly (a recompilation per call length: about a minute on the tiny preset)."""
+    from candidate.switches import switches_from
+
+    out = []
+    for p in pc.profiles:
+        try:
+            sw = switches_from(p, (), pc.project.path)
+        except Exception:  # noqa: BLE001 - an unknown profile fails in its own single-call cases
+            continue
+        if sw.precision != "fp32" or ((sw.compile or sw.onnx) and not pc.profiles_explicit):
+            continue  # ONNX profiles: the streaming chunk-mask check is covered by their single-call cases
+        out.append(p)
+    return out
+
+
 def pytest_generate_tests(metafunc):
     pc: ParityConfig = metafunc.config._parity
     if "parity_case_spec" in metafunc.fixturenames:
-        specs, ids = [], []
+        params = []
         for prof in pc.profiles:
-            for b in _bundles(pc):
+            why = profile_unavailable(pc, prof)
+            marks = [pytest.mark.skip(reason=f"profile {prof}: {why}")] if why else []
+            for b in _profile_bundles(pc, prof, _bundles(pc)):
                 for streaming in (False, True):
-                    specs.append((prof, str(b), streaming))
-                    ids.append(f"{b.stem}-{prof}-{'streaming' if streaming else 'offline'}")
-        metafunc.parametrize("parity_case_spec", specs, ids=ids)
+                    params.append(pytest.param((prof, str(b), streaming), marks=marks,
+                                               id=f"{b.stem}-{prof}-{'streaming' if streaming else 'offline'}"))
+        metafunc.parametrize("parity_case_spec", params)
     if "parity_bundle_mode" in metafunc.fixturenames:
         specs = [(str(b), s) for b in _bundles(pc) for s in (False, True)]
         metafunc.parametrize("parity_bundle_mode", specs,
@@ -172,6 +261,18 @@ def pytest_generate_tests(metafunc):
 
         names = sorted(catalogue())
         metafunc.parametrize("parity_fault", names, ids=names)
+    if "parity_session_spec" in metafunc.fixturenames:
+        specs = [(prof, str(b)) for prof in session_profiles(pc) for b in default_session_bundles()]
+        metafunc.parametrize("parity_session_spec", specs,
+                             ids=[f"{Path(b).stem}-{p}-streaming-session" for p, b in specs])
+    if "parity_session_fault" in metafunc.fixturenames:
+        from candidate.faults import catalogue
+
+        names = sorted(catalogue("session"))
+        metafunc.parametrize("parity_session_fault", names, ids=names)
+    if "parity_session_bundle" in metafunc.fixturenames:
+        bs = default_session_bundles()
+        metafunc.parametrize("parity_session_bundle", [str(b) for b in bs], ids=[b.stem for b in bs])
 
 
 def pytest_collection_modifyitems(config, items):
@@ -216,16 +317,17 @@ class ParitySession:
     def model(self, preset: str | None = None):
         return self.session.model(self.pc.model_spec(preset))
 
-    def candidate(self, model, profile: str, faults=(), device: str | None = None):
-        return self.session.candidate(model, profile, faults, device or self.pc.device)
+    def candidate(self, model, profile: str, faults=(), device: str | None = None, overrides: dict | None = None):
+        return self.session.candidate(model, profile, faults, device or self.pc.device, overrides=overrides)
 
     def run(self, profile: str, bundle, streaming: bool = False, faults=(), model=None, patterns=None,
-            local: bool = True):
+            local: bool = True, mode=None, overrides: dict | None = None):
+        """One case; ``mode``: a :class:`parity.session.RunMode` (default: single call, ``streaming``)."""
         from .session import RunMode
 
         model = model or self.model()
-        cand = self.candidate(model, profile, faults)
-        case = self.session.run(model, cand, bundle, RunMode(streaming), patterns=patterns, local=local)
+        cand = self.candidate(model, profile, faults, overrides=overrides)
+        case = self.session.run(model, cand, bundle, mode or RunMode(streaming), patterns=patterns, local=local)
         self.cases.append(case)
         self.case_tests.append(self.current_test)
         return case
@@ -241,10 +343,17 @@ class ParitySession:
             rows.append(r)
         return rows
 
-    def reference(self, bundle, streaming: bool = False, model=None, patterns=None):
+    def run_session(self, profile: str, bundle, faults=(), options=None, model=None, patterns=None):
+        """One streaming-session case (upstream's chunked loop with ``options``, a SessionOptions or None)."""
+        from .session_runner import session_mode
+
+        return self.run(profile, bundle, faults=faults, model=model, patterns=patterns, local=False,
+                        mode=session_mode(options), overrides=self.pc.onnx.overrides())
+
+    def reference(self, bundle, streaming: bool = False, model=None, patterns=None, mode=None):
         from .session import RunMode
 
-        return self.session.reference(model or self.model(), bundle, RunMode(streaming), patterns)
+        return self.session.reference(model or self.model(), bundle, mode or RunMode(streaming), patterns)
 
     def report_dir(self) -> Path:
         base = self.pc.report_base or (Path(self.pc.report) if self.pc.report else
@@ -409,7 +518,7 @@ def parity_policy(parity_session):
 @pytest.fixture
 def parity_case(parity_session, parity_case_spec):
     profile, bundle, streaming = parity_case_spec
-    return parity_session.run(profile, bundle, streaming)
+    return parity_session.run(profile, bundle, streaming, overrides=parity_session.pc.onnx.overrides())
 
 
 @pytest.fixture
@@ -417,6 +526,21 @@ def parity_run(parity_session):
     """``parity_run(profile, bundle, streaming=False, faults=(), patterns=None)`` -> Case."""
     def run(profile, bundle, streaming=False, faults=(), patterns=None, local=True):
         return parity_session.run(profile, bundle, streaming, tuple(faults), patterns=patterns, local=local)
+    return run
+
+
+@pytest.fixture
+def parity_session_case(parity_session, parity_session_spec):
+    """A streaming-session case: the reference's and the candidate's sessions on a session bundle."""
+    profile, bundle = parity_session_spec
+    return parity_session.run_session(profile, bundle)
+
+
+@pytest.fixture
+def parity_session_run(parity_session):
+    """``parity_session_run(profile, bundle, faults=(), options=None, patterns=None)`` -> Case (streaming session)."""
+    def run(profile, bundle, faults=(), options=None, patterns=None):
+        return parity_session.run_session(profile, bundle, tuple(faults), options, patterns=patterns)
     return run
 
 
@@ -431,11 +555,27 @@ def parity_reference(parity_session):
 @pytest.fixture
 def assert_parity(parity_session):
     """``assert_parity(case)``: passes when the comparison passes; otherwise writes the case's report and
-    fails with the headline finding and the report path."""
-    def check(case, expect: str = "pass"):
+    fails with the headline finding and the report path. ``assert_parity(case, expect="fail",
+    finding=CODE, stage=STAGE)``: the case must fail with that finding as the headline (a known, diagnosed
+    failure, e.g. :func:`parity.streaming_mask.expected_outcome`); ``why`` is shown when it does not."""
+    def check(case, expect: str = "pass", finding: str | None = None, stage: str | None = None,
+              why: str | None = None):
         v = case.result.verdict
-        if v == expect:
+        fd = case.result.first_divergence
+        wanted = finding is None or (fd is not None and fd.code == finding and (stage is None or fd.stage == stage))
+        if v == expect and wanted:
+            if finding is not None:
+                case.result.case = dict(case.result.case or {}, expected={"verdict": expect, "finding": finding,
+                                                                          "stage": stage, "why": why})
             return case
+        if finding is not None:
+            want = f"{expect.upper()} with headline {stage or '*'} [{finding}]" + (f" ({why})" if why else "")
+            try:
+                where = f"\n  report: {parity_session.write_case_report(case)}"
+            except Exception as exc:  # noqa: BLE001
+                where = f"\n  (report not written: {exc})"
+            pytest.fail(f"parity {v.upper()} for {case.name}, expected {want}: {case.result.headline_text()}{where}",
+                        pytrace=False)
         try:
             path = parity_session.write_case_report(case)
             where = f"\n  report: {path}"
@@ -462,19 +602,41 @@ class Golden:
         """Returns the comparison result of the reference against its golden trace (rewriting it first under
         ``--parity-update-golden``). A missing golden fails the test unless the option is given: it is never
         written silently and compared with itself."""
+        res = self.ps.reference(bundle, streaming, model=model)
+        tensors = {k: v for k, v in res.tensors.items() if k in self.STAGES}
+        return self._check(self.path(bundle, streaming), tensors, res.metadata)
+
+    def session_path(self, bundle, mode) -> Path:
+        return self.dir / f"{Path(bundle).stem}-{mode.label}.safetensors"
+
+    def check_session(self, bundle, options=None, model=None):
+        """The golden stream trace of a streaming session of ``bundle`` (``options``: SessionOptions, default
+        upstream's): the calls' control values, the appended frames, a few ODE states of the recorded chunks and
+        the stream (:data:`parity.stages.SESSION_GOLDEN_PATTERNS`), compared as a session (schedule included)."""
+        import fnmatch
+
+        from .session_runner import session_mode
+
+        mode = session_mode(options)
+        res = self.ps.reference(bundle, model=model, mode=mode)
+        tensors = {k: v for k, v in res.tensors.items()
+                   if any(fnmatch.fnmatchcase(k, p) for p in SESSION_GOLDEN_PATTERNS)}
+        return self._check(self.session_path(bundle, mode), tensors, res.metadata,
+                           ("session", "session_options", "session_plan", "session_schedule", "session_chunks",
+                            "session_holdback_frames", "session_samples_per_frame", "session_deviations",
+                            "sample_rate"))
+
+    def _check(self, path: Path, tensors: dict, ref_meta: dict, extra_keys=()):
         from .compare import CompareOptions, compare_loaded
         from .ingest import Loaded, load
         from .policy import load_policy
         from .trace import write_trace
 
-        res = self.ps.reference(bundle, streaming, model=model)
-        tensors = {k: v for k, v in res.tensors.items() if k in self.STAGES}
-        meta = {k: res.metadata.get(k) for k in ("model", "weights_sha256", "noise", "n_timesteps", "t_scheduler",
-                                                 "cfg_rate", "streaming", "finalize", "dtypes", "attention")}
-        meta["env"] = res.metadata.get("env")
+        meta = {k: ref_meta.get(k) for k in ("model", "weights_sha256", "noise", "n_timesteps", "t_scheduler",
+                                             "cfg_rate", "streaming", "finalize", "dtypes", "attention") + tuple(extra_keys)}
+        meta["env"] = ref_meta.get("env")
         meta["versions"] = _versions()
         meta["pipeline"] = "reference"
-        path = self.path(bundle, streaming)
         if not path.exists() and not self.update:
             pytest.fail(f"golden trace {path} is missing: rerun with --parity-update-golden to write it from the "
                         f"current reference (then review and commit it)", pytrace=False)
@@ -496,7 +658,7 @@ class Golden:
             else:
                 print(f"\nparity: golden {path.name} written")
         gold = load(path)
-        cur = Loaded(tensors, dict(meta, env=res.metadata.get("env")), f"<reference {path.stem}>")
+        cur = Loaded(tensors, dict(meta, env=ref_meta.get("env")), f"<reference {path.stem}>")
         result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.project),
                                 CompareOptions(precision="fp32", attention="explicit", audio_metrics=False))
         return result

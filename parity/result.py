@@ -241,7 +241,10 @@ class Comparison:
     ``audio`` is the audio-domain section (:func:`parity.audio_metrics.audio_report`, JSON-safe) or None;
     ``metadata`` ``{"ref", "cand"}`` the two traces' provenance; ``sources`` where they came from;
     ``context`` what the policy was asked with (precision, attention, prompt frames); ``policy`` its
-    sources; ``case`` what produced the pair (bundle, profile, mode, ...; set by the command layer).
+    sources; ``case`` what produced the pair (bundle, profile, mode, ...; set by the command layer);
+    ``mask_check`` the streaming chunk-mask check handed to the comparison (:mod:`parity.streaming_mask`);
+    ``session`` the streaming-session section (:mod:`parity.session_compare`: both schedules, the chunk pairs and
+    their errors, chunk-boundary glitches, stream vs offline), None for a single call.
     """
 
     stages: list[StageResult] = field(default_factory=list)
@@ -255,6 +258,8 @@ class Comparison:
     context: dict = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
     case: dict | None = None
+    mask_check: dict | None = None  # the streaming chunk-mask check (parity.streaming_mask), capture-side evidence
+    session: dict | None = None  # streaming sessions: schedules, chunk pairs, glitches, stream vs offline
     schema: str = RESULT_SCHEMA
     extra: dict = field(default_factory=dict)
 
@@ -343,6 +348,10 @@ class Comparison:
         }
         if self.case is not None:
             d["case"] = self.case
+        if self.mask_check is not None:
+            d["mask_check"] = self.mask_check
+        if self.session is not None:
+            d["session"] = self.session
         d.update(self.extra)
         return to_jsonable(d)
 
@@ -363,7 +372,8 @@ class Comparison:
                 if pf:
                     audio = dict(audio, per_frame=pf)
             known = {"schema", "verdict", "first_divergence", "findings", "stages", "local", "steps", "audio",
-                     "normalisations", "metadata", "sources", "context", "policy", "summary", "case", "vectors"}
+                     "normalisations", "metadata", "sources", "context", "policy", "summary", "case", "vectors",
+                     "mask_check", "session"}
             out = cls(stages=[StageResult.from_json(s, vectors, prefix + "stages/") for s in d.get("stages") or []],
                       findings=[Finding.from_json(f) for f in d.get("findings") or []],
                       local=[StageResult.from_json(s, vectors, prefix + "local/") for s in d.get("local") or []],
@@ -371,6 +381,7 @@ class Comparison:
                       audio=audio, normalisations=list(d.get("normalisations") or []),
                       metadata=dict(d.get("metadata") or {"ref": {}, "cand": {}}), sources=dict(d.get("sources") or {}),
                       context=dict(d.get("context") or {}), policy=dict(d.get("policy") or {}), case=d.get("case"),
+                      mask_check=d.get("mask_check"), session=d.get("session"),
                       schema=schema, extra={k: v for k, v in d.items() if k not in known})
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{what}: malformed comparison result ({type(exc).__name__}: {exc})") from exc

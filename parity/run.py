@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reference.errors import InputError
 
-from .project import BUNDLE_DIR, default_bundles
+from .project import BUNDLE_DIR, SESSION_BUNDLE_DIR, default_bundles, default_session_bundles
 from .result import Finding, aggregate_verdict, exit_code_for, write_json, write_matrix_json
 from .session import Case, CaseSummary, ModelSpec, RunMode, Session
 from .trace import now_iso
@@ -23,20 +23,27 @@ def run_command(args) -> int:
     from reference.bundle import bundle_dims, load_bundle, negative_token_note
 
     from .args import required_stages
+    from .onnx_options import OnnxOptions
     from .outputs import Output, claim_output, prepare_outputs, unique_stamp
     from .require import require_stages
     from .result import sidecar_path
+    from .session_runner import options_from_args, session_mode
     from .summary import render
 
     t_start = time.perf_counter()
-    bundles = [Path(b) for b in (args.inputs or default_bundles())]
+    onnx = OnnxOptions.from_args(args)
+    overrides = onnx.overrides()  # --onnx-estimator / --require-provider: switches on top of each profile
+    session_opts = options_from_args(args)
+    defaults = default_session_bundles() if session_opts is not None else default_bundles()
+    bundles = [Path(b) for b in (args.inputs or defaults)]
     if not bundles:
-        raise InputError(f"no input bundles given and none found in {BUNDLE_DIR}")
+        raise InputError(f"no input bundles given and none found in "
+                         f"{SESSION_BUNDLE_DIR if session_opts is not None else BUNDLE_DIR}")
     for b in bundles:
         if not b.exists():
             raise InputError(f"{b}: input bundle not found")
-    profiles = args.profile or ["fp32-sdpa"]
-    mode = RunMode(streaming=args.streaming)
+    profiles = onnx.profiles(args.profile, ["fp32-sdpa"])
+    mode = session_mode(session_opts) if session_opts is not None else RunMode(streaming=args.streaming)
     explicit = bool(args.report)
     report = Path(args.report) if explicit else Path("reports") / f"parity-{unique_stamp()}.html"
     prepare_outputs([Output("--report", report, explicit=explicit), Output("--json", args.json),
@@ -54,7 +61,7 @@ def run_command(args) -> int:
     show_progress = not args.no_progress and sys.stderr.isatty()
     cases: list[Case] = []
     for prof in profiles:
-        cand = session.candidate(model, prof, args.fault or (), device=args.device)
+        cand = session.candidate(model, prof, args.fault or (), device=args.device, overrides=overrides)
         for b in bundles:
             case = session.run(model, cand, b, mode, patterns=args.stages, trace_dir=trace_dir,
                                local=not args.no_local, progress=show_progress)

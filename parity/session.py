@@ -35,6 +35,7 @@ from .project import ProjectConfig, read_project
 from .result import Comparison
 from .runner import Progress, RunResult, run_to_trace
 from .stages import STEP_OUTPUTS, VOCODER_OUTPUTS
+from .streaming_mask import check as check_mask
 from .trace import write_trace
 
 
@@ -73,18 +74,32 @@ class ModelSpec:
 @dataclass(frozen=True)
 class RunMode:
     """How a pipeline is driven on one bundle. ``session`` is the session kind: ``"single"`` = one call of
-    ``pipeline.run(inputs, probe, streaming=, finalize=)``; other kinds are registered runners."""
+    ``pipeline.run(inputs, probe, streaming=, finalize=)``; other kinds are registered runners
+    (``"streaming"``: upstream's chunked loop, :mod:`parity.session_runner`). ``options``: the kind's options
+    (for ``"streaming"`` a :class:`reference.session.SessionOptions`; None = its defaults), hashable, part of
+    every cache key and, when not the defaults, of the label."""
 
     streaming: bool = False
     finalize: bool = True
     session: str = "single"
+    options: object = None
 
     @property
     def label(self) -> str:
-        """``offline`` | ``streaming`` (+ ``-<kind>`` for a session kind other than single): case names, trace
-        names."""
+        """``offline`` | ``streaming`` (the single-call modes), or ``<offline|streaming>-<kind>`` for another
+        session kind (``streaming-session`` for the chunked streaming session), + ``-<options tag>`` when its
+        options are not the defaults: case names, trace names."""
         base = "streaming" if self.streaming else "offline"
-        return base if self.session == "single" else f"{base}-{self.session}"
+        if self.session == "single":
+            return base
+        lab = f"{base}-{self.session}" if self.session != base else f"{base}-session"
+        tag = self.options.tag() if hasattr(self.options, "tag") else ""
+        return f"{lab}-{tag}" if tag else lab
+
+    @property
+    def is_session(self) -> bool:
+        """A multi-call session kind (not one pipeline call)."""
+        return self.session != "single"
 
 
 SessionRunner = Callable[..., RunResult]  # (pipeline, inputs, out, *, mode, patterns, extra_meta, progress, raise_errors)
@@ -96,7 +111,13 @@ def _run_single(pipeline, inputs: dict, out, *, mode: RunMode, patterns=None, ex
                         extra_meta=extra_meta, progress=progress, raise_errors=raise_errors)
 
 
-SESSION_KINDS: dict[str, SessionRunner] = {"single": _run_single}
+def _run_streaming(pipeline, inputs: dict, out, *, mode: RunMode, **kw) -> RunResult:
+    from .session_runner import run_streaming_session
+
+    return run_streaming_session(pipeline, inputs, out, mode=mode, **kw)
+
+
+SESSION_KINDS: dict[str, SessionRunner] = {"single": _run_single, "streaming": _run_streaming}
 
 
 def register_session_kind(name: str, runner: SessionRunner) -> None:
@@ -206,6 +227,7 @@ class CaseSummary:
     message: str | None = None
     seconds: float | None = None
     report: str | None = None
+    expected: str | None = None  # a known, diagnosed outcome the test asserted (assert_parity(..., finding=))
     faults: list = field(default_factory=list)  # injected faults: the case is expected to fail parity
     test: str | None = None  # the pytest node id that ran it (the plugin sets it)
     outcome: str | None = None  # that test's outcome: passed | failed | error | skipped | xfailed | xpassed
@@ -214,9 +236,13 @@ class CaseSummary:
     def of(cls, case: Case) -> "CaseSummary":
         fd = case.result.first_divergence
         secs = [v for v in (case.seconds or {}).values() if isinstance(v, (int, float))]
+        exp = (case.result.case or {}).get("expected")
+        expected = (f"{exp.get('verdict')}: {exp.get('stage') or '*'} [{exp.get('finding')}]"
+                    if isinstance(exp, dict) and exp.get("finding") else None)
         return cls(case.name, case.bundle, case.profile, case.mode.label, case.verdict, fd.stage if fd else None,
                    fd.code if fd else None, fd.message if fd else None, sum(secs) if secs else None,
-                   str(case.report) if case.report else None, list((case.cand_meta or {}).get("faults") or []))
+                   str(case.report) if case.report else None, expected,
+                   faults=list((case.cand_meta or {}).get("faults") or []))
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -259,9 +285,10 @@ def step_local(cand, ref: dict, *, streaming: bool, finalize: bool = True) -> di
 def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finalize: bool = True,
              mode: RunMode | None = None, policy: Policy | None = None, patterns=None, trace_dir: Path | None = None,
              local: bool = True, progress: bool = False, profile_name: str = "candidate",
-             refs: ReferenceCache | None = None, allow_trim: bool = False) -> Case:
+             refs: ReferenceCache | None = None, allow_trim: bool = False, mask_check: bool = True) -> Case:
     """Reference (from ``refs`` when given) and candidate on one bundle, the candidate's step-local errors
-    (``local``), the comparison. ``trace_dir``: keep both traces there (``<bundle>-<mode>-<profile>``)."""
+    (``local``), in streaming mode the chunk-mask check (``mask_check``, :mod:`parity.streaming_mask`), the
+    comparison. ``trace_dir``: keep both traces there (``<bundle>-<mode>-<profile>``)."""
     mode = mode or RunMode(streaming, finalize)
     bundle = Path(bundle)
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
@@ -276,21 +303,38 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
                             progress=Progress(f"candidate[{profile_name}]", True) if progress else None)
     t2 = time.perf_counter()
     loc = step_local(cand, ref_res.tensors, streaming=mode.streaming, finalize=mode.finalize) if local else {}
+    t2b = time.perf_counter()
+    off_l = None
+    if mode.is_session:  # the offline reference run of the same tokens: what streaming costs (stream vs offline)
+        off = (refs if refs is not None else ReferenceCache()).get(model, bundle, RunMode(), inputs=inputs)
+        off_l = Loaded(off.tensors, off.metadata, f"<reference {bundle.stem}-offline>")
     t3 = time.perf_counter()
+    mask = check_mask(model, ref_res.tensors, cand_res.tensors, streaming=mode.streaming) if mask_check else None
+    t3m = time.perf_counter()
     ref_l = Loaded(ref_res.tensors, ref_res.metadata, str(ref_path or f"<reference {stem}>"))
     cand_l = Loaded(cand_res.tensors, cand_res.metadata, str(cand_path or f"<candidate {stem}>"))
     loc_l = Loaded(loc, {"pipeline": "candidate-local"}, "<step-local>") if loc else None
-    result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l)
+    result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l,
+                            mask_check=mask, offline=off_l)
     t4 = time.perf_counter()
+    blocks = bool(patterns and "block" in str(patterns))
+    if mode.is_session and hasattr(cand, "expected_session_stage"):
+        calls = (cand_res.metadata.get("session_plan") or {}).get("chunks") or [None]
+        expected = cand.expected_session_stage(len(calls) - 1, blocks)
+    else:
+        expected = getattr(cand, "expected_stage", lambda *_: None)(blocks)
     result.case = {"bundle": bundle.name, "profile": profile_name, "streaming": mode.streaming,
-                   "finalize": mode.finalize,
-                   "expected_stage": getattr(cand, "expected_stage", lambda *_: None)(
-                       bool(patterns and "block" in str(patterns)))}
+                   "finalize": mode.finalize, "expected_stage": expected}
     if mode.session != "single":
         result.case["session"] = mode.session
+        result.case["mode"] = mode.label
+        if hasattr(mode.options, "tag"):
+            result.case["session_options"] = mode.options.tag() or "defaults"
     return Case(bundle.name, profile_name, mode, result, ref_res.metadata, cand_res.metadata, ref_res.tensors,
                 cand_res.tensors, loc, ref_path, cand_path,
-                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t3 - t2, "compare": t4 - t3})
+                seconds={"reference": t1 - t0, "candidate": t2 - t1, "local": t2b - t2,
+                         **({"offline reference": t3 - t2b} if off_l is not None else {}), "mask_check": t3m - t3,
+                         "compare": t4 - t3m})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,18 +369,25 @@ class Session:
             self.models[spec] = spec.load()
         return self.models[spec]
 
-    def candidate(self, model, profile: str | None, faults=(), device: str = "cpu", label: str | None = None):
-        """The candidate for ``profile`` (built-in or ``[tool.parity.profiles]``) plus ``faults`` on ``model``,
-        built once per session."""
+    def candidate(self, model, profile: str | None, faults=(), device: str = "cpu", label: str | None = None,
+                  overrides: dict | None = None):
+        """The candidate for ``profile`` (built-in or ``[tool.parity.profiles]``) plus ``faults`` and switch
+        ``overrides`` (e.g. :meth:`parity.onnx_options.OnnxOptions.overrides`) on ``model``, built once per
+        session."""
         from candidate.pipeline import CandidateToken2Wav
         from candidate.switches import switches_from
 
+        from .onnx_options import check_overrides, name_suffix
+
         faults = tuple(faults or ())
-        key = (id(model), profile, faults, device, label)
+        overrides = dict(overrides or {})
+        key = (id(model), profile, faults, device, label, tuple(sorted(overrides.items())))
         if key not in self.candidates:
             over = {"device": device} if device != "cpu" else {}
-            sw = switches_from(profile, faults, self.pyproject, **over)
-            name = label or (profile or "fp32-explicit") + ("+" + "+".join(faults) if faults else "")
+            sw = switches_from(profile, faults, self.pyproject, **over, **overrides)
+            check_overrides(sw, profile, overrides)
+            name = label or ((profile or "fp32-explicit") + name_suffix(overrides)
+                             + ("+" + "+".join(faults) if faults else ""))
             self.candidates[key] = CandidateToken2Wav(model, sw, name)
         return self.candidates[key]
 

@@ -211,3 +211,33 @@ def canonical_session_expected(n_calls: int, step_chunks=(), n_steps: int = 10) 
                 out += [chunk_stage(c, f"step{k}.{f}") for f in STEP_FIELDS]
         out += [chunk_stage(c, "flow_mel_full")] + [chunk_stage(c, f) for f in CHUNK_OUTPUTS]
     return out + list(STREAM_STAGES)
+
+
+# the single-call stage whose policy rule a session stage reuses (``chunk*.<stage>`` -> ``<stage>``): the
+# call's control values are bit-exact like the inputs, a chunk's flow output and appended frames are judged
+# like the flow mel, its emitted samples like the audio, the flow's own stages under the chunk prefix by their
+# own rules; the stream like the single call's mel and audio
+SESSION_RULE_STAGES = {"tokens": "token", "token_offset": "token", "finalize": "token", "streaming": "token",
+                       "flow_mel_full": "flow_mel", "mel": "flow_mel", "audio": "audio",
+                       "stream.mel": "flow_mel", "stream.audio": "audio"}
+# the golden stream trace of the session bundle (fixtures/golden/<bundle>-<mode label>.safetensors): the calls'
+# control values, the frames each call appended (stream.mel is their concatenation), the first step's velocity
+# and the last state of the recorded chunks, the stream's audio (each call's samples are a slice of it)
+SESSION_GOLDEN_PATTERNS = ["token", "prompt_token"] + [f"chunk*.{c}" for c in CHUNK_CONTROL] + [
+    "chunk*.mel", "chunk*.step1.v1", "chunk*.step10.x", "stream.audio"]
+
+
+def session_rule_stage(name: str) -> str | None:
+    """The single-call stage whose rule judges the session stage ``name`` (None: not a session stage)."""
+    if name in SESSION_RULE_STAGES:
+        return SESSION_RULE_STAGES[name]
+    ch = parse_chunk(name)
+    if ch is None:
+        return None
+    field = ch[1]
+    return SESSION_RULE_STAGES.get(field, field)
+
+
+def chunk_of(name: str) -> int | None:
+    ch = parse_chunk(name)
+    return ch[0] if ch else None

@@ -84,6 +84,25 @@ class SessionOptions:
     carried_hop: int | None = None
     step_chunks: tuple = ("first", "last")
 
+    def tag(self) -> str:
+        """A short file-name-safe tag of the options that differ from the defaults ("" when none do), for
+        case and trace names: ``final-streaming``, ``hop-carried``, ``h50``, ``max200``, ``g1``, ``steps-all``."""
+        parts = []
+        if self.initial_hop is not None:
+            parts.append(f"h{self.initial_hop}")
+        if self.max_hop is not None:
+            parts.append(f"max{self.max_hop}")
+        if self.growth != 2:
+            parts.append(f"g{self.growth}")
+        if self.final_mask != "upstream":
+            parts.append(f"final-{self.final_mask}")
+        if self.hop_state != "fresh":
+            parts.append(f"hop-{self.hop_state}" + (str(self.carried_hop) if self.carried_hop is not None else ""))
+        steps = (self.step_chunks,) if isinstance(self.step_chunks, (str, int)) else tuple(self.step_chunks)
+        if steps != ("first", "last"):
+            parts.append("steps-" + ("-".join(str(s) for s in steps) or "none"))
+        return "-".join(parts)
+
     def resolve(self, cfg) -> "ResolvedOptions":
         initial = int(self.initial_hop if self.initial_hop is not None else cfg.chunk_size)
         max_hop = int(self.max_hop if self.max_hop is not None else 4 * initial)

@@ -25,6 +25,7 @@ from parity.cli import main, report_main
 from .conftest import FIXTURES, ROOT
 
 SHORT = FIXTURES / "bundles" / "short.safetensors"
+STREAM = FIXTURES / "sessions" / "stream.safetensors"  # a streaming-session bundle (issue 16)
 GOLD = FIXTURES / "golden" / "short-offline.safetensors"  # a small reference trace: compare/parity-report input
 FAST_RUN = ["run", "--inputs", str(SHORT), "--no-local", "--no-progress"]
 BIN = Path(sys.executable).parent
@@ -106,13 +107,17 @@ def _broken(tmp_path: Path) -> dict[str, tuple[str, list[str]]]:
                                              "--no-local", "--log", f / "log.json"]),
         "bisect git --json": ("--json", ["bisect", "git", "--good", "HEAD~1", "--bad", "HEAD", "--repo", ROOT,
                                          "--json", f / "x.json"]),
+        "run --session --report": ("--report", ["run", "--session", "streaming", "--no-progress",
+                                                "--report", f / "x.html"]),
+        "dump --session --out": ("--out", ["dump", "--preset", "tiny", "--session", "streaming", "--inputs", STREAM,
+                                           "--out", f / "x.safetensors"]),
     }
 
 
 BROKEN = ["run --report", "run --json", "run --keep-traces", "compare --report", "compare --json", "dump --out",
           "dump --wav", "noise export --out", "export-model --out", "export-onnx --out", "calibrate --out",
           "bisect switches --report", "bisect switches --json", "bisect switches --workdir", "bisect precision --log",
-          "bisect git --json"]
+          "bisect git --json", "run --session --report", "dump --session --out"]
 
 
 @pytest.mark.parametrize("which", BROKEN)

@@ -118,7 +118,9 @@ def test_shipped_goldens_exist_with_versions():
 
     gold = ROOT / "fixtures" / "golden"
     files = sorted(gold.glob("*.safetensors"))
-    assert len(files) == 6
+    # 3 fixture bundles x (offline, streaming) + the streaming-session golden of fixtures/sessions/stream
+    assert [f.stem for f in files] == [f"{b}-{m}" for b in ("long", "medium", "short") for m in ("offline", "streaming")
+                                       ] + ["stream-streaming-session"]
     meta = read_trace(files[0]).metadata
     assert meta["versions"]["torch"] and meta["pipeline"] == "reference" and meta["n_timesteps"] == 10
 

@@ -404,7 +404,7 @@ def test_the_report_package_only_renders():
     import ast
 
     root = FIXTURES.parent / "parity" / "report"
-    assert sorted(p.stem for p in root.glob("*.py")) == ["__init__", "audio", "page", "plots", "view"]
+    assert sorted(p.stem for p in root.glob("*.py")) == ["__init__", "audio", "chunks", "page", "plots", "view"]
     forbidden = {"compare", "diagnose", "ingest", "policy", "metrics", "runner", "session", "trace"}
     for f in root.glob("*.py"):
         for node in ast.walk(ast.parse(f.read_text())):

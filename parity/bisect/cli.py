@@ -9,13 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..args import fault_parent, local_parent, map_parent, model_parent, policy_parent, streaming_parent
+from ..args import (fault_parent, local_parent, map_parent, model_parent, onnx_parent, policy_parent,
+                    session_parent, streaming_parent)
+from ..onnx_options import DEFAULT_PROFILE, OnnxOptions, check_overrides
 from ..session import ModelSpec
 from .git import GitBisectConfig, bisect_git
 from .log import BisectResult, BisectUsageError, atomic_write, headline_text
 from .precision import bisect_precision
 from .switches import bisect_switches, resolve_switches
 from .trials import SearchSettings
+
+GIT_DEFAULT_PROFILE = "fp32-sdpa"
 
 
 def parse_switch(spec: str) -> tuple[str, Any]:
@@ -38,20 +42,28 @@ def parse_switch(spec: str) -> tuple[str, Any]:
 
 
 def _start(args):
-    """(profile name or Switches to start from, switch overrides) from --profile / --switch / --fault."""
+    """(profile name or Switches to start from, switch overrides) from --profile / --switch / --fault and
+    --onnx-estimator / --require-provider (switch overrides too; with a file and no --profile: onnx-cpu)."""
     overrides = dict(parse_switch(s) for s in (args.switch or []))
-    if not args.profile and not overrides and not getattr(args, "fault", None):
+    onnx = OnnxOptions.from_args(args)
+    overrides.update(onnx.overrides())
+    profile = args.profile or (DEFAULT_PROFILE if onnx.estimator else None)
+    if not profile and not overrides and not getattr(args, "fault", None):
         raise BisectUsageError("give --profile NAME or --switch NAME=VALUE (and/or --fault) to start from")
-    if args.profile:
-        return args.profile, overrides
+    if onnx:
+        sw, _ = resolve_switches(profile or None, getattr(args, "pyproject", None), (), overrides)
+        check_overrides(sw, profile, overrides)
+    if profile:
+        return profile, overrides
     from candidate.switches import Switches
 
     return Switches(**overrides), {}
 
 
 def _search_parent(trials_help: str) -> argparse.ArgumentParser:
-    q = argparse.ArgumentParser(add_help=False, parents=[streaming_parent(), policy_parent()])
-    q.add_argument("--bundle", action="append", help="input bundle(s) (default fixtures/bundles/medium)")
+    q = argparse.ArgumentParser(add_help=False, parents=[streaming_parent(), session_parent(), policy_parent()])
+    q.add_argument("--bundle", action="append", help="input bundle(s) (default fixtures/bundles/medium; with "
+                                                     "--session streaming fixtures/sessions/stream)")
     q.add_argument("--max-trials", type=int, help=trials_help)
     q.add_argument("--timeout", type=float, help="stop after this many seconds (the log stays resumable)")
     q.add_argument("--log", help="JSON trial log (default <workdir>/bisect-<mode>.json)")
@@ -75,7 +87,7 @@ def _profile_parent() -> argparse.ArgumentParser:
 def add_bisect_args(p: argparse.ArgumentParser) -> None:
     """``parity bisect {switches,precision,git}``."""
     sub = p.add_subparsers(dest="bisect_cmd", required=True)
-    in_process = [model_parent("tiny"), _profile_parent(), local_parent(),
+    in_process = [model_parent("tiny"), _profile_parent(), local_parent(), onnx_parent(),
                   _search_parent("bound on the trials (default: ddmin's worst case)")]
 
     s = sub.add_parser("switches", parents=in_process + [fault_parent()],
@@ -90,7 +102,7 @@ def add_bisect_args(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--name", help="name of the profile to paste (default <profile>-fp32-islands)")
     pr.set_defaults(bisect_func=_cmd_precision)
 
-    g = sub.add_parser("git", parents=[model_parent("tiny"), fault_parent(), map_parent(),
+    g = sub.add_parser("git", parents=[model_parent("tiny"), fault_parent(), map_parent(), onnx_parent(),
                                        _search_parent("bound on the commits run (default: every commit in the range)")],
                        help="which commit broke parity (git bisect run with a frozen reference)")
     g.add_argument("--good", required=True, help="a revision that passes")
@@ -98,15 +110,25 @@ def add_bisect_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--repo", default=".", help="the repository (default: the current directory)")
     g.add_argument("--cmd", help="shell command that writes a dump at {out} (also {ref}, {bundle}); run in a "
                                  "worktree of each commit. Without it: the commit's candidate package in-process")
-    g.add_argument("--profile", default="fp32-sdpa", help="candidate profile for the in-process mode")
+    g.add_argument("--profile",
+                   help=f"candidate profile for the in-process mode (default {GIT_DEFAULT_PROFILE}; onnx-cpu with "
+                        f"--onnx-estimator)")
     g.add_argument("--ref-trace", action="append", help="frozen reference trace(s) to use instead of computing one")
     g.add_argument("--trial-timeout", type=float, default=600.0, help="seconds per commit before it is skipped")
     g.add_argument("--no-verify", action="store_true", help="do not check first that --bad fails and --good passes")
     g.set_defaults(bisect_func=_cmd_git)
 
 
+def _mode(args):
+    """The streaming session's RunMode when ``--session streaming`` (None: a single call)."""
+    from ..session_runner import options_from_args, session_mode
+
+    opts = options_from_args(args)
+    return session_mode(opts) if opts is not None else None
+
+
 def _settings(args) -> SearchSettings:
-    return SearchSettings(streaming=args.streaming, policy=args.policy, local=not args.no_local,
+    return SearchSettings(streaming=args.streaming, mode=_mode(args), policy=args.policy, local=not args.no_local,
                           max_trials=args.max_trials, timeout=args.timeout, workdir=args.workdir, log=args.log,
                           resume=args.resume, report=args.report, progress=args.progress,
                           trial_reports=args.trial_reports, keep_traces=args.keep_traces)
@@ -173,8 +195,16 @@ def _cmd_precision(args) -> int:
 def _cmd_git(args) -> int:
     from ..aliases import parse_maps
 
-    cfg = GitBisectConfig(cmd=args.cmd, profile=args.profile, faults=args.fault or (), model=ModelSpec.from_args(args),
+    onnx = OnnxOptions.from_args(args)
+    if onnx and args.cmd:
+        raise BisectUsageError("--onnx-estimator / --require-provider apply to the in-process mode (the commit's "
+                               "candidate package); with --cmd your command decides what runs")
+    onnx.overrides()  # a missing file or an unknown provider: one line before the bisection starts
+    profile = args.profile or (DEFAULT_PROFILE if onnx.estimator else GIT_DEFAULT_PROFILE)
+    cfg = GitBisectConfig(cmd=args.cmd, profile=profile, faults=args.fault or (), model=ModelSpec.from_args(args),
+                          onnx=onnx,
                           device=args.device, bundles=args.bundle, ref_traces=args.ref_trace, streaming=args.streaming,
+                          mode=_mode(args),
                           policy=args.policy, maps=parse_maps(args.map), max_trials=args.max_trials,
                           timeout=args.timeout, trial_timeout=args.trial_timeout, workdir=args.workdir, log=args.log,
                           resume=args.resume, verify=not args.no_verify, keep_traces=args.keep_traces,

@@ -42,7 +42,7 @@ from ..result import read_json, write_json
 from ..session import ModelSpec
 from .log import BisectResult, BisectUsageError, TrialLog, TrialProgress, deadline_after, headline_text, make_workdir
 from .page import finish, trial_report
-from .trials import DEFAULT_BUNDLE
+from .trials import DEFAULT_BUNDLE, DEFAULT_SESSION_BUNDLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ABORT = 128  # git bisect run: 128..255 aborts the bisection
@@ -171,6 +171,7 @@ class GitBisect:
         self.cmd, self.profile, self.faults = cfg.cmd, cfg.profile, list(cfg.faults or ())
         self.model, self.device = cfg.model, cfg.device
         self.streaming, self.policy_arg, self.maps = cfg.streaming, cfg.policy, cfg.maps
+        self.mode = cfg.mode if cfg.mode is not None and getattr(cfg.mode, "is_session", False) else None
         self.max_trials, self.trial_timeout = cfg.max_trials, cfg.trial_timeout
         self.deadline = deadline_after(cfg.timeout)
         self.verify, self.keep_traces, self.python = cfg.verify, cfg.keep_traces, cfg.python or sys.executable
@@ -183,7 +184,8 @@ class GitBisect:
         if _git(repo, "merge-base", "--is-ancestor", self.good_sha, self.bad_sha, check=False).returncode != 0:
             raise BisectUsageError(f"--good {good} is not an ancestor of --bad {bad}")
         self.n_commits = int(_git(repo, "rev-list", "--count", f"{self.good_sha}..{self.bad_sha}").stdout.strip())
-        self.bundles = [Path(b) for b in (cfg.bundles or ([] if cfg.ref_traces else [DEFAULT_BUNDLE]))]
+        default = DEFAULT_SESSION_BUNDLE if self.mode is not None else DEFAULT_BUNDLE
+        self.bundles = [Path(b) for b in (cfg.bundles or ([] if cfg.ref_traces else [default]))]
         if cfg.ref_traces:
             self.ref_paths = [Path(r) for r in cfg.ref_traces]
             for r in self.ref_paths:
@@ -209,8 +211,10 @@ class GitBisect:
         names = [b.name for b in self.bundles] or [r.name for r in self.ref_paths]
         identity = {"repo": str(repo), "good": self.good_sha, "bad": self.bad_sha, "cmd": cfg.cmd,
                     "profile": None if cfg.cmd else cfg.profile, "faults": None if cfg.cmd else self.faults,
+                    **({"onnx": cfg.onnx.cli_args()} if cfg.onnx and not cfg.cmd else {}),
                     "model": None if cfg.cmd else (cfg.model.preset or str(cfg.model.model_dir)), "bundles": names,
                     "streaming": cfg.streaming, "policy": str(cfg.policy) if cfg.policy else None,
+                    **({"mode": self.mode.label} if self.mode is not None else {}),
                     "maps": cfg.maps or None}
         self.log = TrialLog(log_path, "git", identity, resume=cfg.resume,
                             settings={"max_trials": cfg.max_trials, "timeout_s": cfg.timeout,
@@ -220,6 +224,7 @@ class GitBisect:
         self.run_trials = 0
         self.exhausted: str | None = None
         self.ref_model = cfg.ref_model
+        self._mask_model, self._mask_why = None, None  # streaming: the model of the chunk-mask check, loaded once
         self.refs: list = []  # Loaded, per bundle
         self.policy = None
         self.wt_root: Path | None = None
@@ -253,18 +258,40 @@ class GitBisect:
 
             model = self.ref_model
             for b in self.bundles:
-                mode = "streaming" if self.streaming else "offline"
+                mode = self.mode.label if self.mode is not None else ("streaming" if self.streaming else "offline")
                 p = self.wd / "reference" / f"{b.stem}-{mode}-reference.safetensors"
                 if not p.exists():
                     if model is None:
                         model = self.model.load()
                     self.progress.note(f"computing the frozen reference trace for {b.name}")
-                    run_to_trace(model, load_bundle(b, **bundle_dims(model.cfg)), p, streaming=self.streaming,
-                                 extra_meta={"inputs": b.name, "frozen_for": "parity bisect git"}, raise_errors=True)
+                    meta = {"inputs": b.name, "frozen_for": "parity bisect git"}
+                    if self.mode is not None:  # a streaming session (upstream's chunked loop)
+                        from ..session import run_pipeline
+
+                        run_pipeline(model, load_bundle(b, **bundle_dims(model.cfg)), p, self.mode, extra_meta=meta,
+                                     raise_errors=True)
+                    else:
+                        run_to_trace(model, load_bundle(b, **bundle_dims(model.cfg)), p, streaming=self.streaming,
+                                     extra_meta=meta, raise_errors=True)
                 paths.append(p)
         self.ref_paths = paths
         self.refs = [load(p, self.maps) for p in paths]
         self.log.update(reference=[self.log.rel(p) for p in paths])
+
+    def _mask_check(self, i: int, cand) -> dict | None:
+        """Streaming: the chunk-mask check of a commit's dump against the frozen reference, with the reference
+        model (the one that froze it, else the one its provenance names, loaded once)."""
+        if not self.streaming:
+            return None
+        from ..streaming_mask import check_saved, model_from_provenance, not_checked
+
+        ref = self.refs[i]
+        if self._mask_model is None and self._mask_why is None:
+            self._mask_model, self._mask_why = ((self.ref_model, None) if self.ref_model is not None
+                                                else model_from_provenance(ref.metadata))
+        if self._mask_model is None:
+            return not_checked(self._mask_why)
+        return check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=True, model=self._mask_model)
 
     def _budget_left(self) -> str | None:
         if self.max_trials is not None and self.run_trials >= self.max_trials:
@@ -352,10 +379,16 @@ class GitBisect:
                     argv += self.model.cli_args()
                     if self.device and self.device != "cpu":
                         argv += ["--device", self.device]
-                    if self.streaming:
+                    if self.mode is not None:  # commits without --session cannot run it: skipped (125)
+                        from ..session_runner import session_cli_args
+
+                        argv += session_cli_args(self.mode.options)
+                    elif self.streaming:
                         argv.append("--streaming")
                     for f in self.faults:
                         argv += ["--fault", f]
+                    if self.cfg.onnx:  # a commit whose dump lacks these options exits 2: skipped, with the reason
+                        argv += self.cfg.onnx.cli_args()
                     shell = False
                 timeout, global_bound = self._timeout()
                 rc, tail = _run_proc(argv, cwd=str(wt), env=env, timeout=timeout, log_path=tdir / f"{stem}.log",
@@ -370,7 +403,7 @@ class GitBisect:
                 dumps.append(dump)
                 try:
                     cand = load(dump, self.maps)
-                    result = compare_loaded(self.refs[i], cand, self.policy)
+                    result = compare_loaded(self.refs[i], cand, self.policy, mask_check=self._mask_check(i, cand))
                 except ParityUserError as exc:
                     return 125, f"unreadable dump: {exc}", None, None, dumps
                 except Exception as exc:  # noqa: BLE001 - a dump the comparison cannot digest: skip, say why
@@ -612,12 +645,14 @@ class GitBisectConfig:
     cmd: str | None = None  # shell command writing a dump at {out}; None: the commit's candidate package
     profile: str = "fp32-sdpa"  # in-process mode: candidate profile and faults
     faults: Sequence[str] = ()
+    onnx: Any = None  # in-process mode: parity.onnx_options.OnnxOptions (--onnx-estimator / --require-provider)
     model: ModelSpec = field(default_factory=lambda: ModelSpec("tiny"))  # for the frozen reference (and trials)
     device: str = "cpu"
     bundles: Sequence[str | Path] | None = None
     ref_traces: Sequence[str | Path] | None = None  # frozen reference traces to use instead of computing them
     ref_model: Any = None  # an already loaded reference model (instead of ``model``)
     streaming: bool = False
+    mode: Any = None  # a parity.session.RunMode of a streaming session (None: a single call, ``streaming``)
     policy: Any = None
     maps: dict | None = None
     max_trials: int | None = None

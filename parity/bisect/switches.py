@@ -100,7 +100,7 @@ def bisect_switches(model, switches_or_profile, bundles=None, *, pyproject=None,
     by_name = {c.name: c for c in changes}
     order = [c.name for c in changes]
     label = pname or "switches"
-    bundles = check_bundles(bundles)
+    bundles = check_bundles(bundles, st.is_session)
     bound = ddmin_bound(len(changes))
     identity = {"switches": sw.to_dict(), "bundles": [b.name for b in bundles], **st.identity(),
                 **model_identity(model)}

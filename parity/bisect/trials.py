@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..project import BUNDLE_DIR
+from ..project import BUNDLE_DIR, SESSION_BUNDLE_DIR
 from ..result import Comparison, read_json, write_json
 from ..session import ReferenceCache, run_case
 from .log import BisectUsageError, TrialLog, TrialProgress, headline_text, make_workdir
 from .page import trial_report
 
 DEFAULT_BUNDLE = BUNDLE_DIR / "medium.safetensors"
+DEFAULT_SESSION_BUNDLE = SESSION_BUNDLE_DIR / "stream.safetensors"  # streaming sessions: three chunks + the final call
 
 
 @dataclass
@@ -24,6 +25,7 @@ class SearchSettings:
     seconds), and where its log, traces and reports go."""
 
     streaming: bool = False
+    mode: Any = None  # a parity.session.RunMode (a streaming session); None: the single call ``streaming`` says
     policy: Any = None  # a parity.policy.Policy, a policy TOML file, or None (the defaults)
     local: bool = True
     max_trials: int | None = None
@@ -38,12 +40,20 @@ class SearchSettings:
 
     def identity(self) -> dict:
         """What must match for a log to be resumed (besides the searched configuration)."""
-        return {"streaming": self.streaming, "local": self.local,
-                "policy": str(self.policy) if isinstance(self.policy, (str, Path)) else None}
+        ident = {"streaming": self.streaming, "local": self.local,
+                 "policy": str(self.policy) if isinstance(self.policy, (str, Path)) else None}
+        if self.mode is not None and getattr(self.mode, "is_session", False):
+            ident["mode"] = self.mode.label
+        return ident
+
+    @property
+    def is_session(self) -> bool:
+        return self.mode is not None and getattr(self.mode, "is_session", False)
 
 
-def check_bundles(bundles) -> list[Path]:
-    out = [Path(b) for b in (bundles or [DEFAULT_BUNDLE])]
+def check_bundles(bundles, session: bool = False) -> list[Path]:
+    """The bundles a search runs on (default: the ``medium`` fixture; for a streaming session the session bundle)."""
+    out = [Path(b) for b in (bundles or [DEFAULT_SESSION_BUNDLE if session else DEFAULT_BUNDLE])]
     for b in out:
         if not b.exists():
             raise BisectUsageError(f"{b}: input bundle not found")
@@ -65,9 +75,11 @@ class TrialOutcome:
 class CandidateTrials:
     """Runs a candidate configuration on every bundle against the (cached) reference."""
 
-    def __init__(self, model, bundles: list[Path], *, streaming: bool, policy, local: bool, trace_dir: Path):
+    def __init__(self, model, bundles: list[Path], *, streaming: bool, policy, local: bool, trace_dir: Path,
+                 mode=None):
         self.model, self.bundles, self.streaming, self.policy, self.local = model, bundles, streaming, policy, local
         self.trace_dir = trace_dir
+        self.mode = mode  # a RunMode (streaming session) or None
         self.refs = ReferenceCache()
 
     def run(self, sw, label: str) -> TrialOutcome:
@@ -80,8 +92,8 @@ class CandidateTrials:
         results, headline, verdict = [], None, "pass"
         cand = CandidateToken2Wav(self.model, sw, label)
         for b in self.bundles:
-            case = run_case(self.model, cand, b, streaming=self.streaming, policy=self.policy, local=self.local,
-                            trace_dir=self.trace_dir, profile_name=label, refs=self.refs)
+            case = run_case(self.model, cand, b, streaming=self.streaming, mode=self.mode, policy=self.policy,
+                            local=self.local, trace_dir=self.trace_dir, profile_name=label, refs=self.refs)
             # the traces are on disk (trace_dir): do not hold every trial's tensors in memory
             case.ref_tensors, case.cand_tensors, case.local_tensors = {}, {}, {}
             results.append((b.name, case.result, case))
@@ -105,8 +117,9 @@ class InProcessSearch:
         self.wd, log_path = make_workdir(settings.workdir, settings.log, mode)
         pol = settings.policy
         pol = load_policy(pol) if pol is None or isinstance(pol, (str, Path)) else pol
-        self.runner = CandidateTrials(model, check_bundles(bundles), streaming=settings.streaming, policy=pol,
-                                      local=settings.local, trace_dir=self.wd / "traces")
+        self.runner = CandidateTrials(model, check_bundles(bundles, settings.is_session), streaming=settings.streaming,
+                                      policy=pol, local=settings.local, trace_dir=self.wd / "traces",
+                                      mode=settings.mode)
         self.log = TrialLog(log_path, mode, identity, resume=settings.resume, settings=log_settings)
         progress = settings.progress
         self.progress = progress if isinstance(progress, TrialProgress) else TrialProgress(mode, progress)

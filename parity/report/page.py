@@ -84,6 +84,8 @@ def _test_note(row: dict) -> str:
         return "-"
     if o == "passed" and row["faults"] and row["verdict"] != "pass":
         return "expected fault caught"
+    if o == "passed" and row.get("expected") and row["verdict"] != "pass":
+        return "failed as expected (diagnosed)"
     # what the test expected of the case is the test's business: say only that it failed
     return {"passed": "passed", "failed": "test failed", "error": "test error"}.get(o, o)
 
@@ -106,8 +108,10 @@ def summary_view(rows: list[dict], session: dict | None) -> dict:
             verdict = "error"
         n_pass = sum(1 for r in ok if r["verdict"] == "pass")
         caught = sum(1 for r in ok if r["faults"] and r["verdict"] != "pass")
-        other = n_ok - n_pass - caught  # e.g. an xfail, or a test that expects a failure without a fault
+        diagnosed = sum(1 for r in ok if not r["faults"] and r.get("expected") and r["verdict"] != "pass")
+        other = n_ok - n_pass - caught - diagnosed  # e.g. an xfail
         parts = [f"{n_pass} pass parity" if n_pass else "", f"{caught} expected fault(s) caught" if caught else "",
+                 f"{diagnosed} failed as expected (diagnosed)" if diagnosed else "",
                  f"{other} other(s)" if other else ""]
         detail = ", ".join(p for p in parts if p)
         text = f"{n_ok} of {n} case(s) as their tests expect" + (f" ({detail})" if detail else "")
@@ -115,9 +119,12 @@ def summary_view(rows: list[dict], session: dict | None) -> dict:
         if exitstatus not in (None, 0):
             text += f"; pytest exit status {exitstatus}"
     else:
-        verdict = aggregate_verdict(r["verdict"] for r in rows)
+        # a case that failed with the diagnosis its test asserted (``expected``) does not fail the run
+        verdict = aggregate_verdict("pass" if r.get("expected") and r["verdict"] == "fail" else r["verdict"]
+                                    for r in rows)
         n_ok = sum(r["verdict"] == "pass" for r in rows)
-        text = f"{n_ok} of {n} case(s) pass"
+        n_expected = sum(1 for r in rows if r.get("expected") and r["verdict"] == "fail")
+        text = f"{n_ok} of {n} case(s) pass" + (f", {n_expected} failed as expected (diagnosed)" if n_expected else "")
         title = f"{n_ok}/{n} cases pass"
     groups = []
     plain = [r for r in rows if not r["faults"]]
@@ -145,7 +152,8 @@ def _summary_rows(cases, path: Path | None) -> list[dict]:
         row = {"name": c.name, "bundle": c.bundle, "profile": c.profile, "mode": c.mode, "verdict": c.verdict,
                "stage": c.stage, "code": c.code, "message": c.message,
                "time": f"{c.seconds:.1f} s" if c.seconds is not None else "-", "link": link, "faults": faults,
-               "test": getattr(c, "test", None) or "", "outcome": getattr(c, "outcome", None)}
+               "test": getattr(c, "test", None) or "", "outcome": getattr(c, "outcome", None),
+               "expected": getattr(c, "expected", None)}
         row["test_note"] = _test_note(row)
         rows.append(row)
     return rows

@@ -71,6 +71,52 @@ def _error_text(e: Any) -> str | None:
     return str(e)
 
 
+def _onnx(m: dict, part: str | None = None) -> dict:
+    """The ``onnx`` provenance of a trace (or one part of it), ``{}`` when absent."""
+    o = m.get("onnx") if isinstance(m.get("onnx"), dict) else {}
+    if part is None:
+        return o
+    return o.get(part) if isinstance(o.get(part), dict) else {}
+
+
+def _onnx_source(o: dict) -> str | None:
+    if not o:
+        return None
+    src = str(o.get("source") or "-")
+    opts = (o.get("export") or {}).get("options") if isinstance(o.get("export"), dict) else None
+    if isinstance(opts, dict):
+        src += " (" + ", ".join(f"{k} {fmt(v)}" for k, v in opts.items()) + ")"
+    return src + (f"; {o['note']}" if o.get("note") else "")
+
+
+def _onnx_file(f: dict) -> str | None:
+    if not f:
+        return None
+    return (f"opset {fmt(f.get('opset'))}, {f.get('producer') or '?'} {f.get('producer_version') or ''}".rstrip()
+            + f", IR {fmt(f.get('ir_version'))}, {fmt(f.get('bytes'))} bytes")
+
+
+def _onnx_inputs(f: dict) -> str | None:
+    if not f:
+        return None
+    ins = ", ".join(f"{i.get('name')} {i.get('dtype')}" for i in f.get("inputs") or [] if isinstance(i, dict))
+    return ins + ("; attn_mask input: the chunk mask can be fed" if f.get("mask_input")
+                  else "; no attention-mask input: streaming runs with full attention")
+
+
+def _onnx_required(sess: dict) -> str | None:
+    if not sess.get("require_provider"):
+        return None
+    miss = sess.get("required_provider_missing")
+    return f"{sess['require_provider']}: " + (f"NOT MET: {miss}" if miss else "met")
+
+
+def _onnx_fusion(fu: dict) -> str | None:
+    if not fu:
+        return None
+    return f"fused {fmt(fu.get('fused'))}; not fused {fmt(fu.get('not_fused'), limit=200)}"
+
+
 PROVENANCE = [
     # label, getter, highlight differences
     ("pipeline", lambda m: m.get("pipeline"), False),  # differs by design
@@ -104,6 +150,24 @@ PROVENANCE = [
     ("switches", lambda m: m.get("switches"), True),
     ("faults", lambda m: m.get("faults"), True),
     ("compile", lambda m: m.get("compile"), True),
+    *[(label, get, False) for label, get in (  # the ONNX Runtime estimator (candidate only: not highlighted)
+        ("ONNX Runtime", lambda m: _onnx(m).get("onnxruntime")),
+        ("ONNX estimator source", lambda m: _onnx_source(_onnx(m))),
+        ("ONNX file sha256", lambda m: _onnx(m, "file").get("sha256")),
+        ("ONNX file opset / producer / IR", lambda m: _onnx_file(_onnx(m, "file"))),
+        ("ONNX graph inputs", lambda m: _onnx_inputs(_onnx(m, "file"))),
+        ("ONNX providers requested", lambda m: _onnx(m, "session").get("providers_requested")),
+        ("ONNX providers used", lambda m: _onnx(m, "session").get("providers_used")),
+        ("ONNX required provider", lambda m: _onnx_required(_onnx(m, "session"))),
+        ("ONNX graph optimization level", lambda m: _onnx(m, "session").get("graph_optimization_level")),
+        ("ONNX intra-op threads", lambda m: _onnx(m, "session").get("intra_op_threads")),
+        ("ONNX fused nodes (session graph)", lambda m: _onnx(m).get("fused_nodes")),
+        ("ONNX op counts (session graph)", lambda m: _onnx(m).get("optimized_op_counts")
+         or _onnx(m).get("graph_op_counts")),
+        ("ONNX fusion pass", lambda m: _onnx_fusion(_onnx(m, "fusion"))),
+        ("ONNX fp16 conversion", lambda m: _onnx(m).get("fp16")),
+        ("ONNX estimator calls", lambda m: m.get("onnx_run")),
+    )],
     ("status", lambda m: m.get("status"), True),
     ("error", lambda m: _error_text(m.get("error")), True),
     ("started", lambda m: m.get("started"), False),
@@ -112,7 +176,7 @@ PROVENANCE = [
 _PROV_KEYS = {"pipeline", "model", "config", "weights_sha256", "weights", "noise", "dtypes", "precision", "device",
               "attention", "attention_kernels", "n_timesteps", "t_scheduler", "cfg_rate", "sigma_min", "streaming",
               "finalize", "sample_rate", "inputs", "env", "profile", "switches", "faults", "compile", "status",
-              "error", "started", "seconds", "stage_order"}
+              "error", "started", "seconds", "stage_order", "onnx", "onnx_run"}
 
 
 def provenance_rows(meta: dict) -> tuple[list[dict], list[dict]]:
@@ -284,6 +348,7 @@ class Media:
     f0: dict
     waveform: dict
     listen: dict
+    session: dict | None = None  # the streaming-session section (parity.report.chunks)
 
 
 def _step_limits(result: Comparison) -> dict[str, float]:
@@ -310,6 +375,14 @@ def _join(*notes: str | None) -> str | None:
 
 def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> Media:
     rt, ct = rt or {}, ct or {}
+    if result.session:  # a streaming session: the mel, waveform and players show the streams
+        from .chunks import session_view
+
+        sess = session_view(result, rt, ct, budget, _safe)
+        rt, ct = ({**t, **{k: t[s] for k, s in (("flow_mel", "stream.mel"), ("audio", "stream.audio"))
+                           if s in t and k not in t}} for t in (rt, ct))
+    else:
+        sess = {"available": False, "note": "not a streaming session (one token2wav call): no chunks"}
     have = bool(rt) or bool(ct)
     no_t = tensor_note or "no trace tensors were given to the report (only the comparison result): plots omitted"
     steps = result.steps
@@ -395,14 +468,32 @@ def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int,
         if lp:
             listen.update(lp)
         listen["missing"] = _join(err, no_cand)
-    return Media(step_sec, mel_sec, f0_sec, wav_sec, listen)
+    return Media(step_sec, mel_sec, f0_sec, wav_sec, listen, sess)
 
 
 # ---------------------------------------------------------------------------------------------
 # the whole page
 
-SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "steps", "mel", "f0", "waveform", "listen",
+SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "session", "steps", "mel", "f0", "waveform", "listen",
                "nonfinite", "audio-metrics", "raw-stats")
+
+
+def mask_check_line(mc: dict | None) -> str | None:
+    """The streaming chunk-mask check (:mod:`parity.streaming_mask`) as one line, numbers from the result."""
+    if not mc:
+        return None
+    if not mc.get("checked"):
+        return f"not checked: {mc.get('reason')}"
+    nums = (f" (rel_l2 to the masked reference {fmt(mc.get('err_vs_masked'))}, to the unmasked one "
+            f"{fmt(mc.get('err_vs_unmasked'))}; the mask's own effect {fmt(mc.get('mask_effect'))}; "
+            f"{fmt(mc.get('frames'))} frames, {fmt(mc.get('chunk_size'))}-frame chunks)")
+    if mc.get("ignores_mask"):
+        verdict = "the candidate IGNORES the chunk mask"
+    elif mc.get("decidable"):
+        verdict = "the candidate honours the chunk mask"
+    else:
+        verdict = "cannot decide"
+    return f"{mc.get('stage') or 'step1.v1'}: {verdict}{nums}"
 
 
 def page_context(result: Comparison, *, title: str, seconds: dict, media: Media, notes: list[str]) -> dict:
@@ -445,6 +536,7 @@ def page_context(result: Comparison, *, title: str, seconds: dict, media: Media,
         "audio_tables": audio_metric_tables(result.audio),
         "raw": raw_stats(result.stages),
         "notes": notes,
+        "mask_check": mask_check_line(result.mask_check),
         "section_ids": SECTION_IDS,
         "schema": result.schema,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
