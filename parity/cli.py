@@ -383,10 +383,14 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
 
     inputs = [str(i) for i in inputs or []]
     mp = maps if isinstance(maps, dict) else parse_maps(maps)
+    is_json = bool(inputs) and inputs[0].lower().endswith(".json")
+    if not ((is_json and len(inputs) in (1, 3)) or (len(inputs) == 2 and not any(i.lower().endswith(".json")
+                                                                                 for i in inputs))):
+        raise InputError("parity-report: expected REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE] "
+                         f"(got {len(inputs)} argument(s): {' '.join(inputs) or 'none'})")
     for i in inputs:  # cheap checks first: a missing input is reported before anything is created
         if not Path(i).exists() and not journal_path(i).exists():
             raise InputError(f"{i}: file not found")
-    is_json = bool(inputs) and inputs[0].lower().endswith(".json")
     if is_json and len(inputs) in (1, 3):
         result = read_json(Path(inputs[0]))
         src = result.sources
