@@ -10,7 +10,13 @@
    paired ratios crash / normal. A cProfile of one crash case lists its ten most expensive functions
    (``--profile-crash``).
 2. ``--parity-run N``: wall time of ``parity run`` and ``parity run --fault shape-crash`` (no other argument:
-   the tiny preset on every fixture bundle, fp32-sdpa) in fresh child processes, interleaved, N pairs.
+   the tiny preset on every fixture bundle, fp32-sdpa) in fresh child processes, interleaved, N pairs; with
+   ``--cli-threads default,1`` each pair runs once per OMP_NUM_THREADS setting (``default``: unset, torch's
+   one thread per core), to separate the crash from the machine's thread contention.
+
+Finding (issue 15, docs/benchmarks.md "The shape-crash case"): the crash case is not slower (it does less: the
+candidate stops at ``source``); ``parity run`` wall times on a shared 2-core machine swing 6x with torch's
+default two threads and stay flat with one, which is where "65 s against 23 s" came from.
 
 The machine this runs on may be shared: read ratios of interleaved runs, not lone absolute times.
 """
@@ -21,6 +27,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import statistics
 import subprocess
@@ -68,6 +75,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--parity-run", type=int, default=0, help="also time N pairs of `parity run` children")
     ap.add_argument("--profile-crash", action="store_true", help="cProfile one crash run (top 10 by cumulative time)")
+    ap.add_argument("--cli-threads", default="default",
+                    help="comma list of OMP_NUM_THREADS settings for --parity-run (default: unset)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -100,27 +109,38 @@ def main(argv=None) -> dict:
     if args.parity_run:
         exe = Path(sys.executable).parent / "parity"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "parity.cli"]
-        pairs = []
+        settings = [s.strip() for s in args.cli_threads.split(",") if s.strip()]
+        pairs: dict[str, list] = {s: [] for s in settings}
         with tempfile.TemporaryDirectory() as td:
             for i in range(args.parity_run):
-                pair = {}
-                order = list(VARIANTS.items()) if i % 2 == 0 else list(reversed(list(VARIANTS.items())))
-                for name, faults in order:
-                    extra = [a for f in faults for a in ("--fault", f)]
-                    t0 = time.perf_counter()
-                    p = subprocess.run(cmd + ["run", "--no-progress", "--report", f"{td}/{name}{i}.html"] + extra,
-                                       cwd=ROOT, capture_output=True, text=True)
-                    pair[name] = {"seconds": time.perf_counter() - t0, "exit": p.returncode}
-                pairs.append(pair)
-                print(f"parity run pair {i + 1}: " + "; ".join(f"{n} {v['seconds']:.1f} s (exit {v['exit']})"
-                                                               for n, v in pair.items()), file=sys.stderr)
-        res["parity_run"] = {"pairs": pairs, "median_ratio_crash_over_normal": statistics.median(
-            p["shape-crash"]["seconds"] / p["normal"]["seconds"] for p in pairs)}
+                for setting in settings:
+                    env = dict(os.environ)
+                    env.pop("OMP_NUM_THREADS", None)
+                    if setting != "default":
+                        env["OMP_NUM_THREADS"] = setting
+                    pair = {}
+                    order = list(VARIANTS.items()) if i % 2 == 0 else list(reversed(list(VARIANTS.items())))
+                    for name, faults in order:
+                        extra = [a for f in faults for a in ("--fault", f)]
+                        t0 = time.perf_counter()
+                        p = subprocess.run(cmd + ["run", "--no-progress", "--report", f"{td}/{name}{i}{setting}.html"]
+                                           + extra, cwd=ROOT, capture_output=True, text=True, env=env)
+                        pair[name] = {"seconds": time.perf_counter() - t0, "exit": p.returncode,
+                                      "load": os.getloadavg()[0]}
+                    pairs[setting].append(pair)
+                    print(f"parity run pair {i + 1} (threads {setting}): " + "; ".join(
+                        f"{n} {v['seconds']:.1f} s (exit {v['exit']}, load {v['load']:.1f})" for n, v in pair.items()),
+                        file=sys.stderr)
+        res["parity_run"] = {s: {"pairs": ps, "median_ratio_crash_over_normal": statistics.median(
+            p["shape-crash"]["seconds"] / p["normal"]["seconds"] for p in ps),
+            "normal_s": [p["normal"]["seconds"] for p in ps], "crash_s": [p["shape-crash"]["seconds"] for p in ps]}
+            for s, ps in pairs.items()}
     text = json.dumps(res, indent=1)
     if args.json:
         Path(args.json).write_text(text)
-    print(json.dumps({"median_s": res["median_s"], **({"parity_run": res["parity_run"]["median_ratio_crash_over_normal"]}
-                                                      if "parity_run" in res else {})}, indent=1))
+    print(json.dumps({"median_s": res["median_s"], **({"parity_run": {
+        s: {k: v for k, v in r.items() if k != "pairs"} for s, r in res["parity_run"].items()}}
+        if "parity_run" in res else {})}, indent=1))
     return res
 
 
