@@ -419,11 +419,12 @@ def test_session_report_of_a_failing_suite_says_fail(pytester):
     assert "test failed" in faults and "istft-gain" in faults  # ...and the page says so
 
 
-CRASHING_SUITE = """
+CRASHING_SUITE = f"""
 import os
+SHORT = {str(SHORT)!r}
 
-def test_case(parity_case, assert_parity):
-    assert_parity(parity_case)
+def test_case(parity_run, assert_parity):
+    assert_parity(parity_run("fp32-sdpa", SHORT, local=False))
 
 def test_the_worker_dies():
     os._exit(3)
