@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from .stages import KEY_STAGES
+
 
 def _parent() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
@@ -116,6 +118,33 @@ def floor_parent() -> argparse.ArgumentParser:
                         "reference's own floor from the shipped floors, the cache, or computed")
     g.add_argument("--no-floor", action="store_true",
                    help="judge every stage by the flat tolerances of the policy (no measured floor)")
+    return p
+
+
+def require_parent() -> argparse.ArgumentParser:
+    """``--require-stages`` (flow_mel and audio) and ``--require-stage NAME``: stages the candidate must hold;
+    one that is absent is a failure (exit 1). Without them a candidate lacking flow_mel or audio passes with a
+    warning in the headline."""
+    p = _parent()
+    p.add_argument("--require-stages", action="store_true",
+                   help=f"fail (exit 1) when the candidate lacks {' or '.join(KEY_STAGES)} (without it: a warning)")
+    p.add_argument("--require-stage", action="append", metavar="NAME",
+                   help="fail (exit 1) when the candidate lacks this stage (repeatable)")
+    return p
+
+
+def required_stages(args) -> list[str]:
+    """The stages ``--require-stages``/``--require-stage`` ask for, in order, without repeats."""
+    names = list(KEY_STAGES) if getattr(args, "require_stages", False) else []
+    names += list(getattr(args, "require_stage", None) or [])
+    return list(dict.fromkeys(names))
+
+
+def pcm_parent() -> argparse.ArgumentParser:
+    """``--no-pcm-scale``: integer PCM audio is a failure to fix instead of being scaled to [-1, 1]."""
+    p = _parent()
+    p.add_argument("--no-pcm-scale", action="store_true",
+                   help="do not scale integer PCM audio (int16/int32) to [-1, 1]: report it as a failure instead")
     return p
 
 

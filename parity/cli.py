@@ -11,6 +11,7 @@ from pathlib import Path
 
 from reference.errors import InputError, ParityUserError
 
+from .args import required_stages
 from .policy import PRECISION_CLASSES
 
 
@@ -32,11 +33,15 @@ def _write_wav(path: str | Path, audio, sr: int) -> Path:
 def cmd_dump(args) -> int:
     from reference.bundle import bundle_dims, load_bundle
 
+    from reference.bundle import negative_token_note
+
     from .onnx_options import OnnxOptions, name_suffix
+    from .outputs import Output, prepare_outputs
     from .runner import Progress, run_to_trace
     from .session import ModelSpec, Session, run_pipeline
     from .session_runner import options_from_args, session_mode
 
+    prepare_outputs([Output("--out", args.out), Output("--wav", args.wav)])
     onnx = OnnxOptions.from_args(args)
     overrides = onnx.overrides()  # a missing file or an unknown provider: one line before anything loads
     session_opts = options_from_args(args)  # before loading anything: a bad combination is exit 2 at once
@@ -45,6 +50,9 @@ def cmd_dump(args) -> int:
                          "flat tolerances); embed floors in single-call traces")
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
+    notes = [n for n in [negative_token_note(inputs, args.inputs)] if n]
+    for n in notes:
+        print(f"parity dump: note: {n}", file=sys.stderr)
     if args.pipeline == "candidate" or args.profile or args.fault or onnx:
         profile = onnx.profiles([args.profile] if args.profile else None, [None])[0]
         pipe = Session().candidate(model, profile, args.fault, args.device,
@@ -53,13 +61,15 @@ def cmd_dump(args) -> int:
     else:
         pipe = model
         label = "reference"
+    extra = {"inputs": str(args.inputs)}
+    if notes:
+        extra["input_notes"] = notes
     if session_opts is not None:  # upstream's chunked loop (parity.session_runner)
         res = run_pipeline(pipe, inputs, args.out, session_mode(session_opts), patterns=args.stages,
-                           extra_meta={"inputs": str(args.inputs)}, progress=Progress(label))
+                           extra_meta=extra, progress=Progress(label))
     else:
         res = run_to_trace(pipe, inputs, args.out, patterns=args.stages, streaming=args.streaming,
-                           finalize=not args.no_finalize, extra_meta={"inputs": str(args.inputs)},
-                           progress=Progress(label))
+                           finalize=not args.no_finalize, extra_meta=extra, progress=Progress(label))
     if res.error is not None:
         print(f"parity dump: {label} crashed at {res.crashed_at}: {type(res.error).__name__}: {res.error}; "
               f"partial trace with {len(res.stages)} stages written to {res.trace_path}", file=sys.stderr)
@@ -165,6 +175,9 @@ def cmd_noise_export(args) -> int:
     from reference.errors import InputError
     from reference.noise import SharedNoise
 
+    from .outputs import Output, prepare_outputs
+
+    prepare_outputs([Output("--out", args.out)])
     if args.model_dir:  # the noise follows the model's yaml (its module sizes shape the sine noise)
         yaml_path = Path(args.model_dir) / "cosyvoice3.yaml"
         if not yaml_path.exists():
@@ -183,25 +196,32 @@ def cmd_noise_export(args) -> int:
 def cmd_compare(args) -> int:
     from .aliases import parse_maps
     from .compare import CompareOptions, compare_paths
-    from .result import write_json
+    from .outputs import Output, claim_output, prepare_outputs
+    from .require import require_stages
+    from .result import sidecar_path, write_json
     from .summary import render
 
-    opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention)
     files = args.floor or []
     if len(files) > 1:
         raise InputError(f"parity compare: one --floor FILE per comparison (got {len(files)})")
+    prepare_outputs([Output("--json", args.json), Output("--report", args.report)])
+    json_path = claim_output(args.json, "--json", companions=[sidecar_path]).path if args.json else None
+    report_path = claim_output(args.report, "--report").path if args.report else None
+    opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention,
+                          pcm_scale=not args.no_pcm_scale)
     result = compare_paths(args.ref, args.cand, policy_path=args.policy, maps=parse_maps(args.map), opts=opts,
                            local_path=args.local, fp64_path=args.fp64, floors=_floor_store(args),
                            floor_file=files[0] if files else None, mask_check=not args.no_mask_check,
                            offline_path=args.offline)
+    require_stages(result, required_stages(args))
     print(render(result, verbose=args.verbose))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    if args.report:
+    if json_path:
+        write_json(result, json_path)
+        print(f"wrote {json_path}")
+    if report_path:
         from .report import build_report
 
-        path = build_report(result, args.report)
+        path = build_report(result, report_path)
         print(f"report: {path}")
     return result.exit_code
 
@@ -234,6 +254,9 @@ def cmd_faults(args) -> int:
 def cmd_export_model(args) -> int:
     from reference.export import export_model_dir
 
+    from .outputs import Output, prepare_outputs
+
+    prepare_outputs([Output("--out", args.out, "dir")])
     out = export_model_dir(args.preset, args.out, fmt=args.format)
     print(f"wrote {out} (cosyvoice3.yaml, flow.{args.format}, hift.{args.format}) in the upstream key format")
     return 0
@@ -246,6 +269,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_export_onnx(args) -> int:
+    from .outputs import Output, prepare_outputs
+
+    prepare_outputs([Output("--out", args.out)])
     from candidate.onnx_export import ExportOptions, export_from
 
     info = export_from(args.out, preset=None if args.model_dir else args.preset, model_dir=args.model_dir,
@@ -258,7 +284,9 @@ def cmd_export_onnx(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .calibrate import calibrate_command
+    from .outputs import Output, prepare_outputs
 
+    prepare_outputs([Output("--out", args.out)])
     return calibrate_command(args)
 
 
@@ -273,7 +301,7 @@ def cmd_bisect(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import args as A
 
-    p = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for CosyVoice 3 token2wav ports")
+    p = OneLineParser(prog="parity", description="Numerical parity harness for CosyVoice 3 token2wav ports")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace",
@@ -316,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare two traces from anywhere",
                        parents=[A.policy_parent(), A.floor_parent(), A.map_parent(), A.trim_parent(),
-                                A.output_parent()])
+                                A.output_parent(), A.require_parent(), A.pcm_parent()])
     c.add_argument("ref")
     c.add_argument("cand")
     c.add_argument("--precision", choices=list(PRECISION_CLASSES), help="candidate precision class for the policy")
@@ -334,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fixtures)",
                        parents=[A.model_parent("tiny"), A.streaming_parent(), A.session_parent(), A.capture_parent(),
                                 A.fault_parent(), A.onnx_parent(), A.policy_parent(), A.floor_parent(), A.local_parent(),
-                                A.output_parent()])
+                                A.output_parent(), A.require_parent()])
     r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles "
                                                      "(with --session streaming: fixtures/sessions)")
     r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
@@ -385,41 +413,98 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the contract's usage errors: one line on stderr (no usage block), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (a multi-line message, e.g. a checkpoint's key listing, joined by '; ')."""
+    parts = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return "; ".join(parts) if parts else type(exc).__name__
+
+
+def _os_error_text(exc: OSError) -> str:
+    where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+    return f"{where}{exc.strerror or one_line(exc)}"
+
+
+def guarded_command(prog: str, body) -> int:
+    """Run a command body under the exit-code contract: 0 pass, 1 parity failure, 2 unusable input or an
+    output that cannot be written (one line on stderr, no traceback), 130 interrupted (Ctrl-C, SIGINT); a
+    closed stdout is no error (:func:`parity.outputs.guarded_stdio`)."""
+    from .outputs import guarded_stdio
+
+    with guarded_stdio():
+        try:
+            return int(body() or 0)
+        except ParityUserError as exc:
+            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        except OSError as exc:  # the file system refused a write no check could foresee (disk full, ...)
+            print(f"{prog}: error: {_os_error_text(exc)}", file=sys.stderr)
+            return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ParityUserError as exc:
-        print(f"parity: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("parity: interrupted", file=sys.stderr)
-        return 130
+    def body():
+        args = build_parser().parse_args(argv)  # inside the guard: Ctrl-C while the parser imports is clean
+        return args.func(args)
+
+    return guarded_command("parity", body)
+
+
+def _report_target(out, default: Path) -> Path:
+    """The report path of ``parity-report``: ``-o`` or the default, checked and claimed before the work."""
+    from .outputs import Output, claim_output, prepare_outputs
+
+    target = Path(out) if out else default
+    prepare_outputs([Output("-o", target, explicit=bool(out))], prog="parity-report")
+    return claim_output(target, "-o", prog="parity-report").path  # both are the user's (or derived from the inputs)
 
 
 def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False,
-                      mask_check: bool = True, floors=None):
+                      require=None, pcm_scale: bool = True, mask_check: bool = True, floors=None):
     """``parity-report``: REF_TRACE CAND_TRACE (compare, then report; streaming traces get the chunk-mask check
     as in ``parity compare`` unless ``mask_check`` is off; the floor as in ``parity compare`` when ``floors`` is
     a floor store), or RESULT.json [REF_TRACE CAND_TRACE] (the saved result; plots from the given traces or from
-    the result's sources when they exist). Returns ``(path, result)``."""
+    the result's sources when they exist). ``require``: stages the candidate must hold (``--require-stages``).
+    Returns ``(path, result)``."""
     from .aliases import parse_maps
     from .ingest import load, tensors_from_sources
     from .report import build_report
+    from .require import require_stages
     from .result import read_json
+    from .trace import journal_path
 
     inputs = [str(i) for i in inputs or []]
     mp = maps if isinstance(maps, dict) else parse_maps(maps)
     is_json = bool(inputs) and inputs[0].lower().endswith(".json")
+    if not ((is_json and len(inputs) in (1, 3)) or (len(inputs) == 2 and not any(i.lower().endswith(".json")
+                                                                                 for i in inputs))):
+        raise InputError("parity-report: expected REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE] "
+                         f"(got {len(inputs)} argument(s): {' '.join(inputs) or 'none'})")
+    for i in inputs:  # cheap checks first: a missing input is reported before anything is created
+        if not Path(i).exists() and not journal_path(i).exists():
+            raise InputError(f"{i}: file not found")
     if is_json and len(inputs) in (1, 3):
         result = read_json(Path(inputs[0]))
+        src = result.sources
+        if len(inputs) == 3:
+            ref_name, cand_name = inputs[1], inputs[2]
+        else:
+            ref_name = str(src.get("ref") or "reference")
+            cand_name = str(src.get("cand") or Path(inputs[0]).stem)
+        target = _report_target(out, Path("reports") / f"{Path(cand_name).stem}-vs-{Path(ref_name).stem}.html")
         notes = []
         if len(inputs) == 3:
             rl, cl = load(inputs[1], mp), load(inputs[2], mp)
             rt, ct = rl.tensors, cl.tensors
-            ref_name, cand_name = inputs[1], inputs[2]
-            src = result.sources
             for side, given in (("ref", inputs[1]), ("cand", inputs[2])):
                 if src.get(side) and Path(str(src[side])).name != Path(given).name:
                     notes.append(f"the {side} trace given ({given}) is not the one the result was computed from "
@@ -430,21 +515,17 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
                 notes.append(tn)
             if not rt and not ct:
                 notes.append("no traces given and none found at the result's sources: plots omitted")
-            src = result.sources
-            ref_name = str(src.get("ref") or "reference")
-            cand_name = str(src.get("cand") or Path(inputs[0]).stem)
-        default = Path("reports") / f"{Path(cand_name).stem}-vs-{Path(ref_name).stem}.html"
-        path = build_report(result, Path(out) if out else default, ref_tensors=rt or {}, cand_tensors=ct or {},
-                            notes=notes)
+        require_stages(result, require)
+        path = build_report(result, target, ref_tensors=rt or {}, cand_tensors=ct or {}, notes=notes)
         return path, result
     if len(inputs) == 2 and not any(i.lower().endswith(".json") for i in inputs):
         from .compare import CompareOptions, compare_loaded
         from .policy import load_policy
-
         from .streaming_mask import check_saved, is_streaming
 
+        target = _report_target(out, Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html")
         rl, cl = load(inputs[0], mp), load(inputs[1], mp)
-        opts = CompareOptions(allow_trim=allow_trim)
+        opts = CompareOptions(allow_trim=allow_trim, pcm_scale=pcm_scale)
         floor = None
         if floors is not None:  # the same floor lookup as parity compare (the reference trace's own provenance)
             from .compare import candidate_context
@@ -454,8 +535,8 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
         mc = (check_saved(rl.metadata, rl.tensors, cl.tensors, streaming=is_streaming(rl.metadata, cl.metadata))
               if mask_check else None)
         result = compare_loaded(rl, cl, load_policy(policy), opts, mask_check=mc, floor=floor)
-        default = Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html"
-        path = build_report(result, Path(out) if out else default, ref_tensors=rl.tensors, cand_tensors=cl.tensors)
+        require_stages(result, require)
+        path = build_report(result, target, ref_tensors=rl.tensors, cand_tensors=cl.tensors)
         return path, result
     raise InputError("parity-report: expected REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE] "
                      f"(got {len(inputs)} argument(s): {' '.join(inputs) or 'none'})")
@@ -463,24 +544,26 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
 
 def report_main(argv: list[str] | None = None) -> int:
     """``parity-report``: the HTML report from saved inputs (two traces, or a comparison JSON + traces)."""
-    from . import args as A
 
-    p = argparse.ArgumentParser(prog="parity-report", description="build the HTML parity report from saved inputs",
-                                parents=[A.policy_parent(), A.floor_parent(), A.map_parent(), A.trim_parent()])
-    p.add_argument("inputs", nargs="+", help="REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE]")
-    p.add_argument("-o", "--out", help="report path (default reports/<name>.html)")
-    p.add_argument("--no-mask-check", action="store_true",
-                   help="two streaming traces: skip the chunk-mask check (it loads the model the reference names)")
-    args = p.parse_args(argv)
-    try:
+    def body():
+        from . import args as A
+
+        p = OneLineParser(prog="parity-report", description="build the HTML parity report from saved inputs",
+                          parents=[A.policy_parent(), A.floor_parent(), A.map_parent(), A.trim_parent(),
+                                   A.require_parent(), A.pcm_parent()])
+        p.add_argument("inputs", nargs="+", help="REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE]")
+        p.add_argument("-o", "--out", help="report path (default reports/<name>.html)")
+        p.add_argument("--no-mask-check", action="store_true",
+                       help="two streaming traces: skip the chunk-mask check (it loads the model the reference names)")
+        args = p.parse_args(argv)
         path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
-                                         allow_trim=args.allow_trim, mask_check=not args.no_mask_check,
+                                         allow_trim=args.allow_trim, require=required_stages(args),
+                                         pcm_scale=not args.no_pcm_scale, mask_check=not args.no_mask_check,
                                          floors=_floor_store(args))
         print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")
         return result.exit_code
-    except ParityUserError as exc:
-        print(f"parity-report: error: {exc}", file=sys.stderr)
-        return 2
+
+    return guarded_command("parity-report", body)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class CompareOptions:
     attention: str | None = None
     audio_metrics: bool = True
     keep_vectors: bool = True  # per-frame vectors for the report
+    pcm_scale: bool = True  # integer PCM audio is scaled to float (logged); False: it fails with what to do
 
 
 def _as_float_dtype_name(t: torch.Tensor) -> str:
@@ -259,6 +260,15 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     opts = opts or CompareOptions()
     policy = policy or load_policy()
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
+    from .pcm import find_integer_audio, refusal_problem, scale_integer_audio
+
+    pcm = find_integer_audio(ref, cand)  # int16/int32 audio: scaled (a normalisation + a warning) or refused
+    pcm_findings: list = []
+    refused = {}
+    if pcm and opts.pcm_scale:
+        ref, cand, pcm_findings = scale_integer_audio(ref, cand, pcm)
+    elif pcm:
+        refused = {ia.stage: ia for ia in pcm}
     prep = None
     if SC.is_session(ref) or SC.is_session(cand):
         prep = SC.prepare(ref, cand)
@@ -280,7 +290,12 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     for name in names:
         rule = policy.rule_for(name, precision, attention)
         in_r, in_c = name in ref.tensors, name in cand.tensors
-        if in_r and in_c:
+        if name in refused and in_r and in_c:
+            prob = refusal_problem(refused[name])
+            entry = StageResult(name=name, status="fail", statistic="dtype", detail=prob["message"], problem=prob,
+                                rule=rule.to_dict() if rule else None, position=list(position(name)),
+                                ref_stats=M.side_stats(ref.tensors[name]), cand_stats=M.side_stats(cand.tensors[name]))
+        elif in_r and in_c:
             g, why = gate_of(name)
             entry = _stage_compare(name, ref.tensors[name], cand.tensors[name], rule, opts, prompt_frames,
                                    fp64.tensors.get(name) if fp64 is not None else None, g, why)
@@ -310,14 +325,16 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     steps = step_table(ref, cand, by_name, local_stages)
     audio = None
     if opts.audio_metrics and "audio" in ref.tensors and "audio" in cand.tensors:
-        audio = audio_section(ref, cand)
+        audio = {"comparable": False, "reason": refused["audio"].what()} if "audio" in refused else \
+            audio_section(ref, cand)
     elif opts.audio_metrics and prep is not None and "stream.audio" in ref.tensors and "stream.audio" in cand.tensors:
         audio = audio_section(*(dataclasses.replace(t, tensors={"audio": t.tensors["stream.audio"],
                                                                 **({"flow_mel": t.tensors["stream.mel"]}
                                                                    if "stream.mel" in t.tensors else {})})
                                 for t in (ref, cand)))
         audio["stage"] = "stream.audio"  # the audio findings name the stream
-    meta_find = metadata_findings(ref.metadata, cand.metadata) + (prep.findings if prep is not None else [])
+    meta_find = (metadata_findings(ref.metadata, cand.metadata) + pcm_findings
+                 + (prep.findings if prep is not None else []))
     findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio,
                         mask_check=mask_check)
     session = None

@@ -13,7 +13,8 @@ import dataclasses
 import json
 
 from .result import Finding, StageResult, StepRow
-from .stages import INPUTS, is_session_stage, is_vocoder_stage, layout, parse_step, position, sort_stages
+from .stages import (INPUTS, KEY_STAGES, is_session_stage, is_vocoder_stage, layout, parse_step, position,
+                     sort_stages)
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
 
@@ -82,6 +83,19 @@ def _boolish(v):
     return bool(v) if v is not None else None
 
 
+def _dtype_message(ref_dt, cand_dt) -> str:
+    """What differs, component by component (``flow float32 -> float16``), then the candidate's other dtype
+    details; the whole dicts stay in the evidence."""
+    rn, cn = _norm_dtypes(ref_dt), _norm_dtypes(cand_dt)
+    if isinstance(rn, dict) and isinstance(cn, dict):
+        keys = list(dict.fromkeys(list(rn) + list(cn)))
+        diff = [f"{k} {rn.get(k, '-')} -> {cn.get(k, '-')}" for k in keys if rn.get(k) != cn.get(k)]
+        other = [f"{k}={v}" for k, v in cand_dt.items() if k not in cn] if isinstance(cand_dt, dict) else []
+        return ("dtypes differ (reference -> candidate): " + ", ".join(diff)
+                + (f"; candidate also records {', '.join(other)}" if other else ""))
+    return f"dtypes differ: reference {json.dumps(ref_dt)}, candidate {json.dumps(cand_dt)}"
+
+
 def metadata_findings(ref: dict, cand: dict) -> list[Finding]:
     out = []
 
@@ -118,8 +132,8 @@ def metadata_findings(ref: dict, cand: dict) -> list[Finding]:
                           {"key": key, "ref": ref[key], "cand": cand[key]}))
     # information: what legitimately differs between a reference and an optimized candidate
     if both("dtypes") and _norm_dtypes(ref["dtypes"]) != _norm_dtypes(cand["dtypes"]):
-        out.append(_f("dtype_differs", None, "info", f"dtypes differ: reference {json.dumps(ref['dtypes'])}, "
-                      f"candidate {json.dumps(cand['dtypes'])}", {"ref": ref["dtypes"], "cand": cand["dtypes"]}))
+        out.append(_f("dtype_differs", None, "info", _dtype_message(ref["dtypes"], cand["dtypes"]),
+                      {"ref": ref["dtypes"], "cand": cand["dtypes"]}))
     if both("device") and str(ref["device"]).split(":")[0] != str(cand["device"]).split(":")[0]:
         out.append(_f("device_differs", None, "info", f"device differs: {ref['device']} vs {cand['device']}"))
     if both("attention") and str(ref["attention"]) != str(cand["attention"]):
@@ -183,6 +197,14 @@ def _fmtv(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _judged_text(entry: StageResult) -> str:
+    """``statistic value vs limit limit`` when both are numbers, else the judgement's own words (a non-finite
+    stage has no value: its detail says how many NaN/Inf each side holds)."""
+    if isinstance(entry.value, (int, float)) and isinstance(entry.limit, (int, float)):
+        return f"{entry.statistic} {entry.value:.3g} vs limit {entry.limit:.3g}"
+    return entry.detail or ""
+
+
 def _passes(by_name: dict[str, StageResult], name: str) -> bool | None:
     e = by_name.get(name)
     if e is None or not e.compared:
@@ -204,11 +226,10 @@ def _judged(entry: StageResult) -> str:
     """How the stage was judged, in the finding's words: the floor gate's "N x the noise floor" / "N x its
     rounding-only error", or the flat rule's value vs limit (and why no floor decided)."""
     if entry.gate == "floor":
-        return entry.detail
-    judged = f"{entry.statistic} {entry.value:.3g} vs limit {entry.limit:.3g}" \
-        if isinstance(entry.value, float) and isinstance(entry.limit, float) else entry.detail
+        return entry.detail or ""
+    judged = _judged_text(entry)  # a non-finite stage has no value: its detail says how many NaN/Inf each side holds
     reason = (entry.floor or {}).get("reason") if isinstance(entry.floor, dict) else None
-    return judged + (f"; flat tolerance: {reason}" if reason and entry.gate == "flat" else "")
+    return "; ".join(p for p in (judged, f"flat tolerance: {reason}" if reason and entry.gate == "flat" else "") if p)
 
 
 def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
@@ -235,7 +256,8 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
         loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
     elif where.get("frame") is not None:
         loc = f" at frame {where.get('frame')}"
-    tail = f" ({err}{loc}; {_judged(entry)})"
+    judged = _judged(entry)
+    tail = " (" + "; ".join(p for p in (err + loc if err else "", judged) if p) + ")" if (err or judged) else ""
     if name in INPUTS:
         return "inputs_differ", f"input '{name}' differs between the two sides" + tail
     if name in ("mu", "spks", "cond"):
@@ -350,8 +372,8 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     if loc_voc:
         e = loc_voc[0]
         out.append(_f("vocoder_local_mismatch", e.name, "failure",
-                      f"fed the reference flow_mel, the candidate vocoder itself diverges at {e.name} "
-                      f"({_judged(e)})", _num_ev(e)))
+                      f"fed the reference flow_mel, the candidate vocoder itself diverges at {e.name}"
+                      + (f" ({_judged(e)})" if _judged(e) else ""), _num_ev(e)))
     # step count differs (a 1-step candidate against a 10-step reference)
     rk = max([parse_step(n)[0] for n in ref.tensors if parse_step(n)] or [0])
     ck = max([parse_step(n)[0] for n in cand.tensors if parse_step(n)] or [0])
@@ -415,6 +437,14 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     req = [s.name for s in stages if s.status == "fail" and (s.rule or {}).get("required") and s.cand_stats is None]
     if req:
         out.append(_f("stage_missing_required", req[0], "failure", f"required stages absent: {', '.join(req)}"))
+    # the stages a user cares most about: absent, the comparison says nothing about what is heard
+    key_missing = [n for n in KEY_STAGES if n not in cand.tensors]
+    if key_missing and status not in ("crashed", "incomplete"):
+        neither = [n for n in key_missing if n not in ref.tensors]
+        who = "neither trace holds" if len(neither) == len(key_missing) else "the candidate lacks"
+        out.append(_f("key_stages_missing", key_missing[0], "warning",
+                      f"{who} {', '.join(key_missing)}: what the user hears is not compared "
+                      f"(--require-stages makes this a failure)", {"stages": key_missing, "ref_lacks": neither}))
     extra = [s.name for s in stages if s.status == "extra"]
     if extra:
         out.append(_f("stage_extra", None, "info", f"{len(extra)} candidate stages have no reference counterpart: "

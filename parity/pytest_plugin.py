@@ -85,6 +85,35 @@ def pytest_configure(config):
                  "slow: slow test"):
         config.addinivalue_line("markers", line)
     config._parity = ParityConfig.from_config(config)
+    config._parity_tally = OutcomeTally()
+    config.pluginmanager.register(config._parity_tally, "tts-parity-outcomes")
+    _claim_report(config)
+
+
+def _claim_report(config) -> None:
+    """Where this session's reports go, decided once: a worker takes its controller's choice; a controller or a
+    plain session checks ``--parity-report`` before any test runs (a usage error otherwise) and claims the name
+    for the session (:func:`parity.outputs.claim_output`: a concurrent session gets the next free name, said)."""
+    from .outputs import Output, claim_output, prepare_outputs
+
+    pc: ParityConfig = config._parity
+    winput = getattr(config, "workerinput", None)
+    if winput is not None:
+        if winput.get("parity_report_base"):
+            pc.report_base = Path(winput["parity_report_base"])
+            if pc.report:
+                pc.report = str(pc.report_base)
+        return
+    base = Path(pc.report) if pc.report else pc.rootdir / "reports" / "pytest-parity.html"
+    try:
+        if pc.report:
+            prepare_outputs([Output("--parity-report", base)])
+        pc.report_base = claim_output(base, "--parity-report" if pc.report else "the case report directory",
+                                      companions=[lambda p: p.with_suffix("")]).path
+    except InputError as exc:
+        raise pytest.UsageError(f"parity: {exc}") from None
+    if pc.report:
+        pc.report = str(pc.report_base)
 
 
 @dataclass
@@ -101,6 +130,7 @@ class ParityConfig:
     bundles: list[str] = field(default_factory=list)
     rootdir: Path = Path(".")
     project: ProjectConfig = field(default_factory=ProjectConfig)
+    report_base: Path | None = None  # the claimed session page path (or the default case-report base)
     onnx: OnnxOptions = field(default_factory=OnnxOptions)  # switch overrides of the suite's candidates
     default_profiles: bool = False  # profiles from suite_profiles() (nothing configured)
     profiles_explicit: bool = False  # profiles named by option/ini/[tool.parity], not the shipped defaults
@@ -277,6 +307,9 @@ class ParitySession:
         self.pc = pc
         self.session = Session(project=pc.project, policy=pc.policy)
         self.cases: list = []
+        self.case_tests: list[str | None] = []  # the node id of the test that ran each case
+        self.current_test: str | None = None
+        self.outcomes: dict[str, str] = {}  # node id -> outcome (this process's tests)
 
     def policy(self):
         return self.session.policy
@@ -296,7 +329,19 @@ class ParitySession:
         cand = self.candidate(model, profile, faults, overrides=overrides)
         case = self.session.run(model, cand, bundle, mode or RunMode(streaming), patterns=patterns, local=local)
         self.cases.append(case)
+        self.case_tests.append(self.current_test)
         return case
+
+    def summaries(self, outcomes: dict[str, str]) -> list:
+        """The session's cases as summary rows, each with its test and that test's outcome."""
+        from .session import CaseSummary
+
+        rows = []
+        for c, test in zip(self.cases, self.case_tests):
+            r = CaseSummary.of(c)
+            r.test, r.outcome = test, outcomes.get(test) if test else None
+            rows.append(r)
+        return rows
 
     def run_session(self, profile: str, bundle, faults=(), options=None, model=None, patterns=None):
         """One streaming-session case (upstream's chunked loop with ``options``, a SessionOptions or None)."""
@@ -311,7 +356,8 @@ class ParitySession:
         return self.session.reference(model or self.model(), bundle, mode or RunMode(streaming), patterns)
 
     def report_dir(self) -> Path:
-        base = Path(self.pc.report) if self.pc.report else self.pc.rootdir / "reports" / "pytest-parity.html"
+        base = self.pc.report_base or (Path(self.pc.report) if self.pc.report else
+                                       self.pc.rootdir / "reports" / "pytest-parity.html")
         return base.with_suffix("")
 
     def write_case_report(self, case) -> Path:
@@ -333,21 +379,92 @@ def _is_xdist_worker(config) -> bool:
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist controller: each worker writes its case reports under the name this session claimed."""
+    pc = getattr(node.config, "_parity", None)
+    if pc is not None and pc.report_base is not None:
+        node.workerinput["parity_report_base"] = str(pc.report_base)
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
-    """pytest-xdist controller: collect the case summaries a worker ran (its ``workeroutput``)."""
+    """pytest-xdist controller: collect the case summaries a worker ran (its ``workeroutput``); a worker that
+    went down without them is named on the session page."""
     rows = (getattr(node, "workeroutput", None) or {}).get("parity_cases")
     if rows:
         node.config._parity_worker_cases = getattr(node.config, "_parity_worker_cases", []) + rows
+    elif error:
+        wid = (getattr(node, "gateway", None) and node.gateway.id) or "a worker"
+        node.config._parity_lost = getattr(node.config, "_parity_lost", []) + [
+            f"{wid} went down ({str(error).strip().splitlines()[-1] if str(error).strip() else 'no reason'}): "
+            f"the cases it ran are missing from this page"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Which test is running: the cases it runs are counted by its outcome."""
+    ps = _session(item.config) if getattr(item.config, "_parity", None) else None
+    if ps is not None:
+        ps.current_test = item.nodeid
+    try:
+        yield
+    finally:
+        if ps is not None:
+            ps.current_test = None
+
+
+class OutcomeTally:
+    """Every test's outcome by node id (on a pytest-xdist controller: every worker's tests, as their reports
+    arrive; on a worker or a plain session: its own). Registered as a plugin object by ``pytest_configure``."""
+
+    RANK = {"passed": 0, "xpassed": 0, "skipped": 1, "xfailed": 1, "failed": 2, "error": 3}
+
+    def __init__(self):
+        self.outcomes: dict[str, str] = {}
+
+    @staticmethod
+    def outcome_of(report) -> str | None:
+        xf = hasattr(report, "wasxfail")
+        if report.when == "call":
+            if report.passed:
+                return "xpassed" if xf else "passed"
+            if report.skipped:
+                return "xfailed" if xf else "skipped"
+            return "failed"
+        if report.failed:
+            return "error"  # setup or teardown failed
+        if report.skipped:
+            return "xfailed" if xf else "skipped"
+        return None
+
+    def pytest_runtest_logreport(self, report):
+        o = self.outcome_of(report)
+        if o is None:
+            return
+        old = self.outcomes.get(report.nodeid)
+        if old is None or self.RANK[o] > self.RANK[old]:
+            self.outcomes[report.nodeid] = o
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for k in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"):
+            n = sum(1 for v in self.outcomes.values() if v == k)
+            if n:
+                out[k] = n
+        return out
 
 
 def pytest_sessionfinish(session, exitstatus):
     """With ``--parity-report``: a report per failing case (written where the case ran) and one session page,
-    written once: by the pytest-xdist controller from every worker's summaries, or by a plain session."""
+    written once: by the pytest-xdist controller from every worker's summaries, or by a plain session. A case
+    counts by its test's outcome (an injected fault the test catches is a pass for the suite); the page shows
+    the pytest exit status and the fault cases in a group of their own."""
     config = session.config
     if not getattr(config, "_parity", None) or not config._parity.report:
         return
     from .session import CaseSummary
 
+    tally: OutcomeTally = config._parity_tally
     ps = getattr(config, "_parity_session", None)
     rows: list = []
     if ps is not None:
@@ -358,21 +475,26 @@ def pytest_sessionfinish(session, exitstatus):
                 except Exception as exc:  # noqa: BLE001 - a report failure must not hide the test results
                     c.report = None
                     print(f"\nparity: could not write the report of {c.name}: {exc}")
-        rows = [CaseSummary.of(c) for c in ps.cases]
+        rows = ps.summaries(tally.outcomes)
     if _is_xdist_worker(config):
         config.workeroutput["parity_cases"] = [r.to_json() for r in rows]
         return
     worker_rows = [CaseSummary.from_json(d) for d in getattr(config, "_parity_worker_cases", [])]
+    for r in worker_rows:  # the controller saw every report: its tally is the word on each test
+        if r.test and r.test in tally.outcomes:
+            r.outcome = tally.outcomes[r.test]
     if worker_rows:  # workers finish in any order: list the cases by name
         rows = sorted(rows + worker_rows, key=lambda r: r.name)
-    if not rows:
+    lost = list(getattr(config, "_parity_lost", []))
+    if not rows and not lost:
         return
-    from .report import build_summary_page
+    from .report import build_summary_page, summary_banner
 
-    path = build_summary_page(rows, Path(config._parity.report))
+    info = {"exitstatus": int(exitstatus), "counts": tally.counts(), "notes": lost}
+    path = build_summary_page(rows, Path(config._parity.report), session=info)
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
-        tr.write_line(f"parity: session report {path} ({len(rows)} cases)")
+        tr.write_line(f"parity: session report {path}: {summary_banner(rows, info)} ({len(rows)} cases)")
 
 
 # ---------------------------------------------------------------------------------------------

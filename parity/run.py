@@ -17,20 +17,25 @@ from .trace import now_iso
 
 
 def run_command(args) -> int:
-    """The CLI: every bundle x every profile; one report per case plus a summary page when there are several."""
-    from .summary import render
+    """The CLI: every bundle x every profile; one report per case plus a summary page when there are several.
+    Inputs and outputs are checked before any work; the report and JSON names are claimed for the run
+    (:mod:`parity.outputs`), so a concurrent run never writes over them."""
+    from reference.bundle import bundle_dims, load_bundle, negative_token_note
 
+    from .args import required_stages
     from .floor.store import store_from_args
     from .onnx_options import OnnxOptions
+    from .outputs import Output, claim_output, prepare_outputs, unique_stamp
+    from .require import require_stages
+    from .result import sidecar_path
     from .session_runner import options_from_args, session_mode
+    from .summary import render
 
     t_start = time.perf_counter()
     onnx = OnnxOptions.from_args(args)
     overrides = onnx.overrides()  # --onnx-estimator / --require-provider: switches on top of each profile
     session_opts = options_from_args(args)
     floors = store_from_args(args, lambda m: print(f"parity: {m}", file=sys.stderr, flush=True))
-    session = Session(policy=args.policy, floors=floors)
-    model = session.model(ModelSpec.from_args(args))
     defaults = default_session_bundles() if session_opts is not None else default_bundles()
     bundles = [Path(b) for b in (args.inputs or defaults)]
     if not bundles:
@@ -41,8 +46,19 @@ def run_command(args) -> int:
             raise InputError(f"{b}: input bundle not found")
     profiles = onnx.profiles(args.profile, ["fp32-sdpa"])
     mode = session_mode(session_opts) if session_opts is not None else RunMode(streaming=args.streaming)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    report = Path(args.report) if args.report else Path("reports") / f"parity-{stamp}.html"
+    explicit = bool(args.report)
+    report = Path(args.report) if explicit else Path("reports") / f"parity-{unique_stamp()}.html"
+    prepare_outputs([Output("--report", report, explicit=explicit), Output("--json", args.json),
+                     Output("--keep-traces", args.keep_traces, "dir")])
+    report = claim_output(report, "--report", replace_existing=explicit, companions=[lambda p: p.with_suffix("")]).path
+    json_path = claim_output(args.json, "--json", companions=[sidecar_path]).path if args.json else None
+    session = Session(policy=args.policy, floors=floors)
+    model = session.model(ModelSpec.from_args(args))
+    for b in bundles:  # said once per bundle, however many profiles run on it
+        note = negative_token_note(load_bundle(b, **bundle_dims(model.cfg)), b)
+        if note:
+            print(f"parity run: note: {note}", file=sys.stderr)
+    required = required_stages(args)
     trace_dir = Path(args.keep_traces) if args.keep_traces else None
     show_progress = not args.no_progress and sys.stderr.isatty()
     cases: list[Case] = []
@@ -57,6 +73,7 @@ def run_command(args) -> int:
                 msg = check_required_kernel(args.require_kernel, case.cand_meta.get("attention_kernels") or {})
                 if msg:
                     case.result.add_finding(Finding("required_kernel_missing", None, "failure", msg))
+            require_stages(case.result, required)
             cases.append(case)
             print(render(case.result, verbose=args.verbose))
             print()
@@ -78,11 +95,12 @@ def run_command(args) -> int:
         for c in cases:
             c.report = build_report(c.result, case_dir / f"{c.name}.html", case=c)
         path = build_summary_page([CaseSummary.of(c) for c in cases], report)
-    if args.json:  # per-frame vectors in a <name>.vectors.npz sidecar unless --inline-vectors
+    if json_path:  # per-frame vectors in a <name>.vectors.npz sidecar unless --inline-vectors
         if len(cases) == 1:
-            write_json(cases[0].result, args.json, sidecar=not args.inline_vectors)
+            write_json(cases[0].result, json_path, sidecar=not args.inline_vectors)
         else:
-            write_matrix_json([c.result for c in cases], args.json, now_iso(), sidecar=not args.inline_vectors)
+            write_matrix_json([c.result for c in cases], json_path, now_iso(), sidecar=not args.inline_vectors)
+        print(f"wrote {json_path}")
     size = path.stat().st_size
     verdict = aggregate_verdict(c.verdict for c in cases)
     print(f"parity run: {verdict.upper()}: {len(cases)} case(s), {sum(c.verdict == 'pass' for c in cases)} passed; "

@@ -19,7 +19,7 @@ Nothing here renders: reports belong to the command layer (``parity.run``, ``par
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -229,6 +229,9 @@ class CaseSummary:
     seconds: float | None = None
     report: str | None = None
     expected: str | None = None  # a known, diagnosed outcome the test asserted (assert_parity(..., finding=))
+    faults: list = field(default_factory=list)  # injected faults: the case is expected to fail parity
+    test: str | None = None  # the pytest node id that ran it (the plugin sets it)
+    outcome: str | None = None  # that test's outcome: passed | failed | error | skipped | xfailed | xpassed
 
     @classmethod
     def of(cls, case: Case) -> "CaseSummary":
@@ -239,14 +242,16 @@ class CaseSummary:
                     if isinstance(exp, dict) and exp.get("finding") else None)
         return cls(case.name, case.bundle, case.profile, case.mode.label, case.verdict, fd.stage if fd else None,
                    fd.code if fd else None, fd.message if fd else None, sum(secs) if secs else None,
-                   str(case.report) if case.report else None, expected)
+                   str(case.report) if case.report else None, expected,
+                   faults=list((case.cand_meta or {}).get("faults") or []))
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
 
     @classmethod
     def from_json(cls, d: dict) -> "CaseSummary":
-        return cls(**d)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def step_local(cand, ref: dict, *, streaming: bool, finalize: bool = True) -> dict:

@@ -25,6 +25,9 @@ DEFAULT_PATTERNS = INPUTS + FRONT + [f"step*.{f}" for f in STEP_FIELDS] + ["flow
 # the compact golden traces of the reference (fixtures/golden)
 GOLDEN_STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "step1.x", "step5.x", "step10.x",
                  "flow_mel", "f0", "conv_pre", "audio"]
+# the two stages a user cares most about: the mel the flow hands the vocoder, and what is heard; a comparison
+# without them warns (and fails under --require-stages)
+KEY_STAGES = ("flow_mel", "audio")
 # progress lines: the stages whose arrival is worth a line (besides every step's x)
 PROGRESS_MARKS = {"flow_mel": "flow done", "f0": "vocoder: F0", "audio": "vocoder done"}
 

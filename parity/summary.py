@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 
 from .result import Comparison, StageResult
 from .stages import parse_chunk, parse_step
@@ -62,7 +63,18 @@ def render(result: Comparison, *, color: bool | None = None, verbose: bool = Fal
     vcol = {"pass": "32;1", "fail": "31;1", "error": "33;1"}[v]
     fd = result.first_divergence
     src = result.sources
-    lines.append(f"parity: {c(v.upper(), vcol)}   reference {src.get('ref')}  vs  candidate {src.get('cand')}")
+    warns = [f for f in result.findings if f.severity == "warning"]
+    head = c(v.upper(), vcol)
+    if v == "pass" and warns:  # a pass with a caveat says so where it is read first
+        head += f" with {len(warns)} warning{'s' if len(warns) > 1 else ''} ({warns[0].code}: {warns[0].message})"
+    case = result.case or {}
+    if case.get("profile") or case.get("bundle"):  # the case: what was run, on what, how
+        mode = ("streaming" if case.get("streaming") else "offline") + (
+            f"-{case['session']}" if case.get("session") else "")
+        lines.append(f"parity: {head}   profile {case.get('profile')}, bundle {case.get('bundle')}, {mode}")
+        lines.append(f"  reference {src.get('ref')}  vs  candidate {src.get('cand')}")
+    else:
+        lines.append(f"parity: {head}   reference {src.get('ref')}  vs  candidate {src.get('cand')}")
     ctx = result.context
     lines.append(f"  candidate precision {ctx.get('precision')}, attention {ctx.get('attention')}; "
                  f"policy {', '.join(result.policy.get('sources', []))}")
@@ -76,7 +88,7 @@ def render(result: Comparison, *, color: bool | None = None, verbose: bool = Fal
         for f in shown + (info if verbose else info[:4]):
             sev = {"error": c("ERROR", "33"), "failure": c("FAIL", "31"), "warning": c("warn", "33"),
                    "info": "info"}[f.severity]
-            lines.append(f"  {sev:>5} {f.code:<26} {f.stage or '':<16} {f.message}"[: width * 2])
+            lines.extend(_wrap(f"  {sev:>5} {f.code:<26} {f.stage or '':<16} ", f.message, width))
         if not verbose and len(info) > 4:
             lines.append(f"  ... {len(info) - 4} more info findings (--verbose)")
     if result.session:
@@ -142,11 +154,32 @@ def render(result: Comparison, *, color: bool | None = None, verbose: bool = Fal
     return "\n".join(lines)
 
 
+def _wrap(lead: str, message: str, width: int) -> list[str]:
+    """A finding on as many lines as it needs (never cut): continuation lines indented under the message.
+    ``lead`` may hold colour codes; the wrap width is counted without them."""
+    visible = len(_strip_codes(lead))
+    body = textwrap.wrap(message, max(40, width - visible), break_long_words=False, break_on_hyphens=False) or [""]
+    return [lead + body[0]] + [" " * visible + b for b in body[1:]]
+
+
+def _strip_codes(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def _row(s: StageResult, first_name, c, w: int = 18) -> str:
     mark = ">>" if s.name == first_name else "  "
     status = MARK.get(s.status, s.status)
     col = {"pass": "32", "fail": "31", "missing": "90", "extra": "90"}.get(s.status, "0")
-    return (f"  {c(mark, '31;1')}{s.name:<{w}}{c(f'{status:<7}', col)}{(s.gate or '-'):<6}{(s.statistic or '-'):<17}"
+    lead = f"  {c(mark, '31;1')}{s.name:<{w}}{c(f'{status:<7}', col)}"
+    if s.status == "skip":  # why it was not judged: the rule and where it comes from
+        rule = s.rule or {}
+        prec = rule.get("precision")
+        prec = f" @ {', '.join(prec) if isinstance(prec, list) else prec}" if prec else ""
+        src = f" [{rule.get('source')}: {rule.get('stage')}{prec}]" if rule.get("source") else ""
+        return f"{lead}{s.detail or 'skipped'}{src}"
+    return (f"{lead}{(s.gate or '-'):<6}{(s.statistic or '-'):<17}"
             f"{_fmt(s.value):>10}{_fmt(s.limit):>10}{_ratio(s.ratio):>9}{_fmt(s.metric('max_abs_err')):>11}"
             f"{_fmt(s.min_atol_to_pass):>10}")
 

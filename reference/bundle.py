@@ -170,6 +170,23 @@ def load_bundle(path: str | Path, *, vocab: int = VOCAB_SIZE, mel_dim: int = MEL
                            token_mel_ratio=token_mel_ratio)
 
 
+def negative_token_note(tensors: dict[str, torch.Tensor], source: str | Path = "bundle") -> str | None:
+    """One sentence when the bundle holds negative token ids (upstream's flow clamps them to 0, and so does
+    the reference): how many, where, and what happens to them; None when there are none."""
+    parts = []
+    for name in ("token", "prompt_token"):
+        t = tensors.get(name)
+        if t is not None and not t.is_floating_point() and t.numel():
+            n = int((t < 0).sum())
+            if n:
+                parts.append(f"{n} in '{name}' (min {int(t.min())})")
+    if not parts:
+        return None
+    total = sum(int(p.split(" ", 1)[0]) for p in parts)
+    return (f"{source}: {total} negative token id{'s' if total > 1 else ''} ({', '.join(parts)}) clamped to 0 "
+            f"before the embedding, as upstream does")
+
+
 def validate_bundle(tensors: dict[str, torch.Tensor], *, source: str = "bundle", vocab: int = VOCAB_SIZE,
                     mel_dim: int = MEL_DIM, spk_dim: int = SPK_DIM,
                     token_mel_ratio: int = TOKEN_MEL_RATIO) -> dict[str, torch.Tensor]:

@@ -219,5 +219,10 @@ def _cmd_git(args) -> int:
 
 
 def bisect_command(args) -> int:
-    """Entry point of ``parity bisect`` (called by :func:`parity.cli.cmd_bisect`)."""
+    """Entry point of ``parity bisect`` (called by :func:`parity.cli.cmd_bisect`). Its outputs are checked
+    before the first trial."""
+    from ..outputs import Output, prepare_outputs
+
+    prepare_outputs([Output("--report", args.report), Output("--json", args.json), Output("--log", args.log),
+                     Output("--workdir", args.workdir, "dir")], prog="parity bisect")
     return int(args.bisect_func(args))

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 from reference.errors import ParityUserError
 
+from ..outputs import unique_stamp
 from ..result import read_json, write_json
 from ..session import ModelSpec
 from .log import BisectResult, BisectUsageError, TrialLog, TrialProgress, deadline_after, headline_text, make_workdir
@@ -605,7 +606,7 @@ class GitBisect:
 def _default_git_workdir(repo: Path) -> Path:
     """reports/bisect-git-<time> under the current directory, unless that lands in the repository under test
     where git does not ignore it: then <git dir>/parity-bisect/git-<time> (never shows in git status)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = unique_stamp()
     wd = (Path("reports") / f"bisect-git-{stamp}").resolve()
     try:
         wd.relative_to(repo.resolve())

@@ -15,7 +15,11 @@ from typing import Any
 
 from reference.errors import InputError
 
+from ..outputs import unique_stamp
+
 SCHEMA = "tts-parity-bisect/1"
+# the exit code of each outcome (see BisectResult.exit_code); anything else: 1
+EXIT_CODES = {"found": 0, "no_failure": 0, "interrupted": 130}
 
 
 class BisectUsageError(InputError):
@@ -192,7 +196,11 @@ class BisectResult:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.found else 1
+        """0: the question has an answer (``found``: the culprit; ``no_failure``: nothing fails, so nothing
+        needs bisecting); 1: parity fails and the search named no proven culprit (``start_fails``,
+        ``end_fails``, ``budget_exhausted``, ``ambiguous``, ``error``); 130: ``interrupted``. Unusable input
+        exits 2 before any trial (:class:`BisectUsageError`)."""
+        return EXIT_CODES.get(self.status, 1)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -200,12 +208,12 @@ class BisectResult:
 
 
 def make_workdir(workdir, log, mode: str) -> tuple[Path, Path]:
-    """(work directory, log path): from --log, --workdir, or reports/bisect-<mode>-<time>."""
+    """(work directory, log path): from --log, --workdir, or reports/bisect-<mode>-<time ms>-<pid>."""
     if log is not None:
         log = Path(log)
         wd = Path(workdir) if workdir else log.parent
     else:
-        wd = Path(workdir) if workdir else Path("reports") / f"bisect-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+        wd = Path(workdir) if workdir else Path("reports") / f"bisect-{mode}-{unique_stamp()}"
         log = wd / f"bisect-{mode}.json"
     wd.mkdir(parents=True, exist_ok=True)
     return wd.resolve(), log.resolve()

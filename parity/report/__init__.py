@@ -17,7 +17,7 @@ pages). Entry points: :func:`build_report`, :func:`build_summary_page`.
 """
 
 from .audio import DEFAULT_AUDIO_BUDGET
-from .page import build_report, build_summary_page
+from .page import build_report, build_summary_page, summary_banner
 from .view import SECTION_IDS
 
-__all__ = ["build_report", "build_summary_page", "SECTION_IDS", "DEFAULT_AUDIO_BUDGET"]
+__all__ = ["build_report", "build_summary_page", "summary_banner", "SECTION_IDS", "DEFAULT_AUDIO_BUDGET"]
