@@ -128,8 +128,10 @@ def cmd_floor(args) -> int:
 
     from .floor import EstimateLog, FloorCache, Recipe, estimate_envelope, estimate_floor
     from .floor.store import envelope_spec
+    from .outputs import Output, prepare_outputs
     from .session import ModelSpec
 
+    prepare_outputs([Output("--out", args.out)])  # a floor costs seconds to minutes: a bad path fails first
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     recipe = Recipe(patterns=tuple(p for p in args.stages.split(",") if p) if args.stages else None)

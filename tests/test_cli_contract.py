@@ -111,13 +111,14 @@ def _broken(tmp_path: Path) -> dict[str, tuple[str, list[str]]]:
                                                 "--report", f / "x.html"]),
         "dump --session --out": ("--out", ["dump", "--preset", "tiny", "--session", "streaming", "--inputs", STREAM,
                                            "--out", f / "x.safetensors"]),
+        "floor --out": ("--out", ["floor", "--preset", "tiny", "--inputs", SHORT, "--no-cache", "--out", f / "x.json"]),
     }
 
 
 BROKEN = ["run --report", "run --json", "run --keep-traces", "compare --report", "compare --json", "dump --out",
           "dump --wav", "noise export --out", "export-model --out", "export-onnx --out", "calibrate --out",
           "bisect switches --report", "bisect switches --json", "bisect switches --workdir", "bisect precision --log",
-          "bisect git --json", "run --session --report", "dump --session --out"]
+          "bisect git --json", "run --session --report", "dump --session --out", "floor --out"]
 
 
 @pytest.mark.parametrize("which", BROKEN)
