@@ -437,20 +437,49 @@ def guarded_command(prog: str, body) -> int:
     """Run a command body under the exit-code contract: 0 pass, 1 parity failure, 2 unusable input or an
     output that cannot be written (one line on stderr, no traceback), 130 interrupted (Ctrl-C, SIGINT); a
     closed stdout is no error (:func:`parity.outputs.guarded_stdio`)."""
+    import signal
+
     from .outputs import guarded_stdio
 
-    with guarded_stdio():
-        try:
-            return int(body() or 0)
-        except ParityUserError as exc:
-            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
-        except OSError as exc:  # the file system refused a write no check could foresee (disk full, ...)
-            print(f"{prog}: error: {_os_error_text(exc)}", file=sys.stderr)
-            return 2
+    interrupted = []
+    previous = None
+    try:  # note every SIGINT: one that lands inside a library's import can surface as another error
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            interrupted.append(signum)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        previous = None
+    try:
+        with guarded_stdio():
+            try:
+                return int(body() or 0)
+            except ParityUserError as exc:
+                print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+            except OSError as exc:  # the file system refused a write no check could foresee (disk full, ...)
+                print(f"{prog}: error: {_os_error_text(exc)}", file=sys.stderr)
+                return 2
+            except Exception as exc:
+                # Ctrl-C inside an import (scipy's lazy loader) leaves a half-initialised module whose next use
+                # fails (RecursionError): that failure is the interruption's, not a bug of the command
+                if interrupted:
+                    print(f"{prog}: interrupted ({type(exc).__name__} in a library interrupted mid-import)",
+                          file=sys.stderr)
+                    return 130
+                raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
