@@ -105,11 +105,16 @@ def run_to_trace(pipeline, inputs: dict, out: str | Path | None, *, patterns=Non
     seconds = time.perf_counter() - t0
     # what the run learned about itself (kernels that actually ran, ...)
     post = getattr(pipeline, "run_metadata", None)
-    if callable(post):
-        for k, v in post().items():
-            meta[k] = v
-            if writer is not None:
-                writer.set_metadata(k, v)
+    return finish_run(out, rec, meta, writer, progress, post() if callable(post) else {}, audio, err, at, seconds)
+
+
+def finish_run(out, rec, meta: dict, writer, progress, post: dict, audio, err, at, seconds: float) -> "RunResult":
+    """The end of every capture (single call or session): ``post`` metadata into the trace, the trace closed
+    (with the crash stage), the status and error recorded; the :class:`RunResult`."""
+    for k, v in post.items():
+        meta[k] = v
+        if writer is not None:
+            writer.set_metadata(k, v)
     if writer is not None:
         writer.set_metadata("seconds", round(seconds, 4))
         writer.close(error=err, stage=at)

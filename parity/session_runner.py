@@ -22,7 +22,7 @@ from reference.probe import Probe
 from reference.session import SessionOptions, plan_session, session_provenance
 
 from .capture import Recorder, parse_stage_patterns
-from .runner import Progress, RunResult
+from .runner import Progress, RunResult, finish_run
 from .stages import SESSION_PATTERNS, canonical_session_expected, parse_chunk, parse_step
 from .trace import TraceWriter, now_iso
 
@@ -123,24 +123,8 @@ def run_streaming_session(pipeline, inputs: dict, out: str | Path | None, *, mod
     run_meta = getattr(pipeline, "run_metadata", None)
     if callable(run_meta):
         post.update(run_meta())
-    for k, v in post.items():
-        meta[k] = v
-        if writer is not None:
-            writer.set_metadata(k, v)
-    if writer is not None:
-        writer.set_metadata("seconds", round(seconds, 4))
-        writer.close(error=err, stage=at)
-    if progress:
-        progress.done(err is None)
-    meta["seconds"] = seconds
-    if err is not None:
-        meta["status"] = "crashed"
-        meta["error"] = {"type": type(err).__name__, "message": str(err)[:2000], "stage": at,
-                         "last_recorded": rec.last}
-    else:
-        meta["status"] = "complete"
-    return RunResult(Path(out) if out is not None else None, rec.tensors, meta, res.audio if res is not None else None,
-                     err, at, seconds, rec.order)
+    return finish_run(out, rec, meta, writer, progress, post, res.audio if res is not None else None, err, at,
+                      seconds)
 
 
 def session_mode(options: SessionOptions | None = None):
