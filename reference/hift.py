@@ -274,6 +274,8 @@ def istft_overlap_add(magnitude: torch.Tensor, phase: torch.Tensor, n_fft: int, 
 # generator
 
 class CausalHiFTGenerator(nn.Module):
+    max_batch = 1  # rows a mel may hold; raised on an instance only by the noise-floor ensemble's batched members
+
     def __init__(self, cfg: HiFTConfig):
         super().__init__()
         self.cfg = cfg
@@ -353,7 +355,7 @@ class CausalHiFTGenerator(nn.Module):
     def _check_mel(self, mel: torch.Tensor, finalize: bool, what: str = "speech_feat") -> int:
         if not isinstance(mel, torch.Tensor):
             raise InputError(f"hift: tensor '{what}' is missing")
-        if mel.dim() != 3 or mel.shape[0] != 1 or mel.shape[1] != self.cfg.in_channels:
+        if mel.dim() != 3 or not 1 <= mel.shape[0] <= self.max_batch or mel.shape[1] != self.cfg.in_channels:
             raise InputError(f"hift: tensor '{what}' must be [1, {self.cfg.in_channels}, T] (channel-major), "
                              f"got {list(mel.shape)}")
         if mel.dtype not in self._dtypes_ok():
@@ -396,7 +398,7 @@ class CausalHiFTGenerator(nn.Module):
         The phase is a staircase: ``sin(S * 2pi * cumsum_k((h * f0_k / sr) mod 1))``, constant over each
         S-sample frame. Noise is the fixed uniform buffer ``noise.sine_noise(L)``: upstream's, drawn with
         the sizes of this model's configuration (:mod:`reference.noise`)."""
-        if not isinstance(f0, torch.Tensor) or f0.dim() != 2 or f0.shape[0] != 1:
+        if not isinstance(f0, torch.Tensor) or f0.dim() != 2 or not 1 <= f0.shape[0] <= self.max_batch:
             raise InputError(f"hift: tensor 'f0' must be [1, frames], got "
                              f"{list(f0.shape) if isinstance(f0, torch.Tensor) else type(f0).__name__}")
         if f0.dtype not in self._dtypes_ok():
@@ -453,8 +455,8 @@ class CausalHiFTGenerator(nn.Module):
         T = self._check_mel(mel, finalize)
         n_mel = T if finalize else T - self.f0_predictor.lookahead
         want = n_mel * self.upsample_scale
-        if not isinstance(source, torch.Tensor) or source.dim() != 3 or source.shape[:2] != (1, 1) \
-                or source.shape[2] != want:
+        if not isinstance(source, torch.Tensor) or source.dim() != 3 or source.shape[0] != mel.shape[0] \
+                or source.shape[1] != 1 or source.shape[2] != want:
             got = list(source.shape) if isinstance(source, torch.Tensor) else type(source).__name__
             why = "" if finalize else f" when not finalizing ({self.f0_predictor.lookahead} frames of F0 lookahead)"
             raise InputError(f"hift: tensor 'source' must be [1, 1, {want}] for {T} mel frames{why}, got {got}")

@@ -183,9 +183,9 @@ class Chop(contextlib.AbstractContextManager):
     """Run the reference (``flow``, ``hift`` modules) with the roundings of ``spec``; ``seed`` None rounds
     to nearest, a seed rounds stochastically."""
 
-    def __init__(self, flow: nn.Module, hift: nn.Module, spec: PrecisionSpec, seed: int | None = None):
+    def __init__(self, flow: nn.Module, hift: nn.Module, spec: PrecisionSpec, seed: int | None = None, gen=None):
         self.spec = spec
-        self.gen = RandomStream(seed) if seed is not None else None
+        self.gen = gen if gen is not None else (RandomStream(seed) if seed is not None else None)
         self.named: dict[int, str] = {}
         for prefix, root in (("flow", flow), ("hift", hift)):
             for n, m in root.named_modules():

@@ -17,7 +17,8 @@ from ..stages import is_vocoder_stage, sort_stages
 from . import aggregate as AG
 from .cache import FloorCache, bundle_hash, make_key
 from .chop import PrecisionSpec
-from .members import Member, chop_members, fp32_members, run_reference
+from .batched import batch_groups
+from .members import Member, chop_members, fp32_members, run_members, run_reference
 from .mca import U
 from .stats import n_blocks, pair_stats
 from .types import Floor
@@ -39,8 +40,13 @@ class Recipe:
     n_held_out: int = 4
     families: tuple[str, ...] = ("threads", "attention", "mca-modules", "mca-ops")
     patterns: tuple[str, ...] | None = None
+    # how the members run, not what they are (not in the key, like the CPU: a batched member moves the last bits
+    # of its sequential twin by the larger batch's kernel blocking, a legitimate re-computation of its own;
+    # measured in tests/test_floor_batched.py): seeded members of one family per forward (1: one by one)
+    batch: int = 12
 
     def to_dict(self) -> dict:
+        """The settings that enter the cache key (``batch`` does not: see the field)."""
         return {"version": RECIPE_VERSION, "n_seeds": self.n_seeds, "n_held_out": self.n_held_out,
                 "families": list(self.families), "patterns": list(self.patterns) if self.patterns else None,
                 "eps": {"float32": U[torch.float32], "float64": U[torch.float64]}, "ev_p": AG.EV_P,
@@ -73,8 +79,9 @@ class EstimateLog:
     member_seconds: dict = field(default_factory=dict)
 
 
-def _provenance(meta: dict, inputs: dict, bundle_name: str | None, n_mel: int, spec: PrecisionSpec | None) -> dict:
-    out = {"model": meta.get("model"), "config": meta.get("config"), "weights_sha256": meta.get("weights_sha256"),
+def _provenance(meta: dict, inputs: dict, bundle_name: str | None, n_mel: int, spec: PrecisionSpec | None,
+                batch: int = 1) -> dict:
+    out = {"members_per_forward": batch, "model": meta.get("model"), "config": meta.get("config"), "weights_sha256": meta.get("weights_sha256"),
            "noise": (meta.get("noise") or {}).get("fingerprint"), "bundle": bundle_name,
            "bundle_sha256": bundle_hash(inputs), "streaming": meta.get("streaming"), "finalize": meta.get("finalize"),
            "n_timesteps": meta.get("n_timesteps"), "torch": torch.__version__, "n_mel_frames": n_mel,
@@ -86,7 +93,7 @@ def _provenance(meta: dict, inputs: dict, bundle_name: str | None, n_mel: int, s
 
 def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: PrecisionSpec | None, *, streaming: bool,
               finalize: bool, recipe: Recipe, cache: FloorCache | None, bundle_name: str | None,
-              log: EstimateLog | None) -> Floor:
+              log: EstimateLog | None, base: dict | None = None) -> Floor:
     t0 = time.perf_counter()
     log = log if log is not None else EstimateLog()
     meta = model.provenance(streaming=streaming, finalize=finalize)
@@ -98,31 +105,36 @@ def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: Preci
             log.from_cache, log.seconds = True, time.perf_counter() - t0
             return hit
     patterns = list(recipe.patterns) if recipe.patterns else None
-    base, log.member_seconds["plain"] = run_reference(model, inputs, streaming=streaming, finalize=finalize,
-                                                      patterns=patterns)
+    if base is None:
+        base, log.member_seconds["plain"] = run_reference(model, inputs, streaming=streaming, finalize=finalize,
+                                                          patterns=patterns)
+    else:
+        log.member_seconds["plain"] = 0.0  # the comparison's own reference run, reused
     base = {n: base[n] for n in sort_stages(base)}
     n_mel = int(base["flow_mel"].shape[-1]) if "flow_mel" in base else None
     blocks = {n: n_blocks(n, t, n_mel) for n, t in base.items()}
     domain = kind != "fp32"
     stats: dict = {}
     kept: dict = {}  # tensors of the members the k choice re-judges (held-out and deterministic ones)
-    for m in members:
-        tens, log.member_seconds[m.name] = run_reference(model, inputs, streaming=streaming, finalize=finalize,
-                                                         patterns=patterns, member=m, spec=spec)
-        missing = [n for n in base if n not in tens]
-        if missing:
-            raise RuntimeError(f"floor member {m.name} did not record {', '.join(missing[:5])}")
-        stats[m.name] = {n: pair_stats(n, base[n], tens[n], blocks[n], domain=domain and n in DOMAIN_GATES)
-                         for n in base}
-        if m.role == "held-out" or m.seed is None:
-            kept[m.name] = tens
+    for group in batch_groups(members, spec, recipe.batch):
+        outs, sec = run_members(model, inputs, group, base, streaming=streaming, finalize=finalize, patterns=patterns,
+                                spec=spec)
+        for m, tens in zip(group, outs):
+            log.member_seconds[m.name] = sec / len(group)
+            missing = [n for n in base if n not in tens]
+            if missing:
+                raise RuntimeError(f"floor member {m.name} did not record {', '.join(missing[:5])}")
+            stats[m.name] = {n: pair_stats(n, base[n], tens[n], blocks[n], domain=domain and n in DOMAIN_GATES)
+                             for n in base}
+            if m.role == "held-out" or m.seed is None:
+                kept[m.name] = tens
     gates = _gates(kind, base, stats, members)
     stages = AG.build_stages(base, stats, members, gates, blocks)
     samples = _k_samples(base, stages, stats, members, kept, gates, blocks)
     k, basis = AG.choose_k(samples)
     per_member = {m.name: {n: [s.max_abs, s.rel_l2] for n, s in stats[m.name].items()} for m in members}
     floor = Floor(kind, key, digest, k, basis, stages, tuple(m.to_dict() for m in members), per_member, rdict,
-                  _provenance(meta, inputs, bundle_name, n_mel or 0, spec))
+                  _provenance(meta, inputs, bundle_name, n_mel or 0, spec, recipe.batch))
     if cache is not None:
         cache.put(floor)
     log.seconds = time.perf_counter() - t0
@@ -173,21 +185,22 @@ def _k_samples(base, stages, stats, members, kept, gates, blocks) -> list[dict]:
 
 def estimate_floor(model, inputs: dict, *, streaming: bool = False, finalize: bool = True,
                    recipe: Recipe | None = None, cache: FloorCache | None = None, bundle_name: str | None = None,
-                   log: EstimateLog | None = None) -> Floor:
+                   log: EstimateLog | None = None, base: dict | None = None) -> Floor:
     """The fp32 noise floor of ``model`` (a :class:`reference.model.Token2Wav`) on ``inputs`` (a loaded
-    bundle) in one mode."""
+    bundle) in one mode. ``base``: the plain reference run's stages when the caller already has them (recorded
+    with the recipe's patterns; reused instead of run again)."""
     recipe = recipe or Recipe()
     members = fp32_members(recipe.n_seeds, recipe.n_held_out, recipe.families)
     return _estimate(model, inputs, "fp32", members, None, streaming=streaming, finalize=finalize, recipe=recipe,
-                     cache=cache, bundle_name=bundle_name, log=log)
+                     cache=cache, bundle_name=bundle_name, log=log, base=base)
 
 
 def estimate_envelope(model, inputs: dict, spec: PrecisionSpec, *, streaming: bool = False, finalize: bool = True,
                       recipe: Recipe | None = None, cache: FloorCache | None = None, bundle_name: str | None = None,
-                      log: EstimateLog | None = None) -> Floor:
+                      log: EstimateLog | None = None, base: dict | None = None) -> Floor:
     """The expected-error envelope of the reduced precision ``spec`` (see :mod:`parity.floor.chop`):
     round to nearest plus stochastic-rounding seeds, aggregated and k-chosen like the fp32 floor."""
     recipe = recipe or Recipe()
     members = chop_members(spec.fmt, recipe.n_seeds, recipe.n_held_out)
     return _estimate(model, inputs, spec.fmt, members, spec, streaming=streaming, finalize=finalize, recipe=recipe,
-                     cache=cache, bundle_name=bundle_name, log=log)
+                     cache=cache, bundle_name=bundle_name, log=log, base=base)

@@ -106,19 +106,20 @@ def _attention(model, backend: str):
         est.set_attention(old)
 
 
-def member_context(model, member: Member, spec: PrecisionSpec | None = None):
-    """The context that turns the plain reference into ``member``."""
+def member_context(model, member: Member, spec: PrecisionSpec | None = None, gen=None):
+    """The context that turns the plain reference into ``member`` (``gen``: the random streams of a batch of
+    members of ``member``'s family, :class:`parity.floor.mca.MemberStreams`; default the member's own)."""
     stack = contextlib.ExitStack()
     stack.enter_context(_threads(member.threads))
     stack.enter_context(_attention(model, member.attention))
     if member.family == "mca-modules":
-        stack.enter_context(ModuleMCA([model.flow, model.hift], member.seed))
+        stack.enter_context(ModuleMCA([model.flow, model.hift], member.seed, gen))
     elif member.family == "mca-ops":
-        stack.enter_context(OpMCA([model.flow, model.hift], member.seed))
+        stack.enter_context(OpMCA([model.flow, model.hift], member.seed, gen))
     elif member.family == "chop":
         if spec is None:
             raise ValueError(f"member {member.name}: a chop member needs a PrecisionSpec")
-        stack.enter_context(Chop(model.flow, model.hift, spec, member.seed))
+        stack.enter_context(Chop(model.flow, model.hift, spec, member.seed, gen))
     return stack
 
 
@@ -131,3 +132,23 @@ def run_reference(model, inputs: dict, *, streaming: bool, finalize: bool = True
     with ctx:
         model.run(inputs, Probe(rec), streaming=streaming, finalize=finalize)
     return rec.tensors, time.perf_counter() - t0
+
+
+def run_members(model, inputs: dict, members: list[Member], base: dict, *, streaming: bool, finalize: bool = True,
+                patterns=None, spec: PrecisionSpec | None = None) -> tuple[list[dict], float]:
+    """Run ``members`` (seeded members of one family, :func:`parity.floor.batched.batch_groups`) along the batch
+    axis of one forward; returns (each member's stage tensors, seconds). ``base``: the plain run's stages (their
+    shapes tell the members' rows apart). One member runs as :func:`run_reference` does."""
+    from .batched import members_on_batch_axis, split_members
+    from .mca import MemberStreams
+
+    if len(members) == 1:
+        tens, sec = run_reference(model, inputs, streaming=streaming, finalize=finalize, patterns=patterns,
+                                  member=members[0], spec=spec)
+        return [tens], sec
+    rec = Recorder(patterns)
+    t0 = time.perf_counter()
+    gen = MemberStreams([m.seed for m in members])
+    with member_context(model, members[0], spec, gen), members_on_batch_axis(model, len(members), gen) as pipe:
+        pipe.run(inputs, Probe(rec), streaming=streaming, finalize=finalize)
+    return split_members(rec.tensors, base, len(members)), time.perf_counter() - t0
