@@ -118,6 +118,10 @@ def floor_parent() -> argparse.ArgumentParser:
                         "reference's own floor from the shipped floors, the cache, or computed")
     g.add_argument("--no-floor", action="store_true",
                    help="judge every stage by the flat tolerances of the policy (no measured floor)")
+    p.add_argument("--precision-layout", metavar="PROFILE",
+                   help="the reduced-precision layout of a foreign dump, as the candidate profile that has it "
+                        "(fp16-flow, fp16-all, bf16-flow, ...): its envelope judges; default: read from the dump's "
+                        "dtypes metadata or the dtypes its stages are stored in")
     return p
 
 

@@ -45,9 +45,6 @@ def cmd_dump(args) -> int:
     onnx = OnnxOptions.from_args(args)
     overrides = onnx.overrides()  # a missing file or an unknown provider: one line before anything loads
     session_opts = options_from_args(args)  # before loading anything: a bad combination is exit 2 at once
-    if args.embed_floor and session_opts is not None:
-        raise InputError("--embed-floor: a streaming session has no noise floor (its chunk stages are judged by the "
-                         "flat tolerances); embed floors in single-call traces")
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     notes = [n for n in [negative_token_note(inputs, args.inputs)] if n]
@@ -92,7 +89,7 @@ def cmd_dump(args) -> int:
     if args.embed_floor:
         if pipe is not model:
             raise InputError("--embed-floor embeds the reference's own noise floor: dump the reference pipeline")
-        _embed_floor(model, inputs, res, args)
+        _embed_floor(model, inputs, res, args, session_opts)
     return 0
 
 
@@ -100,16 +97,19 @@ def _log(msg: str) -> None:
     print(f"parity: {msg}", file=sys.stderr, flush=True)
 
 
-def _embed_floor(model, inputs, res, args) -> None:
-    """Put the reference's fp32 noise floor (shipped, cached or computed now) into the trace's metadata, so that
-    ``parity compare`` finds it on a machine without the model or the cache."""
+def _embed_floor(model, inputs, res, args, session_opts=None) -> None:
+    """Put the reference's fp32 noise floor (shipped, cached or computed now; a streaming session's floor for a
+    session trace) into the trace's metadata, so that ``parity compare`` finds it on a machine without the model or
+    the cache."""
     import json
 
     from .floor.store import EMBED_KEY, FloorStore
     from .trace import read_trace, write_trace
 
     ch = FloorStore(log=_log).for_run(model, inputs, streaming=args.streaming, finalize=not args.no_finalize,
-                                      bundle_name=Path(args.inputs).stem)
+                                      bundle_name=Path(args.inputs).stem, reference=res.tensors,
+                                      session="streaming" if session_opts is not None else "single",
+                                      options=session_opts)
     if ch.floor is None:
         raise InputError(f"--embed-floor: no floor for this trace: {ch.reason}")
     tr = read_trace(res.trace_path)
@@ -562,7 +562,7 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
             from .compare import candidate_context
 
             floor = floors.for_trace(rl.metadata, rl.tensors, cand_meta=cl.metadata,
-                                     precision=candidate_context(cl, opts)[0])
+                                     precision=candidate_context(cl, opts)[0], cand_tensors=cl.tensors)
         mc = (check_saved(rl.metadata, rl.tensors, cl.tensors, streaming=is_streaming(rl.metadata, cl.metadata))
               if mask_check else None)
         result = compare_loaded(rl, cl, load_policy(policy), opts, mask_check=mc, floor=floor)

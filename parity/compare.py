@@ -282,8 +282,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
         if gfloor is None:
             return None, why_none
         if name not in gfloor.stages:
-            return None, (f"no floor for this stage (the floor covers the {len(gfloor.stages)} stages captured by "
-                          f"default)")
+            return None, f"no floor for this stage (the floor covers {len(gfloor.stages)} stages)"
         return StageGate(gfloor.stages[name], gfloor.k, gfloor.kind, gfloor.digest, local_), None
 
     stages: list[StageResult] = []
@@ -441,7 +440,8 @@ def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = 
             floor = store.check_file_for_trace(Floor.load(floor_file), ref.metadata, ref.tensors)
             floor.path = str(floor_file)
         else:
-            floor = store.for_trace(ref.metadata, ref.tensors, cand_meta=cand.metadata, precision=precision)
+            floor = store.for_trace(ref.metadata, ref.tensors, cand_meta=cand.metadata, precision=precision,
+                                    cand_tensors=cand.tensors)
     mc = None
     if mask_check:
         from .streaming_mask import check_saved, is_streaming

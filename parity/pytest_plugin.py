@@ -624,10 +624,14 @@ class Golden:
         res = self.ps.reference(bundle, model=model, mode=mode)
         tensors = {k: v for k, v in res.tensors.items()
                    if any(fnmatch.fnmatchcase(k, p) for p in SESSION_GOLDEN_PATTERNS)}
-        return self._check(self.session_path(bundle, mode), tensors, res.metadata,
-                           ("session", "session_options", "session_plan", "session_schedule", "session_chunks",
-                            "session_holdback_frames", "session_samples_per_frame", "session_deviations",
-                            "sample_rate"))
+        result = self._check(self.session_path(bundle, mode), tensors, res.metadata,
+                             ("session", "session_options", "session_plan", "session_schedule", "session_chunks",
+                              "session_holdback_frames", "session_samples_per_frame", "session_deviations",
+                              "sample_rate"))
+        if self.update:  # the session's shipped fp32 floor beside its golden
+            self.update_floors(bundle, True, model, session=mode.options or _default_session_options(),
+                               label=mode.label)
+        return result
 
     def _check(self, path: Path, tensors: dict, ref_meta: dict, extra_keys=()):
         from .compare import CompareOptions, compare_loaded
@@ -667,18 +671,25 @@ class Golden:
         return result
 
 
-    def update_floors(self, bundle, streaming: bool, model=None) -> list[Path]:
+    def update_floors(self, bundle, streaming: bool, model=None, session=None, label=None) -> list[Path]:
         """Rewrite the shipped floors of (bundle, mode) beside the golden: the fp32 noise floor and the envelope of
-        each reduced-precision profile of the suite (:func:`parity.floor.store.write_shipped`)."""
+        each reduced-precision profile of the suite (:func:`parity.floor.store.write_shipped`); a streaming
+        session's fp32 floor (``session``: its SessionOptions)."""
         from .floor.store import write_shipped
 
         model = model or self.ps.model()
         paths = write_shipped(model, bundle, streaming=streaming, profiles=self.ps.pc.profiles, directory=self.dir,
-                              log=lambda m: print(f"\nparity: {m}"))
+                              log=lambda m: print(f"\nparity: {m}"), session=session, label=label)
         floors = self.ps.session.floors
         if floors is not None:
             floors.forget()
         return paths
+
+
+def _default_session_options():
+    from reference.session import SessionOptions
+
+    return SessionOptions()
 
 
 def _versions() -> dict:

@@ -322,7 +322,8 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
     floor = None
     if floors is not None:
         floor = floors.for_run(model, inputs, switches=getattr(cand, "sw", None), streaming=mode.streaming,
-                               finalize=mode.finalize, session=mode.session, bundle_name=bundle.stem)
+                               finalize=mode.finalize, session=mode.session, bundle_name=bundle.stem,
+                               reference=ref_res.tensors, options=mode.options)
     t3f = time.perf_counter()
     result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l,
                             mask_check=mask, offline=off_l, floor=floor)

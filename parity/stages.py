@@ -22,6 +22,10 @@ VOCODER_OUTPUTS = VOCODER + ["magnitude", "phase", "audio_preclamp", "audio"]  #
 
 # capture: what a trace records by default; per-block DiT outputs and HiFT internals are opt-in
 DEFAULT_PATTERNS = INPUTS + FRONT + [f"step*.{f}" for f in STEP_FIELDS] + ["flow_mel"] + VOCODER_OUTPUTS
+# what a noise floor records (parity.floor): every stage a single call can capture, the DiT blocks' outputs and the
+# HiFT internals too, so that a trace capturing them is judged by the floor there as well
+BLOCK_PATTERNS = ["step*.block*", "hift.*"]
+FLOOR_PATTERNS = DEFAULT_PATTERNS + BLOCK_PATTERNS
 # the compact golden traces of the reference (fixtures/golden)
 GOLDEN_STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "step1.x", "step5.x", "step10.x",
                  "flow_mel", "f0", "conv_pre", "audio"]

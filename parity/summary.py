@@ -47,6 +47,14 @@ def gate_line(result: Comparison) -> str:
         what = "the fp32 noise floor" if kind == "fp32" else f"the {kind} precision envelope (rounding-only error)"
         src = fl.get("source")
         where = f"{src} {fl.get('path')}" if fl.get("path") else str(src)
+        tr = (fl.get("provenance") or {}).get("transfer")
+        if isinstance(tr, dict):  # a floor transferred from full floors on other bundles (parity.floor.transfer)
+            srcs = ", ".join(str(x.get("bundle") or str(x.get("digest"))[:12]) for x in tr.get("sources") or [])
+            where += f"; transferred from the full floor of {srcs} x{tr.get('factor'):g}"
+        lay = fl.get("layout")
+        if isinstance(lay, dict) and lay.get("name") and kind != "fp32":
+            what = f"the {kind} precision envelope of layout {lay['name']} (rounding-only error)"
+            where += f"; layout: {lay.get('why')}"
         parts.append(f"{what}, k {fl.get('k'):g} ({where}; digest {str(fl.get('digest'))[:12]}): {nf} stages")
     if nflat:
         why = fl.get("not_applied") or fl.get("reason") if not nf else "stages without a floor"

@@ -51,7 +51,10 @@ def floor(model, inputs, cache_dir):
 
 @pytest.fixture(scope="module")
 def base(model, inputs):
-    return run_reference(model, inputs, streaming=False)[0]
+    """The plain reference with every stage a floor records (the DiT blocks and the HiFT internals too)."""
+    from parity.stages import FLOOR_PATTERNS
+
+    return run_reference(model, inputs, streaming=False, patterns=FLOOR_PATTERNS)[0]
 
 
 def _cand(model, inputs, profile, faults=()):
@@ -76,6 +79,8 @@ def test_floor_covers_every_stage_with_sane_values(floor, base):
         assert all(math.isfinite(v) for v in sf.envelope)
     assert len(floor["flow_mel"].envelope) == base["flow_mel"].shape[-1]  # one block per frame
     assert len(floor["audio"].envelope) == base["flow_mel"].shape[-1]  # one block per mel frame of samples
+    assert len(floor["step1.block0"].envelope) == base["step1.block0"].shape[1]  # the DiT blocks: per frame
+    assert len(floor["hift.fusion2"].envelope) == base["flow_mel"].shape[-1]  # HiFT internals: per mel frame
     fams = {m["family"] for m in floor.members}
     assert fams == {"threads", "attention", "mca-modules", "mca-ops"}
     assert sum(1 for m in floor.members if m["family"] == "mca-ops" and m["role"] == "fit") >= 8

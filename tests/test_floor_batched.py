@@ -129,3 +129,48 @@ def test_batched_envelope_agrees_with_sequential(model, inputs, base):
     r = _ratios(seq, bat)
     assert 1 / 1.5 <= r[0][0] and r[-1][0] <= 1.5, (r[0], r[-1])
     assert abs(bat.k / seq.k - 1) <= 0.15 or math.isclose(bat.k, seq.k), (seq.k, bat.k)
+
+
+def test_a_new_bundle_gets_a_transferred_floor_that_says_so(model, tmp_path):
+    """A full floor of the short bundle in the cache; the medium bundle has none: the store transfers it (three
+    op-MCA members on the batch axis, calibrated on the short floor; the plain run reused), caches it, and a second
+    lookup reads it. The transferred floor judges: a held-out legitimate member passes, a 20x perturbation of one
+    stage fails there; its key names the method and the source, and the gate line says it was transferred."""
+    from parity.floor import FloorCache
+    from parity.floor.store import FloorStore
+    from parity.floor.transfer import TRANSFER_FACTOR
+
+    cache = FloorCache(tmp_path / "floors")
+    short = load_bundle(FIXTURES / "bundles" / "short.safetensors")
+    medium = load_bundle(FIXTURES / "bundles" / "medium.safetensors")
+    full = estimate_floor(model, short, cache=cache, bundle_name="short")
+    from parity.floor.cache import family_digest
+
+    assert full.calibration["envelope"] and full.digest in cache.calibrations(family_digest(full.key))
+    ref = run_reference(model, medium, streaming=False)[0]
+    store = FloorStore(cache=cache, shipped=None)
+    ch = store.for_run(model, medium, bundle_name="medium", reference=ref)
+    f = ch.floor
+    assert ch.source == "computed" and "transferred from the full floor of short" in ch.reason, ch.reason
+    assert f.recipe["method"] == "transfer" and f.recipe["transfer"]["sources"] == [full.digest]
+    assert f.provenance["transfer"]["factor"] == TRANSFER_FACTOR and f.k == full.k
+    # the reference was captured without the blocks: the transferred floor covers what it has
+    assert len(f.members) == 3 and set(f.stages) == {n for n in full.stages if n in ref}
+    assert f.recipe["transfer"]["covers"] and "step*.block*" not in f.recipe["transfer"]["covers"]
+    again = FloorStore(cache=cache, shipped=None).for_run(model, medium, bundle_name="medium", reference=ref)
+    assert again.source == "cache" and again.floor.digest == f.digest and "transferred" in again.reason
+    held = [Member(f"mca-ops#{s}", "mca-ops", role="held-out", seed=s) for s in (8, 9)]
+    for tens in run_members(model, medium, held, ref, streaming=False)[0]:
+        assert judge(f, ref, tens).passed
+    bad = dict(ref)
+    sf = f["step3.v1"]
+    bad["step3.v1"] = ref["step3.v1"] + 20 * f.k * sf.rel_l2 * ref["step3.v1"]  # 20 k x the rel_l2 floor
+    v = judge(f, ref, bad)
+    assert v.first_over is not None and v.first_over.stage == "step3.v1"
+    from parity.summary import gate_line
+
+    class R:
+        gates = {"floor": 77}
+        floor = ch.to_json()
+
+    assert "transferred from the full floor of short" in gate_line(R)

@@ -130,28 +130,45 @@ def test_without_a_floor_the_flat_tolerances_decide_and_say_why(model, base):
         assert why in res.floor["reason"] and why in render(res, color=False)
     ch = FloorStore(cache=None, compute=False).for_run(model, {}, session="chunked")
     assert ch.floor is None and "chunked" in ch.reason
-    # a streaming-session trace (parity compare, parity-report): no floor either, whatever the store holds
+    # a streaming-session trace without its options cannot name its floor: flat, said so
     ch = FloorStore(cache=None, compute=True).for_trace({"session": "streaming", "streaming": True}, {})
-    assert ch.floor is None and "'streaming' session kind" in ch.reason
+    assert ch.floor is None and "session_options" in ch.reason
 
 
-def test_embed_floor_refuses_a_streaming_session(tmp_path, capsys):
+def test_embed_floor_in_a_streaming_session_trace(tmp_path, capsys):
+    """A session dump embeds the session's own floor (the shipped one of the session bundle), and parity compare
+    finds it there."""
     from parity.cli import main
+    from parity.result import read_json
 
     out = tmp_path / "s.safetensors"
-    assert main(["dump", "--preset", "tiny", "--inputs", str(SHORT), "--out", str(out), "--session", "streaming",
-                 "--embed-floor"]) == 2
-    assert "--embed-floor: a streaming session has no noise floor" in capsys.readouterr().err and not out.exists()
+    stream = FIXTURES / "sessions" / "stream.safetensors"
+    assert main(["dump", "--preset", "tiny", "--inputs", str(stream), "--out", str(out), "--session", "streaming",
+                 "--embed-floor"]) == 0
+    assert "embedded the fp32 noise floor" in capsys.readouterr().out
+    assert main(["compare", str(out), str(out), "--json", str(tmp_path / "r.json"), "--no-mask-check"]) == 0
+    r = read_json(tmp_path / "r.json")
+    assert r.floor["source"] in ("embedded", "shipped") and r.floor["key"]["session"]["kind"] == "streaming"
+    assert not r.gates.get("flat") and r.gates.get("floor", 0) > 150
 
 
 def test_stages_without_a_floor_fall_back_to_flat_per_stage(model, shipped, base, inputs):
-    blocks = run_reference(model, inputs, streaming=False, patterns=["+step*.block*"])[0]
-    res = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), load_policy(), floor=shipped)
+    """A floor recorded with the default capture only (no blocks) judges a trace with the DiT blocks: the blocks by
+    the flat rules, said so per stage; the shipped floors cover the blocks and the HiFT internals."""
+    from parity.floor import Recipe, estimate_floor
+    from parity.stages import DEFAULT_PATTERNS
+
+    blocks = run_reference(model, inputs, streaming=False, patterns=["+step*.block*", "+hift.*"])[0]
+    assert "step1.block0" in shipped.floor.stages and "hift.fusion0" in shipped.floor.stages
+    small = estimate_floor(model, inputs, recipe=Recipe(n_seeds=3, n_held_out=2, patterns=tuple(DEFAULT_PATTERNS)))
+    res = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), load_policy(), floor=small)
     assert res.stage("step1.block0").gate == "flat" and "no floor for this stage" in \
         res.stage("step1.block0").floor["reason"]
     assert res.stage("step1.v1").gate == "floor" and res.verdict == "pass"
     line = render(res, color=False).splitlines()[2]
     assert "fp32 noise floor" in line and "flat tolerances" in line
+    full = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), load_policy(), floor=shipped)
+    assert full.stage("step1.block0").gate == "floor" and full.stage("hift.fusion0").gate == "floor"
 
 
 def test_an_fp32_floor_does_not_judge_a_reduced_precision_candidate(model, shipped, base):
@@ -287,12 +304,15 @@ def test_two_file_workflow_gets_the_floor_from_the_reference_provenance(tmp_path
     assert main(["dump", "--model-dir", str(m), "--inputs", str(b), "--out", str(ref)]) == 0
     assert main(["dump", "--model-dir", str(m), "--inputs", str(b), "--out", str(cand), "--profile", "fp32-sdpa"]) == 0
     capsys.readouterr()
-    # no flag: the floor of the reference trace's own model, bundle and mode; computed (nothing shipped or cached)
+    # no flag: the floor of the reference trace's own model, bundle and mode; nothing shipped or cached for this
+    # bundle, but the shipped full floors of the same model on the fixture bundles calibrate a transferred floor
     assert main(["compare", str(ref), str(cand), "--json", str(tmp_path / "r1.json")]) == 0
     out = capsys.readouterr()
-    assert "gate: the fp32 noise floor" in out.out and "computing the fp32 noise floor" in out.err
+    assert "gate: the fp32 noise floor" in out.out and "transferring the fp32 noise floor" in out.err
+    assert "transferred from the full floor of" in out.out
     r1 = read_json(tmp_path / "r1.json")
     assert r1.floor["source"] == "computed" and not r1.gates.get("flat") and r1.floor["key"]["model"]["flow_sha256"]
+    assert r1.floor["recipe"]["method"] == "transfer" and "transferred from" in r1.floor["reason"]
     assert len(list(fresh_cache.rglob("*.json"))) == 1
     # a second run hits the cache
     assert main(["compare", str(ref), str(cand), "--json", str(tmp_path / "r2.json")]) == 0
@@ -304,12 +324,16 @@ def test_two_file_workflow_gets_the_floor_from_the_reference_provenance(tmp_path
                  "--json", str(tmp_path / "run.json"), "--no-progress"]) == 0
     rr = read_json(tmp_path / "run.json")
     assert rr.floor["source"] == "cache" and rr.floor["digest"] == r1.floor["digest"] and not rr.gates.get("flat")
-    # parity floor finds the same floor (cached) and writes it; --floor FILE judges with it
+    # parity floor measures the full ensemble floor and writes it; --floor FILE judges with it; once cached, the full
+    # floor is preferred to the transferred one
     fl = tmp_path / "floor.json"
     assert main(["floor", "--model-dir", str(m), "--inputs", str(b), "--out", str(fl)]) == 0
-    assert "from the cache" in capsys.readouterr().out and Floor.load(fl).digest == r1.floor["digest"]
+    assert "runs in" in capsys.readouterr().out and Floor.load(fl).digest != r1.floor["digest"]
     assert main(["compare", str(ref), str(cand), "--floor", str(fl), "--json", str(tmp_path / "r3.json")]) == 0
     assert read_json(tmp_path / "r3.json").floor["source"] == "file"
+    assert main(["compare", str(ref), str(cand), "--json", str(tmp_path / "r3b.json")]) == 0
+    r3b = read_json(tmp_path / "r3b.json")
+    assert r3b.floor["source"] == "cache" and r3b.floor["digest"] == Floor.load(fl).digest
     # a floor of another reference is refused (exit 2, one line)
     other = ShippedFloors().index()[next(iter(ShippedFloors().index()))]
     capsys.readouterr()
@@ -416,4 +440,4 @@ def test_update_golden_rewrites_the_shipped_floors(monkeypatch, tmp_path):
     g.dir = tmp_path
     g.update_floors(SHORT, True)
     assert calls == [(SHORT, {"streaming": True, "profiles": ["fp16-flow"], "directory": tmp_path,
-                              "log": calls[0][1]["log"]})]
+                              "log": calls[0][1]["log"], "session": None, "label": None})]

@@ -108,6 +108,7 @@ class BatchedPipeline:
         self.flow = _BatchedFlow(model.flow, n, gen)
         self.hift = model.hift
 
+    @torch.inference_mode()
     def run(self, inputs: dict, probe=None, *, streaming: bool = False, finalize: bool = True):
         probe = as_probe(probe)
         for k in ("token", "prompt_token", "prompt_feat", "embedding"):
@@ -119,7 +120,7 @@ class BatchedPipeline:
         mel = mel.to(self.dtype)
         return self.hift.inference(mel, self.noise, finalize=finalize, probe=probe)
 
-    def run_session(self, inputs: dict, probe=None, options=None):
+    def run_session(self, inputs: dict, probe=None, options=None):  # run_session is in inference mode itself
         from reference.session import run_session
 
         return run_session(self, inputs, probe, options)

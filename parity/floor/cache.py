@@ -64,13 +64,23 @@ def model_fields(meta: dict) -> dict:
 
 
 def make_key(meta: dict, inputs: dict, *, streaming: bool, finalize: bool, kind: str, recipe: dict,
-             torch_version: str | None = None) -> tuple[dict, str]:
-    """(key fields, hex digest)."""
+             torch_version: str | None = None, session: dict | None = None) -> tuple[dict, str]:
+    """(key fields, hex digest). ``session``: a multi-call session's kind and resolved options (``{"kind":
+    "streaming", "options": {...}}``: the calls it makes and the stages it records); absent for a single call."""
     key = {"model": model_fields(meta), "bundle": bundle_hash(inputs), "streaming": bool(streaming),
            "finalize": bool(finalize), "torch": torch_version or torch.__version__, "kind": kind,
            "recipe": recipe}
+    if session is not None:
+        key["session"] = session
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return key, digest
+
+
+def family_digest(key: dict) -> str:
+    """The digest of a key without its bundle: the floors of one model, mode, torch, kind and recipe on any bundle
+    (those a transferred floor may be calibrated on, :mod:`parity.floor.transfer`)."""
+    rest = {k: v for k, v in key.items() if k != "bundle"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
 def key_from_trace(meta: dict, tensors: dict, *, kind: str, recipe: dict) -> tuple[dict, str]:
@@ -79,7 +89,19 @@ def key_from_trace(meta: dict, tensors: dict, *, kind: str, recipe: dict) -> tup
     finalize = bool(meta.get("finalize", True))
     torch_version = (meta.get("env") or {}).get("torch")
     return make_key(meta, tensors, streaming=streaming, finalize=finalize, kind=kind, recipe=recipe,
-                    torch_version=torch_version)
+                    torch_version=torch_version, session=session_of(meta))
+
+
+def session_of(meta: dict) -> dict | None:
+    """The session part of a trace's key: its kind and resolved options (None for a single call). InputError for a
+    session trace without its options."""
+    kind = meta.get("session") if isinstance(meta, dict) else None
+    if kind in (None, "single"):
+        return None
+    opts = meta.get("session_options")
+    if not isinstance(opts, dict):
+        raise InputError(f"the {kind} session trace lacks its session_options metadata: its floor cannot be identified")
+    return {"kind": kind, "options": dict(opts)}
 
 
 def default_cache_dir() -> Path:
@@ -119,4 +141,36 @@ class FloorCache:
         return floor
 
     def put(self, floor: Floor) -> Path:
-        return floor.save(self.path(floor.digest))
+        out = floor.save(self.path(floor.digest))
+        self._index_calibration(floor)
+        return out
+
+    # -- calibrations of transferred floors: <dir>/calibrations/<family digest>.cal (JSON), {digest: calibration}
+    def _calibration_path(self, family: str) -> Path:
+        return self.dir / "calibrations" / f"{family}.cal"
+
+    def _index_calibration(self, floor: Floor) -> None:
+        from .transfer import calibration
+
+        if floor.kind != "fp32" or floor.recipe.get("method") == "transfer" or not floor.calibration:
+            return
+        try:
+            cal = calibration(floor)
+        except ValueError:
+            return
+        p = self._calibration_path(family_digest(floor.key))
+        cur = self.calibrations(family_digest(floor.key))
+        cur[floor.digest] = cal
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cur, sort_keys=True))
+        os.replace(tmp, p)
+
+    def calibrations(self, family: str) -> dict:
+        """{digest: calibration} of the full fp32 floors cached for one model, mode and recipe (any bundle)."""
+        p = self._calibration_path(family)
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return {}
+        return d if isinstance(d, dict) else {}

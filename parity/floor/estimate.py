@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..stages import is_vocoder_stage, sort_stages
+from ..stages import FLOOR_PATTERNS, SESSION_PATTERNS, is_vocoder_stage, sort_stages
 from . import aggregate as AG
 from .cache import FloorCache, bundle_hash, make_key
 from .chop import PrecisionSpec
@@ -21,9 +21,10 @@ from .batched import batch_groups
 from .members import Member, chop_members, fp32_members, run_members, run_reference
 from .mca import U
 from .stats import n_blocks, pair_stats
+from .transfer import envelope_calibration
 from .types import Floor
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the floor covers the DiT blocks and the HiFT internals (FLOOR_PATTERNS)
 DOMAIN_GATES = {"f0": ("f0_max_abs_cents", "f0_rmse_cents"), "audio": ("logmel_l1", "logmel_l1_max"),
                 "audio_preclamp": ("logmel_l1", "logmel_l1_max")}
 SATURATED_REL_L2 = 0.1  # reduced precision: a sample-level vocoder stage whose rounding-only error is this large
@@ -33,8 +34,8 @@ SATURATED_REL_L2 = 0.1  # reduced precision: a sample-level vocoder stage whose 
 @dataclass(frozen=True)
 class Recipe:
     """Estimation settings (all part of the cache key). ``n_seeds`` fit and ``n_held_out`` held-out seeds per
-    random family; ``families`` of the fp32 ensemble; ``patterns``: the stages recorded (None: the canonical
-    ones)."""
+    random family; ``families`` of the fp32 ensemble; ``patterns``: the stages recorded (None:
+    :data:`parity.stages.FLOOR_PATTERNS`, every stage a single call can capture)."""
 
     n_seeds: int = 8
     n_held_out: int = 4
@@ -53,6 +54,20 @@ class Recipe:
                 "k_alpha": AG.K_ALPHA, "k_min": AG.K_MIN, "saturated_rel_l2": SATURATED_REL_L2}
 
 
+def covers(tensors: dict, patterns) -> bool:
+    """Whether ``tensors`` hold a stage for every capture pattern (a run recorded with at least ``patterns``)."""
+    import fnmatch
+
+    return all(any(fnmatch.fnmatchcase(n, p) for n in tensors) for p in patterns)
+
+
+def recipe_patterns(recipe: Recipe, session=None) -> list[str]:
+    """The capture patterns of the floor's runs (a streaming session's: the session's default capture)."""
+    if recipe.patterns:
+        return list(recipe.patterns)
+    return list(SESSION_PATTERNS) if session is not None else list(FLOOR_PATTERNS)
+
+
 def recipe_dict(recipe: Recipe, spec: PrecisionSpec | None = None) -> dict:
     """The recipe as it enters the cache key (with the precision spec of an envelope)."""
     rdict = recipe.to_dict()
@@ -61,13 +76,25 @@ def recipe_dict(recipe: Recipe, spec: PrecisionSpec | None = None) -> dict:
     return rdict
 
 
+def session_key(model, session) -> dict | None:
+    """The session part of a floor's key for :class:`reference.session.SessionOptions` ``session`` (None: a single
+    call): the kind and the options resolved for the model, as a session trace records them."""
+    if session is None:
+        return None
+    return {"kind": "streaming", "options": session.resolve(model.cfg).to_dict()}
+
+
 def floor_key(model, inputs: dict, *, kind: str = "fp32", spec: PrecisionSpec | None = None, streaming: bool = False,
-              finalize: bool = True, recipe: Recipe | None = None) -> tuple[dict, str]:
+              finalize: bool = True, recipe: Recipe | None = None, recipe_override: dict | None = None,
+              session=None) -> tuple[dict, str]:
     """(key fields, digest) of the floor :func:`estimate_floor` / :func:`estimate_envelope` would compute for
-    these arguments, without computing it."""
+    these arguments, without computing it (``recipe_override``: the recipe dict of another method, e.g. a
+    transferred floor's; ``session``: the SessionOptions of a streaming session)."""
+    if session is not None:
+        streaming, finalize = True, True
     meta = model.provenance(streaming=streaming, finalize=finalize)
     return make_key(meta, inputs, streaming=streaming, finalize=finalize, kind=kind,
-                    recipe=recipe_dict(recipe or Recipe(), spec))
+                    recipe=recipe_override or recipe_dict(recipe or Recipe(), spec), session=session_key(model, session))
 
 
 @dataclass
@@ -80,7 +107,7 @@ class EstimateLog:
 
 
 def _provenance(meta: dict, inputs: dict, bundle_name: str | None, n_mel: int, spec: PrecisionSpec | None,
-                batch: int = 1) -> dict:
+                batch: int = 1, session: dict | None = None) -> dict:
     out = {"members_per_forward": batch, "model": meta.get("model"), "config": meta.get("config"), "weights_sha256": meta.get("weights_sha256"),
            "noise": (meta.get("noise") or {}).get("fingerprint"), "bundle": bundle_name,
            "bundle_sha256": bundle_hash(inputs), "streaming": meta.get("streaming"), "finalize": meta.get("finalize"),
@@ -88,37 +115,46 @@ def _provenance(meta: dict, inputs: dict, bundle_name: str | None, n_mel: int, s
            "baseline": "the reference, 1 torch thread, explicit attention"}
     if spec is not None:
         out["precision"] = spec.to_dict()
+    if session is not None:
+        out["session"] = session
     return out
 
 
 def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: PrecisionSpec | None, *, streaming: bool,
               finalize: bool, recipe: Recipe, cache: FloorCache | None, bundle_name: str | None,
-              log: EstimateLog | None, base: dict | None = None) -> Floor:
+              log: EstimateLog | None, base: dict | None = None, session=None) -> Floor:
     t0 = time.perf_counter()
     log = log if log is not None else EstimateLog()
+    if session is not None:
+        streaming, finalize = True, True
     meta = model.provenance(streaming=streaming, finalize=finalize)
     rdict = recipe_dict(recipe, spec)
-    key, digest = make_key(meta, inputs, streaming=streaming, finalize=finalize, kind=kind, recipe=rdict)
+    skey = session_key(model, session)
+    key, digest = make_key(meta, inputs, streaming=streaming, finalize=finalize, kind=kind, recipe=rdict,
+                           session=skey)
     if cache is not None:
         hit = cache.get(digest)
         if hit is not None:
             log.from_cache, log.seconds = True, time.perf_counter() - t0
             return hit
-    patterns = list(recipe.patterns) if recipe.patterns else None
+    patterns = recipe_patterns(recipe, session)
+    if base is not None and not covers(base, patterns):
+        base = None  # a reference captured without some of the floor's stages (the blocks): run the plain one
     if base is None:
         base, log.member_seconds["plain"] = run_reference(model, inputs, streaming=streaming, finalize=finalize,
-                                                          patterns=patterns)
+                                                          patterns=patterns, session=session)
     else:
         log.member_seconds["plain"] = 0.0  # the comparison's own reference run, reused
     base = {n: base[n] for n in sort_stages(base)}
     n_mel = int(base["flow_mel"].shape[-1]) if "flow_mel" in base else None
-    blocks = {n: n_blocks(n, t, n_mel) for n, t in base.items()}
+    spf = int(model.cfg.hift.hop_samples)
+    blocks = {n: n_blocks(n, t, n_mel, spf) for n, t in base.items()}
     domain = kind != "fp32"
     stats: dict = {}
     kept: dict = {}  # tensors of the members the k choice re-judges (held-out and deterministic ones)
     for group in batch_groups(members, spec, recipe.batch):
         outs, sec = run_members(model, inputs, group, base, streaming=streaming, finalize=finalize, patterns=patterns,
-                                spec=spec)
+                                spec=spec, session=session)
         for m, tens in zip(group, outs):
             log.member_seconds[m.name] = sec / len(group)
             missing = [n for n in base if n not in tens]
@@ -133,8 +169,9 @@ def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: Preci
     samples = _k_samples(base, stages, stats, members, kept, gates, blocks)
     k, basis = AG.choose_k(samples)
     per_member = {m.name: {n: [s.max_abs, s.rel_l2] for n, s in stats[m.name].items()} for m in members}
+    cal = envelope_calibration(stages, stats) if kind == "fp32" else {}
     floor = Floor(kind, key, digest, k, basis, stages, tuple(m.to_dict() for m in members), per_member, rdict,
-                  _provenance(meta, inputs, bundle_name, n_mel or 0, spec, recipe.batch))
+                  _provenance(meta, inputs, bundle_name, n_mel or 0, spec, recipe.batch, skey), cal)
     if cache is not None:
         cache.put(floor)
     log.seconds = time.perf_counter() - t0
@@ -185,14 +222,16 @@ def _k_samples(base, stages, stats, members, kept, gates, blocks) -> list[dict]:
 
 def estimate_floor(model, inputs: dict, *, streaming: bool = False, finalize: bool = True,
                    recipe: Recipe | None = None, cache: FloorCache | None = None, bundle_name: str | None = None,
-                   log: EstimateLog | None = None, base: dict | None = None) -> Floor:
+                   log: EstimateLog | None = None, base: dict | None = None, session=None) -> Floor:
     """The fp32 noise floor of ``model`` (a :class:`reference.model.Token2Wav`) on ``inputs`` (a loaded
     bundle) in one mode. ``base``: the plain reference run's stages when the caller already has them (recorded
-    with the recipe's patterns; reused instead of run again)."""
+    with the recipe's patterns; reused instead of run again). ``session``: the
+    :class:`reference.session.SessionOptions` of a streaming session: every member runs the whole chunk loop, and
+    the floor covers every call's stages (``chunk{c}.*``) and the stream (``stream.*``)."""
     recipe = recipe or Recipe()
     members = fp32_members(recipe.n_seeds, recipe.n_held_out, recipe.families)
     return _estimate(model, inputs, "fp32", members, None, streaming=streaming, finalize=finalize, recipe=recipe,
-                     cache=cache, bundle_name=bundle_name, log=log, base=base)
+                     cache=cache, bundle_name=bundle_name, log=log, base=base, session=session)
 
 
 def estimate_envelope(model, inputs: dict, spec: PrecisionSpec, *, streaming: bool = False, finalize: bool = True,

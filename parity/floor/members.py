@@ -123,19 +123,28 @@ def member_context(model, member: Member, spec: PrecisionSpec | None = None, gen
     return stack
 
 
+def _run(pipeline, inputs: dict, rec: Recorder, streaming: bool, finalize: bool, session) -> None:
+    if session is None:
+        pipeline.run(inputs, Probe(rec), streaming=streaming, finalize=finalize)
+    else:  # a streaming session: upstream's chunked loop (reference.session.run_session), every call recorded
+        pipeline.run_session(inputs, Probe(rec), session)
+
+
 def run_reference(model, inputs: dict, *, streaming: bool, finalize: bool = True, patterns=None,
-                  member: Member | None = None, spec: PrecisionSpec | None = None) -> tuple[dict, float]:
-    """Run the reference (plain, or as ``member``) and return (stage tensors, seconds)."""
+                  member: Member | None = None, spec: PrecisionSpec | None = None,
+                  session=None) -> tuple[dict, float]:
+    """Run the reference (plain, or as ``member``) and return (stage tensors, seconds). ``session``: the
+    :class:`reference.session.SessionOptions` of a streaming session (the whole chunk loop is the run)."""
     rec = Recorder(patterns)
     t0 = time.perf_counter()
     ctx = member_context(model, member or PLAIN, spec)
     with ctx:
-        model.run(inputs, Probe(rec), streaming=streaming, finalize=finalize)
+        _run(model, inputs, rec, streaming, finalize, session)
     return rec.tensors, time.perf_counter() - t0
 
 
 def run_members(model, inputs: dict, members: list[Member], base: dict, *, streaming: bool, finalize: bool = True,
-                patterns=None, spec: PrecisionSpec | None = None) -> tuple[list[dict], float]:
+                patterns=None, spec: PrecisionSpec | None = None, session=None) -> tuple[list[dict], float]:
     """Run ``members`` (seeded members of one family, :func:`parity.floor.batched.batch_groups`) along the batch
     axis of one forward; returns (each member's stage tensors, seconds). ``base``: the plain run's stages (their
     shapes tell the members' rows apart). One member runs as :func:`run_reference` does."""
@@ -144,11 +153,11 @@ def run_members(model, inputs: dict, members: list[Member], base: dict, *, strea
 
     if len(members) == 1:
         tens, sec = run_reference(model, inputs, streaming=streaming, finalize=finalize, patterns=patterns,
-                                  member=members[0], spec=spec)
+                                  member=members[0], spec=spec, session=session)
         return [tens], sec
     rec = Recorder(patterns)
     t0 = time.perf_counter()
     gen = MemberStreams([m.seed for m in members])
     with member_context(model, members[0], spec, gen), members_on_batch_axis(model, len(members), gen) as pipe:
-        pipe.run(inputs, Probe(rec), streaming=streaming, finalize=finalize)
+        _run(pipe, inputs, rec, streaming, finalize, session)
     return split_members(rec.tensors, base, len(members)), time.perf_counter() - t0

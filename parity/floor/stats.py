@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..stages import is_vocoder_stage, layout
+from ..stages import is_session_stage, is_vocoder_stage, layout
 
 U32 = 2.0 ** -24  # unit roundoff of float32
 TINY = 2.0 ** -126  # smallest normal float32: the scale of an all-zero stage
@@ -61,12 +61,16 @@ def time_axis(name: str, t: torch.Tensor) -> int | None:
     return ax if ax < t.dim() and t.shape[ax] > 1 else None
 
 
-def n_blocks(name: str, t: torch.Tensor, n_mel: int | None) -> int:
-    """How many envelope blocks the stage has: its frames (flow), ``n_mel`` mel frames' worth (vocoder)."""
+def n_blocks(name: str, t: torch.Tensor, n_mel: int | None, samples_per_frame: int | None = None) -> int:
+    """How many envelope blocks the stage has: its frames (flow), ``n_mel`` mel frames' worth (vocoder); a streaming
+    session's waveforms (``chunk{c}.audio``, ``stream.audio``) one block per ``samples_per_frame`` samples (a mel
+    frame's worth: each call emits its own number of frames)."""
     ax = time_axis(name, t)
     if ax is None:
         return 1
     T = int(t.shape[ax])
+    if samples_per_frame and is_session_stage(name) and layout(name).kind == "wave":
+        return max(1, min(T, T // int(samples_per_frame)))
     if is_vocoder_stage(name) and n_mel:
         return max(1, min(T, int(n_mel)))
     return T

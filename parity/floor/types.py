@@ -82,7 +82,8 @@ class Floor:
     (:mod:`parity.floor.cache`) and ``digest`` their hash; ``k``: the gate multiplier and ``k_basis`` how
     it was chosen; ``members``: the ensemble; ``per_member``: ``{member: {stage: [max_abs, rel_l2]}}``, what
     each member contributed; ``recipe``: the estimation settings; ``provenance``: model, weights, noise,
-    bundle, mode."""
+    bundle, mode; ``calibration``: what :mod:`parity.floor.transfer` needs beyond the per-member table (the
+    envelope's reach beyond its cheap members, per stage), empty where not computed."""
 
     kind: str
     key: dict
@@ -94,6 +95,7 @@ class Floor:
     per_member: dict
     recipe: dict
     provenance: dict
+    calibration: dict = field(default_factory=dict)  # what a floor for another bundle needs (parity.floor.transfer)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -118,10 +120,13 @@ class Floor:
         return out
 
     def to_dict(self) -> dict:
-        return {"format": FLOOR_FORMAT, "kind": self.kind, "digest": self.digest, "key": self.key, "k": self.k,
-                "k_basis": self.k_basis, "recipe": self.recipe, "provenance": self.provenance,
-                "members": [dict(m) for m in self.members],
-                "stages": [s.to_dict() for s in self.stages.values()], "per_member": self.per_member}
+        out = {"format": FLOOR_FORMAT, "kind": self.kind, "digest": self.digest, "key": self.key, "k": self.k,
+               "k_basis": self.k_basis, "recipe": self.recipe, "provenance": self.provenance,
+               "members": [dict(m) for m in self.members],
+               "stages": [s.to_dict() for s in self.stages.values()], "per_member": self.per_member}
+        if self.calibration:
+            out["calibration"] = self.calibration
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False)
@@ -134,7 +139,7 @@ class Floor:
             stages = {s["name"]: StageFloor.from_dict(s) for s in d["stages"]}
             return cls(d["kind"], dict(d["key"]), str(d["digest"]), float(d["k"]), dict(d["k_basis"]), stages,
                        tuple(dict(m) for m in d["members"]), dict(d["per_member"]), dict(d["recipe"]),
-                       dict(d["provenance"]))
+                       dict(d["provenance"]), dict(d.get("calibration") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed noise-floor file ({type(exc).__name__}: {exc})") from exc
 
