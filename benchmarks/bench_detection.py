@@ -8,6 +8,17 @@ with the flat tolerances alone (``fixtures/tolerances.toml``, no floor: ``parity
     python benchmarks/bench_detection.py                                   # tiny, short bundle, both modes
     python benchmarks/bench_detection.py --modes offline --only gelu-exact,cfg-sign
     python benchmarks/bench_detection.py --preset cosyvoice3-0.5b --json out.json   # full size (slow)
+    python benchmarks/bench_detection.py --modes session                   # streaming sessions (session bundle)
+    python benchmarks/bench_detection.py --modes fp16-dump                 # foreign fp16 dumps (the FP16 suite)
+
+``session``: every case runs upstream's streaming loop (``fixtures/sessions/stream.safetensors``, upstream's
+options) and is judged as a session, with the session's floor (shipped beside the session golden) and, for
+contrast, the flat rules. ``fp16-dump``: the fp16 suite (``mutations.FP16``: ports missing one of the upstream fp16
+fixes, accumulating in fp16, folding weight norm in fp16; and legitimate fp16 variants), each dumped without its
+switches or dtypes metadata and compared as ``parity compare ref port --precision fp16`` does: the envelope of the
+layout its stored dtypes show, against the flat fp16 rules. There ``first_changed`` is the first stage where the
+port differs from the same layout without its slip (the solver's own x0/t/dt excepted: a port whose solver runs
+in fp16 stores them rounded, and the flat rules judge them).
 
 Per case:
 
@@ -37,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.mutations import ALL, CONTROLS, LEGIT, MUTATIONS
+from benchmarks.mutations import ALL, CONTROLS, FP16, LEGIT, MUTATIONS
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
 from parity.compare import CompareOptions, compare_loaded
@@ -74,11 +85,15 @@ def first_changed(ref: dict, cand: dict) -> str | None:
     return None
 
 
-def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, log) -> dict:
+def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, log, session: bool = False) -> dict:
+    from parity.session_runner import session_mode
+
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
-    mode = "streaming" if streaming else "offline"
+    mode = "session" if session else ("streaming" if streaming else "offline")
+    run_mode_ = session_mode() if session else None
     t0 = time.perf_counter()
-    choice = floors.for_run(model, inputs, streaming=streaming, bundle_name=bundle.stem)
+    choice = floors.for_run(model, inputs, streaming=streaming, bundle_name=bundle.stem,
+                            session="streaming" if session else "single")
     if choice.floor is None:
         raise RuntimeError(f"no floor for {bundle.name} ({mode}): {choice.reason}")
     floor = choice.floor
@@ -88,11 +103,11 @@ def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, lo
     rows = []
     for case in cases:
         t0 = time.perf_counter()
-        cand = CandidateToken2Wav(model, switches_from("fp32-explicit", **case.switches), case.name)
+        cand = CandidateToken2Wav(model, switches_from(case.profile, list(case.faults), **case.switches), case.name)
         case.patch(cand, inputs)
         with threads(case.threads):
-            res = run_case(model, cand, bundle, streaming=streaming, policy=policy, refs=refs, local=True,
-                           profile_name=case.name, floors=floors)
+            res = run_case(model, cand, bundle, streaming=streaming, policy=policy, refs=refs, local=not session,
+                           profile_name=case.name, floors=floors, mode=run_mode_)
         ref, ct = res.ref_tensors, res.cand_tensors
         fc = first_changed(ref, ct)
         if case.kind == "control" and fc is not None:
@@ -100,39 +115,103 @@ def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, lo
         r = res.result
         if r.floor.get("digest") != floor.digest:
             raise RuntimeError(f"{case.name}: judged against another floor ({r.floor.get('digest')})")
-        fd = r.first_divergence
-        st = r.stage(fc) if fc else None
-        eff = None
-        if st is not None and st.gate == "floor":
-            eff = st.ratio if st.ratio is not None else (float("inf") if st.status == "fail" else None)
         # the same traces through the flat tolerances alone (no floor): what parity run --no-floor decides
         flat = compare_loaded(Loaded(ref, res.ref_meta, "ref"), Loaded(ct, res.cand_meta, "cand"), policy,
                               CompareOptions(), Loaded(res.local_tensors, {"pipeline": "candidate-local"}, "local")
                               if res.local_tensors else None)
-        ffd = flat.first_divergence
-        crashed = res.cand_meta.get("status") == "crashed"
-        row = {
-            "name": case.name, "kind": case.kind, "group": case.group, "declared": case.stage,
-            "description": case.description, "first_changed": fc, "crashed": crashed,
-            "effect": eff,
-            "floor": {"caught": r.verdict != "pass", "first": fd.stage if fd else None,
-                      "code": fd.code if fd else None, "gate": r.stage(fd.stage).gate
-                      if fd and fd.stage and r.stage(fd.stage) else None,
-                      "localized": bool(fd is not None and fd.stage == fc),
-                      "max_ratio": max((x.ratio for x in r.stages if x.ratio is not None), default=0.0),
-                      "message": fd.message if fd else None},
-            "flat": {"verdict": flat.verdict, "first": ffd.stage if ffd else None, "code": ffd.code if ffd else None,
-                     "localized": bool(ffd is not None and ffd.stage == fc)},
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        rows.append(row)
-        log(f"  {case.name:26} {case.kind:8} changed@{str(fc):15} effect "
-            f"{'-' if eff is None else f'{eff:9.3g}'}  floor:{'CAUGHT' if row['floor']['caught'] else 'pass':6} "
-            f"@{str(row['floor']['first']):15} flat:{row['flat']['verdict']:5} @{row['flat']['first']}")
+        rows.append(_row(case, fc, r, flat, res.cand_meta.get("status") == "crashed", t0))
+        log(_line(rows[-1]))
     return {"mode": mode, "bundle": bundle.name, "floor": {"digest": floor.digest, "k": floor.k, "source": choice.source,
                                                             "seconds": round(choice.seconds, 2),
                                                             "k_basis": {k: v for k, v in floor.k_basis.items()
                                                                         if k != "samples"}},
+            "cases": rows, "summary": summarize(rows)}
+
+
+def _row(case, fc, r, flat, crashed, t0) -> dict:
+    fd = r.first_divergence
+    st = r.stage(fc) if fc else None
+    eff = None
+    if st is not None and st.gate == "floor":
+        eff = st.ratio if st.ratio is not None else (float("inf") if st.status == "fail" else None)
+    ffd = flat.first_divergence
+    return {
+        "name": case.name, "kind": case.kind, "group": case.group, "declared": case.stage,
+        "description": case.description, "first_changed": fc, "crashed": crashed,
+        "effect": eff,
+        "floor": {"caught": r.verdict != "pass", "first": fd.stage if fd else None,
+                  "code": fd.code if fd else None, "gate": r.stage(fd.stage).gate
+                  if fd and fd.stage and r.stage(fd.stage) else None,
+                  "localized": bool(fd is not None and fd.stage == fc),
+                  "max_ratio": max((x.ratio for x in r.stages if x.ratio is not None), default=0.0),
+                  "k": r.floor.get("k"), "layout": (r.floor.get("layout") or {}).get("name"),
+                  "message": fd.message if fd else None},
+        "flat": {"verdict": flat.verdict, "first": ffd.stage if ffd else None, "code": ffd.code if ffd else None,
+                 "localized": bool(ffd is not None and ffd.stage == fc)},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _line(row) -> str:
+    eff = row["effect"]
+    return (f"  {row['name']:26} {row['kind']:8} changed@{str(row['first_changed']):15} effect "
+            f"{'-' if eff is None else f'{eff:9.3g}'}  floor:{'CAUGHT' if row['floor']['caught'] else 'pass':6} "
+            f"@{str(row['floor']['first']):15} flat:{row['flat']['verdict']:5} @{row['flat']['first']}"
+            + (f" (layout {row['floor']['layout']})" if row["floor"].get("layout") else ""))
+
+
+SOLVER_OWN = ("x0",)
+
+
+def _first_changed_fp16(twin: dict, cand: dict) -> str | None:
+    """The first stage where the port differs from its layout twin, the solver's own stages excepted."""
+    for n in sort_stages(set(twin) | set(cand)):
+        if n in SOLVER_OWN or n.endswith((".t", ".dt")):
+            continue
+        if n not in twin or n not in cand:
+            return n
+        a, b = twin[n], cand[n]
+        if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
+            return n
+    return None
+
+
+def run_fp16_dumps(model, bundle: Path, cases, floors: FloorStore, log) -> dict:
+    """The fp16 suite as foreign dumps judged by the envelope of the layout their stored dtypes show."""
+    from parity.capture import Recorder
+    from reference.probe import Probe
+
+    inputs = load_bundle(bundle, **bundle_dims(model.cfg))
+    rec = Recorder()
+    model.run(inputs, Probe(rec))
+    ref = Loaded(rec.tensors, dict(model.provenance(streaming=False), inputs=bundle.name), "ref")
+    policy = load_policy()
+    opts = CompareOptions(precision="fp16")
+    twins: dict = {}
+    rows = []
+    for case in cases:
+        t0 = time.perf_counter()
+        sw = switches_from(case.profile, list(case.faults), **case.switches)
+        cand = CandidateToken2Wav(model, sw, case.name)
+        case.patch(cand, inputs)
+        crec = Recorder()
+        with threads(case.threads):
+            cand.run(inputs, Probe(crec))
+        meta = {k: v for k, v in cand.provenance(streaming=False).items()
+                if k not in ("switches", "profile", "precision", "dtypes")}
+        dump = Loaded(crec.tensors, meta, f"<{case.name} dump>")
+        if case.profile not in twins:
+            trec = Recorder()
+            CandidateToken2Wav(model, switches_from(case.profile), case.profile).run(inputs, Probe(trec))
+            twins[case.profile] = trec.tensors
+        fc = _first_changed_fp16(twins[case.profile], dump.tensors) if case.kind == "mutation" else None
+        choice = floors.for_trace(ref.metadata, ref.tensors, cand_meta=meta, precision="fp16",
+                                  cand_tensors=dump.tensors)
+        r = compare_loaded(ref, dump, policy, opts, floor=choice)
+        flat = compare_loaded(ref, dump, policy, opts, floor=None)
+        rows.append(_row(case, fc, r, flat, False, t0))
+        log(_line(rows[-1]))
+    return {"mode": "fp16-dump", "bundle": bundle.name, "floor": {"digest": None, "k": None, "source": "per layout"},
             "cases": rows, "summary": summarize(rows)}
 
 
@@ -157,15 +236,18 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"### {result['mode']}, bundle {result['bundle']}, k = {result['floor']['k']:g} "
+    k = result["floor"]["k"]
+    lines = [f"### {result['mode']}, bundle {result['bundle']}, k = {'per layout' if k is None else f'{k:g}'} "
              f"(floor: {result['floor']['source']})", "",
              "| case | kind | group | first changed | effect (x floor) | verdict (floor) | headline | localized | "
              "flat tolerances | flat headline |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["cases"]:
         eff = "-" if r["effect"] is None else ("inf" if r["effect"] == float("inf") else f"{r['effect']:.3g}")
         f = r["floor"]
-        lines.append(f"| {r['name']} | {r['kind']} | {r['group']} | {r['first_changed'] or 'none (bit-identical)'} | "
-                     f"{eff} | {'**caught**' if f['caught'] else 'pass'} | {f['first'] or '-'} | "
+        lines.append(f"| {r['name']} | {r['kind']} | {r['group']} | "
+                     f"{r['first_changed'] or ('none (bit-identical)' if r['kind'] != 'legit' else '-')} | "
+                     f"{eff} | {'**caught**' if f['caught'] else 'pass'}{' (' + f['layout'] + ')' if f.get('layout') else ''} | "
+                     f"{f['first'] or '-'} | "
                      f"{'yes' if f['localized'] else ('-' if not f['caught'] else 'no')} | "
                      f"{r['flat']['verdict']} | {r['flat']['first'] or '-'} |")
     s = result["summary"]
@@ -195,7 +277,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--model-dir")
     ap.add_argument("--bundle", default="short", help="fixture bundle name or a bundle path")
-    ap.add_argument("--modes", default="offline,streaming")
+    ap.add_argument("--modes", default="offline,streaming", help="offline, streaming, session, fp16-dump")
+    ap.add_argument("--session-bundle", default=str(ROOT / "fixtures" / "sessions" / "stream.safetensors"))
     ap.add_argument("--only", help="comma-separated case names")
     ap.add_argument("--no-controls", action="store_true")
     ap.add_argument("--cache-dir", help="floor cache directory (default: none, always recompute)")
@@ -228,7 +311,16 @@ def main(argv=None) -> dict:
            "target_effect": TARGET, "modes": []}
     t0 = time.perf_counter()
     for mode in args.modes.split(","):
-        out["modes"].append(run_mode(model, bundle, mode == "streaming", cases, floors, log))
+        if mode == "fp16-dump":
+            fp16 = [c for c in cases if c.name in {x.name for x in FP16}] if names else FP16
+            out["modes"].append(run_fp16_dumps(model, bundle, fp16, floors, log))
+            continue
+        mine = [c for c in cases if c.name not in {x.name for x in FP16}]
+        if mode == "session":
+            sb = Path(args.session_bundle)
+            out["modes"].append(run_mode(model, sb, True, mine, floors, log, session=True))
+        else:
+            out["modes"].append(run_mode(model, bundle, mode == "streaming", mine, floors, log))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     text = "\n\n".join(table(m) for m in out["modes"])
     print(text)

@@ -98,6 +98,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--cache-dir", help="floor cache for the full floors (default: none)")
     ap.add_argument("--no-shipped", action="store_true", help="compute the full floors instead of reading the shipped ones")
     ap.add_argument("--factor", type=float, default=None, help="the factor judged with (default TRANSFER_FACTOR)")
+    ap.add_argument("--default-stages", action="store_true",
+                    help="floors of the default capture only (no DiT blocks, no HiFT internals: less memory at full size)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -106,8 +108,13 @@ def main(argv=None) -> dict:
 
     factor = args.factor or TRANSFER_FACTOR
     model = Token2Wav.from_preset(args.preset)
+    from parity.floor import Recipe
+    from parity.floor.estimate import recipe_patterns
+    from parity.stages import DEFAULT_PATTERNS
+
+    recipe = Recipe(patterns=tuple(DEFAULT_PATTERNS)) if args.default_stages else Recipe()
     store = FloorStore(cache=FloorCache(args.cache_dir) if args.cache_dir else None,
-                       shipped=None if args.no_shipped else SHIPPED_DIR, log=log)
+                       shipped=None if args.no_shipped else SHIPPED_DIR, log=log, recipe=recipe, method="full")
     bundles = args.bundles.split(",")
     out = {"preset": args.preset, "torch": torch.__version__, "cheap_seeds": list(CHEAP_SEEDS), "factor": factor,
            "pairs": []}
@@ -117,7 +124,7 @@ def main(argv=None) -> dict:
                   for b in bundles}
         fulls = {b: full_floor(model, inputs[b], b, streaming, store, log) for b in bundles}
         for t in bundles:
-            base, t_plain = run_reference(model, inputs[t], streaming=streaming)
+            base, t_plain = run_reference(model, inputs[t], streaming=streaming, patterns=recipe_patterns(recipe))
             held = [Member(f"mca-ops#{s}", "mca-ops", role="held-out", seed=s) for s in HELD_OUT]
             held_t, _ = run_members(model, inputs[t], held, base, streaming=streaming)
             for s in bundles:
@@ -125,8 +132,10 @@ def main(argv=None) -> dict:
                     continue
                 cal = calibration(fulls[s])
                 el = EstimateLog()
-                raw = transferred_floor(model, inputs[t], [cal], streaming=streaming, base=base, factor=1.0, log=el)
-                tf = transferred_floor(model, inputs[t], [cal], streaming=streaming, base=base, factor=factor)
+                raw = transferred_floor(model, inputs[t], [cal], streaming=streaming, base=base, factor=1.0, log=el,
+                                        recipe=recipe)
+                tf = transferred_floor(model, inputs[t], [cal], streaming=streaming, base=base, factor=factor,
+                                       recipe=recipe)
                 worst = max((judge(tf, base, h).max_ratio, m.name) for m, h in zip(held, held_t))
                 worst_full = max((judge(fulls[t], base, h).max_ratio, m.name) for m, h in zip(held, held_t))
                 row = {"mode": mode, "source": s, "target": t, "ensemble_relative": ratios(fulls[t], raw),

@@ -36,6 +36,8 @@ class Case:
     patch: Callable  # (candidate, inputs) -> None
     switches: dict = field(default_factory=dict)  # Switches overrides of the candidate (default fp32-explicit)
     threads: int = 1
+    profile: str = "fp32-explicit"  # the candidate profile the overrides apply to
+    faults: tuple = ()  # catalogue faults of the candidate (candidate/faults.py)
 
 
 def _bind(obj, name, fn):
@@ -613,4 +615,50 @@ CONTROLS = [
     Case("control:lookahead", "control", "front end", "-", "the pre-lookahead rewrite", patch_lookahead("none")),
 ]
 
-ALL = {c.name: c for c in MUTATIONS + LEGIT + CONTROLS}
+# ---------------------------------------------------------------------------------------------
+# reduced precision: fp16 ports, each judged as a foreign dump (no switches in its metadata) against the envelope
+# of the layout its stored dtypes show. Slips: one of the upstream fp16 fixes missing (the Euler state, the time
+# grid, the residual stream or AdaLN in fp16), one block accumulating in fp16, the vocoder's weight norm folded in
+# fp16. Legitimate: the emulated layouts themselves, other kernels and threads, more kept in fp32.
+
+def _keep(profile: str, drop=(), add=()) -> tuple:
+    from candidate.switches import switches_from
+
+    return tuple(k for k in switches_from(profile).keep_fp32 if k not in drop) + tuple(add)
+
+
+FP16 = [
+    Case("fp16-flow", "legit", "DiT", "step1.v1", "fp16 DiT with the upstream fixes (the emulated fp16-flow layout)",
+         patch_identity, profile="fp16-flow"),
+    Case("fp16-all", "legit", "vocoder", "step1.v1", "fp16 DiT and fp16 HiFT (the emulated fp16-all layout)",
+         patch_identity, profile="fp16-all"),
+    Case("fp16-flow-sdpa-math", "legit", "DiT", "step1.v1", "fp16-flow with SDPA's math kernel", patch_identity,
+         {"attention": "sdpa-math"}, profile="fp16-flow"),
+    Case("fp16-flow-2-threads", "legit", "DiT", "step1.v1", "fp16-flow on 2 torch threads", patch_identity,
+         threads=2, profile="fp16-flow"),
+    Case("fp16-flow-keep-more", "legit", "DiT", "step1.v1", "fp16-flow keeping the time and input embeddings, "
+         "norm_out and proj_out in fp32 too", patch_identity,
+         {"keep_fp32": _keep("fp16-flow", add=("time_embed", "input_embed", "norm_out", "proj_out"))},
+         profile="fp16-flow"),
+    Case("fp16-all-keep-source", "legit", "vocoder", "conv_pre", "fp16-all keeping the source module in fp32",
+         patch_identity, {"keep_fp32": _keep("fp16-all", add=("hift.source",))}, profile="fp16-all"),
+    Case("fp16-all-cfg-two-calls", "legit", "solver", "step1.v1", "fp16-all with CFG as two estimator calls",
+         patch_identity, {"cfg_mode": "two-calls"}, profile="fp16-all"),
+    Case("fp16-euler-state", "mutation", "solver", "step1.x", "the Euler state and the time grid in fp16 (the "
+         "upstream fix that keeps them fp32 missing)", patch_identity,
+         {"keep_fp32": _keep("fp16-all", drop=("euler", "time_grid"))}, profile="fp16-all"),
+    Case("fp16-time-grid", "mutation", "solver", "step1.v1", "the time grid in fp16 (t rounded before the Euler "
+         "update)", patch_identity, {"keep_fp32": _keep("fp16-flow", drop=("time_grid",))}, profile="fp16-flow"),
+    Case("fp16-residual", "mutation", "DiT", "step1.v1", "the DiT residual stream in fp16", patch_identity,
+         {"keep_fp32": _keep("fp16-flow", drop=("residual",))}, profile="fp16-flow"),
+    Case("fp16-adaln", "mutation", "DiT", "step1.v1", "AdaLN in fp16", patch_identity,
+         {"keep_fp32": _keep("fp16-flow", drop=("adaln",))}, profile="fp16-flow"),
+    Case("fp16-accumulate-block0-rz", "mutation", "DiT", "step1.v1", "block 0's linears accumulate in fp16, "
+         "truncating", patch_identity, profile="fp16-flow", faults=("low-accumulate-block",)),
+    Case("fp16-accumulate-block0-rn", "mutation", "DiT", "step1.v1", "block 0's linears accumulate in fp16, "
+         "rounding to nearest", patch_identity, profile="fp16-flow", faults=("low-accumulate-block:rounding=rn",)),
+    Case("fp16-weightnorm", "mutation", "vocoder", "conv_pre", "HiFT weight norm folded in fp16", patch_identity,
+         profile="fp16-all", faults=("hift-fp16-weightnorm",)),
+]
+
+ALL = {c.name: c for c in MUTATIONS + LEGIT + CONTROLS + FP16}

@@ -338,7 +338,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
                         mask_check=mask_check)
     session = None
     if prep is not None:
-        session, more = SC.section(ref, cand, offline, prep, by_name)
+        session, more = SC.section(ref, cand, offline, prep, by_name, floor=gfloor)
         findings = sorted(findings + more, key=lambda f: f.sort_key())  # stable: the diagnosis first at a tie
     return Comparison(
         stages=stages, findings=findings, local=list(local_stages.values()), steps=steps, audio=audio,

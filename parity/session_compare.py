@@ -499,8 +499,10 @@ def _sr(ref: Loaded) -> int:
     return int(v) if isinstance(v, (int, float)) and v > 0 else SAMPLE_RATE
 
 
-def glitches(ref: Loaded, cand: Loaded, prep: SessionPrep) -> tuple[dict | None, list[Finding], list[str]]:
-    """Chunk-boundary glitches of the candidate stream against the reference stream."""
+def glitches(ref: Loaded, cand: Loaded, prep: SessionPrep, floor=None) -> tuple[dict | None, list[Finding], list[str]]:
+    """Chunk-boundary glitches of the candidate stream against the reference stream. With a session floor that
+    measured the boundaries (:mod:`parity.floor.glitch`), its thresholds judge them (failures), instead of the
+    fixed ratios (warnings)."""
     from .streaming_metrics import detect_glitches, expected_chunk_samples
 
     notes: list[str] = []
@@ -532,13 +534,26 @@ def glitches(ref: Loaded, cand: Loaded, prep: SessionPrep) -> tuple[dict | None,
         rep = detect_glitches(y, counts, x, expected_samples=expected, sample_rate=sr)
     except ValueError as exc:
         return None, [], notes + [f"glitch detection not possible: {exc}"]
+    gfl = (getattr(floor, "calibration", None) or {}).get("glitch") if floor is not None else None
+    judged, over = set(), []
+    fl_rows = None
+    if gfl:
+        from .floor.glitch import judge_boundaries
+
+        fl_rows, over = judge_boundaries(rep, gfl, floor.k)
+        judged = {(r["chunk"], r["sample"]) for r in fl_rows}
     findings = []
-    for g in rep.findings:
+    for g in list(rep.findings) + over:
+        counts = g.kind in ("missing_samples", "duplicated_samples", "nonfinite")
+        if not counts and (g.chunk, g.boundary_sample) in judged and g not in over:
+            continue  # a fixed-ratio boundary score where the session floor judged the boundary
         j = prep.cand_chunks[g.chunk].index if g.chunk < len(prep.cand_chunks) else g.chunk
         stage = f"chunk{prep.pairs[j]}.audio" if j in prep.pairs else f"{UNMATCHED}chunk{j}.audio"
-        sev = "failure" if g.kind in ("missing_samples", "duplicated_samples", "nonfinite") else "warning"
+        sev = "failure" if counts or g in over else "warning"
         findings.append(_finding(f"glitch_{g.kind}", stage, sev, g.message, g.to_dict()))
     d = rep.to_dict()
+    if fl_rows is not None:
+        d["floor"] = {"k": floor.k, "digest": floor.digest, "boundaries": fl_rows, "rule": gfl.get("rule")}
     d["expected_samples"] = expected
     d["cand_samples"] = counts
     d["sample_rate"] = sr
@@ -667,10 +682,11 @@ def chunk_rows(prep: SessionPrep, by_name: dict) -> list[dict]:
     return rows
 
 
-def section(ref: Loaded, cand: Loaded, offline: Loaded | None, prep: SessionPrep, by_name: dict
+def section(ref: Loaded, cand: Loaded, offline: Loaded | None, prep: SessionPrep, by_name: dict, floor=None
             ) -> tuple[dict, list[Finding]]:
-    """The ``Comparison.session`` section and the findings found with it (glitches, the cost of streaming)."""
-    gl, gfind, gnotes = glitches(ref, cand, prep)
+    """The ``Comparison.session`` section and the findings found with it (glitches, the cost of streaming);
+    ``floor``: the session's floor (its measured glitch thresholds)."""
+    gl, gfind, gnotes = glitches(ref, cand, prep, floor)
     dr = drift(ref, cand, offline, prep)
     findings = list(gfind)
     if dr and dr.get("available"):

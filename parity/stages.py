@@ -123,6 +123,12 @@ def layout(name: str) -> Layout:
     return Layout(None, None, "other")
 
 
+def is_block_stage(name: str) -> bool:
+    """A DiT block's output (``step{k}.block{i}``) or a HiFT internal (``hift.*``): captured on request only."""
+    st = parse_step(name)
+    return bool(st and _BLOCK_RE.match(st[1])) or name.startswith("hift.")
+
+
 def is_vocoder_stage(name: str) -> bool:
     return position(name)[0] in (4, 5, 6)
 

@@ -106,3 +106,24 @@ def test_a_legitimate_session_passes_at_its_floors(model, refs, store):
     assert r.verdict == "pass", r.first_divergence
     assert len(gated) >= 150 and not r.gates.get("flat"), r.gates
     assert max(s.ratio for s in gated) < r.floor["k"]
+
+
+def test_glitch_thresholds_are_measured_by_the_session_floor(model, shipped, refs, store):
+    """The session floor records, per chunk boundary and detector, how far legitimate re-computations move the
+    boundary score; a legitimate session stays far inside (ratios < 1), HiFT run on each chunk alone (a real click)
+    is a glitch failure at chunk 1 from the measured thresholds, the fixed-ratio warnings left aside there."""
+    gl = shipped.calibration["glitch"]
+    assert [(r["chunk"], r["sample"]) for r in gl["boundaries"]] == [(1, 32640), (2, 80640), (3, 176640)]
+    assert all(0 < r["floor"]["d1"] < 0.5 for r in gl["boundaries"])
+    legit = run_case(model, CandidateToken2Wav(model, switches_from("fp32-sdpa"), "fp32-sdpa"), STREAM,
+                     mode=session_mode(), policy=load_policy(), refs=refs, floors=store, local=False,
+                     mask_check=False).result
+    rows = legit.session["glitches"]["floor"]["boundaries"]
+    assert len(rows) == 3 and max(v for r in rows for v in r["ratios"].values()) < 1.0
+    assert not [f for f in legit.findings if f.code.startswith("glitch")]
+    bad = CandidateToken2Wav(model, switches_from("fp32-explicit", ["session-hift-per-chunk"]), "per-chunk")
+    r = run_case(model, bad, STREAM, mode=session_mode(), policy=load_policy(), refs=refs, floors=store, local=False,
+                 mask_check=False).result
+    g = [f for f in r.findings if f.code == "glitch_spectral_flux"]
+    assert g and g[0].severity == "failure" and g[0].stage == "chunk1.audio" and "legitimate re-computations" in \
+        g[0].message

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..stages import FLOOR_PATTERNS, SESSION_PATTERNS, is_vocoder_stage, sort_stages
+from ..stages import FLOOR_PATTERNS, SESSION_PATTERNS, is_block_stage, is_vocoder_stage, sort_stages
 from . import aggregate as AG
+from . import glitch as G
 from .cache import FloorCache, bundle_hash, make_key
 from .chop import PrecisionSpec
 from .batched import batch_groups
@@ -152,6 +153,8 @@ def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: Preci
     domain = kind != "fp32"
     stats: dict = {}
     kept: dict = {}  # tensors of the members the k choice re-judges (held-out and deterministic ones)
+    glitch_scores: dict = {}  # a session's fit members' chunk-boundary scores (parity.floor.glitch)
+    sr = int(model.cfg.sample_rate)
     for group in batch_groups(members, spec, recipe.batch):
         outs, sec = run_members(model, inputs, group, base, streaming=streaming, finalize=finalize, patterns=patterns,
                                 spec=spec, session=session)
@@ -164,12 +167,21 @@ def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: Preci
                              for n in base}
             if m.role == "held-out" or m.seed is None:
                 kept[m.name] = tens
+            if session is not None and m.role == "fit":
+                glitch_scores[m.name] = G.scores(tens, base, sr)
     gates = _gates(kind, base, stats, members)
     stages = AG.build_stages(base, stats, members, gates, blocks)
     samples = _k_samples(base, stages, stats, members, kept, gates, blocks)
     k, basis = AG.choose_k(samples)
+    core = {n: sf for n, sf in stages.items() if not is_block_stage(n)}
+    if len(core) < len(stages):  # k for a comparison without the DiT blocks and the HiFT internals: its own samples
+        kc, bc = AG.choose_k(_k_samples(base, core, stats, members, kept, gates, blocks))
+        basis["core"] = {"k": kc, "stages": "every stage but the DiT blocks and the HiFT internals",
+                         **{x: bc[x] for x in ("largest", "gumbel_quantile", "n_samples", "worst")}}
     per_member = {m.name: {n: [s.max_abs, s.rel_l2] for n, s in stats[m.name].items()} for m in members}
     cal = envelope_calibration(stages, stats) if kind == "fp32" else {}
+    if session is not None:
+        cal = dict(cal, glitch=G.glitch_floor(base, glitch_scores, members, sr))
     floor = Floor(kind, key, digest, k, basis, stages, tuple(m.to_dict() for m in members), per_member, rdict,
                   _provenance(meta, inputs, bundle_name, n_mel or 0, spec, recipe.batch, skey), cal)
     if cache is not None:
@@ -214,7 +226,7 @@ def _k_samples(base, stages, stats, members, kept, gates, blocks) -> list[dict]:
     for m in members:
         if m.role == "fit" and m.seed is None and m.name in kept:
             rest = [x for x in members if x.name != m.name]
-            loo = AG.build_stages(base, stats, rest, gates, blocks)
+            loo = {n: sf for n, sf in AG.build_stages(base, stats, rest, gates, blocks).items() if n in stages}
             r, st, stat = AG.max_ratio(loo, base, kept[m.name])
             samples.append({"sample": f"{m.name} left out", "ratio": r, "stage": st, "statistic": stat})
     return samples
