@@ -4,9 +4,10 @@ goes away. Used by the commands (``parity``, ``parity-report``, ``parity bisect`
 Output paths (``--report``, ``--json``, ``--out``, ``--wav``, ``--log``, ``--workdir``, ...)
 
 * are checked **before any work** (:func:`prepare_outputs`): a parent that is a file (``--report ref.wav/x.html``),
-  an output file that is a directory, a directory output that is a file, an unwritable directory, or two
-  options naming the same file is an :class:`reference.errors.InputError` (one line, exit 2) naming the option
-  and the path, and nothing has been computed yet;
+  an output file that is a directory, a directory output that is a file, an unwritable directory, two
+  options naming the same file, or a path that cannot be written through (below) is an
+  :class:`reference.errors.InputError` (one line, exit 2) naming the option and the path, and nothing has been
+  computed yet;
 * missing parent directories of a path given explicitly are created before the work, and the command says so
   (one line per directory on stderr: ``parity: created directory X for --json``); nothing is created
   silently. Default locations (``reports/...``) are created without a note.
@@ -20,6 +21,34 @@ Report and result names (:func:`claim_output`)
   before the work; it prints the path it really wrote at the end;
 * an existing file left by a command that has finished is replaced only when its name was given explicitly
   (or derived from the inputs, as ``parity-report``'s default); a stamped default name never replaces a file.
+
+Writing (:func:`output_file`, :func:`write_output`: the one mechanism every writer of the harness uses)
+
+* a regular file, or a path that does not exist yet, is written to a temporary name beside it
+  (``<name>.<pid>.<n>.tmp``) and renamed onto it: a reader sees the old file or the new one, never half of one;
+  a replaced file keeps its permission bits;
+* a symbolic link is followed: its target is written (the temporary sits beside the target) and the link stays
+  a link; a link to nowhere gets its target created, as a shell's ``>`` does;
+* a path that is not a regular file is never unlinked or renamed over: a character device (``--json /dev/null``,
+  the usual way to silence an output), a FIFO, ``/dev/stdout``, ``/dev/stderr`` and ``/dev/fd/N`` are written
+  through (the bytes are prepared in the temporary directory, then written to the path or descriptor; a FIFO's
+  write waits for its reader; a reader that goes away early is no error, as for stdout). Two options may name
+  the same device. A block device, a socket, or a descriptor that is not open for writing is refused before the
+  work (exit 2, one line naming the option and the path); so is a stream where the output must be a directory
+  (``--keep-traces``, ``--workdir``, ``export-model --out``) or is read back (``bisect --log``, which
+  ``--resume`` reads; ``dump --embed-floor``, which rewrites the finished trace);
+* companions of an output that is not a regular file do not litter its directory: a result JSON sent to a
+  stream carries its per-frame vectors inline (no ``.vectors.npz``), a trace sent to a stream keeps its crash
+  journal in the temporary directory (``tts-parity-journals-<uid>/``, said on stderr when the capture starts),
+  and a summary report sent to a stream (``parity run`` with several cases, ``--parity-report``) has its case
+  pages written where they go by default (``reports/parity-<stamp>/``, ``reports/pytest-parity/``), said, and
+  linked by absolute path.
+
+On any write error (no space left, quota, I/O error, permission) the command exits 2 with one line naming the
+option, the file and the system's reason (:class:`OutputError`), and every temporary it made is removed (the
+``.tmp``, a trace's ``.partial`` journal whose own write failed, a sidecar's temporary: a sidecar is renamed
+only together with its JSON). A journal that is the only record of computed work (a capture interrupted or
+killed) is kept; a pipeline that crashes still closes its trace with the error.
 
 Standard streams (:func:`guarded_stdio`): a closed or broken stdout/stderr (``parity run | head -c 0``,
 ``parity run >&-``) never raises: the output is discarded and the command runs to its end, writes its files
@@ -135,7 +164,7 @@ def prepare_outputs(outputs: list[Output], prog: str = "parity") -> None:
     need = check_outputs(outputs)
     done: set[Path] = set()
     for o, dirs in need.items():
-        _remember(o.path, o.option, o.kind == "dir")
+        _remember(o.path, o.option, within=o.kind == "dir")
         made = []
         for d in dirs:
             if d in done or d.exists():
@@ -258,7 +287,7 @@ def claim_output(path, option: str, *, replace_existing: bool = True, companions
         claim = Claim(option, requested, cand, holder)
         _remember(cand, option)
         for f in companions:  # a write error in a companion (case pages, vectors sidecar) names the option
-            _remember(Path(f(cand)), option, True)
+            _remember(Path(f(cand)), option, within=True, named=cand)
         if prog and claim.moved:
             print(claim.note(prog), file=sys.stderr)
         return claim
@@ -285,35 +314,39 @@ class OutputError(InputError):
     line naming the option and the file, exit 2."""
 
 
-_OPTION_OF: dict[str, tuple[str, bool]] = {}  # real path -> (the option that named it, is a directory)
+_OPTION_OF: dict[str, tuple[str, str, bool]] = {}  # real path -> (option, the path it named, names it whole)
 
 
-def _remember(path, option: str, is_dir: bool = False) -> None:
-    """Note which option named ``path`` (two options may name one device: ``--out/--wav /dev/null``)."""
+def _remember(path, option: str, *, within: bool = False, named=None) -> None:
+    """Note which option named ``path``, so that a write error names it. ``within``: ``path`` is a directory
+    output, or a companion of the output ``named`` (a result's vectors sidecar, a report's case directory):
+    a file there is named as part of that option's output. Two options may name one device (``--out/--wav``)."""
     if path is None or not str(path):
         return
     key = os.path.realpath(path)
     old = _OPTION_OF.get(key)
-    if old is not None and old[1] == is_dir and option not in old[0].split("/"):
+    if old is not None and old[2] and not within and option not in old[0].split("/"):
         option = f"{old[0]}/{option}"
-    _OPTION_OF[key] = (option, is_dir)
+    _OPTION_OF[key] = (option, str(named if named is not None else path), not within)
 
 
 def _label(path, option: str | None = None) -> tuple[str, str]:
-    """(who, what): the option and path a message names, and the file within it (empty for the output itself).
-    ``--json x.json`` -> ("--json x.json", ""); a case page in --report's directory -> ("--report r", "r/a.html")."""
+    """(who, inner): the option and path a message names, and the file within that output (empty when the
+    file is the output itself). ``--json x.json`` -> ("--json x.json", ""); its sidecar -> ("--json x.json",
+    "x.vectors.npz"); a case page -> ("--report r.html", "r/a.html")."""
     if option:
         return f"{option} {path}", ""
-    real = os.path.realpath(path)
-    hit = _OPTION_OF.get(real)
-    if hit is not None and not hit[1]:
-        return f"{hit[0]} {path}", ""
-    d = os.path.dirname(real)
-    while d and d != os.path.dirname(d):
+    d = os.path.realpath(path)
+    first = True
+    while d:
         hit = _OPTION_OF.get(d)
-        if hit is not None and hit[1]:
-            return f"{hit[0]} {d}", str(path)
-        d = os.path.dirname(d)
+        if hit is not None and (not first or not hit[2]):
+            return f"{hit[0]} {hit[1]}", str(path)
+        if hit is not None:
+            return f"{hit[0]} {path}", ""
+        if d == os.path.dirname(d):
+            break
+        d, first = os.path.dirname(d), False
     return str(path), ""
 
 
@@ -506,7 +539,7 @@ def output_file(path, option: str | None = None, *, keep_suffix: bool = False, w
     path = Path(path)
     if option is None:  # the option that named this very file (not a file inside its directory)
         hit = _OPTION_OF.get(os.path.realpath(path))
-        option = hit[0] if hit is not None and not hit[1] else None
+        option = hit[0] if hit is not None and hit[2] else None
     t = output_target(path, option)
     suffix = path.suffix if keep_suffix else ""
     tmp: Path | None = None
