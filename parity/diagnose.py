@@ -13,7 +13,7 @@ import dataclasses
 import json
 
 from .result import Finding, StageResult, StepRow
-from .stages import (INPUTS, KEY_STAGES, is_session_stage, is_vocoder_stage, layout, parse_step, position,
+from .stages import (INPUTS, is_session_stage, is_vocoder_stage, key_stages, layout, parse_step, position,
                      sort_stages)
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
@@ -397,23 +397,26 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     # error growth across steps
     grows = [r for r in steps if r.growth is not None and r.growth > 1.0]
     if steps and any(r.local.get("x") is not None for r in steps):
-        amp = [r.step for r in steps if r.status.get("x") == "fail" and r.local.get("x") is not None
-               and by_name.get(f"step{r.step}.x") and local_stages.get(f"step{r.step}.x") is not None
-               and local_stages[f"step{r.step}.x"].status == "pass"]
+        amp = [r for r in steps if r.status.get("x") == "fail" and r.local.get("x") is not None
+               and by_name.get(r.stage("x")) and local_stages.get(r.stage("x")) is not None
+               and local_stages[r.stage("x")].status == "pass"]
         if amp:
-            k = amp[0]
+            first_amp = amp[0]
+            last = [r for r in steps if r.chunk == first_amp.chunk][-1]
             ratio = None
-            if steps[-1].acc.get("x") and steps[-1].local.get("x"):
-                ratio = steps[-1].acc["x"] / max(steps[-1].local["x"], 1e-30)
-            out.append(_f("error_amplification", f"step{k}.x", "warning",
-                          f"from step {k} on the accumulated error exceeds the tolerance while each step's own error "
-                          f"is within it" + (f"; at the last step accumulated/local = {ratio:.3g}x" if ratio else ""),
-                          {"steps": amp}))
+            if last.acc.get("x") and last.local.get("x"):
+                ratio = last.acc["x"] / max(last.local["x"], 1e-30)
+            out.append(_f("error_amplification", first_amp.stage("x"), "warning",
+                          f"from {first_amp.where} on the accumulated error exceeds the tolerance while each step's "
+                          f"own error is within it" + (f"; at the last step accumulated/local = {ratio:.3g}x"
+                                                       if ratio else ""), {"steps": [r.step for r in amp]}))
     if grows:
         worst = max(grows, key=lambda r: r.growth)
-        out.append(_f("error_growth", f"step{worst.step}.x", "info",
-                      f"accumulated x error grows up to {worst.growth:.3g}x per step (step {worst.step})",
-                      {"growth": {r.step: r.growth for r in steps if r.growth is not None}}))
+        same = [r for r in steps if r.chunk == worst.chunk and r.growth is not None]
+        out.append(_f("error_growth", worst.stage("x"), "info",
+                      f"accumulated x error grows up to {worst.growth:.3g}x per step ({worst.where})",
+                      {"growth": {r.step: r.growth for r in same}}
+                      | ({"chunk": worst.chunk} if worst.chunk is not None else {})))
     # fp16/bf16 overflow risk from the reference's magnitudes
     if precision in FP_MAX:
         lim = FP_MAX[precision]
@@ -438,7 +441,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     if req:
         out.append(_f("stage_missing_required", req[0], "failure", f"required stages absent: {', '.join(req)}"))
     # the stages a user cares most about: absent, the comparison says nothing about what is heard
-    key_missing = [n for n in KEY_STAGES if n not in cand.tensors]
+    key_missing = [n for n in key_stages(list(ref.tensors) + list(cand.tensors)) if n not in cand.tensors]
     if key_missing and status not in ("crashed", "incomplete"):
         neither = [n for n in key_missing if n not in ref.tensors]
         who = "neither trace holds" if len(neither) == len(key_missing) else "the candidate lacks"

@@ -201,6 +201,7 @@ class StepRow:
     CFG gap mean |v1 - v2| on each side."""
 
     step: int
+    chunk: int | None = None  # a streaming session: the call whose flow ran these steps (chunk{c}.step{k}.*)
     t: float | None = None
     growth: float | None = None
     cfg_gap_ref: float | None = None
@@ -211,8 +212,18 @@ class StepRow:
     local_rmse: dict = field(default_factory=dict)
     status: dict = field(default_factory=dict)  # field -> stage status (None: not captured)
 
+    def stage(self, field: str) -> str:
+        """The stage name of ``field`` at this step (``step3.x``; ``chunk1.step3.x`` in a session)."""
+        return (f"chunk{self.chunk}." if self.chunk is not None else "") + f"step{self.step}.{field}"
+
+    @property
+    def where(self) -> str:
+        return f"step {self.step}" if self.chunk is None else f"chunk {self.chunk}, step {self.step}"
+
     def to_json(self) -> dict:
         d: dict = {"step": self.step}
+        if self.chunk is not None:
+            d["chunk"] = self.chunk
         for f in STEP_OUTPUTS:
             d[f"acc_{f}"] = self.acc.get(f)
             d[f"acc_{f}_rmse"] = self.acc_rmse.get(f)
@@ -224,7 +235,9 @@ class StepRow:
 
     @classmethod
     def from_json(cls, d: dict) -> "StepRow":
-        return cls(step=int(d["step"]), t=d.get("t"), growth=d.get("growth"), cfg_gap_ref=d.get("cfg_gap_ref"),
+        chunk = d.get("chunk")
+        return cls(step=int(d["step"]), chunk=int(chunk) if chunk is not None else None, t=d.get("t"),
+                   growth=d.get("growth"), cfg_gap_ref=d.get("cfg_gap_ref"),
                    cfg_gap_cand=d.get("cfg_gap_cand"),
                    acc={f: d.get(f"acc_{f}") for f in STEP_OUTPUTS},
                    acc_rmse={f: d.get(f"acc_{f}_rmse") for f in STEP_OUTPUTS},
