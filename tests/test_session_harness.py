@@ -1,4 +1,4 @@
-"""Streaming sessions through the harness (issue 16, phase 2): the session runner registered as a session kind, its
+"""Streaming sessions through the harness: the session runner registered as a session kind, its
 trace and crash, cache keys and case names, the CLI (dump, run, compare, faults), the session comparison (rules
 reused from the inner stage, chunks paired by index and token offset, the schedule finding first, the options
 judged, glitches, stream vs offline), port-style chunked .npy dumps, the JSON result, the report, the golden
@@ -118,7 +118,7 @@ def test_fp32_session_passes_with_the_inner_stages_rules(cases):
     r = cases["sdpa"].result
     assert r.verdict == "pass" and cases["sdpa"].name == "stream-fp32-sdpa-streaming-session"
     mel, aud = r.stage("chunk1.mel"), r.stage("chunk2.audio")
-    # no noise floor for a session's chunk stages (issue 14): the flat rule of the inner stage decides, and says so
+    # no noise floor for a session's chunk stages: the flat rule of the inner stage decides, and says so
     assert mel.rule["stage"] == "flow_mel" and mel.extra["rule_from"] == "flow_mel" and mel.gate == "flat"
     assert "judged by the rule of flow_mel (flat gate)" in mel.detail
     assert "no floors for the 'streaming' session kind" in r.floor["reason"]
