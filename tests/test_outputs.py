@@ -34,6 +34,8 @@ from parity.cli import main, report_main
 from .conftest import FIXTURES, ROOT
 from .test_cli_contract import assert_no_traceback, assert_one_line_error, command
 
+pytest_plugins = ["pytester"]
+
 SHORT = FIXTURES / "bundles" / "short.safetensors"
 STREAM = FIXTURES / "sessions" / "stream.safetensors"
 GOLD = FIXTURES / "golden" / "short-offline.safetensors"
@@ -246,6 +248,38 @@ def test_every_output_of_the_contract_table_is_covered():
 
 def _json_with_vectors(d: dict) -> bool:
     return any(s.get("per_frame_error") is not None for s in d.get("stages", []))
+
+
+PLUGIN_SUITE = f"""
+SHORT = {str(SHORT)!r}
+
+def test_fault_is_caught(parity_run):
+    case = parity_run("fp32-sdpa", SHORT, faults=("istft-gain",), local=False)
+    assert case.result.verdict == "fail"
+"""
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_pytest_session_page_to_a_device_or_fifo(kind, pytester):
+    """``--parity-report=/dev/null`` (or a FIFO): the session page goes through it; the case pages go where
+    they go without --parity-report (reports/pytest-parity/), linked by absolute path; nothing beside it."""
+    pytester.makepyfile(test_suite=PLUGIN_SUITE)
+    out = pytester.path / "out"
+    out.mkdir()
+    target = make_device(out / "null") if kind == "device" else out / "pipe"
+    reader = FifoReader(target) if kind == "fifo" else None
+    try:
+        r = pytester.runpytest_subprocess(f"--parity-report={target}", "-p", "no:cacheprovider")
+    finally:
+        got = reader.finish() if reader else None
+    r.assert_outcomes(passed=1)
+    assert sorted(p.name for p in out.iterdir()) == [target.name]
+    (assert_device_intact if kind == "device" else assert_fifo_intact)(target)
+    pages = list((pytester.path / "reports" / "pytest-parity").glob("*.html"))
+    assert len(pages) == 1, pages  # the caught fault's case page
+    if got is not None:
+        page = got.decode()
+        assert "<title>parity PASS" in page and pages[0].resolve().as_uri() in page
 
 
 # outputs that must be directories (or that are read back): a device or a FIFO there is refused before the work
