@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from reference.bundle import bundle_dims, load_bundle
+from reference.errors import InputError
 from reference.probe import Probe
 
 from .capture import Recorder
@@ -387,17 +388,30 @@ class Session:
         return self.models[spec]
 
     def candidate(self, model, profile: str | None, faults=(), device: str = "cpu", label: str | None = None,
-                  overrides: dict | None = None):
+                  overrides: dict | None = None, port_noise: str = "shared"):
         """The candidate for ``profile`` (built-in or ``[tool.parity.profiles]``) plus ``faults`` and switch
         ``overrides`` (e.g. :meth:`parity.onnx_options.OnnxOptions.overrides`) on ``model``, built once per
-        session."""
+        session. A port's name (:data:`parity.ports.PORTS`) gives that port driven by its adapter
+        (:class:`parity.ports.candidate.PortCandidate`), with the noise ``port_noise`` shares with it; faults,
+        switch overrides and other devices do not apply to a port's own code."""
         from candidate.pipeline import CandidateToken2Wav
         from candidate.switches import switches_from
 
         from .onnx_options import check_overrides, name_suffix
+        from .ports import is_port, port_candidate
 
         faults = tuple(faults or ())
         overrides = dict(overrides or {})
+        if is_port(profile):
+            what = [w for w, v in (("--fault", faults), ("ONNX options", overrides), (f"--device {device}",
+                                                                                      device != "cpu")) if v]
+            if what:
+                raise InputError(f"profile {profile!r} is a port: {' and '.join(what)} act on the harness's own "
+                                 f"candidate pipeline, not on a port's code")
+            key = (id(model), "port", profile, port_noise, label)
+            if key not in self.candidates:
+                self.candidates[key] = port_candidate(model, profile, port_noise, label)
+            return self.candidates[key]
         key = (id(model), profile, faults, device, label, tuple(sorted(overrides.items())))
         if key not in self.candidates:
             over = {"device": device} if device != "cpu" else {}
