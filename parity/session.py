@@ -38,6 +38,7 @@ from .result import Comparison
 from .runner import Progress, RunResult, run_to_trace
 from .stages import STEP_OUTPUTS, VOCODER_OUTPUTS
 from .streaming_mask import check as check_mask
+from .time_grid import check as check_time_grid
 from .trace import write_trace
 
 
@@ -316,6 +317,8 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
         off_l = Loaded(off.tensors, off.metadata, f"<reference {bundle.stem}-offline>")
     t3 = time.perf_counter()
     mask = check_mask(model, ref_res.tensors, cand_res.tensors, streaming=mode.streaming) if mask_check else None
+    grid = None if mode.is_session else check_time_grid(model, ref_res.tensors, cand_res.tensors,
+                                                        streaming=mode.streaming)
     t3m = time.perf_counter()
     ref_l = Loaded(ref_res.tensors, ref_res.metadata, str(ref_path or f"<reference {stem}>"))
     cand_l = Loaded(cand_res.tensors, cand_res.metadata, str(cand_path or f"<candidate {stem}>"))
@@ -326,7 +329,7 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
                                finalize=mode.finalize, session=mode.session, bundle_name=bundle.stem)
     t3f = time.perf_counter()
     result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l,
-                            mask_check=mask, offline=off_l, floor=floor)
+                            mask_check=mask, offline=off_l, floor=floor, time_grid=grid)
     t4 = time.perf_counter()
     blocks = bool(patterns and "block" in str(patterns))
     if mode.is_session and hasattr(cand, "expected_session_stage"):
