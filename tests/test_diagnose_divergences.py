@@ -316,3 +316,19 @@ def test_a_gain_on_the_source_is_not_called_noise(ref_run):
     res = _compare(ref, dict(ref, source=ref["source"] * 1.05), ref_run.metadata)
     assert res.first_divergence.code == "vocoder_divergence"
     assert res.stage("source").metrics["difference"]["ref_corr"] > 0.9
+
+
+def test_edge_confinement_needs_a_quiet_interior():
+    from parity.diagnose import edge_confined
+    from parity.diff_shape import edge_profile
+
+    r = torch.zeros(1, 18, 100)
+    edges = r.clone()
+    edges[..., :2] = 1.0
+    edges[..., -2:] = 0.5
+    assert edge_confined(edge_profile(r, edges, 2))
+    spread = edges.clone()
+    spread[..., 50] = 0.2  # a fifth of the edge difference in the middle: not an edge effect
+    assert not edge_confined(edge_profile(r, spread, 2))
+    everywhere = r + 1e-3
+    assert not edge_confined(edge_profile(r, everywhere, 2))

@@ -15,7 +15,7 @@ the grid's end, 2^-23 for a grid on [0, 1], and only the absolute statistics are
 grid the same way, so its floor is exactly 0; but the grid has legitimate formulations that differ by rounding
 of values up to 1: t read from the grid or accumulated (``t += dt``), dt from differences of grid points or
 from the accumulated t, the cosine evaluated by another library (torch, numpy, MLX) or in float64 and rounded
-once. Measured (``benchmarks/bench_time_grid.py``): they differ by at most 2 x 2^-24 in t and 3 x 2^-24 in dt
+once. Measured (``benchmarks/measure_time_grid.py``): they differ by at most 2 x 2^-24 in t and 3 x 2^-24 in dt
 (1.5 units) over n = 1..50, 100 and 200 steps with both schedulers; a grid that really differs (9 or 11 steps
 instead of 10, linear instead of cosine, t in another time scale) is 10^5 units off or more.
 
