@@ -4,7 +4,7 @@ Pure measurements of ``cand - ref`` (float64), no thresholds: the diagnosis (:mo
 what they mean, with the limits and the measurements behind them written there.
 
 * :func:`edge_profile`: the largest |difference| per frame along the time axis, and how many leading and
-  trailing frames hold a difference above a tenth of the largest one (:data:`EDGE_REL`), with the largest
+  trailing frames hold a difference above 1 % of the largest one (:data:`EDGE_REL`), with the largest
   difference between them (``interior_max``). A difference confined to a few frames at either end is an edge
   effect (padding).
 * :func:`noise_likeness`: for a sample-rate signal (the harmonic source), the difference after removing its
@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-EDGE_REL = 0.1  # a frame is "at the edge" while its difference is above this fraction of the largest
+EDGE_REL = 0.01  # a frame is "at the edge" while its difference is above this fraction of the largest
 FLATNESS_SEGMENT = 256  # samples per periodogram segment (Hann window)
 
 
