@@ -3,10 +3,10 @@
 Pure measurements of ``cand - ref`` (float64), no thresholds: the diagnosis (:mod:`parity.diagnose`) decides
 what they mean, with the limits and the measurements behind them written there.
 
-* :func:`edge_profile`: the largest |difference| per frame along the time axis, and how many leading and
-  trailing frames hold a difference above 1 % of the largest one (:data:`EDGE_REL`), with the largest
-  difference between them (``interior_max``). A difference confined to a few frames at either end is an edge
-  effect (padding).
+* :func:`edge_profile`: the largest |difference| per frame along the time axis; the largest one between the
+  first and last :data:`EDGE_FRAMES` frames (``interior_max``), and how many frames at each end, contiguous from
+  it, lie above that interior level (``head``, ``tail``). A difference far larger at a few frames at either end
+  than anywhere inside is an edge effect (padding).
 * :func:`noise_likeness`: for a sample-rate signal (the harmonic source), the difference after removing its
   mean over each F0 frame (``frame`` samples: the source's sine is constant over a frame, the noise is not):
   its lag-1 autocorrelation (``lag1``, about 0 for white noise, near 1 for a tone), its spectral flatness
@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-EDGE_REL = 0.01  # a frame is "at the edge" while its difference is above this fraction of the largest
+EDGE_FRAMES = 8  # frames at each end that count as the edge
 FLATNESS_SEGMENT = 256  # samples per periodogram segment (Hann window)
 
 
@@ -33,7 +33,7 @@ def _f64(x) -> np.ndarray:
 
 def edge_profile(ref, cand, time_axis: int) -> dict | None:
     """``{"frames", "head", "tail", "max", "interior_max"}`` of |cand - ref| per frame along ``time_axis`` (the
-    maximum over every other axis); None for fewer than 8 frames or non-finite values."""
+    maximum over every other axis); None for fewer than 4 x :data:`EDGE_FRAMES` frames or non-finite values."""
     r, c = _f64(ref), _f64(cand)
     if r.shape != c.shape or r.ndim == 0:
         return None
@@ -41,18 +41,13 @@ def edge_profile(ref, cand, time_axis: int) -> dict | None:
     if not np.isfinite(d).all():
         return None
     per = np.moveaxis(d, time_axis, -1).reshape(-1, d.shape[time_axis]).max(axis=0)
-    n = per.shape[0]
-    if n < 8:
+    n, e = per.shape[0], EDGE_FRAMES
+    if n < 4 * e:
         return None
-    top = float(per.max())
-    if top == 0.0:
-        return {"frames": n, "head": 0, "tail": 0, "max": 0.0, "interior_max": 0.0}
-    above = per > EDGE_REL * top
-    head = int(np.argmin(above)) if not above.all() else n
-    tail = int(np.argmin(above[::-1])) if not above.all() else 0
-    inner = per[head:n - tail]
-    return {"frames": n, "head": head, "tail": tail, "max": top,
-            "interior_max": float(inner.max()) if inner.size else 0.0}
+    inner = float(per[e:n - e].max())
+    head = next((i for i in range(e) if per[i] <= inner), e)
+    tail = next((i for i in range(e) if per[n - 1 - i] <= inner), e)
+    return {"frames": int(n), "head": int(head), "tail": int(tail), "max": float(per.max()), "interior_max": inner}
 
 
 def noise_likeness(ref, cand, frame: int) -> dict | None:
