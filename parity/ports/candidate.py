@@ -160,7 +160,11 @@ class PortCandidate:
     def run_session(self, inputs: dict, probe: Probe | None = None, options=None, *, state=None):
         if self.session_refusal():
             raise InputError(self.session_refusal())
-        return self.adapter.run_session(inputs, as_probe(probe), options)
+        probe = as_probe(probe)
+        for k in INPUTS:
+            if k in inputs:
+                probe(k, inputs[k])
+        return self.adapter.run_session(inputs, probe, options)
 
     def step(self, *_a, **_k):
         raise NotImplementedError(f"port {self.adapter.name}: the ODE step is inline in the port's solver")

@@ -28,14 +28,24 @@ token2wav does not use, hence ``--no-deps``).
   ``conv_pre``, ``_istft`` (``magnitude``, clamped at 1e2 as the port's ``istft`` does first, ``phase``, and
   its output ``audio_preclamp``) and the vocoder's output (``audio``). Not observable without re-implementing
   the solver: ``step{k}.dt`` and ``step{k}.v_cfg`` (the port computes them inside ``solve_euler``).
-* **Streaming.** The port's streaming loop (``CosyVoice3.synthesize_streaming``) is driven by its LLM's token
-  generator; the adapter does not drive it (see :attr:`MlxAudioPlus.session_support`).
+* **Streaming session.** The port's own loop, ``CosyVoice3.synthesize_streaming``, pulls its tokens from its LLM's
+  generator (``generate_tokens``); the adapter builds a ``CosyVoice3`` around the same flow and vocoder (no LLM)
+  and answers that generator, for this instance, with the bundle's tokens, all of them available at once (as
+  upstream's voice-conversion path gives them), silent-token filtering off (it belongs to the LLM's output). The
+  loop's one setting is its hop (``chunk_size``, given the session's initial hop); it keeps the hop fixed and
+  always finishes with a call on all tokens. Recorded per call ``c``: ``chunk{c}.tokens`` (the tokens passed to
+  ``tokens_to_mel``), ``.finalize``, ``.streaming``, ``.flow_mel_full`` (its output), ``.token_offset`` and ``.mel``
+  (read from how much the cumulative mel handed to ``mel_to_audio`` grew), ``.audio`` (what the loop yields), the
+  flow's stages of the calls in ``step_chunks``, then ``stream.mel`` and ``stream.audio``. The trace's session
+  metadata is what the port's loop did (its calls, its fixed hop), not the plan of upstream's loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
+import math
 from pathlib import Path
 
 import numpy as np
@@ -138,9 +148,7 @@ class _MxWithDraws:
 class MlxAudioPlus(PortAdapter):
     name = "mlx-audio-plus"
     distribution = f"mlx-audio-plus=={VERSION}"
-    session_support = ("the port's streaming loop (CosyVoice3.synthesize_streaming) pulls its tokens from its "
-                       "LLM's generator and has no entry point for tokens given up front; the adapter does not "
-                       "drive it (single-call --streaming, one call with the chunk mask, is supported)")
+    session_support = None  # CosyVoice3.synthesize_streaming, its token generator answered with the bundle's tokens
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -284,18 +292,23 @@ class MlxAudioPlus(PortAdapter):
             self._draws.extend(draws.log)
 
     @contextlib.contextmanager
-    def _wrapped(self, probe: Probe):
-        """The port's instances with recording wrappers for one call (restored afterwards); yields ``rec``."""
+    def _wrapped(self, probe):
+        """The port's instances with recording wrappers for one call (restored afterwards); yields ``rec``.
+        ``probe``: a :class:`Probe`, or a function returning the probe of the moment (a streaming session records
+        each call's flow stages under its own prefix)."""
         import mlx.core as mx
+
+        current = probe if callable(probe) and not isinstance(probe, Probe) else (lambda: probe)
 
         flow, hift = self.flow, self.hift
         dec, est = flow.decoder, flow.decoder.estimator
         state = {"k": 0}
 
         def rec(name, a):
-            if probe.wants(name):
+            p = current()
+            if p.wants(name):
                 mx.eval(a)
-                probe(name, _to_torch(a))
+                p(name, _to_torch(a))
 
         def on_decoder(orig, mu, mask, spks, cond, n_timesteps=10, streaming=False):
             state["k"] = 0
@@ -328,7 +341,7 @@ class MlxAudioPlus(PortAdapter):
 
         def on_stft(orig, x):
             re, im = orig(x)
-            if probe.wants("s_stft"):
+            if current().wants("s_stft"):
                 rec("s_stft", mx.concatenate([re, im], axis=1))
             return re, im
 
@@ -357,6 +370,123 @@ class MlxAudioPlus(PortAdapter):
         finally:
             for u in reversed(undo):
                 u()
+
+    def run_session(self, inputs: dict[str, torch.Tensor], probe: Probe, options) -> object:
+        """The port's streaming loop over the bundle's tokens (see the module docstring); returns a
+        :class:`reference.session.SessionResult` describing what the loop did."""
+        import mlx.core as mx
+        from mlx_audio.tts.models.cosyvoice3.cosyvoice3 import CosyVoice3
+
+        from reference.probe import NO_PROBE
+        from reference.session import ChunkPlan, ChunkRecord, Schedule, SessionOptions, SessionResult, _step_chunk_set
+
+        opts = (options or SessionOptions()).resolve(self.cfg)
+        tok, ptok = inputs["token"].long(), inputs["prompt_token"].long()
+        tokens = [int(x) for x in tok.reshape(-1)]
+        ratio = int(self.flow.token_mel_ratio)
+        tv = CosyVoice3(config=None, llm=None, flow=self.flow, hifigan=self.hift)
+        object.__setattr__(tv, "generate_tokens", lambda **_kw: iter(tokens))
+        calls: list[dict] = []
+        flow_stages: list[dict] = []
+        now = {"probe": NO_PROBE, "cum": 0}
+
+        class _Buffer:  # the flow's stages of one call, kept until the calls to record are known
+            def __init__(self, store: dict):
+                self.store = store
+
+            def wants(self, name: str) -> bool:
+                return name != "flow_mel" and probe.wants(name)
+
+            def record(self, name: str, t: torch.Tensor) -> None:
+                self.store[name] = t
+
+        def scalar(v) -> torch.Tensor:
+            return torch.tensor([int(v)], dtype=torch.int64)
+
+        def on_tokens_to_mel(orig, **kw):
+            c = len(calls)
+            store: dict = {}
+            flow_stages.append(store)
+            now["probe"] = Probe(_Buffer(store), f"chunk{c}.")
+            try:
+                mel, cache = orig(**kw)
+            finally:
+                now["probe"] = NO_PROBE
+            mx.eval(mel)
+            n = int(kw["tokens"].shape[1])
+            calls.append({"n_tokens": n, "finalize": bool(kw.get("finalize", True)),
+                          "streaming": bool(kw.get("streaming", False)), "mel_full": int(mel.shape[2])})
+            probe(f"chunk{c}.tokens", torch.from_numpy(np.array(kw["tokens"])).long())
+            probe(f"chunk{c}.finalize", scalar(calls[-1]["finalize"]))
+            probe(f"chunk{c}.streaming", scalar(calls[-1]["streaming"]))
+            probe(f"chunk{c}.flow_mel_full", _to_torch(mel))
+            return mel, cache
+
+        def on_mel_to_audio(orig, mel, finalize=True):
+            c = len(calls) - 1
+            mx.eval(mel)
+            start, appended = now["cum"], int(mel.shape[2]) - now["cum"]
+            call = calls[c]
+            call["token_offset"] = (call["mel_full"] - appended) // ratio
+            call.update(slice_start=call["mel_full"] - appended, mel_frames=appended, hift_frames=int(mel.shape[2]))
+            probe(f"chunk{c}.token_offset", scalar(call["token_offset"]))
+            probe(f"chunk{c}.mel", _to_torch(mel[:, :, start:]))
+            now["cum"], now["mel"] = int(mel.shape[2]), _to_torch(mel)
+            with self._vocoder_noise():
+                return orig(mel, finalize=finalize)
+
+        undo: list = []
+        _wrap(tv, "tokens_to_mel", on_tokens_to_mel, undo)
+        _wrap(tv, "mel_to_audio", on_mel_to_audio, undo)
+        pieces, cum_mel = [], None
+        self._draws = []
+        self._seed()
+        try:
+            with self._wrapped(lambda: now["probe"]):
+                prompt_feat = _to_mx(inputs["prompt_feat"].float())
+                gen = tv.synthesize_streaming(
+                    text=None, text_len=None, prompt_text=None, prompt_text_len=None,
+                    prompt_speech_token=_to_mx(ptok, mx.int32),
+                    prompt_speech_token_len=mx.array([ptok.shape[1]], dtype=mx.int32), prompt_mel=prompt_feat,
+                    prompt_mel_len=mx.array([prompt_feat.shape[1]], dtype=mx.int32),
+                    speaker_embedding=_to_mx(inputs["embedding"].float()), n_timesteps=int(self.flow.n_timesteps),
+                    chunk_size=int(opts.initial_hop), filter_silent_tokens=False)
+                for piece in gen:
+                    mx.eval(piece)
+                    c = len(calls) - 1
+                    a = _to_torch(piece).reshape(1, -1)
+                    calls[c]["samples"] = int(a.shape[1])
+                    probe(f"chunk{c}.audio", a)
+                    pieces.append(a)
+        finally:
+            for u in reversed(undo):
+                u()
+        steps = _step_chunk_set(tuple(opts.step_chunks), len(calls))
+        for c in sorted(steps):
+            for name, t in flow_stages[c].items():  # names already carry their chunk prefix
+                probe(name, t)
+        audio = torch.cat(pieces, dim=1) if pieces else torch.zeros(1, 0)
+        cum_mel = now.get("mel")  # the cumulative mel of the last call: the whole stream's
+        if cum_mel is not None:
+            probe("stream.mel", cum_mel)
+        probe("stream.audio", audio)
+        # what the loop did, in the terms of the harness's session (reference.session): its calls, its fixed hop
+        emitted, plans, records = 0, [], []
+        for c, call in enumerate(calls):
+            nxt = calls[c + 1]["token_offset"] if c + 1 < len(calls) else len(tokens)
+            plans.append(ChunkPlan(c, call["token_offset"], nxt - call["token_offset"], call["n_tokens"],
+                                   call["finalize"], call["streaming"]))
+            records.append(ChunkRecord(c, call["token_offset"], call["n_tokens"], call["finalize"], call["streaming"],
+                                       call.get("slice_start", 0), call.get("mel_frames", 0),
+                                       call.get("hift_frames", 0), call.get("samples", 0), emitted))
+            emitted += call.get("samples", 0)
+        first_hop = plans[0].hop if plans and not plans[0].finalize else int(opts.initial_hop)
+        sched = Schedule(tuple(plans), len(tokens), int(ptok.shape[1]), max(first_hop - int(opts.initial_hop), 0),
+                         int(opts.initial_hop), int(opts.initial_hop), int(self.flow.pre_lookahead_len))
+        effective = dataclasses.replace(opts, max_hop=int(opts.initial_hop), growth=1)  # the port's hop is fixed
+        hold = int(self.hift.f0_predictor.condnet_0.causal_padding + self.hift.conv_pre_look_right + 1)
+        spf = int(math.prod(self.hift.upsample_rates) * self.hift.istft_params["hop_len"])
+        return SessionResult(audio, cum_mel, sched, records, effective, hold, spf, int(self.hift.sampling_rate), {})
 
     def _seed(self):
         import mlx.core as mx
