@@ -142,3 +142,30 @@ def test_mlx_audio_plus_own_vocoder_noise_is_named(mlx_cases):
     assert "hift_sine_noise [1, samples, 9]" in fd.message
     assert res.stage("f0").status == "pass" and res.stage("x0").status == "pass"
     assert "noise_partly_shared" in [f.code for f in res.findings]
+
+
+@needs_mlx
+def test_mlx_audio_plus_streaming_session():
+    """The port's own streaming loop on the short bundle with small hops (cheap): with a 3-token hop its hop stays
+    fixed where upstream's grows (session_schedule_mismatch); with a fixed 5-token hop the calls agree and every
+    chunk's flow output matches (flat gate: sessions have no floor). (A fixed 3-token hop differs too: upstream's
+    loop ends one call early there, the port's does not; docs/ports.md.)"""
+    from parity.session import Session
+    from parity.session_runner import session_mode
+    from reference.session import SessionOptions
+
+    s = Session(floors=None)
+    model = s.model()
+    cand = s.candidate(model, MLX)
+    grown = s.run(model, cand, SHORT, session_mode(SessionOptions(initial_hop=3)), local=False).result
+    fd = grown.first_divergence
+    assert fd.code == "session_schedule_mismatch", grown.headline_text()
+    assert "session_options_mismatch" in [f.code for f in grown.findings]
+    fixed = s.run(model, cand, SHORT, session_mode(SessionOptions(initial_hop=5, growth=1)), local=False)
+    res = fixed.result
+    assert res.verdict == "pass", res.headline_text()
+    calls = fixed.cand_meta["session_chunks"]
+    assert len(calls) == 2 and calls[-1]["finalize"] and not calls[0]["finalize"]
+    mels = [st for st in res.stages if st.name.endswith(".flow_mel_full")]
+    assert len(mels) == len(calls) and all(st.status == "pass" for st in mels)
+    assert any(st.name.startswith("chunk0.step1.") and st.compared for st in res.stages)  # the first call's flow
