@@ -150,6 +150,30 @@ def test_a_legitimate_grid_through_the_whole_harness_passes(model, inputs, monke
     assert all(s.status == "pass" for s in res.stages if s.compared)
 
 
+def test_saved_traces_get_the_time_grid_rerun(model, inputs, ref_run, tmp_path, monkeypatch):
+    """parity compare of saved traces: the reference step is re-run at the candidate's grid with the model the
+    reference trace names (preset:tiny)."""
+    from parity.compare import compare_paths
+    from parity.floor.store import FloorStore
+
+    def f64_span(n, sched, dtype=torch.float32, device=None):
+        g = 1.0 - np.cos(np.linspace(0.0, 1.0, n + 1) * 0.5 * np.pi)
+        return torch.from_numpy(g.astype(np.float32)).to(dtype)
+
+    monkeypatch.setattr("reference.flow_matching.time_span", f64_span)
+    cand = run_to_trace(model, inputs, tmp_path / "cand.safetensors", extra_meta={"inputs": SHORT.name})
+    monkeypatch.undo()
+    assert cand.metadata["status"] == "complete"
+    write_trace(tmp_path / "ref.safetensors", ref_run.tensors, ref_run.metadata)
+    res = compare_paths(tmp_path / "ref.safetensors", tmp_path / "cand.safetensors", floors=FloorStore(compute=False))
+    assert res.verdict == "pass", res.headline_text()
+    assert res.extra.get("time_grid", {}).get("stages"), res.extra
+    assert any("against_reference" in s.extra for s in res.stages)
+    alone = compare_paths(tmp_path / "ref.safetensors", tmp_path / "cand.safetensors", floors=FloorStore(compute=False),
+                          time_grid=False)
+    assert alone.verdict == "fail"  # without the re-run, the grid's rounding fails the velocity (step2.v2, 5.3x)
+
+
 def test_time_grid_rejudging_needs_the_rerun_to_pass(ref_run):
     """A step that fails against the reference and also against the reference re-run at the candidate's grid
     stays a failure (the re-run is a second reference, not a waiver)."""
