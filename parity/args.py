@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .stages import KEY_STAGES
+from .stages import KEY_STAGES, SESSION_KEY_STAGES
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -131,7 +131,8 @@ def require_parent() -> argparse.ArgumentParser:
     warning in the headline."""
     p = _parent()
     p.add_argument("--require-stages", action="store_true",
-                   help=f"fail (exit 1) when the candidate lacks {' or '.join(KEY_STAGES)} (without it: a warning)")
+                   help=f"fail (exit 1) when the candidate lacks {' or '.join(KEY_STAGES)} (a streaming session: "
+                        f"{' or '.join(SESSION_KEY_STAGES.values())}; without it: a warning)")
     p.add_argument("--require-stage", action="append", metavar="NAME",
                    help="fail (exit 1) when the candidate lacks this stage (repeatable)")
     return p
@@ -162,4 +163,16 @@ def onnx_parent() -> argparse.ArgumentParser:
     p.add_argument("--require-provider", metavar="NAME",
                    help="the ONNX Runtime session must run on this provider (cpu, cuda, tensorrt); a fallback to "
                         "another is a failing finding (required_provider_missing)")
+    return p
+
+
+def port_parent() -> argparse.ArgumentParser:
+    """``--port-noise``: what noise a port under test (``--profile <port>``, :mod:`parity.ports`) is given."""
+    from .ports import NOISE_MODES
+
+    p = _parent()
+    p.add_argument("--port-noise", choices=list(NOISE_MODES), default="shared",
+                   help="a port profile (parity profiles): shared = the reference's flow noise and HiFT noise are "
+                        "injected into the port (default), flow-only = only the flow's rand_noise (what a port's "
+                        "own loader takes), port = the port draws all its noise itself")
     return p

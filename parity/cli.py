@@ -19,11 +19,13 @@ def _write_wav(path: str | Path, audio, sr: int) -> Path:
     import numpy as np
     from scipy.io import wavfile
 
+    from .outputs import output_file
+
     a = audio.detach().float().reshape(-1).numpy()
     a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0).clip(-1.0, 1.0)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wavfile.write(str(path), sr, (a * 32767.0).round().astype(np.int16))
+    with output_file(path) as tmp:
+        wavfile.write(str(tmp), sr, (a * 32767.0).round().astype(np.int16))
     return path
 
 
@@ -36,12 +38,15 @@ def cmd_dump(args) -> int:
     from reference.bundle import negative_token_note
 
     from .onnx_options import OnnxOptions, name_suffix
-    from .outputs import Output, prepare_outputs
+    from .outputs import Output, is_regular_output, prepare_outputs
     from .runner import Progress, run_to_trace
     from .session import ModelSpec, Session, run_pipeline
     from .session_runner import options_from_args, session_mode
 
     prepare_outputs([Output("--out", args.out), Output("--wav", args.wav)])
+    if args.embed_floor and not is_regular_output(args.out):
+        raise InputError(f"--embed-floor: --out {args.out} is not a regular file (the floor is added to the "
+                         f"finished trace, which is read back): give a file name")
     onnx = OnnxOptions.from_args(args)
     overrides = onnx.overrides()  # a missing file or an unknown provider: one line before anything loads
     session_opts = options_from_args(args)  # before loading anything: a bad combination is exit 2 at once
@@ -53,7 +58,8 @@ def cmd_dump(args) -> int:
     if args.pipeline == "candidate" or args.profile or args.fault or onnx:
         profile = onnx.profiles([args.profile] if args.profile else None, [None])[0]
         pipe = Session().candidate(model, profile, args.fault, args.device,
-                                   label=(profile or "fp32-explicit") + name_suffix(overrides), overrides=overrides)
+                                   label=(profile or "fp32-explicit") + name_suffix(overrides), overrides=overrides,
+                                   port_noise=args.port_noise)
         label = f"candidate[{pipe.profile_name}]"
     else:
         pipe = model
@@ -61,6 +67,9 @@ def cmd_dump(args) -> int:
     extra = {"inputs": str(args.inputs)}
     if notes:
         extra["input_notes"] = notes
+    refusal = getattr(pipe, "session_refusal", None)
+    if session_opts is not None and callable(refusal) and refusal():
+        raise InputError(refusal())
     if session_opts is not None:  # upstream's chunked loop (parity.session_runner)
         res = run_pipeline(pipe, inputs, args.out, session_mode(session_opts), patterns=args.stages,
                            extra_meta=extra, progress=Progress(label))
@@ -231,10 +240,16 @@ def cmd_compare(args) -> int:
 def cmd_profiles(args) -> int:
     from candidate.switches import PROFILE_HELP, all_profiles, resolve_profile
 
+    from .ports import PORT_HELP, port_names, port_unavailable
+
     for name in sorted(all_profiles()):
         sw = resolve_profile(name)
         desc = PROFILE_HELP.get(name) or "user profile: " + ", ".join(f"{k}={v}" for k, v in sw.differences().items())
         print(f"{name:<18} {sw.precision:<5} {'cuda' if sw.device == 'cuda' else '    '} {desc}")
+    print("\nports under test (parity run --profile NAME; --port-noise shared|flow-only|port):")
+    for name in port_names():
+        why = port_unavailable(name)
+        print(f"{name:<18} fp32       {PORT_HELP.get(name, '')}" + (f" [unavailable: {why}]" if why else ""))
     return 0
 
 
@@ -308,14 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace",
                        parents=[A.model_parent(), A.streaming_parent(), A.session_parent(), A.capture_parent(),
-                                A.fault_parent(), A.onnx_parent()])
+                                A.fault_parent(), A.onnx_parent(), A.port_parent()])
     d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, "
                                                    "embedding)")
     d.add_argument("--out", required=True, help="trace to write (.safetensors)")
     d.add_argument("--no-finalize", action="store_true", help="non-final chunk: lookahead tokens/frames used as context")
     d.add_argument("--wav", help="also write the audio as 16-bit WAV")
     d.add_argument("--pipeline", choices=["reference", "candidate"], default="reference")
-    d.add_argument("--profile", help="candidate profile (parity profiles)")
+    d.add_argument("--profile", help="candidate profile, or a port under test (parity profiles)")
     d.add_argument("--embed-floor", action="store_true",
                    help="put the reference's fp32 noise floor (shipped, cached or computed now) into the trace, so "
                         "parity compare finds it where neither the model nor the floor cache is")
@@ -364,10 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fixtures)",
                        parents=[A.model_parent("tiny"), A.streaming_parent(), A.session_parent(), A.capture_parent(),
                                 A.fault_parent(), A.onnx_parent(), A.policy_parent(), A.floor_parent(), A.local_parent(),
-                                A.output_parent(), A.require_parent()])
+                                A.output_parent(), A.require_parent(), A.port_parent()])
     r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles "
                                                      "(with --session streaming: fixtures/sessions)")
-    r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
+    r.add_argument("--profile", action="append", help="candidate profile(s), or a port under test (parity profiles "
+                                                      "lists both); default fp32-sdpa")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
     r.add_argument("--inline-vectors", action="store_true",
                    help="keep the per-frame vectors in the --json file instead of its .vectors.npz sidecar")
@@ -591,7 +607,10 @@ def report_main(argv: list[str] | None = None) -> int:
                                          allow_trim=args.allow_trim, require=required_stages(args),
                                          pcm_scale=not args.no_pcm_scale, mask_check=not args.no_mask_check,
                                          floors=_floor_store(args))
-        print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")
+        from .outputs import is_regular_output
+
+        size = f" ({Path(path).stat().st_size / 1024:.0f} KiB)" if is_regular_output(path) else ""
+        print(f"report: {path}{size}, verdict {result.verdict}")
         return result.exit_code
 
     return guarded_command("parity-report", body)

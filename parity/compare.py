@@ -16,12 +16,13 @@ import torch
 from . import metrics as M
 from . import session_compare as SC
 from .diagnose import diagnose, metadata_findings
+from .diff_shape import edge_profile, noise_likeness
 from .ingest import Loaded, load
 from .melspec import audio_mel
 from .normalize import align
 from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, judgement_from_floor, load_policy
 from .result import Comparison, StageResult, StepRow
-from .stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
+from .stages import STEP_OUTPUTS, layout, parse_chunk, parse_step, position, session_rule_stage, sort_stages
 
 
 
@@ -78,6 +79,27 @@ def _derive_x0(tr: Loaded, other: Loaded) -> Loaded:
     return dataclasses.replace(tr, tensors={**tr.tensors, "x0": tr.tensors["rand_noise"][..., :T]},
                                normalisations=tr.normalisations + [{"stage": "x0", "kind": "derive",
                                                                     "detail": f"x0 = rand_noise[..., :{T}]"}])
+
+
+def _derive_dt(tr: Loaded, other: Loaded) -> Loaded:
+    """A trace that records the ODE's ``step{k}.t`` but no ``step{k}.dt`` at all (a port whose solver computes dt
+    inside its loop), compared with one that holds dt: a copy with ``step{k}.dt = step{k+1}.t - step{k}.t``
+    (float32, as a solver that takes dt from differences of its grid does) for every step whose next t it holds,
+    each listed as a normalisation; the last step's dt needs the grid's end, which the trace does not hold, and
+    stays absent (the comparison lists it as missing). ``tr`` itself when there is nothing to derive."""
+    ks = sorted(parse_step(n)[0] for n in tr.tensors if parse_step(n) and parse_step(n)[1] == "t")
+    if not ks or any(parse_step(n) and parse_step(n)[1] == "dt" for n in tr.tensors) \
+            or not any(parse_step(n) and parse_step(n)[1] == "dt" for n in other.tensors):
+        return tr
+    out, notes = dict(tr.tensors), []
+    for k in ks:
+        t, t_next = tr.tensors[f"step{k}.t"], tr.tensors.get(f"step{k + 1}.t")
+        if t_next is None or t_next.numel() != t.numel() or not t.is_floating_point():
+            continue
+        out[f"step{k}.dt"] = (t_next.float() - t.float()).reshape(-1)[:1]
+        notes.append({"stage": f"step{k}.dt", "kind": "derive",
+                      "detail": f"step{k}.dt = step{k + 1}.t - step{k}.t (the trace records t, not dt)"})
+    return dataclasses.replace(tr, tensors=out, normalisations=tr.normalisations + notes) if notes else tr
 
 
 def _upcast(t: torch.Tensor) -> np.ndarray:
@@ -190,6 +212,10 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | Non
         m["quantile_abs_err"] = M.quantile_abs_err(_upcast(ra), _upcast(ca), rule.quantile)
     if m.get("finite_ok"):
         m.update(domain_metrics(name, ra, ca))
+        if tx is not None and lay.kind in ("mel", "spectrum", "frames"):
+            edge = edge_profile(_upcast(ra), _upcast(ca), tx)
+            if edge is not None:
+                m["edge"] = edge
     entry.metrics = m
     entry.first_values = {"ref": M.first_k_values(_upcast(ra)), "cand": M.first_k_values(_upcast(ca))}
     if opts.keep_vectors and tx is not None and lay.kind != "wave" and ra.dim() >= 2 and ra.shape[tx] > 1 \
@@ -247,19 +273,38 @@ def _floor_for(floor, precision: str):
     return choice, f, ""
 
 
+def _rejudge_on_grid(entry: StageResult, alt: StageResult, units: dict) -> None:
+    """``entry`` failed against the reference and ``alt`` (the same candidate tensor against the reference re-run
+    at the candidate's time grid, :mod:`parity.time_grid`) passes: the stage passes, judged by ``alt``; what it
+    was against the reference stays in ``extra["against_reference"]`` and in the detail."""
+    was = {"status": entry.status, "statistic": entry.statistic, "value": entry.value, "limit": entry.limit,
+           "ratio": entry.ratio, "detail": entry.detail}
+    grid = ", ".join(f"{k} {v:.3g}" for k, v in (("t", units.get("t_units")), ("dt", units.get("dt_units")))
+                     if isinstance(v, float) and v > 0)
+    entry.status, entry.statistic, entry.value, entry.limit = alt.status, alt.statistic, alt.value, alt.limit
+    entry.ratio, entry.floor, entry.gate = alt.ratio, alt.floor, alt.gate
+    entry.detail = (f"{alt.detail} against the reference re-run at the candidate's time grid ({grid} grid units "
+                    f"off: the grid's rounding); against the reference: {was['detail']}")
+    entry.extra["against_reference"] = was
+    entry.extra["time_grid"] = dict(units)
+
+
 def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts: CompareOptions | None = None,
                    local: Loaded | None = None, fp64: Loaded | None = None, mask_check: dict | None = None, *,
-                   offline: Loaded | None = None, floor=None) -> Comparison:
+                   offline: Loaded | None = None, floor=None, time_grid=None) -> Comparison:
     """Compare two loaded traces (plus optionally the candidate's step-local trace, a float64 reference for
     the arbiter rules, and the streaming chunk-mask check computed capture-side, :mod:`parity.streaming_mask`).
     Streaming-session traces get the session comparison (:mod:`parity.session_compare`: chunks paired by token
     offset, schedule, options, glitches; ``offline``: the offline reference run of the same tokens, for the
     stream-vs-offline section). ``floor``: the measured floor to judge against (a :class:`parity.floor.Floor`
     or the :class:`parity.floor.store.FloorChoice` of a floor store); stages without one fall back to the
-    policy's flat rules, and the result says which gate decided each stage. The inputs are not modified."""
+    policy's flat rules, and the result says which gate decided each stage. ``time_grid``: the reference re-run
+    at the candidate's time grid (:class:`parity.time_grid.TimeGridCheck`, capture-side): a step stage failing
+    against the reference is judged against it too. The inputs are not modified."""
     opts = opts or CompareOptions()
     policy = policy or load_policy()
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
+    ref, cand = _derive_dt(ref, cand), _derive_dt(cand, ref)
     from .pcm import find_integer_audio, refusal_problem, scale_integer_audio
 
     pcm = find_integer_audio(ref, cand)  # int16/int32 audio: scaled (a normalisation + a warning) or refused
@@ -298,6 +343,11 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
             g, why = gate_of(name)
             entry = _stage_compare(name, ref.tensors[name], cand.tensors[name], rule, opts, prompt_frames,
                                    fp64.tensors.get(name) if fp64 is not None else None, g, why)
+            if time_grid is not None and entry.status == "fail" and name in time_grid.tensors:
+                alt = _stage_compare(name, time_grid.tensors[name], cand.tensors[name], rule, opts, prompt_frames,
+                                     None, g, why)
+                if alt.status == "pass":
+                    _rejudge_on_grid(entry, alt, time_grid.steps.get(parse_step(name)[0], {}))
         elif in_r:
             req = bool(rule and rule.required)
             entry = StageResult(name=name, status="fail" if req else "missing", ref_stats=M.side_stats(ref.tensors[name]),
@@ -311,6 +361,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
             SC.annotate_stage(entry, rule, prep)
         stages.append(entry)
     by_name = {s.name: s for s in stages}
+    _source_difference(ref, cand, by_name.get("source"))
 
     # step-local errors: the candidate's step driven from the reference's own state
     local_stages: dict[str, StageResult] = {}
@@ -329,7 +380,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     elif opts.audio_metrics and prep is not None and "stream.audio" in ref.tensors and "stream.audio" in cand.tensors:
         audio = audio_section(*(dataclasses.replace(t, tensors={"audio": t.tensors["stream.audio"],
                                                                 **({"flow_mel": t.tensors["stream.mel"]}
-                                                                   if "stream.mel" in t.tensors else {})})
+                                                                   if "stream.mel" in t.tensors else {}),
+                                                                **SC.stream_f0(t)})
                                 for t in (ref, cand)))
         audio["stage"] = "stream.audio"  # the audio findings name the stream
     meta_find = (metadata_findings(ref.metadata, cand.metadata) + pcm_findings
@@ -350,8 +402,22 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
         context={"precision": precision, "attention": attention, "prompt_frames": prompt_frames,
                  "allow_trim": opts.allow_trim},
         policy={"sources": policy.sources}, mask_check=mask_check, session=session,
+        extra={"time_grid": time_grid.to_json()} if time_grid is not None else {},
         floor=dict(choice.to_json(), applies=gfloor is not None, **({} if gfloor is not None else
                                                                    {"not_applied": why_none})))
+
+
+def _source_difference(ref: Loaded, cand: Loaded, entry: StageResult | None) -> None:
+    """The harmonic source's difference statistics (:func:`parity.diff_shape.noise_likeness`, into the stage's
+    metrics as ``difference``): per F0 frame of ``len(source) / len(f0)`` samples (480 when f0 is absent)."""
+    if entry is None or not entry.compared or not (entry.metrics or {}).get("finite_ok"):
+        return
+    r, c = ref.tensors["source"], cand.tensors["source"]
+    f0 = ref.tensors.get("f0")
+    frame = r.numel() // f0.numel() if f0 is not None and f0.numel() and r.numel() % f0.numel() == 0 else 480
+    nl = noise_likeness(_upcast(r), _upcast(c), frame)
+    if nl is not None:
+        entry.metrics["difference"] = M.to_jsonable(nl)
 
 
 def _err(entry: StageResult | None, key: str = "max_abs_err"):
@@ -363,14 +429,29 @@ def _err(entry: StageResult | None, key: str = "max_abs_err"):
 
 def step_table(ref: Loaded, cand: Loaded, by_name: dict[str, StageResult],
                local_stages: dict[str, StageResult]) -> list[StepRow]:
-    """Per ODE step: accumulated and local errors of v1, v2, v_cfg and x, growth factor, CFG gaps."""
-    ks = sorted({parse_step(n)[0] for n in list(ref.tensors) + list(cand.tensors) if parse_step(n)})
+    """Per ODE step: accumulated and local errors of v1, v2, v_cfg and x, growth factor, CFG gaps. A streaming
+    session has the steps of each chunk whose flow stages were recorded (``chunk{c}.step{k}.*``): their rows,
+    chunk by chunk, carry the chunk."""
+    names = list(ref.tensors) + list(cand.tensors)
+    groups: list[tuple[str, int | None]] = [("", None)] if any(parse_step(n) for n in names) else []
+    chunks = sorted({ch[0] for n in names if (ch := parse_chunk(n)) is not None and parse_step(ch[1])})
+    groups += [(f"chunk{c}.", c) for c in chunks]
+    rows: list[StepRow] = []
+    for prefix, chunk in groups:
+        rows += _step_rows(ref, cand, by_name, local_stages, prefix, chunk)
+    return rows
+
+
+def _step_rows(ref: Loaded, cand: Loaded, by_name: dict[str, StageResult], local_stages: dict[str, StageResult],
+               prefix: str, chunk: int | None) -> list[StepRow]:
+    ks = sorted({st[0] for n in list(ref.tensors) + list(cand.tensors)
+                 if n.startswith(prefix) and (st := parse_step(n[len(prefix):]))})
     rows = []
-    prev_acc = _err(by_name.get("x0"), "rmse")
+    prev_acc = _err(by_name.get(prefix + "x0"), "rmse")
     for k in ks:
-        row = StepRow(step=k)
+        row = StepRow(step=k, chunk=chunk)
         for f in STEP_OUTPUTS:
-            n = f"step{k}.{f}"
+            n = row.stage(f)
             row.acc[f] = _err(by_name.get(n), "max_abs_err")
             row.acc_rmse[f] = _err(by_name.get(n), "rmse")
             row.local[f] = _err(local_stages.get(n), "max_abs_err")
@@ -381,13 +462,13 @@ def step_table(ref: Loaded, cand: Loaded, by_name: dict[str, StageResult],
         prev_acc = acc
         gaps = {}
         for side, tr in (("ref", ref), ("cand", cand)):
-            v1, v2 = tr.tensors.get(f"step{k}.v1"), tr.tensors.get(f"step{k}.v2")
+            v1, v2 = tr.tensors.get(row.stage("v1")), tr.tensors.get(row.stage("v2"))
             gaps[side] = None
             if v1 is not None and v2 is not None and v1.shape == v2.shape:
                 gap = (v1.double() - v2.double()).abs()
                 gaps[side] = float(gap.mean()) if torch.isfinite(gap).all() else None
         row.cfg_gap_ref, row.cfg_gap_cand = gaps["ref"], gaps["cand"]
-        t = ref.tensors.get(f"step{k}.t")
+        t = ref.tensors.get(row.stage("t"))
         row.t = float(t.reshape(-1)[0]) if t is not None and t.numel() else None
         rows.append(row)
     return rows
@@ -418,12 +499,13 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
 
 def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = None, opts: CompareOptions | None = None,
                   local_path=None, fp64_path=None, pyproject=None, mask_check: bool = False,
-                  offline_path=None, floors=None, floor_file=None) -> Comparison:
+                  offline_path=None, floors=None, floor_file=None, time_grid: bool = True) -> Comparison:
     """Compare saved traces. ``mask_check``: in streaming mode, also run the chunk-mask check with the reference
     model named by the reference trace's provenance (capture-side work: it loads and runs that model).
     ``floors``: a :class:`parity.floor.store.FloorStore` to find the reference trace's floor in (from its own
     provenance); ``floor_file``: an explicit floor (checked against the reference trace's key). Neither: the
-    flat tolerances."""
+    flat tolerances. ``time_grid``: when a step's t/dt differs, re-run the reference step at the candidate's grid
+    (:mod:`parity.time_grid`; loads the model the reference trace names)."""
     ref = load(ref_path, maps)
     cand = load(cand_path, maps)
     local = load(local_path, maps) if local_path else None
@@ -448,5 +530,11 @@ def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = 
 
         mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=is_streaming(ref.metadata, cand.metadata))
     offline = load(offline_path, maps) if offline_path else None
+    grid = None
+    if time_grid:
+        from .streaming_mask import is_streaming
+        from .time_grid import check_saved as grid_saved
+
+        grid = grid_saved(ref.metadata, ref.tensors, cand.tensors, streaming=is_streaming(ref.metadata, cand.metadata))
     return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, mask_check=mc,
-                          offline=offline, floor=floor)
+                          offline=offline, floor=floor, time_grid=grid)

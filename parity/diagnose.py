@@ -3,8 +3,29 @@
 Each finding (:class:`parity.result.Finding`): ``code``, ``stage``, ``severity`` (error | failure |
 warning | info), a one-line ``message`` in the engineer's terms and the ``evidence`` (numbers) behind it.
 Findings are ordered by severity class first (errors, then failures, warnings, info) and by pipeline
-position within a class; the first error or failure is the headline (the first divergence). Nothing here
-modifies its inputs.
+position within a class; the first error or failure is the headline. Nothing here modifies its inputs.
+
+**Divergences and the headline.** A failing stage is *downstream* of an earlier divergence only when one of its
+inputs (the stages it is computed from, :func:`parity.stages.stage_inputs`, resolved through stages neither trace
+holds) fails too; a failing stage whose inputs all pass is a divergence of its own (a *root*), classified on its
+own (:func:`_classify`), with the stages downstream of it listed in one ``downstream_failures`` note. Roots are
+ranked so that the headline is the first divergence that matters:
+
+1. a root whose difference reaches its key output (``flow_mel`` for the flow's stages, ``audio`` for the
+   vocoder's; :func:`parity.stages.key_stage_of`), or whose key output was not compared, in pipeline order;
+2. then a root whose difference vanishes downstream (its key output was compared and passes): still a failure
+   (the stage failed its gate), ranked after every root that matters (``evidence["rank"] = 1``), its message
+   saying that the difference vanishes; it is the headline only when no divergence matters.
+
+Metadata failures (a different step count, scheduler, CFG rate, weights or noise) keep their place by pipeline
+position among the rank-0 failures. Stages outside the single-call table (a streaming session's chunk stages)
+keep the simple rule: downstream of the latest earlier root.
+
+**Named causes** beyond the stage's role (:data:`EXPLAIN`): ``vocoder_noise_not_shared`` (``source`` differs by
+noise while ``f0`` matches: the candidate's HiFT draws its own random numbers; the finding says which tensors to
+share, in which layout), ``stft_padding_mismatch`` (``s_stft`` differs only in its first and last frames while
+``source`` matches: the centred STFT pads differently), and ``time_grid_rounding`` (information: the candidate's
+time grid differs by rounding, and steps judged against the reference re-run at its grid).
 """
 
 from __future__ import annotations
@@ -13,8 +34,8 @@ import dataclasses
 import json
 
 from .result import Finding, StageResult, StepRow
-from .stages import (INPUTS, KEY_STAGES, is_session_stage, is_vocoder_stage, layout, parse_step, position,
-                     sort_stages)
+from .stages import (INPUTS, is_session_stage, is_vocoder_stage, key_stage_of, key_stages, layout, parse_step,
+                     position, session_rule_stage, sort_stages, stage_inputs)
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
 
@@ -33,6 +54,11 @@ EXPLAIN = {
     "nonfinite_origin": "non-finite values (NaN/Inf) first appear here",
     "flow_mel_mismatch": "every step matches but the flow output (prompt slicing?) does not",
     "vocoder_divergence": "the flow mel matches; the vocoder diverges here",
+    "vocoder_noise_not_shared": "the harmonic source differs by noise while F0 matches: the candidate's HiFT draws its "
+                                "own random numbers instead of the shared rand_ini and sine noise",
+    "stft_padding_mismatch": "the source's STFT differs only in its first and last frames: the centred STFT pads the "
+                             "signal differently (upstream: torch.stft(center=True) reflects n_fft/2 samples at each "
+                             "end)",
     "shape_mismatch": "the tensors cannot be aligned",
     "length_mismatch": "lengths differ (never truncated silently; --allow-trim to opt in)",
     "stage_mismatch": "this stage differs",
@@ -83,6 +109,36 @@ def _boolish(v):
     return bool(v) if v is not None else None
 
 
+def _brief(v) -> str:
+    """A metadata value as a finding prints it: numbers, strings and booleans as they are (strings cut at 60
+    characters); a structure by its kind and size, never its contents."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    if isinstance(v, str):
+        return v if len(v) <= 60 else v[:57] + "..."
+    if isinstance(v, (list, tuple)):
+        return f"a list of {len(v)} entries"
+    if isinstance(v, dict):
+        keys = list(v)[:4]
+        return f"a table ({', '.join(map(str, keys))}{', ...' if len(v) > 4 else ''})"
+    return f"a {type(v).__name__}"
+
+
+def _step_count(v) -> int | None:
+    """A step count: an integer (or an integral float / numeric string), else None."""
+    n = _num(v) if not isinstance(v, bool) else None
+    return int(n) if n is not None and n == int(n) and n >= 0 else None
+
+
+def _unusable(key: str, ref, cand) -> Finding:
+    what = {"n_timesteps": "a step count", "cfg_rate": "a number", "t_scheduler": "a scheduler name"}[key]
+    return _f("metadata_unusable", None, "info",
+              f"{key} not compared: {what} was expected (reference {_brief(ref)}, candidate {_brief(cand)})",
+              {"key_unusable": key})
+
+
 def _dtype_message(ref_dt, cand_dt) -> str:
     """What differs, component by component (``flow float32 -> float16``), then the candidate's other dtype
     details; the whole dicts stay in the evidence."""
@@ -102,29 +158,50 @@ def metadata_findings(ref: dict, cand: dict) -> list[Finding]:
     def both(key):
         return key in ref and key in cand and ref[key] is not None and cand[key] is not None
 
-    if both("n_timesteps") and _num(ref["n_timesteps"]) != _num(cand["n_timesteps"]):
-        out.append(_f("schedule_mismatch", "step1.dt", "failure",
-                      f"n_timesteps differs: reference {ref['n_timesteps']}, candidate {cand['n_timesteps']} "
-                      f"(a {cand['n_timesteps']}-step candidate cannot match a {ref['n_timesteps']}-step reference)",
-                      {"key": "n_timesteps", "ref": ref["n_timesteps"], "cand": cand["n_timesteps"]}))
-    if both("t_scheduler") and str(ref["t_scheduler"]).lower() != str(cand["t_scheduler"]).lower():
-        out.append(_f("schedule_mismatch", "step1.dt", "failure",
-                      f"t_scheduler differs: reference {ref['t_scheduler']}, candidate {cand['t_scheduler']}",
-                      {"key": "t_scheduler", "ref": ref["t_scheduler"], "cand": cand["t_scheduler"]}))
-    if both("cfg_rate") and (_num(ref["cfg_rate"]) is None or _num(cand["cfg_rate"]) is None
-                             or abs(_num(ref["cfg_rate"]) - _num(cand["cfg_rate"])) > 1e-9):
-        out.append(_f("cfg_combination_mismatch", "step1.v_cfg", "failure",
-                      f"cfg_rate differs: reference {ref['cfg_rate']}, candidate {cand['cfg_rate']}",
-                      {"key": "cfg_rate", "ref": ref["cfg_rate"], "cand": cand["cfg_rate"]}))
+    # schedule and guidance: compared only as what they are (a step count, a name, a number); a value of another
+    # kind (a dump's "steps" table) is said to be unusable, never printed
+    if both("n_timesteps"):
+        rn, cn = _step_count(ref["n_timesteps"]), _step_count(cand["n_timesteps"])
+        if rn is None or cn is None:
+            out.append(_unusable("n_timesteps", ref["n_timesteps"], cand["n_timesteps"]))
+        elif rn != cn:
+            out.append(_f("schedule_mismatch", "step1.dt", "failure",
+                          f"n_timesteps differs: reference {rn}, candidate {cn} (a {cn}-step candidate cannot match "
+                          f"a {rn}-step reference)", {"key": "n_timesteps", "ref": rn, "cand": cn}))
+    if both("t_scheduler"):
+        if not (isinstance(ref["t_scheduler"], str) and isinstance(cand["t_scheduler"], str)):
+            out.append(_unusable("t_scheduler", ref["t_scheduler"], cand["t_scheduler"]))
+        elif ref["t_scheduler"].lower() != cand["t_scheduler"].lower():
+            out.append(_f("schedule_mismatch", "step1.dt", "failure",
+                          f"t_scheduler differs: reference {_brief(ref['t_scheduler'])}, candidate "
+                          f"{_brief(cand['t_scheduler'])}",
+                          {"key": "t_scheduler", "ref": ref["t_scheduler"], "cand": cand["t_scheduler"]}))
+    if both("cfg_rate"):
+        rc, cc = _num(ref["cfg_rate"]), _num(cand["cfg_rate"])
+        if rc is None or cc is None or isinstance(ref["cfg_rate"], bool) or isinstance(cand["cfg_rate"], bool):
+            out.append(_unusable("cfg_rate", ref["cfg_rate"], cand["cfg_rate"]))
+        elif abs(rc - cc) > 1e-9:
+            out.append(_f("cfg_combination_mismatch", "step1.v_cfg", "failure",
+                          f"cfg_rate differs: reference {rc:g}, candidate {cc:g}",
+                          {"key": "cfg_rate", "ref": rc, "cand": cc}))
     if both("weights_sha256") and str(ref["weights_sha256"]) != str(cand["weights_sha256"]):
         out.append(_f("weights_mismatch", "mu", "failure",
                       f"the two sides ran different weights: {str(ref['weights_sha256'])[:20]} vs "
                       f"{str(cand['weights_sha256'])[:20]}",
                       {"key": "weights_sha256", "ref": ref["weights_sha256"], "cand": cand["weights_sha256"]}))
-    if both("noise") and _noise_id(ref["noise"]) != _noise_id(cand["noise"]):
+    unshared = cand["noise"].get("unshared") if both("noise") and isinstance(cand["noise"], dict) else None
+    if isinstance(unshared, list) and unshared and "rand_noise" not in unshared:
+        # a candidate that declares which noise it drew itself: the flow's is shared, the vocoder's is not; the
+        # data decide at the vocoder (vocoder_noise_not_shared), this is what the provenance says
+        out.append(_f("noise_partly_shared", None, "info",
+                      f"the candidate shares rand_noise but draws {', '.join(map(str, unshared))} itself (its "
+                      f"provenance says so): the harmonic source and what follows differ by noise",
+                      {"unshared": unshared}))
+    elif both("noise") and _noise_id(ref["noise"]) != _noise_id(cand["noise"]):
         out.append(_f("noise_not_shared", "x0", "failure",
-                      f"noise provenance differs: reference {_noise_id(ref['noise'])}, candidate "
-                      f"{_noise_id(cand['noise'])}", {"key": "noise", "ref": ref["noise"], "cand": cand["noise"]}))
+                      f"noise provenance differs: reference {_brief(_noise_id(ref['noise']))}, candidate "
+                      f"{_brief(_noise_id(cand['noise']))}",
+                      {"key": "noise", "ref": ref["noise"], "cand": cand["noise"]}))
     for key in ("streaming", "finalize"):
         if both(key) and _boolish(ref[key]) != _boolish(cand[key]):
             out.append(_f("metadata_mismatch", "mu", "failure",
@@ -232,6 +309,53 @@ def _judged(entry: StageResult) -> str:
     return "; ".join(p for p in (judged, f"flat tolerance: {reason}" if reason and entry.gate == "flat" else "") if p)
 
 
+# A difference of the harmonic source that is the candidate's own noise (measured with
+# parity.diff_shape.noise_likeness on the fixture bundles, tiny model): mlx-audio-plus drawing its own HiFT noise
+# gives |lag1| <= 0.006, flatness >= 0.989, |ref_corr| <= 0.01 (short, medium, long); the smooth-sine fault (a
+# wrong phase) lag1 0.97, flatness 0.000, ref_corr -0.64..-0.72; a 1 % gain ref_corr 1.000. The limits sit between.
+NOISE_MAX_LAG1 = 0.2
+NOISE_MIN_FLATNESS = 0.5
+NOISE_MAX_REF_CORR = 0.2
+# A difference confined to the edges (parity.diff_shape.edge_profile): frames above the interior's level only
+# within the 8 at either end, and the interior at most a tenth of the largest difference. mlx-audio-plus's
+# zero-padded STFT, fixture bundles: 2 frames at each end (of 2881 / 9601 / 26401), the largest edge difference
+# 1.56 / 1.09 / 2.2 (0.66 single-call streaming, long), the interior (the source's own rounding, which passes its
+# floor) 0.02 % / 0.5 % / 1.7 % of it (4 %, long, streaming).
+EDGE_INTERIOR_REL = 0.1
+
+
+def noise_like(nl: dict | None) -> bool:
+    """The difference statistics of :func:`parity.diff_shape.noise_likeness` say: independent white noise."""
+    if not nl:
+        return False
+    lag1, flat, corr = nl.get("lag1"), nl.get("flatness"), nl.get("ref_corr")
+    if not all(isinstance(v, float) and v == v for v in (lag1, flat, corr)):
+        return False
+    return abs(lag1) <= NOISE_MAX_LAG1 and flat >= NOISE_MIN_FLATNESS and abs(corr) <= NOISE_MAX_REF_CORR
+
+
+def edge_confined(edge: dict | None) -> bool:
+    """The difference of :func:`parity.diff_shape.edge_profile` lies in a few frames at the ends only."""
+    if not edge or not edge.get("max"):
+        return False
+    h, t, inner = edge.get("head", 0), edge.get("tail", 0), edge.get("interior_max", edge["max"])
+    return h + t > 0 and isinstance(inner, float) and inner <= EDGE_INTERIOR_REL * edge["max"]
+
+
+NOISE_REMEDY = ("share the reference's HiFT noise: hift_rand_ini [1, 9] float32 (the initial phases of the 9 harmonics; "
+                "entry 0 is 0) and hift_sine_noise [1, samples, 9] float32 (sample-major: row i is "
+                "output sample i, column h harmonic h; uniform in [0, 1), added as noise_amp * noise, not Gaussian; "
+                "the first `samples` rows of upstream's 7.2M-row buffer), both in the file `parity noise export` "
+                "writes next to rand_noise; use them where SineGen2 draws its initial phases and its sine noise")
+
+
+def _noise_message(nl: dict, tail: str) -> str:
+    return (f"source differs by noise while f0 matches: the difference is white and independent of the signal "
+            f"(lag-1 autocorrelation {nl['lag1']:.2f}, spectral flatness {nl['flatness']:.2f}, correlation with "
+            f"the source {nl['ref_corr']:.2f}, rms {nl['rms']:.3g}): the candidate's HiFT draws its own random "
+            f"numbers. Remedy: {NOISE_REMEDY}" + tail)
+
+
 def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
               local_stages: dict[str, StageResult]) -> tuple[str, str]:
     """(code, message) for the first failing stage."""
@@ -305,10 +429,105 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
                                          f"limit, judged on the target frames" + tail)
         return "flow_mel_mismatch", EXPLAIN["flow_mel_mismatch"] + tail
     if is_vocoder_stage(name):
+        if name == "source" and _passes(by_name, "f0"):
+            nl = m.get("difference") if isinstance(m.get("difference"), dict) else None
+            if noise_like(nl):
+                return "vocoder_noise_not_shared", _noise_message(nl, tail)
+        edge = m.get("edge") if isinstance(m.get("edge"), dict) else None
+        if name == "s_stft" and _passes(by_name, "source") and edge_confined(edge):
+            return "stft_padding_mismatch", (
+                f"s_stft differs only in its first {edge['head']} and last {edge['tail']} of {edge['frames']} frames "
+                f"(interior max |diff| {edge['interior_max']:.3g}, edges up to {edge['max']:.3g}) while the source "
+                f"matches: the centred STFT pads the signal differently (upstream's torch.stft(center=True) reflects "
+                f"n_fft/2 samples at each end; zero padding differs in exactly these frames)" + tail)
         fm = _passes(by_name, "flow_mel")
         lead = "the flow mel matches; " if fm else ""
-        return "vocoder_divergence", f"{lead}the vocoder diverges at {name}" + tail
+        where = (f"; the difference is confined to the first {edge['head']} and last {edge['tail']} of "
+                 f"{edge['frames']} frames (an edge effect: padding)" if edge_confined(edge) else "")
+        return "vocoder_divergence", f"{lead}the vocoder diverges at {name}{where}" + tail
     return "stage_mismatch", f"{name} differs" + tail
+
+
+def compared_inputs(name: str, by_name: dict[str, StageResult], _seen: set | None = None) -> list[str] | None:
+    """The nearest compared stages ``name`` is computed from (:func:`parity.stages.stage_inputs`, looking through
+    stages that were not compared); None when its data flow is not in the table."""
+    direct = stage_inputs(name, by_name)
+    if direct is None:
+        return None
+    seen = set() if _seen is None else _seen
+    out: list[str] = []
+    for i in direct:
+        if i in seen:
+            continue
+        seen.add(i)
+        e = by_name.get(i)
+        if e is not None and e.compared:
+            out.append(i)
+        else:
+            out.extend(compared_inputs(i, by_name, seen) or [])
+    return list(dict.fromkeys(out))
+
+
+def divergences(failing: list[StageResult], by_name: dict[str, StageResult]) -> tuple[list[StageResult], dict]:
+    """(roots, {root: [its downstream stages]}) of the failing stages (in pipeline order): a failing stage with a
+    failing input is downstream of that input's root(s); one whose inputs all pass is a root. A stage outside the
+    data-flow table is downstream of the latest earlier root."""
+    roots: list[StageResult] = []
+    root_of: dict[str, list[str]] = {}
+    below: dict[str, list[str]] = {}
+    for s in failing:
+        ins = compared_inputs(s.name, by_name)
+        if ins is None:
+            parents = [roots[-1].name] if roots else []
+        else:
+            parents = list(dict.fromkeys(r for i in ins if by_name[i].status == "fail" for r in root_of.get(i, [])))
+        if parents:
+            root_of[s.name] = parents
+            for r in parents:
+                below.setdefault(r, []).append(s.name)
+        else:
+            roots.append(s)
+            root_of[s.name] = [s.name]
+    return roots, below
+
+
+def vanishes_at(name: str, by_name: dict[str, StageResult]) -> str | None:
+    """The key output (:func:`parity.stages.key_stage_of`) where a divergence at ``name`` is seen to vanish: it was
+    compared and passes; None when it fails, was not compared, or is ``name`` itself."""
+    key = key_stage_of(name)
+    e = by_name.get(key) if key else None
+    if key is None or key == name or e is None or not e.compared or e.status == "fail":
+        return None
+    return key
+
+
+def time_grid_findings(stages: list[StageResult]) -> list[Finding]:
+    """Information: the candidate's time grid differs from the reference's by rounding (judged in grid units,
+    :mod:`parity.floor.judge`), and which step stages passed against the reference re-run at its grid
+    (:mod:`parity.time_grid`)."""
+    from .floor.judge import TIME_GRID_UNIT, is_time_grid
+
+    grid = [s for s in stages if is_time_grid(s.name) and s.status == "pass"
+            and isinstance((s.metrics or {}).get("max_abs_err"), float) and s.metrics["max_abs_err"] > 0]
+    rejudged = [s for s in stages if isinstance(s.extra.get("against_reference"), dict)]
+    if not grid and not rejudged:
+        return []
+    units = max((s.metrics["max_abs_err"] / TIME_GRID_UNIT for s in grid), default=0.0)
+    msg = ""
+    if grid:
+        msg = (f"the candidate's time grid differs from the reference's by rounding at {', '.join(s.name for s in grid)}"
+               f" (at most {units:.2g} units of 2^-23, the grid's last bit: t read from the grid rather than "
+               f"accumulated, or another library's cosine; legitimate)")
+    if rejudged:
+        parts = []
+        for s in rejudged:
+            was = s.extra["against_reference"]
+            parts.append(f"{s.name} {was.get('ratio'):.2g}x -> {s.ratio:.2g}x" if isinstance(was.get("ratio"), float)
+                         and isinstance(s.ratio, float) else s.name)
+        msg += (("; " if msg else "") + "judged against the reference re-run at the candidate's grid, these pass "
+                "(the time embedding amplifies the grid's rounding): " + ", ".join(parts))
+    return [_f("time_grid_rounding", (grid or rejudged)[0].name, "info", msg,
+               {"steps": [s.name for s in grid], "rejudged": [s.name for s in rejudged], "max_units": units})]
 
 
 def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: list[StepRow],
@@ -355,17 +574,25 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
             msg = f"candidate trace is incomplete (the run was killed); it stops before {at}"
         out.append(_f("candidate_crashed", at, "failure", msg, {"error": err, "last_recorded": last,
                                                                 "missing_stages": missing[:50]}))
-    # the first failing stage, classified
+    # the divergences (failing stages whose inputs pass), each classified; the ones that vanish ranked last
     failing = [s for s in stages if s.status == "fail"]
-    first = failing[0] if failing else None
-    if first is not None:
-        code, msg = _classify(first.name, first, by_name, local_stages)
-        out.append(_f(code, first.name, "failure", msg, _num_ev(first)))
-        later = [s.name for s in failing[1:]]
+    roots, below = divergences(failing, by_name)
+    for root in roots:
+        code, msg = _classify(root.name, root, by_name, local_stages)
+        ev = _num_ev(root)
+        gone = vanishes_at(root.name, by_name)
+        if gone:
+            msg += (f"; the difference vanishes downstream ({gone} passes): a note, not the first divergence "
+                    f"that matters")
+            ev.update(rank=1, vanishes_at=gone)
+        out.append(_f(code, root.name, "failure", msg, ev))
+        later = below.get(root.name) or []
         if later:
             out.append(_f("downstream_failures", later[0], "info",
-                          f"{len(later)} later stages also fail (downstream of {first.name}): "
-                          + ", ".join(later[:8]) + (" ..." if len(later) > 8 else ""), {"stages": later}))
+                          f"{len(later)} later stages fail downstream of {root.name} (each has a failing input): "
+                          + ", ".join(later[:8]) + (" ..." if len(later) > 8 else ""),
+                          {"stages": later, "root": root.name}))
+    out.extend(time_grid_findings(stages))
     # the vocoder driven by the reference's own mel: its own divergence, independent of the flow's
     loc_voc = [e for n, e in sorted(local_stages.items(), key=lambda kv: position(kv[0]))
                if is_vocoder_stage(n) and e.status == "fail"]
@@ -388,7 +615,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
         blk = ""
         if st and st[1].startswith("block"):
             blk = f" (step {st[0]}, DiT {st[1]})"
-        if not (first is not None and first.name == s0.name):
+        if s0.name not in {r.name for r in roots}:
             out.append(_f("nonfinite_origin", s0.name, "failure",
                           f"non-finite values first appear at {s0.name}{blk}", {"stages": [s.name for s in nf][:20]}))
         elif blk:
@@ -397,28 +624,34 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     # error growth across steps
     grows = [r for r in steps if r.growth is not None and r.growth > 1.0]
     if steps and any(r.local.get("x") is not None for r in steps):
-        amp = [r.step for r in steps if r.status.get("x") == "fail" and r.local.get("x") is not None
-               and by_name.get(f"step{r.step}.x") and local_stages.get(f"step{r.step}.x") is not None
-               and local_stages[f"step{r.step}.x"].status == "pass"]
+        amp = [r for r in steps if r.status.get("x") == "fail" and r.local.get("x") is not None
+               and by_name.get(r.stage("x")) and local_stages.get(r.stage("x")) is not None
+               and local_stages[r.stage("x")].status == "pass"]
         if amp:
-            k = amp[0]
+            first_amp = amp[0]
+            last = [r for r in steps if r.chunk == first_amp.chunk][-1]
             ratio = None
-            if steps[-1].acc.get("x") and steps[-1].local.get("x"):
-                ratio = steps[-1].acc["x"] / max(steps[-1].local["x"], 1e-30)
-            out.append(_f("error_amplification", f"step{k}.x", "warning",
-                          f"from step {k} on the accumulated error exceeds the tolerance while each step's own error "
-                          f"is within it" + (f"; at the last step accumulated/local = {ratio:.3g}x" if ratio else ""),
-                          {"steps": amp}))
+            if last.acc.get("x") and last.local.get("x"):
+                ratio = last.acc["x"] / max(last.local["x"], 1e-30)
+            out.append(_f("error_amplification", first_amp.stage("x"), "warning",
+                          f"from {first_amp.where} on the accumulated error exceeds the tolerance while each step's "
+                          f"own error is within it" + (f"; at the last step accumulated/local = {ratio:.3g}x"
+                                                       if ratio else ""), {"steps": [r.step for r in amp]}))
     if grows:
         worst = max(grows, key=lambda r: r.growth)
-        out.append(_f("error_growth", f"step{worst.step}.x", "info",
-                      f"accumulated x error grows up to {worst.growth:.3g}x per step (step {worst.step})",
-                      {"growth": {r.step: r.growth for r in steps if r.growth is not None}}))
-    # fp16/bf16 overflow risk from the reference's magnitudes
+        same = [r for r in steps if r.chunk == worst.chunk and r.growth is not None]
+        out.append(_f("error_growth", worst.stage("x"), "info",
+                      f"accumulated x error grows up to {worst.growth:.3g}x per step ({worst.where})",
+                      {"growth": {r.step: r.growth for r in same}}
+                      | ({"chunk": worst.chunk} if worst.chunk is not None else {})))
+    # fp16/bf16 overflow risk from the reference's magnitudes (activations only: token ids, offsets and flags
+    # are integers, which a port does not compute in fp16; their hazard is exactness, below)
     if precision in FP_MAX:
         lim = FP_MAX[precision]
         risky = []
         for s in stages:
+            if integer_stage(s):
+                continue
             rs = s.ref_stats or {}
             mx = max(abs(rs.get("min") or 0.0), abs(rs.get("max") or 0.0)) if rs else 0.0
             if mx and mx > lim / 64:
@@ -428,6 +661,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
             out.append(_f("overflow_risk", risky[0][0], "warning",
                           f"{precision} range is +-{lim:.5g}; the reference reaches {mx:.4g} at {nm} "
                           f"({len(risky)} stages within 64x of the limit)", {"stages": dict(risky[:20])}))
+    out.extend(token_exactness_findings(stages))
     # presence
     miss = [s.name for s in stages if s.status == "missing"]
     if miss and status not in ("crashed", "incomplete"):
@@ -438,7 +672,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     if req:
         out.append(_f("stage_missing_required", req[0], "failure", f"required stages absent: {', '.join(req)}"))
     # the stages a user cares most about: absent, the comparison says nothing about what is heard
-    key_missing = [n for n in KEY_STAGES if n not in cand.tensors]
+    key_missing = [n for n in key_stages(list(ref.tensors) + list(cand.tensors)) if n not in cand.tensors]
     if key_missing and status not in ("crashed", "incomplete"):
         neither = [n for n in key_missing if n not in ref.tensors]
         who = "neither trace holds" if len(neither) == len(key_missing) else "the candidate lacks"
@@ -453,6 +687,44 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     if audio and audio.get("comparable"):
         out.extend(_audio_findings(audio))
     return sorted(out, key=Finding.sort_key)
+
+
+_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
+# the largest integer up to which every integer is exact in a float format: 2^(significand bits + 1)
+EXACT_INT = {"float16": 2048, "bfloat16": 256, "float32": 1 << 24}
+
+
+def integer_stage(s: StageResult) -> bool:
+    """A stage whose values are integers by meaning (token ids, a call's token offset and flags) or by dtype:
+    never judged for fp16/bf16 range."""
+    dts = {(st or {}).get("dtype") for st in (s.ref_stats, s.cand_stats)} - {None}
+    if dts and dts <= set(_INT_DTYPES):
+        return True
+    rule_stage = session_rule_stage(s.name) or s.name
+    return rule_stage in ("token", "prompt_token") or layout(s.name).kind == "tokens"
+
+
+def token_exactness_findings(stages: list[StageResult]) -> list[Finding]:
+    """A side that holds token ids in a float format cannot hold every id exactly: float16 only up to 2048,
+    bfloat16 only up to 256 (CosyVoice 3 speech tokens go up to 6560). Said only where it applies: the ids are
+    stored in such a dtype and reach beyond its exact range."""
+    out = []
+    for s in stages:
+        if layout(s.name).kind != "tokens":  # token, prompt_token, chunk{c}.tokens
+            continue
+        for side, st in (("candidate", s.cand_stats), ("reference", s.ref_stats)):
+            dt = (st or {}).get("dtype")
+            exact = EXACT_INT.get(dt)
+            vals = [abs(v) for v in ((s.ref_stats or {}).get("max"), (s.ref_stats or {}).get("min"),
+                                     (st or {}).get("max"), (st or {}).get("min")) if isinstance(v, (int, float))]
+            reach = max(vals) if vals else None
+            if exact is None or reach is None or reach <= exact:
+                continue
+            out.append(_f("token_ids_inexact", s.name, "warning",
+                          f"the {side} stores {s.name} as {dt}, which holds integers exactly only up to {exact}; "
+                          f"the ids reach {reach:.0f}, so ids above {exact} are rounded (keep token ids in an "
+                          f"integer dtype)", {"side": side, "dtype": dt, "exact_up_to": exact, "max_id": reach}))
+    return out
 
 
 def _audio_findings(a: dict) -> list[Finding]:

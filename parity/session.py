@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from reference.bundle import bundle_dims, load_bundle
+from reference.errors import InputError
 from reference.probe import Probe
 
 from .capture import Recorder
@@ -37,6 +38,7 @@ from .result import Comparison
 from .runner import Progress, RunResult, run_to_trace
 from .stages import STEP_OUTPUTS, VOCODER_OUTPUTS
 from .streaming_mask import check as check_mask
+from .time_grid import check as check_time_grid
 from .trace import write_trace
 
 
@@ -315,6 +317,8 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
         off_l = Loaded(off.tensors, off.metadata, f"<reference {bundle.stem}-offline>")
     t3 = time.perf_counter()
     mask = check_mask(model, ref_res.tensors, cand_res.tensors, streaming=mode.streaming) if mask_check else None
+    grid = None if mode.is_session else check_time_grid(model, ref_res.tensors, cand_res.tensors,
+                                                        streaming=mode.streaming)
     t3m = time.perf_counter()
     ref_l = Loaded(ref_res.tensors, ref_res.metadata, str(ref_path or f"<reference {stem}>"))
     cand_l = Loaded(cand_res.tensors, cand_res.metadata, str(cand_path or f"<candidate {stem}>"))
@@ -326,7 +330,7 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
                                reference=ref_res.tensors, options=mode.options)
     t3f = time.perf_counter()
     result = compare_loaded(ref_l, cand_l, policy or load_policy(), CompareOptions(allow_trim=allow_trim), loc_l,
-                            mask_check=mask, offline=off_l, floor=floor)
+                            mask_check=mask, offline=off_l, floor=floor, time_grid=grid)
     t4 = time.perf_counter()
     blocks = bool(patterns and "block" in str(patterns))
     if mode.is_session and hasattr(cand, "expected_session_stage"):
@@ -388,17 +392,30 @@ class Session:
         return self.models[spec]
 
     def candidate(self, model, profile: str | None, faults=(), device: str = "cpu", label: str | None = None,
-                  overrides: dict | None = None):
+                  overrides: dict | None = None, port_noise: str = "shared"):
         """The candidate for ``profile`` (built-in or ``[tool.parity.profiles]``) plus ``faults`` and switch
         ``overrides`` (e.g. :meth:`parity.onnx_options.OnnxOptions.overrides`) on ``model``, built once per
-        session."""
+        session. A port's name (:data:`parity.ports.PORTS`) gives that port driven by its adapter
+        (:class:`parity.ports.candidate.PortCandidate`), with the noise ``port_noise`` shares with it; faults,
+        switch overrides and other devices do not apply to a port's own code."""
         from candidate.pipeline import CandidateToken2Wav
         from candidate.switches import switches_from
 
         from .onnx_options import check_overrides, name_suffix
+        from .ports import is_port, port_candidate
 
         faults = tuple(faults or ())
         overrides = dict(overrides or {})
+        if is_port(profile):
+            what = [w for w, v in (("--fault", faults), ("ONNX options", overrides), (f"--device {device}",
+                                                                                      device != "cpu")) if v]
+            if what:
+                raise InputError(f"profile {profile!r} is a port: {' and '.join(what)} act on the harness's own "
+                                 f"candidate pipeline, not on a port's code")
+            key = (id(model), "port", profile, port_noise, label)
+            if key not in self.candidates:
+                self.candidates[key] = port_candidate(model, profile, port_noise, label)
+            return self.candidates[key]
         key = (id(model), profile, faults, device, label, tuple(sorted(overrides.items())))
         if key not in self.candidates:
             over = {"device": device} if device != "cpu" else {}

@@ -32,6 +32,8 @@ GOLDEN_STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "s
 # the two stages a user cares most about: the mel the flow hands the vocoder, and what is heard; a comparison
 # without them warns (and fails under --require-stages)
 KEY_STAGES = ("flow_mel", "audio")
+# their counterparts in a streaming session: the cumulative mel the vocoder calls were fed, the emitted stream
+SESSION_KEY_STAGES = {"flow_mel": "stream.mel", "audio": "stream.audio"}
 # progress lines: the stages whose arrival is worth a line (besides every step's x)
 PROGRESS_MARKS = {"flow_mel": "flow done", "f0": "vocoder: F0", "audio": "vocoder done"}
 
@@ -133,6 +135,90 @@ def is_vocoder_stage(name: str) -> bool:
     return position(name)[0] in (4, 5, 6)
 
 
+# ---------------------------------------------------------------------------------------------
+# data flow: which stages each canonical single-call stage is computed from (diagnosis: a failing stage is
+# downstream of a divergence only when one of its inputs fails too)
+
+_HIFT_PART_RE = re.compile(r"^hift\.(ups|source_down|fusion|resblocks)(\d+)$")
+
+
+def stage_inputs(name: str, present=()) -> tuple[str, ...] | None:
+    """The canonical stages ``name`` is computed from, directly: () for the inputs, ``x0`` (the noise) and the time
+    grid (``step{k}.t/dt``); None for names outside the single-call table (session stages, unknown names).
+    ``present``: the stage names of the two traces, to resolve "the last" (step, block, HiFT stage): the flow mel is
+    the last step's ``x``; ``v1``/``v2`` also depend on the step's captured DiT blocks; the vocoder's
+    ``hift.conv_post`` on the last captured ``hift.resblocks{i}``, else directly on ``conv_pre`` and ``s_stft``."""
+    present = set(present)
+    if name in INPUTS or name == "x0":
+        return ()
+    if name == "mu":
+        return ("token", "prompt_token")
+    if name == "spks":
+        return ("embedding",)
+    if name == "cond":
+        return ("prompt_feat",)
+    st = parse_step(name)
+    if st:
+        k, field = st
+        prev = "x0" if k == 1 else f"step{k - 1}.x"
+        step_in = (prev, f"step{k}.t", "mu", "spks", "cond")
+        if field in ("t", "dt"):
+            return ()
+        b = _BLOCK_RE.match(field)
+        if b:
+            i = int(b.group(1))
+            return (f"step{k}.block{i - 1}",) if i > 0 else step_in
+        if field in ("v1", "v2"):
+            blocks = sorted((n for n in present if (parse_step(n) or (0, ""))[0] == k
+                             and _BLOCK_RE.match(parse_step(n)[1])), key=position)
+            return step_in + (blocks[-1],) if blocks else step_in
+        if field == "v_cfg":
+            return (f"step{k}.v1", f"step{k}.v2")
+        if field == "x":
+            return (prev, f"step{k}.dt", f"step{k}.v_cfg")
+        return None
+    if name == "flow_mel":
+        ks = [parse_step(n)[0] for n in present if parse_step(n)]
+        return (f"step{max(ks)}.x",) if ks else ("x0", "mu", "spks", "cond")
+    if name in ("f0", "conv_pre"):
+        return ("flow_mel",)
+    if name == "source":
+        return ("f0",)
+    if name == "s_stft":
+        return ("source",)
+    m = _HIFT_PART_RE.match(name)
+    if m:
+        part, i = m.group(1), int(m.group(2))
+        if part == "ups":
+            return ("conv_pre",) if i == 0 else (f"hift.resblocks{i - 1}",)
+        if part == "source_down":
+            return ("s_stft",)
+        if part == "fusion":
+            return (f"hift.ups{i}", f"hift.source_down{i}")
+        return (f"hift.fusion{i}",)
+    if name == "hift.conv_post":
+        res = sorted((n for n in present if _HIFT_PART_RE.match(n) and n.startswith("hift.resblocks")), key=position)
+        return (res[-1],) if res else ("conv_pre", "s_stft")
+    if name in ("magnitude", "phase"):
+        return ("hift.conv_post",)
+    if name == "audio_preclamp":
+        return ("magnitude", "phase")
+    if name == "audio":
+        return ("audio_preclamp",)
+    return None
+
+
+def key_stage_of(name: str) -> str | None:
+    """The key output a divergence at ``name`` must reach to matter: ``flow_mel`` for the flow's stages (inputs,
+    front end, ODE steps, the mel itself), ``audio`` for the vocoder's; None outside the single-call table."""
+    pos = position(name)
+    if pos[0] in (0, 1, 2, 3):
+        return "flow_mel"
+    if pos[0] in (4, 5, 6):
+        return "audio"
+    return None
+
+
 def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True) -> list[str]:
     """The canonical stages a complete trace holds (used to name where a crashed run stopped)."""
     out = list(INPUTS) + list(FRONT)
@@ -149,10 +235,10 @@ def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True)
 # streaming session stages (reference/session.py): ``chunk{c}.<field>`` per call c of the loop (the final
 # call has the last index), the flow's own stages under the chunk prefix for the chunks whose ODE steps
 # were recorded, then the whole stream. Order: inputs, then chunk by chunk (control, flow stages,
-# flow_mel_full, mel, audio), then stream.mel, stream.audio.
+# flow_mel_full, mel, the vocoder call's f0, audio), then stream.mel, stream.audio.
 
 CHUNK_CONTROL = ["tokens", "token_offset", "finalize", "streaming"]
-CHUNK_OUTPUTS = ["mel", "audio"]
+CHUNK_OUTPUTS = ["mel", "f0", "audio"]  # recording order: the appended frames, the vocoder call's F0, its samples
 STREAM_STAGES = ["stream.mel", "stream.audio"]
 # capture patterns of a streaming session: per-call control, the flow's own stages of the recorded chunks,
 # each call's outputs, the stream
@@ -174,6 +260,14 @@ def chunk_stage(c: int, field: str) -> str:
 
 def is_session_stage(name: str) -> bool:
     return parse_chunk(name) is not None or name in STREAM_STAGES
+
+
+def key_stages(names) -> tuple[str, ...]:
+    """The stages a user cares most about for traces holding ``names``: ``flow_mel`` and ``audio`` for one
+    call, ``stream.mel`` and ``stream.audio`` for a streaming session (its chunk stages name it one)."""
+    if any(is_session_stage(n) for n in names):
+        return tuple(SESSION_KEY_STAGES[k] for k in KEY_STAGES)
+    return KEY_STAGES
 
 
 def session_position(name: str) -> tuple:
