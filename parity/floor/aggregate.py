@@ -154,15 +154,28 @@ def build_stages(base: dict, stats: dict[str, dict[str, PairStats]], members, ga
     return out
 
 
-def max_ratio(stages: dict[str, StageFloor], ref: dict, other: dict) -> tuple[float, str, str]:
-    """(largest gated ratio over the stages, its stage, its statistic) of ``other`` against ``ref``."""
-    best = (0.0, "", "")
+def stage_ratios(stages: dict[str, StageFloor], ref: dict, other: dict, stats: dict | None = None) -> dict:
+    """{stage: (largest gated ratio, its statistic)} of ``other`` against ``ref`` (``stats``: their PairStats by stage
+    when known, e.g. a member against the plain run)."""
+    out = {}
     for name, sf in stages.items():
         if name not in ref or name not in other:
             continue
-        v = judge_stage(sf, ref[name], other[name], math.inf)
-        if v.ratio is not None and v.ratio > best[0]:
-            best = (v.ratio, name, v.statistic or "")
+        v = judge_stage(sf, ref[name], other[name], math.inf, (stats or {}).get(name))
+        if v.ratio is not None:
+            out[name] = (v.ratio, v.statistic or "")
+    return out
+
+
+def max_ratio(stages: dict[str, StageFloor], ref: dict, other: dict, stats: dict | None = None,
+              table: dict | None = None) -> tuple[float, str, str]:
+    """(largest gated ratio over the stages, its stage, its statistic) of ``other`` against ``ref`` (``table``: a
+    :func:`stage_ratios` result already computed)."""
+    table = table if table is not None else stage_ratios(stages, ref, other, stats)
+    best = (0.0, "", "")
+    for name in stages:
+        if name in table and table[name][0] > best[0]:
+            best = (table[name][0], name, table[name][1])
     return best
 
 

@@ -171,11 +171,11 @@ def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: Preci
                 glitch_scores[m.name] = G.scores(tens, base, sr)
     gates = _gates(kind, base, stats, members)
     stages = AG.build_stages(base, stats, members, gates, blocks)
-    samples = _k_samples(base, stages, stats, members, kept, gates, blocks)
-    k, basis = AG.choose_k(samples)
     core = {n: sf for n, sf in stages.items() if not is_block_stage(n)}
+    samples, samples_core = _k_samples(base, stages, stats, members, kept, gates, blocks, core)
+    k, basis = AG.choose_k(samples)
     if len(core) < len(stages):  # k for a comparison without the DiT blocks and the HiFT internals: its own samples
-        kc, bc = AG.choose_k(_k_samples(base, core, stats, members, kept, gates, blocks))
+        kc, bc = AG.choose_k(samples_core)
         basis["core"] = {"k": kc, "stages": "every stage but the DiT blocks and the HiFT internals",
                          **{x: bc[x] for x in ("largest", "gumbel_quantile", "n_samples", "worst")}}
     per_member = {m.name: {n: [s.max_abs, s.rel_l2] for n, s in stats[m.name].items()} for m in members}
@@ -209,27 +209,32 @@ def _gates(kind: str, base: dict, stats: dict, members: list[Member]) -> dict:
     return out
 
 
-def _k_samples(base, stages, stats, members, kept, gates, blocks) -> list[dict]:
-    samples = []
+def _k_samples(base, stages, stats, members, kept, gates, blocks, core=None) -> tuple[list[dict], list[dict]]:
+    """The held-out samples of the k choice over all ``stages`` and over the ``core`` stages (one ratio table per
+    sample serves both; a member against the plain run reuses its statistics)."""
+    samples, samples_core = [], []
+
+    def add(label, table, stg):
+        for out, sub in ((samples, stg), (samples_core, core if core is not None else stg)):
+            r, st, stat = AG.max_ratio(sub, None, None, table=table)
+            out.append({"sample": label, "ratio": r, "stage": st, "statistic": stat})
+
     held = [m for m in members if m.role == "held-out"]
     for m in held:
-        r, st, stat = AG.max_ratio(stages, base, kept[m.name])
-        samples.append({"sample": f"{m.name} vs plain", "ratio": r, "stage": st, "statistic": stat})
+        add(f"{m.name} vs plain", AG.stage_ratios(stages, base, kept[m.name], stats[m.name]), stages)
     by_fam: dict = {}
     for m in held:
         by_fam.setdefault(m.family, []).append(m.name)
     for fam, names in by_fam.items():
         for a, b in zip(names, names[1:] + names[:1]):
             if a != b:
-                r, st, stat = AG.max_ratio(stages, kept[a], kept[b])
-                samples.append({"sample": f"{b} vs {a}", "ratio": r, "stage": st, "statistic": stat})
+                add(f"{b} vs {a}", AG.stage_ratios(stages, kept[a], kept[b]), stages)
     for m in members:
         if m.role == "fit" and m.seed is None and m.name in kept:
             rest = [x for x in members if x.name != m.name]
             loo = {n: sf for n, sf in AG.build_stages(base, stats, rest, gates, blocks).items() if n in stages}
-            r, st, stat = AG.max_ratio(loo, base, kept[m.name])
-            samples.append({"sample": f"{m.name} left out", "ratio": r, "stage": st, "statistic": stat})
-    return samples
+            add(f"{m.name} left out", AG.stage_ratios(loo, base, kept[m.name], stats[m.name]), loo)
+    return samples, samples_core
 
 
 def estimate_floor(model, inputs: dict, *, streaming: bool = False, finalize: bool = True,

@@ -121,13 +121,14 @@ def _domain_eps(statistic: str) -> float:
     return CENTS_EPS if "cents" in statistic else U32
 
 
-def judge_stage(sf: StageFloor, ref: torch.Tensor, cand: torch.Tensor, k: float) -> StageVerdict:
-    """One stage: ``cand`` against ``ref`` in units of the stage floor ``sf``."""
+def judge_stage(sf: StageFloor, ref: torch.Tensor, cand: torch.Tensor, k: float, stats=None) -> StageVerdict:
+    """One stage: ``cand`` against ``ref`` in units of the stage floor ``sf``. ``stats``: the pair's
+    :class:`PairStats` when the caller has them already (the floor's own members: cut into the floor's blocks)."""
     if tuple(cand.shape) != tuple(ref.shape) or tuple(ref.shape) != tuple(sf.shape):
         return StageVerdict(sf.name, "shape", detail=f"shapes: floor {list(sf.shape)}, reference {list(ref.shape)}, "
                                                      f"candidate {list(cand.shape)}")
     domain = bool(sf.extra)
-    st = pair_stats(sf.name, ref, cand, sf.n_blocks, domain=domain)
+    st = stats if stats is not None else pair_stats(sf.name, ref, cand, sf.n_blocks, domain=domain)
     if not st.finite:
         return StageVerdict(sf.name, "nonfinite", math.inf, "finite", math.inf, None,
                             detail="non-finite values (NaN never passes, whatever the floor)")
@@ -148,16 +149,20 @@ def judge_stage(sf: StageFloor, ref: torch.Tensor, cand: torch.Tensor, k: float)
     if z:
         zero.append("rel_l2")
     worst_b, worst_r, env_zero, env_unit = None, -1.0, False, None
-    for b, (e, f, s) in enumerate(zip(st.envelope, sf.envelope, sf.block_scale)):
+    if st.envelope:  # per block, vectorised: the first block with the largest ratio, as a loop would find it
+        e = torch.tensor(st.envelope, dtype=torch.float64)
+        f = torch.tensor(sf.envelope, dtype=torch.float64)
+        sc = torch.tensor(sf.block_scale, dtype=torch.float64)
         if grid:
-            ub = TIME_GRID_UNIT * max(s, 1.0)
-            rb, zb = e / max(f, ub), f < ub
-            unit_b = ub if zb else f
+            ub = TIME_GRID_UNIT * sc.clamp_min(1.0)
+            zb, unit = f < ub, torch.maximum(f, ub)
         else:
-            rb, zb = _div(e, f, U32 * max(s, TINY))
-            unit_b = U32 * max(s, TINY) if zb else f
-        if rb > worst_r:
-            worst_b, worst_r, env_zero, env_unit = b, rb, zb, unit_b
+            zb = ~(f > 0)
+            unit = torch.where(zb, U32 * sc.clamp_min(TINY), f)
+        rb = e / unit
+        b = int(torch.argmax(torch.nan_to_num(rb, nan=-1.0)))
+        worst_b, worst_r, env_zero = b, float(rb[b]), bool(zb[b])
+        env_unit = float(ub[b]) if (grid and env_zero) else float(unit[b])
     ratios["envelope"] = max(worst_r, 0.0)
     units["envelope"] = env_unit
     if env_zero:
