@@ -16,9 +16,9 @@ options) and is judged as a session, with the session's floor (shipped beside th
 contrast, the flat rules. ``fp16-dump``: the fp16 suite (``mutations.FP16``: ports missing one of the upstream fp16
 fixes, accumulating in fp16, folding weight norm in fp16; and legitimate fp16 variants), each dumped without its
 switches or dtypes metadata and compared as ``parity compare ref port --precision fp16`` does: the envelope of the
-layout its stored dtypes show, against the flat fp16 rules. There ``first_changed`` is the first stage where the
-port differs from the same layout without its slip (the solver's own x0/t/dt excepted: a port whose solver runs
-in fp16 stores them rounded, and the flat rules judge them).
+layout its stored dtypes show, against the flat fp16 rules. There ``first_changed`` is the first stage the envelope
+judges where the port differs from the same layout without its slip (a port whose solver runs in fp16 stores the
+noise and the time grid rounded; the flat rules judge those).
 
 Per case:
 
@@ -160,18 +160,17 @@ def _line(row) -> str:
             + (f" (layout {row['floor']['layout']})" if row["floor"].get("layout") else ""))
 
 
-SOLVER_OWN = ("x0",)
-
-
-def _first_changed_fp16(twin: dict, cand: dict) -> str | None:
-    """The first stage where the port differs from its layout twin, the solver's own stages excepted."""
+def _first_changed_fp16(twin: dict, cand: dict, result) -> str | None:
+    """The first stage where the port differs from its layout twin, among the stages the envelope judges (a port
+    whose solver runs in fp16 stores the noise and the time grid rounded: the flat rules judge those)."""
     for n in sort_stages(set(twin) | set(cand)):
-        if n in SOLVER_OWN or n.endswith((".t", ".dt")):
+        st = result.stage(n)
+        if st is None or st.gate != "floor":
             continue
         if n not in twin or n not in cand:
             return n
-        a, b = twin[n], cand[n]
-        if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
+        a, b = twin[n], cand[n]  # values, not storage: an fp32-stored stage equal to the fp16 one is unchanged
+        if a.shape != b.shape or not torch.equal(a.double(), b.double()):
             return n
     return None
 
@@ -204,10 +203,10 @@ def run_fp16_dumps(model, bundle: Path, cases, floors: FloorStore, log) -> dict:
             trec = Recorder()
             CandidateToken2Wav(model, switches_from(case.profile), case.profile).run(inputs, Probe(trec))
             twins[case.profile] = trec.tensors
-        fc = _first_changed_fp16(twins[case.profile], dump.tensors) if case.kind == "mutation" else None
         choice = floors.for_trace(ref.metadata, ref.tensors, cand_meta=meta, precision="fp16",
                                   cand_tensors=dump.tensors)
         r = compare_loaded(ref, dump, policy, opts, floor=choice)
+        fc = _first_changed_fp16(twins[case.profile], dump.tensors, r) if case.kind == "mutation" else None
         flat = compare_loaded(ref, dump, policy, opts, floor=None)
         rows.append(_row(case, fc, r, flat, False, t0))
         log(_line(rows[-1]))

@@ -153,7 +153,8 @@ def test_a_new_bundle_gets_a_transferred_floor_that_says_so(model, tmp_path):
     f = ch.floor
     assert ch.source == "computed" and "transferred from the full floor of short" in ch.reason, ch.reason
     assert f.recipe["method"] == "transfer" and f.recipe["transfer"]["sources"] == [full.digest]
-    assert f.provenance["transfer"]["factor"] == TRANSFER_FACTOR and f.k == full.k
+    # k: the calibrating floor's, its core k here (the reference was captured without the blocks)
+    assert f.provenance["transfer"]["factor"] == TRANSFER_FACTOR and f.k == min(full.k, full.k_basis["core"]["k"])
     # the reference was captured without the blocks: the transferred floor covers what it has
     assert len(f.members) == 3 and set(f.stages) == {n for n in full.stages if n in ref}
     assert f.recipe["transfer"]["covers"] and "step*.block*" not in f.recipe["transfer"]["covers"]
