@@ -85,7 +85,8 @@ def first_changed(ref: dict, cand: dict) -> str | None:
     return None
 
 
-def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, log, session: bool = False) -> dict:
+def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, log, session: bool = False,
+             patterns=None) -> dict:
     from parity.session_runner import session_mode
 
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
@@ -107,7 +108,7 @@ def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, lo
         case.patch(cand, inputs)
         with threads(case.threads):
             res = run_case(model, cand, bundle, streaming=streaming, policy=policy, refs=refs, local=not session,
-                           profile_name=case.name, floors=floors, mode=run_mode_)
+                           profile_name=case.name, floors=floors, mode=run_mode_, patterns=patterns)
         ref, ct = res.ref_tensors, res.cand_tensors
         fc = first_changed(ref, ct)
         if case.kind == "control" and fc is not None:
@@ -121,7 +122,9 @@ def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, lo
                               if res.local_tensors else None)
         rows.append(_row(case, fc, r, flat, res.cand_meta.get("status") == "crashed", t0))
         log(_line(rows[-1]))
-    return {"mode": mode, "bundle": bundle.name, "floor": {"digest": floor.digest, "k": floor.k, "source": choice.source,
+    used = sorted({r["floor"]["k"] for r in rows if r["floor"]["k"] is not None})  # the k the verdicts applied
+    return {"mode": mode, "bundle": bundle.name, "floor": {"digest": floor.digest, "k": used[-1] if used else floor.k,
+                                                            "k_all_stages": floor.k, "source": choice.source,
                                                             "seconds": round(choice.seconds, 2),
                                                             "k_basis": {k: v for k, v in floor.k_basis.items()
                                                                         if k != "samples"}},
@@ -278,6 +281,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--bundle", default="short", help="fixture bundle name or a bundle path")
     ap.add_argument("--modes", default="offline,streaming", help="offline, streaming, session, fp16-dump")
     ap.add_argument("--session-bundle", default=str(ROOT / "fixtures" / "sessions" / "stream.safetensors"))
+    ap.add_argument("--stages", help="capture patterns of the single-call modes (e.g. '+step*.block*,+hift.*': the "
+                                     "DiT blocks and the HiFT internals, judged by the floor there)")
     ap.add_argument("--only", help="comma-separated case names")
     ap.add_argument("--no-controls", action="store_true")
     ap.add_argument("--cache-dir", help="floor cache directory (default: none, always recompute)")
@@ -319,7 +324,8 @@ def main(argv=None) -> dict:
             sb = Path(args.session_bundle)
             out["modes"].append(run_mode(model, sb, True, mine, floors, log, session=True))
         else:
-            out["modes"].append(run_mode(model, bundle, mode == "streaming", mine, floors, log))
+            out["modes"].append(run_mode(model, bundle, mode == "streaming", mine, floors, log,
+                                         patterns=args.stages))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     text = "\n\n".join(table(m) for m in out["modes"])
     print(text)

@@ -384,14 +384,20 @@ def decode(phase="sin", mag_clamp=MAGNITUDE_CLAMP, mag_exp=True):
         for i in range(g.num_upsamples):
             x = F.leaky_relu(x, g.cfg.lrelu_slope)
             x = g.ups[i](x)
+            probe(f"hift.ups{i}", x)
             if i == g.num_upsamples - 1:
                 x = F.pad(x, (1, 0), mode="reflect")
-            x = x + g.source_resblocks[i](g.source_downs[i](s_stft))
+            si = g.source_downs[i](s_stft)
+            probe(f"hift.source_down{i}", si)
+            x = x + g.source_resblocks[i](si)
+            probe(f"hift.fusion{i}", x)
             xs = g.resblocks[i * g.num_kernels](x)
             for j in range(1, g.num_kernels):
                 xs = xs + g.resblocks[i * g.num_kernels + j](x)
             x = xs / g.num_kernels
+            probe(f"hift.resblocks{i}", x)
         x = g.conv_post(F.leaky_relu(x))
+        probe("hift.conv_post", x)
         n_bins = g.n_fft // 2 + 1
         magnitude = torch.exp(x[:, :n_bins, :]) if mag_exp else x[:, :n_bins, :]
         magnitude = torch.clamp(magnitude, max=mag_clamp) if mag_clamp is not None else magnitude
