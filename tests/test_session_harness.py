@@ -118,12 +118,14 @@ def test_fp32_session_passes_with_the_inner_stages_rules(cases):
     r = cases["sdpa"].result
     assert r.verdict == "pass" and cases["sdpa"].name == "stream-fp32-sdpa-streaming-session"
     mel, aud = r.stage("chunk1.mel"), r.stage("chunk2.audio")
-    # no noise floor for a session's chunk stages: the flat rule of the inner stage decides, and says so
-    assert mel.rule["stage"] == "flow_mel" and mel.extra["rule_from"] == "flow_mel" and mel.gate == "flat"
-    assert "judged by the rule of flow_mel (flat gate)" in mel.detail
-    assert "no floors for the 'streaming' session kind" in r.floor["reason"]
-    assert aud.statistic == "snr_db" and aud.value > aud.limit == 30.0
-    assert r.stage("chunk0.step3.v1").rule["stage"] == "step*.v*" and r.stage("chunk3.tokens").statistic == "exact"
+    # the session's noise floor (shipped beside the session golden) judges its chunk stages; the inner stage's rule
+    # is still the one named (and would decide where the floor has no such stage)
+    assert mel.rule["stage"] == "flow_mel" and mel.extra["rule_from"] == "flow_mel" and mel.gate == "floor"
+    assert "judged by the rule of flow_mel (floor gate)" in mel.detail
+    assert r.floor["source"] == "shipped" and r.floor["key"]["session"]["kind"] == "streaming"
+    assert aud.gate == "floor" and aud.ratio < r.floor["k"] and not r.gates.get("flat")
+    tok = r.stage("chunk3.tokens")  # exact in every member: a zero floor, and the token rule's exactness kept too
+    assert r.stage("chunk0.step3.v1").rule["stage"] == "step*.v*" and tok.status == "pass" and tok.ratio == 0.0
     s = r.session
     assert s["schedules"]["equal"] and s["matched_by"] == "token offset" and len(s["chunks"]) == 4
     assert s["glitches"]["findings"] == [] and len(s["glitches"]["boundaries"]) == 3
@@ -158,8 +160,8 @@ def test_clicks_are_glitch_findings_naming_chunk_sample_and_time(cases):
     r = cases["hift"].result
     # the call's vocoder was fed the chunk's mel alone: the F0 it computed (chunk1.f0) is the first to differ
     assert r.first_divergence.stage == "chunk1.f0" and r.first_divergence.code == "chunk_vocoder_mismatch"
-    flux = [f for f in r.findings if f.code == "glitch_spectral_flux"]
-    assert flux and flux[0].stage == "chunk1.audio" and flux[0].severity == "warning"
+    flux = [f for f in r.findings if f.code == "glitch_spectral_flux"]  # by the session floor's glitch thresholds
+    assert flux and flux[0].stage == "chunk1.audio" and flux[0].severity == "failure"
     assert flux[0].evidence["boundary_sample"] == 32640 and flux[0].evidence["time_s"] == pytest.approx(1.36)
     missing = {f.stage: f.evidence["value"] for f in r.findings if f.code == "glitch_missing_samples"}
     assert missing == {"chunk1.audio": -3840.0, "chunk2.audio": -3840.0, "chunk3.audio": -3840.0}
