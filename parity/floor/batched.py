@@ -245,7 +245,7 @@ def split_members(tensors: dict, base: dict, n: int) -> list[dict]:
             b0 = ref.shape[0]
             v = t.reshape((b0, n) + tuple(t.shape[1:]))
             for i in range(n):
-                out[i][name] = v[:, i].clone()
+                out[i][name] = v[:, i]  # a view: no copy of the batch (statistics read it in place)
         elif tuple(t.shape) == tuple(ref.shape):
             for i in range(n):
                 out[i][name] = t

@@ -165,8 +165,8 @@ def _estimate(model, inputs: dict, kind: str, members: list[Member], spec: Preci
                 raise RuntimeError(f"floor member {m.name} did not record {', '.join(missing[:5])}")
             stats[m.name] = {n: pair_stats(n, base[n], tens[n], blocks[n], domain=domain and n in DOMAIN_GATES)
                              for n in base}
-            if m.role == "held-out" or m.seed is None:
-                kept[m.name] = tens
+            if m.role == "held-out" or m.seed is None:  # own copies: a batched member's stages are views of its batch
+                kept[m.name] = {n: t.clone() if len(group) > 1 else t for n, t in tens.items()}
             if session is not None and m.role == "fit":
                 glitch_scores[m.name] = G.scores(tens, base, sr)
     gates = _gates(kind, base, stats, members)
