@@ -1,6 +1,7 @@
 """What a floor costs against one reference run of the same bundle, measured interleaved (the machine's speed
-drifts within minutes): rounds of [plain reference run, floor variant, ...] in one process, one torch thread,
-nothing cached, ratios per round to the plain run of that round, medians over rounds.
+drifts within minutes): rounds of [plain, variant, plain, variant, plain, ...] in one process, one torch thread,
+nothing cached; each variant's ratio to the mean of the two plain runs around it, medians over rounds (the order
+of the variants alternates between rounds).
 
 Variants (``--variants``):
 
@@ -75,8 +76,10 @@ def main(argv=None) -> dict:
     out = {"preset": args.preset, "bundle": args.bundle, "streaming": args.streaming, "torch": torch.__version__,
            "calibrate_on": args.calibrate_on if cal else None, "rounds": []}
     for r in range(args.rounds):
-        row = {}
-        order = ["plain"] + (variants if r % 2 == 0 else variants[::-1])
+        row = {"plain_runs": []}
+        order = ["plain"]
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            order += [v, "plain"]  # every variant between two plain runs: its ratio to their mean
         for v in order:
             t0 = time.perf_counter()
             if v == "plain":
@@ -93,11 +96,21 @@ def main(argv=None) -> dict:
                 transferred_floor(model, inputs, [cal], streaming=args.streaming, recipe=recipe)
             else:
                 ap.error(f"unknown variant {v}")
-            row[v] = time.perf_counter() - t0
-            log(f"round {r + 1}: {v} {row[v]:.2f} s")
+            dt = time.perf_counter() - t0
+            if v == "plain":
+                row["plain_runs"].append(dt)
+            else:
+                row[v] = dt
+                row[f"{v}_plain_around"] = None  # filled once the next plain run is timed
+                pending = v
+            if v == "plain" and len(row["plain_runs"]) > 1:
+                a, b = row["plain_runs"][-2:]
+                row[f"{pending}_plain_around"] = (a + b) / 2
+            log(f"round {r + 1}: {v} {dt:.2f} s")
+        row["plain"] = statistics.median(row["plain_runs"])
         out["rounds"].append(row)
     med = {v: statistics.median(rw[v] for rw in out["rounds"]) for v in ["plain"] + variants}
-    ratio = {v: statistics.median(rw[v] / rw["plain"] for rw in out["rounds"]) for v in variants}
+    ratio = {v: statistics.median(rw[v] / rw[f"{v}_plain_around"] for rw in out["rounds"]) for v in variants}
     out["median_seconds"] = {k: round(x, 3) for k, x in med.items()}
     out["median_ratio_to_plain"] = {k: round(x, 2) for k, x in ratio.items()}
     log(json.dumps({"median_seconds": out["median_seconds"], "ratio": out["median_ratio_to_plain"]}))
