@@ -11,13 +11,15 @@ recipe):
 2. the shipped floors beside the golden traces (``fixtures/golden/*.floor.json.gz``, written by
    ``pytest --parity-update-golden``), found by digest;
 3. the on-disk cache (:class:`parity.floor.cache.FloorCache`);
-4. computed now (:func:`estimate_floor` / :func:`estimate_envelope`) when the model is at hand and computing
-   is allowed, then stored in the cache;
+4. computed now when the model is at hand and computing is allowed (:func:`transferred_floor` from a calibrating
+   full floor, else :func:`estimate_floor` / :func:`estimate_envelope`), then stored in the cache;
 5. none: the comparison falls back to the flat tolerances, and says why (:attr:`FloorChoice.reason`).
 
-Only the single-call modes have floors, recorded with the default capture patterns: stages outside them
-(per-block DiT outputs, HiFT internals, a streaming session's ``chunk{c}.*`` stages) are judged by the flat
-rules, and the verdict says so per stage.
+A floor covers every stage its runs record (a single call: the DiT blocks and the HiFT internals too; a streaming
+session: every call's stages and the stream, with its options in the key). A missing fp32 floor is transferred
+from a full floor of the same model and mode on another bundle when one exists (:mod:`parity.floor.transfer`),
+and a foreign reduced-precision dump gets the envelope of the layout it shows (:mod:`parity.floor.layout`). Stages
+outside a floor are judged by the flat rules, and the verdict says so per stage.
 """
 
 from __future__ import annotations
