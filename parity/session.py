@@ -293,9 +293,8 @@ def run_case(model, cand, bundle: str | Path, *, streaming: bool = False, finali
     """Reference (from ``refs`` when given) and candidate on one bundle, the candidate's step-local errors
     (``local``), in streaming mode the chunk-mask check (``mask_check``, :mod:`parity.streaming_mask`), the
     comparison. ``trace_dir``: keep both traces there (``<bundle>-<mode>-<profile>``). ``floors``: the
-    :class:`parity.floor.store.FloorStore` the candidate's floor (fp32 noise floor or precision envelope) comes
-    from (a multi-call session kind has none: its stages are judged by the flat tolerances, and the result says
-    so); None: the flat tolerances judge."""
+    :class:`parity.floor.store.FloorStore` the candidate's floor (fp32 noise floor or precision envelope; a
+    streaming session's floor over its calls and stream) comes from; None: the flat tolerances judge."""
     mode = mode or RunMode(streaming, finalize)
     bundle = Path(bundle)
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
