@@ -8,7 +8,7 @@ import torch
 from reference.model import Token2Wav, environment
 from reference.probe import NO_PROBE, Probe, as_probe
 
-from .faults import ActiveFaults, catalogue
+from .faults import ActiveFaults
 from .flow import CandidateFlow
 from .hift import CandidateHiFT
 from .provenance import KernelLog
@@ -136,7 +136,3 @@ class CandidateToken2Wav:
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor, finalize: bool = True, probe: Probe | None = None) -> torch.Tensor:
         return self.hift.inference(mel.to(self.device).float(), self.noise, finalize=finalize, probe=as_probe(probe))
-
-
-def fault_names() -> list[str]:
-    return sorted(catalogue())

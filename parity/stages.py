@@ -236,8 +236,3 @@ def session_rule_stage(name: str) -> str | None:
         return None
     field = ch[1]
     return SESSION_RULE_STAGES.get(field, field)
-
-
-def chunk_of(name: str) -> int | None:
-    ch = parse_chunk(name)
-    return ch[0] if ch else None
