@@ -35,6 +35,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import signal
 
+from reference.config import SAMPLE_RATE
+
 from .metrics import ShapeMismatch, _as_array, _dot, _num
 
 __all__ = [
@@ -43,7 +45,6 @@ __all__ = [
     "log_spectral_distance", "logmel_distance", "mcd", "f0_metrics", "click_detector", "audio_report",
 ]
 
-SAMPLE_RATE = 24000
 AUDIO_LIMIT = 0.99  # HiFT's audio_limit: the output is clamped to +/-0.99
 CLIP_EPS = 1e-6  # a sample with |x| >= AUDIO_LIMIT - CLIP_EPS sits at the clamp
 VOICED_THRESHOLD_HZ = 10.0  # HiFT: uv = f0 > nsf_voiced_threshold (10 Hz)

@@ -175,7 +175,7 @@ def cmd_floor(args) -> int:
 def cmd_noise_export(args) -> int:
     from reference.config import config_from_yaml, preset
     from reference.errors import InputError
-    from reference.noise import SharedNoise
+    from reference.noise import EXPORT_SAMPLES, SharedNoise
 
     from .outputs import Output, prepare_outputs
 
@@ -188,9 +188,11 @@ def cmd_noise_export(args) -> int:
     else:
         cfg = preset(args.preset)
     n = SharedNoise.from_config(cfg)
-    path = n.save(args.out, frames=args.frames, samples=args.samples)
-    print(f"wrote {path} for config {cfg.name}: rand_noise [1, 80, {args.frames or 15000}], hift_rand_ini [1, 9], "
-          f"hift_sine_noise [1, {args.samples or 24000 * 30}, 9]; recipe {n.sizes.recipe()}; "
+    frames = args.frames or int(n.flow.shape[2])
+    samples = args.samples or min(n.sine_available, EXPORT_SAMPLES)
+    path = n.save(args.out, frames=frames, samples=samples)
+    print(f"wrote {path} for config {cfg.name}: rand_noise [1, 80, {frames}], hift_rand_ini [1, 9], "
+          f"hift_sine_noise [1, {samples}, 9]; recipe {n.sizes.recipe()}; "
           f"fingerprint {n.fingerprint()}")
     return 0
 

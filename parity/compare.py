@@ -21,6 +21,7 @@ from .melspec import audio_mel
 from .normalize import align
 from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, judgement_from_floor, load_policy
 from .result import Comparison, StageResult, StepRow
+from .trace import sample_rate_of
 from .stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
 
 
@@ -336,7 +337,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     meta_find = (metadata_findings(ref.metadata, cand.metadata) + pcm_findings
                  + (prep.findings if prep is not None else []))
     findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio,
-                        mask_check=mask_check)
+                        mask_check=mask_check, sample_rate=sample_rate_of(ref.metadata))
     session = None
     if prep is not None:
         session, more = SC.section(ref, cand, offline, prep, by_name)
@@ -349,7 +350,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
                  "fp64": fp64.path if fp64 else None, "ref_dialect": ref.dialect, "cand_dialect": cand.dialect,
                  "ref_names": ref.original_names, "cand_names": cand.original_names},
         context={"precision": precision, "attention": attention, "prompt_frames": prompt_frames,
-                 "allow_trim": opts.allow_trim},
+                 "allow_trim": opts.allow_trim, "sample_rate": sample_rate_of(ref.metadata)},
         policy={"sources": policy.sources}, mask_check=mask_check, session=session,
         floor=dict(choice.to_json(), applies=gfloor is not None, **({} if gfloor is not None else
                                                                    {"not_applied": why_none})))
@@ -404,7 +405,7 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
     rm = ref.tensors.get("flow_mel")
     cm = cand.tensors.get("flow_mel")
     rf, cf = ref.tensors.get("f0"), cand.tensors.get("f0")
-    sr = int(ref.metadata.get("sample_rate", 24000)) if isinstance(ref.metadata.get("sample_rate"), (int, float)) else 24000
+    sr = sample_rate_of(ref.metadata)
     rep = A.audio_report(ra, ca, ref_mel=None if rm is None else rm.double().reshape(rm.shape[-2], rm.shape[-1]).numpy()
                          if rm.dim() == 3 else None,
                          cand_mel=None if cm is None or rm is None or cm.shape != rm.shape else

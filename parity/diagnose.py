@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from reference.config import SAMPLE_RATE
+
 from .result import Finding, StageResult, StepRow
 from .stages import (INPUTS, KEY_STAGES, is_session_stage, is_vocoder_stage, layout, parse_step, position,
                      sort_stages)
@@ -233,12 +235,12 @@ def _judged(entry: StageResult) -> str:
 
 
 def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
-              local_stages: dict[str, StageResult]) -> tuple[str, str]:
+              local_stages: dict[str, StageResult], sample_rate: int = SAMPLE_RATE) -> tuple[str, str]:
     """(code, message) for the first failing stage."""
     if is_session_stage(name):  # a streaming session's chunk or stream stage (parity.session_compare)
         from .session_compare import classify_session_stage
 
-        return classify_session_stage(name, entry, by_name, local_stages)
+        return classify_session_stage(name, entry, by_name, local_stages, sample_rate)
     if entry.problem:
         return entry.problem["code"], entry.problem["message"]
     if entry.nonfinite() and not entry.nonfinite("ref"):
@@ -251,7 +253,7 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
     where = m.get("max_abs_err_at") or {}
     loc = ""
     if layout(name).kind == "wave" and where.get("frame") is not None:
-        loc = f" at sample {where.get('frame')} ({where.get('frame') / 24000:.3f} s)"
+        loc = f" at sample {where.get('frame')} ({where.get('frame') / sample_rate:.3f} s)"
     elif where.get("channel") is not None and where.get("frame") is not None:
         loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
     elif where.get("frame") is not None:
@@ -313,7 +315,7 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
 
 def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: list[StepRow],
              local_stages: dict[str, StageResult], ref, cand, meta_find: list[Finding], precision: str,
-             audio: dict | None, mask_check: dict | None = None) -> list[Finding]:
+             audio: dict | None, mask_check: dict | None = None, sample_rate: int = SAMPLE_RATE) -> list[Finding]:
     """The ordered findings of one comparison (``ref``/``cand``: the two :class:`parity.ingest.Loaded`;
     ``mask_check``: the streaming chunk-mask check, whose finding goes before the stage's own at the same
     position: the cause before the symptom)."""
@@ -359,7 +361,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     failing = [s for s in stages if s.status == "fail"]
     first = failing[0] if failing else None
     if first is not None:
-        code, msg = _classify(first.name, first, by_name, local_stages)
+        code, msg = _classify(first.name, first, by_name, local_stages, sample_rate)
         out.append(_f(code, first.name, "failure", msg, _num_ev(first)))
         later = [s.name for s in failing[1:]]
         if later:

@@ -268,6 +268,17 @@ class Comparison:
 
     # -- derived -------------------------------------------------------------------------------
     @property
+    def sample_rate(self) -> int:
+        """The audio sample rate of the comparison (its context, else the reference trace's metadata, else the
+        configuration's default): what the report turns sample indices into seconds with."""
+        from .trace import sample_rate_of
+
+        for v in (self.context.get("sample_rate"), (self.audio or {}).get("sr"), (self.session or {}).get("sample_rate")):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                return int(v)
+        return sample_rate_of(self.metadata.get("ref") if isinstance(self.metadata, dict) else None)
+
+    @property
     def gates(self) -> dict:
         """How many judged stages each gate decided (``{"floor": n, "flat": m}``)."""
         out: dict = {}

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .ingest import Loaded
+from .trace import sample_rate_of
 from .result import Finding, StageResult
 from .stages import CHUNK_CONTROL, is_session_stage, layout, parse_chunk, position, session_rule_stage
 
-SAMPLE_RATE = 24000
 UNMATCHED = "unmatched."
 # options that change what the loop computes (the rest: which stages are recorded)
 JUDGED_OPTIONS = ("initial_hop", "max_hop", "growth", "lookahead", "token_mel_ratio", "final_mask", "hop_state")
@@ -374,7 +374,7 @@ def _fmtv(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _tail(name: str, entry: StageResult) -> str:
+def _tail(name: str, entry: StageResult, sample_rate: int) -> str:
     m = entry.metrics or {}
     if m.get("kind") == "int" and isinstance(m.get("first_mismatch"), dict):
         fm = m["first_mismatch"]
@@ -383,7 +383,7 @@ def _tail(name: str, entry: StageResult) -> str:
     where = m.get("max_abs_err_at") or {}
     loc = ""
     if layout(name).kind == "wave" and where.get("frame") is not None:
-        loc = f" at sample {where.get('frame')} ({where.get('frame') / SAMPLE_RATE:.3f} s of the chunk)"
+        loc = f" at sample {where.get('frame')} ({where.get('frame') / sample_rate:.3f} s of the chunk)"
     elif where.get("channel") is not None and where.get("frame") is not None:
         loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
     judged = f"{entry.statistic} {_fmtv(entry.value)} vs limit {_fmtv(entry.limit)}" \
@@ -405,7 +405,8 @@ def _values(entry: StageResult) -> tuple:
     return (r[0] if isinstance(r, list) and r else r), (c[0] if isinstance(c, list) and c else c)
 
 
-def classify_session_stage(name: str, entry: StageResult, by_name: dict, local_stages: dict) -> tuple[str, str]:
+def classify_session_stage(name: str, entry: StageResult, by_name: dict, local_stages: dict,
+                           sample_rate: int) -> tuple[str, str]:
     """(code, message) for the first failing stage when it is a session stage (``chunk{c}.*``, ``stream.*``)."""
     from .diagnose import _classify
 
@@ -420,10 +421,10 @@ def classify_session_stage(name: str, entry: StageResult, by_name: dict, local_s
         if entry.problem:
             return entry.problem["code"], f"{name}: {entry.problem['message']}"
         lead = "every chunk stage compared before it matches; " if prior and all(s.ok for s in prior) else ""
-        return "stream_mismatch", f"{lead}{name} differs" + _tail(name, entry)
+        return "stream_mismatch", f"{lead}{name} differs" + _tail(name, entry, sample_rate)
     c, fld = ch
     pre = f"chunk {c}: "
-    tail = _tail(name, entry) if not entry.problem else f" ({entry.problem['message']})"
+    tail = _tail(name, entry, sample_rate) if not entry.problem else f" ({entry.problem['message']})"
     if fld in ("tokens", "token_offset"):
         return "chunk_tokens_mismatch", pre + EXPLAIN["chunk_tokens_mismatch"] + tail
     if fld == "finalize":
@@ -456,7 +457,7 @@ def classify_session_stage(name: str, entry: StageResult, by_name: dict, local_s
     prefix = f"chunk{c}."
     inner_by = {n[len(prefix):]: e for n, e in by_name.items() if n.startswith(prefix)}
     inner_loc = {n[len(prefix):]: e for n, e in local_stages.items() if n.startswith(prefix)}
-    code, msg = _classify(fld, entry, inner_by, inner_loc)
+    code, msg = _classify(fld, entry, inner_by, inner_loc, sample_rate)
     return code, pre + msg
 
 
@@ -495,8 +496,7 @@ def _constants(ref: Loaded, cand: Loaded) -> dict:
 
 
 def _sr(ref: Loaded) -> int:
-    v = ref.metadata.get("sample_rate")
-    return int(v) if isinstance(v, (int, float)) and v > 0 else SAMPLE_RATE
+    return sample_rate_of(ref.metadata)
 
 
 def glitches(ref: Loaded, cand: Loaded, prep: SessionPrep) -> tuple[dict | None, list[Finding], list[str]]:

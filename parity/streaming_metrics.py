@@ -44,13 +44,14 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal
 
+from reference.config import SAMPLE_RATE
+
 __all__ = [
     "GlitchThresholds", "GlitchFinding", "BoundaryScores", "GlitchReport", "ChunkDrift", "THRESHOLD_EVIDENCE",
     "chunk_starts", "expected_chunk_samples", "sample_count_findings", "discontinuity_scores", "flux_track",
     "flux_scores", "dc_step_diff_scores", "detect_glitches", "stream_offline_drift",
 ]
 
-SAMPLE_RATE = 24000
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ def session_view(result: Comparison, rt: dict | None, ct: dict | None, budget: i
     if not sess:
         return {"available": False, "note": "not a streaming session (one token2wav call): no chunks"}
     rt, ct = rt or {}, ct or {}
-    sr = int(sess.get("sample_rate") or 24000)
+    sr = result.sample_rate
     sch = sess.get("schedules") or {}
     ref_rows = (sch.get("ref") or {}).get("chunks") or []
     cand_rows = (sch.get("cand") or {}).get("chunks") or []

@@ -524,10 +524,7 @@ def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int,
     f0_sec["threshold"] = fmt(thr)
 
     # waveform and players
-    audio = result.audio or {}
-    ref_meta = result.metadata.get("ref")
-    sr = audio.get("sr") or (ref_meta.get("sample_rate") if isinstance(ref_meta, dict) else None)
-    sr = int(sr) if isinstance(sr, (int, float)) and sr > 0 else 24000
+    sr = result.sample_rate
     ra, ca = vec(rt.get("audio")), vec(ct.get("audio"))
     wav_sec: dict = {"img": None, "note": None}
     listen: dict = {"windows": [], "note": None, "sanitised": [], "missing": None}
