@@ -16,6 +16,7 @@ import torch
 from . import metrics as M
 from . import session_compare as SC
 from .diagnose import diagnose, metadata_findings
+from .domain import domain_statistics
 from .ingest import Loaded, load
 from .melspec import audio_mel
 from .normalize import align
@@ -88,22 +89,11 @@ def _upcast(t: torch.Tensor) -> np.ndarray:
 
 
 def domain_metrics(name: str, ra: torch.Tensor, ca: torch.Tensor) -> dict:
-    """Stage-specific statistics the policy can gate on: F0 in cents/GPE/VDE for ``f0``; log-mel L1 and
-    MCD through the pipeline's own mel recipe for ``audio``/``audio_preclamp``."""
-    from . import audio_metrics as A
-
-    out: dict = {}
-    name = session_rule_stage(name) or name  # a session stage gets the statistics of the stage it corresponds to
-    if name == "f0":
-        fm = A.f0_metrics(ra.double().reshape(-1).numpy(), ca.double().reshape(-1).numpy())
-        out.update({k: fm[k] for k in ("f0_rmse_cents", "f0_max_abs_cents", "gpe", "vde", "f0_mae_hz", "f0_max_abs_hz",
-                                       "both_voiced")})
-    elif name in ("audio", "audio_preclamp") and ra.numel() >= 1920:
-        mr, mc = audio_mel(ra), audio_mel(ca)
-        ld = A.logmel_distance(mr, mc)
-        md = A.mcd(mr, mc)
-        out.update({"logmel_l1": ld["logmel_l1"], "logmel_l1_max": ld["logmel_l1_max"],
-                    "logmel_worst_frame": ld["worst_frame"], "mcd_db": md["mcd_db"]})
+    """Stage-specific statistics the policy can gate on (:func:`parity.domain.domain_statistics`, the ones the
+    floor records too): F0 in cents/GPE/VDE for ``f0``; log-mel L1 and MCD for ``audio``/``audio_preclamp``. A
+    session stage gets the statistics of the single-call stage it corresponds to."""
+    out = domain_statistics(session_rule_stage(name) or name, ra, ca, mcd=True)
+    out.pop("vde_count", None)
     return out
 
 

@@ -609,15 +609,14 @@ def drift(ref: Loaded, cand: Loaded, offline: Loaded | None, prep: SessionPrep) 
 def _logmel_l1(a: torch.Tensor, b: torch.Tensor, span) -> float | None:
     """Log-mel L1 (the pipeline's mel recipe) between two streams over samples ``span``: how far the streamed
     audio sounds from the offline audio where sample-level errors say little (the vocoder's phase)."""
-    from .audio_metrics import logmel_distance
-    from .melspec import audio_mel
+    from .domain import domain_statistics
 
     s0, s1 = int(span[0]), int(span[1])
     x = a.detach().double().reshape(-1)[s0:s1]
     y = b.detach().double().reshape(-1)[s0:s1]
-    if x.numel() < 1920 or x.numel() != y.numel() or not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+    if x.numel() != y.numel() or not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return None
-    v = logmel_distance(audio_mel(y), audio_mel(x)).get("logmel_l1")
+    v = domain_statistics("audio", y, x).get("logmel_l1")
     return float(v) if isinstance(v, (int, float)) else None
 
 
