@@ -1,7 +1,8 @@
 """Switches and profiles of the candidate pipeline.
 
 A profile is only a named set of switches. Shipped profiles live in :data:`PROFILES`; users add
-their own in ``pyproject.toml``::
+their own in ``pyproject.toml`` (read by the harness, :func:`parity.project.project_profiles`, and passed here
+as ``user_profiles``)::
 
     [tool.parity.profiles.my-fp16]
     base = "fp16-flow"              # optional: start from another profile
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Mapping
 
 from reference.errors import InputError
 
@@ -188,22 +189,17 @@ def _coerce(d: dict, source: str) -> dict:
     return out
 
 
-def load_user_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
-    """``[tool.parity.profiles]`` from a pyproject.toml (default: ./pyproject.toml if present), through the
-    harness's one ``[tool.parity]`` reader (:func:`parity.project.read_project`, one error policy)."""
-    from parity.project import read_project
-
-    return read_project(pyproject).profiles
-
-
-def all_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
+def all_profiles(user_profiles: Mapping[str, dict] | None = None) -> dict[str, dict]:
+    """The shipped profiles plus ``user_profiles`` (the ``[tool.parity.profiles]`` tables a project defines; the
+    harness reads them: :func:`parity.project.project_profiles`)."""
     profiles = dict(PROFILES)
-    profiles.update(load_user_profiles(pyproject))
+    profiles.update(user_profiles or {})
     return profiles
 
 
-def resolve_profile(name: str, pyproject: str | Path | None = None, _seen: tuple = ()) -> Switches:
-    profiles = all_profiles(pyproject)
+def resolve_profile(name: str, user_profiles: Mapping[str, dict] | None = None, _seen: tuple = ()) -> Switches:
+    """The switches of profile ``name`` (shipped, or one of ``user_profiles``, following ``base`` chains)."""
+    profiles = all_profiles(user_profiles)
     if name not in profiles:
         raise InputError(f"unknown profile {name!r}; known profiles: {', '.join(sorted(profiles))} "
                          f"(user profiles go in [tool.parity.profiles] of pyproject.toml)")
@@ -213,13 +209,15 @@ def resolve_profile(name: str, pyproject: str | Path | None = None, _seen: tuple
     base = spec.get("base")
     src = f"profile {name!r}"
     if base:
-        parent = resolve_profile(base, pyproject, _seen + (name,))
+        parent = resolve_profile(base, user_profiles, _seen + (name,))
         return dataclasses.replace(parent, **_coerce(spec, src))
     return Switches(**_coerce(spec, src))
 
 
-def switches_from(profile: str | None = None, faults: list[str] | tuple = (), pyproject=None, **overrides) -> Switches:
-    sw = resolve_profile(profile, pyproject) if profile else Switches()
+def switches_from(profile: str | None = None, faults: list[str] | tuple = (),
+                  user_profiles: Mapping[str, dict] | None = None, **overrides) -> Switches:
+    """The switches of ``profile`` (None: the defaults) plus ``faults`` and switch ``overrides``."""
+    sw = resolve_profile(profile, user_profiles) if profile else Switches()
     if faults:
         sw = sw.with_(faults=tuple(dict.fromkeys(tuple(sw.faults) + tuple(faults))))
     if overrides:

@@ -140,9 +140,9 @@ def cmd_floor(args) -> int:
     kw = dict(streaming=args.streaming, finalize=not args.no_finalize, recipe=recipe, cache=cache,
               bundle_name=Path(args.inputs).stem, log=log)
     if args.profile:
-        from candidate.switches import switches_from
+        from .project import profile_switches
 
-        sw = switches_from(args.profile)
+        sw = profile_switches(args.profile)
         spec, why = envelope_spec(sw)
         if spec is None:
             why = why or "an fp32 profile: use the fp32 noise floor, without --profile"
@@ -231,10 +231,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_profiles(args) -> int:
-    from candidate.switches import PROFILE_HELP, all_profiles, resolve_profile
+    from candidate.switches import PROFILE_HELP
 
-    for name in sorted(all_profiles()):
-        sw = resolve_profile(name)
+    from .project import profile_switches, project_profiles
+
+    for name in sorted(project_profiles()):
+        sw = profile_switches(name)
         desc = PROFILE_HELP.get(name) or "user profile: " + ", ".join(f"{k}={v}" for k, v in sw.differences().items())
         print(f"{name:<18} {sw.precision:<5} {'cuda' if sw.device == 'cuda' else '    '} {desc}")
     return 0

@@ -114,7 +114,23 @@ def read_project(pyproject: str | Path | None = None) -> ProjectConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# profile lists, derived from the one registry (candidate.switches)
+# candidate profiles: the shipped registry (candidate.switches) plus the project's [tool.parity.profiles]
+
+def project_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
+    """Every profile a project can name: the shipped ones and its ``[tool.parity.profiles]`` tables."""
+    from candidate.switches import all_profiles
+
+    return all_profiles(read_project(pyproject).profiles)
+
+
+def profile_switches(profile: str | None = None, faults=(), pyproject: str | Path | None = None,
+                     **overrides):
+    """The :class:`candidate.switches.Switches` of ``profile`` (shipped or the project's own; None: the
+    defaults) plus ``faults`` and switch ``overrides``: how every command resolves a profile name."""
+    from candidate.switches import switches_from
+
+    return switches_from(profile, faults, read_project(pyproject).profiles, **overrides)
+
 
 def shipped_profiles(device: str | None = "cpu", include_reference: bool = False,
                      include_onnx: bool = False) -> list[str]:

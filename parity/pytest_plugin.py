@@ -211,10 +211,10 @@ def profile_unavailable(pc: ParityConfig, profile: str) -> str | None:
     """Why ``profile`` (with the suite's switch overrides) cannot run here: its ONNX Runtime provider is missing
     (:func:`candidate.onnx_backend.profile_unavailable`); None when it can, or when it does not resolve (the
     case then fails with that error when it runs)."""
-    from candidate.switches import switches_from
+    from .project import profile_switches
 
     try:
-        sw = switches_from(profile, (), pc.project.path, **pc.onnx.overrides())
+        sw = profile_switches(profile, (), pc.project.path, **pc.onnx.overrides())
     except InputError:
         return None
     if not sw.onnx:
@@ -226,12 +226,12 @@ def session_profiles(pc: ParityConfig) -> list[str]:
     """The suite's profiles for the streaming-session cases: the fp32 ones (the session's chunk stages reuse the
     single-call rules; reduced precision was measured by hand, docs/benchmarks.md), ``torch.compile`` ones only
     when named explicitly (a recompilation per call length: about a minute on the tiny preset)."""
-    from candidate.switches import switches_from
+    from .project import profile_switches
 
     out = []
     for p in pc.profiles:
         try:
-            sw = switches_from(p, (), pc.project.path)
+            sw = profile_switches(p, (), pc.project.path)
         except Exception:  # noqa: BLE001 - an unknown profile fails in its own single-call cases
             continue
         if sw.precision != "fp32" or ((sw.compile or sw.onnx) and not pc.profiles_explicit):

@@ -392,7 +392,7 @@ class Session:
         ``overrides`` (e.g. :meth:`parity.onnx_options.OnnxOptions.overrides`) on ``model``, built once per
         session."""
         from candidate.pipeline import CandidateToken2Wav
-        from candidate.switches import switches_from
+        from .project import profile_switches
 
         from .onnx_options import check_overrides, name_suffix
 
@@ -401,7 +401,7 @@ class Session:
         key = (id(model), profile, faults, device, label, tuple(sorted(overrides.items())))
         if key not in self.candidates:
             over = {"device": device} if device != "cpu" else {}
-            sw = switches_from(profile, faults, self.pyproject, **over, **overrides)
+            sw = profile_switches(profile, faults, self.pyproject, **over, **overrides)
             check_overrides(sw, profile, overrides)
             name = label or ((profile or "fp32-explicit") + name_suffix(overrides)
                              + ("+" + "+".join(faults) if faults else ""))

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from parity.project import profile_switches
+
 from parity.bisect import (apply_changes, atomic_changes, bisect_git, bisect_precision,
                            bisect_switches, ddmin, ddmin_bound, precision_components, repo_state)
 
@@ -270,7 +272,7 @@ def test_bisect_precision_keeps_exactly_the_overflowing_block(overflow_model, tm
                                 'keep_fp32 = ["residual", "adaln", "time_grid", "euler", "block2"]\n')
     pp = tmp_path / "pyproject.toml"
     pp.write_text("[project]\nname = 'x'\n\n" + res.profile_toml)
-    sw = resolve_profile("fp16-flow-fp32-islands", pyproject=pp)
+    sw = profile_switches("fp16-flow-fp32-islands", pyproject=pp)
     assert sw.flow_dtype == "fp16" and sw.keep_fp32[-1] == "block2"
     case = run_case(overflow_model, CandidateToken2Wav(overflow_model, sw, "pasted"), SHORT, local=False)
     assert case.verdict == "pass", case.result.first_divergence

@@ -62,8 +62,8 @@ def test_a_registered_session_kind_runs_and_is_cached_under_its_own_key(session)
 
 
 def test_one_tool_parity_reader_one_error_policy(tmp_path):
-    from candidate.switches import switches_from
     from parity.policy import load_policy
+    from parity.project import profile_switches
 
     assert read_project(tmp_path / "absent.toml") == ProjectConfig()
     pp = tmp_path / "pyproject.toml"
@@ -77,10 +77,10 @@ def test_one_tool_parity_reader_one_error_policy(tmp_path):
     assert proj.profiles["mine"]["cfg_mode"] == "two-calls"
     pol = load_policy(None, pp)
     assert pol.rule_for("flow_mel").limit == 1.0 and pol.rule_for("f0").limit == 2.0  # project rules, project file
-    assert switches_from("mine", (), pp).cfg_mode == "two-calls"  # candidate profiles come through the same reader
+    assert profile_switches("mine", (), pp).cfg_mode == "two-calls"  # candidate profiles come through the same reader
     # one error policy: an unreadable file or a mistyped key is an InputError naming the file (and the key)
     pp.write_text("[tool.parity\npreset = 'tiny'\n")
-    for read in (lambda: read_project(pp), lambda: load_policy(None, pp), lambda: switches_from("mine", (), pp)):
+    for read in (lambda: read_project(pp), lambda: load_policy(None, pp), lambda: profile_switches("mine", (), pp)):
         with pytest.raises(InputError, match=f"{pp}: not valid TOML"):
             read()
     pp.write_text('[tool.parity]\nsuite_profiles = "fp32-sdpa"\n')

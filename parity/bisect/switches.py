@@ -68,7 +68,9 @@ def apply_changes(changes: Iterable[Change], keep_fp32: Sequence[str] = ()):
 def resolve_switches(switches_or_profile, pyproject=None, faults=(), overrides: dict | None = None,
                       device: str | None = None):
     """(Switches, profile name or None) from a Switches, a profile name, or None (= defaults + overrides)."""
-    from candidate.switches import Switches, switches_from
+    from candidate.switches import Switches
+
+    from ..project import profile_switches
 
     if isinstance(switches_or_profile, Switches):
         sw, name = switches_or_profile, None
@@ -78,7 +80,7 @@ def resolve_switches(switches_or_profile, pyproject=None, faults=(), overrides: 
             sw = sw.with_(**overrides)
     else:
         name = switches_or_profile
-        sw = switches_from(name, list(faults or ()), pyproject, **(overrides or {}))
+        sw = profile_switches(name, list(faults or ()), pyproject, **(overrides or {}))
     if device and device != "cpu":
         sw = sw.with_(device=device)
     return sw, name
