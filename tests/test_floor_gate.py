@@ -374,46 +374,35 @@ def test_parity_run_says_which_gate_decided(tmp_path, capsys):
     assert 'id="floor-chart"' in html and 'id="gate-line"' in html
 
 
-def test_write_shipped_and_find_by_digest(model, tmp_path):
-    """What --parity-update-golden writes for one bundle and mode: the fp32 floor and one envelope per emulated
-    reduced-precision profile, gzip-compressed and byte-deterministic; the store finds them by their key."""
-    from parity.floor.store import write_shipped
+def test_update_golden_writes_the_shipped_floors_found_by_digest(model, tmp_path):
+    """--parity-update-golden writes the golden trace and, beside it, the fp32 floor and the envelope of each
+    reduced-precision profile of the suite; the session's store then serves them (it forgets what it read)."""
+    from parity import pytest_plugin as P
 
     b = _small_bundle(tmp_path / "tiny.safetensors")
-    paths = write_shipped(model, b, streaming=False, profiles=["fp32-sdpa", "int8-dynamic"], directory=tmp_path)
-    assert [p.name for p in paths] == ["tiny-offline.floor.json.gz", "tiny-offline.int8-dynamic.floor.json.gz"]
+    ps = P.ParitySession(P.ParityConfig(profiles=["fp32-sdpa", "int8-dynamic"], rootdir=tmp_path))
+    ps.session.floors = store = FloorStore(cache=None, shipped=tmp_path, compute=False)
+    ps.session.models[ps.pc.model_spec()] = model
+    inputs = load_bundle(b, **bundle_dims(model.cfg))
+    assert store.for_run(model, inputs).floor is None  # nothing shipped yet, computing is off
+    g = P.Golden(ps, update=True)
+    g.dir = tmp_path
+    result = g.check(b, streaming=False)
+    assert result.verdict == "pass" and (tmp_path / "tiny-offline.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.glob("*.floor.json.gz")) == [
+        "tiny-offline.floor.json.gz", "tiny-offline.int8-dynamic.floor.json.gz"]
+    from parity.project import profile_switches
+
+    fp32 = store.for_run(model, inputs)
+    int8 = store.for_run(model, inputs, switches=profile_switches("int8-dynamic"))
+    assert (fp32.source, fp32.floor.kind, int8.source, int8.floor.kind) == ("shipped", "fp32", "shipped", "int8")
+    # the files are found by digest, and a floor saved again is the same bytes
+    paths = sorted(tmp_path.glob("*.floor.json.gz"))
     assert set(ShippedFloors(tmp_path).index().values()) == set(paths)
     again = tmp_path / "again.floor.json.gz"
     Floor.load(paths[0]).save(again)
     assert again.read_bytes() == paths[0].read_bytes()
-    store = FloorStore(cache=None, shipped=tmp_path, compute=False)
-    inputs = load_bundle(b, **bundle_dims(model.cfg))
-    from candidate.switches import switches_from
-
-    fp32, int8 = store.for_run(model, inputs), store.for_run(model, inputs, switches=switches_from("int8-dynamic"))
-    assert (fp32.source, fp32.floor.kind) == ("shipped", "fp32") and (int8.source, int8.floor.kind) == ("shipped", "int8")
     none = store.for_run(model, inputs, streaming=True)
     assert none.floor is None and "computing is off" in none.reason
-    no_env = store.for_run(model, inputs, switches=switches_from("fp16-flow", keep_fp32=("residual", "adaln")))
+    no_env = store.for_run(model, inputs, switches=profile_switches("fp16-flow", keep_fp32=("residual", "adaln")))
     assert no_env.floor is None and "time_grid" in no_env.reason  # an fp16 solver is not emulated: flat rules
-
-
-def test_update_golden_rewrites_the_shipped_floors(monkeypatch, tmp_path):
-    from parity import pytest_plugin as P
-
-    calls = []
-    monkeypatch.setattr("parity.floor.store.write_shipped",
-                        lambda model, bundle, **kw: calls.append((bundle, kw)) or [])
-
-    class PS:
-        pc = P.ParityConfig(profiles=["fp16-flow"])
-        session = Session(floors=FloorStore(cache=None, compute=False))
-
-        def model(self):
-            return "model"
-
-    g = P.Golden(PS(), update=True)
-    g.dir = tmp_path
-    g.update_floors(SHORT, True)
-    assert calls == [(SHORT, {"streaming": True, "profiles": ["fp16-flow"], "directory": tmp_path,
-                              "log": calls[0][1]["log"]})]
