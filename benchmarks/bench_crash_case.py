@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from parity.project import default_bundles  # noqa: E402
-from parity.report import build_report  # noqa: E402
-from parity.session import ModelSpec, RunMode, Session  # noqa: E402
+from parity.present.report import build_report  # noqa: E402
+from parity.harness import ModelSpec, RunMode, Session  # noqa: E402
 
 VARIANTS = {"normal": (), "shape-crash": ("shape-crash",)}
 PHASES = ("reference", "candidate", "local", "compare", "report")

@@ -40,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.mutations import ALL, CONTROLS, LEGIT, MUTATIONS
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.compare import CompareOptions, compare_loaded
+from parity.judge.compare import CompareOptions, compare_loaded
 from parity.floor import FloorCache, Recipe
 from parity.floor.store import SHIPPED_DIR, FloorStore
 from parity.ingest import Loaded
-from parity.policy import load_policy
-from parity.session import ReferenceCache, run_case
+from parity.judge.policy import load_policy
+from parity.harness import ReferenceCache, run_case
 from parity.stages import sort_stages
 from reference.bundle import bundle_dims, load_bundle
 from reference.model import Token2Wav

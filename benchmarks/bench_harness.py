@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_reference import Interleaver, Task, environment, make_inputs, med, paired_ratio  # noqa: E402
-from parity.capture import Recorder  # noqa: E402
-from parity.compare import CompareOptions, compare_loaded  # noqa: E402
+from parity.capture.recorder import Recorder  # noqa: E402
+from parity.judge.compare import CompareOptions, compare_loaded  # noqa: E402
 from parity.ingest import Loaded, load  # noqa: E402
-from parity.policy import load_policy  # noqa: E402
+from parity.judge.policy import load_policy  # noqa: E402
 from parity.trace import write_trace  # noqa: E402
 from reference.model import Token2Wav  # noqa: E402
 from reference.probe import Probe  # noqa: E402
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
                       "in_memory_MB_per_s": mb / statistics.median(mem), "from_disk_MB_per_s": mb / statistics.median(disk)}
 
     # 3. report build ------------------------------------------------------------------------------------
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     dref = {k: v for k, v in ref.items() if Recorder().wants(k)}
     dcand = {k: cand[k] for k in dref}

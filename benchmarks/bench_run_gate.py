@@ -42,12 +42,12 @@ def split(rounds: int) -> dict:
     without it (the same reference and candidate traces judged both ways)."""
     import torch
 
-    from parity.compare import CompareOptions, compare_loaded
+    from parity.judge.compare import CompareOptions, compare_loaded
     from parity.floor.store import FloorStore
     from parity.ingest import Loaded
-    from parity.policy import load_policy
+    from parity.judge.policy import load_policy
     from parity.project import default_bundles
-    from parity.session import ModelSpec, RunMode, Session
+    from parity.harness import ModelSpec, RunMode, Session
     from reference.bundle import bundle_dims, load_bundle
 
     torch.set_num_threads(1)

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from candidate.faults import catalogue
     from candidate.onnx_backend import profile_unavailable
     from parity.project import default_bundles, profile_switches, suite_profiles
-    from parity.session import ModelSpec, RunMode, Session
+    from parity.harness import ModelSpec, RunMode, Session
 
     s = Session()
     model = s.model(ModelSpec("tiny"))

@@ -18,10 +18,10 @@ import torch
 
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import resolve_profile
-from parity.capture import Recorder
-from parity.compare import CompareOptions, compare_loaded
+from parity.capture.recorder import Recorder
+from parity.judge.compare import CompareOptions, compare_loaded
 from parity.ingest import Loaded
-from parity.policy import load_policy
+from parity.judge.policy import load_policy
 from parity.project import shipped_profiles
 from reference.bundle import load_bundle
 from reference.model import Token2Wav
@@ -98,7 +98,7 @@ def test_compare_throughput_tiny(benchmark, tiny):
 
 
 def test_report_build_tiny(benchmark, tiny, tmp_path):
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     ref = _trace(tiny, MEDIUM)
     cand = {k: (v + 1e-4 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in ref.items()}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from reference.bundle import bundle_dims, load_bundle
 
-from .runner import run_to_trace
+from .capture.runner import run_to_trace
 from .stages import INPUTS, parse_step, position
 
 
@@ -80,7 +80,7 @@ def rules_toml(floor: dict, margin: float, abs_floor: float, source: str) -> str
 
 def calibrate_command(args) -> int:
     from .project import default_bundles
-    from .session import ModelSpec
+    from .harness import ModelSpec
 
     model = ModelSpec.from_args(args).load()
     bundles = [Path(b) for b in (args.inputs or default_bundles())]

@@ -12,7 +12,7 @@ from pathlib import Path
 from reference.errors import InputError, ParityUserError
 
 from .args import required_stages
-from .policy import PRECISION_CLASSES
+from .judge.policy import PRECISION_CLASSES
 
 
 def _write_wav(path: str | Path, audio, sr: int) -> Path:
@@ -37,9 +37,9 @@ def cmd_dump(args) -> int:
 
     from .onnx_options import OnnxOptions, name_suffix
     from .outputs import Output, prepare_outputs
-    from .runner import Progress, run_to_trace
-    from .session import ModelSpec, Session, run_pipeline
-    from .session_runner import options_from_args, session_mode
+    from .capture.runner import Progress, run_to_trace
+    from .harness import ModelSpec, Session, run_pipeline
+    from .capture.session import options_from_args, session_mode
 
     prepare_outputs([Output("--out", args.out), Output("--wav", args.wav)])
     onnx = OnnxOptions.from_args(args)
@@ -129,7 +129,7 @@ def cmd_floor(args) -> int:
     from .floor import EstimateLog, FloorCache, Recipe, estimate_envelope, estimate_floor
     from .floor.store import envelope_spec
     from .outputs import Output, prepare_outputs
-    from .session import ModelSpec
+    from .harness import ModelSpec
 
     prepare_outputs([Output("--out", args.out)])  # a floor costs seconds to minutes: a bad path fails first
     model = ModelSpec.from_args(args).load()
@@ -199,11 +199,11 @@ def cmd_noise_export(args) -> int:
 
 def cmd_compare(args) -> int:
     from .aliases import parse_maps
-    from .compare import CompareOptions, compare_paths
+    from .judge.compare import CompareOptions, compare_paths
     from .outputs import Output, claim_output, prepare_outputs
-    from .require import require_stages
+    from .judge.require import require_stages
     from .result import sidecar_path, write_json
-    from .summary import render
+    from .present.summary import render
 
     files = args.floor or []
     if len(files) > 1:
@@ -223,7 +223,7 @@ def cmd_compare(args) -> int:
         write_json(result, json_path)
         print(f"wrote {json_path}")
     if report_path:
-        from .report import build_report
+        from .present.report import build_report
 
         path = build_report(result, report_path)
         print(f"report: {path}")
@@ -512,8 +512,8 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
     Returns ``(path, result)``."""
     from .aliases import parse_maps
     from .ingest import load, tensors_from_sources
-    from .report import build_report
-    from .require import require_stages
+    from .present.report import build_report
+    from .judge.require import require_stages
     from .result import read_json
     from .trace import journal_path
 
@@ -554,16 +554,16 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
         path = build_report(result, target, ref_tensors=rt or {}, cand_tensors=ct or {}, notes=notes)
         return path, result
     if len(inputs) == 2 and not any(i.lower().endswith(".json") for i in inputs):
-        from .compare import CompareOptions, compare_loaded
-        from .policy import load_policy
-        from .streaming_mask import check_saved, is_streaming
+        from .judge.compare import CompareOptions, compare_loaded
+        from .judge.policy import load_policy
+        from .capture.mask_check import check_saved, is_streaming
 
         target = _report_target(out, Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html")
         rl, cl = load(inputs[0], mp), load(inputs[1], mp)
         opts = CompareOptions(allow_trim=allow_trim, pcm_scale=pcm_scale)
         floor = None
         if floors is not None:  # the same floor lookup as parity compare (the reference trace's own provenance)
-            from .compare import candidate_context
+            from .judge.compare import candidate_context
 
             floor = floors.for_trace(rl.metadata, rl.tensors, cand_meta=cl.metadata,
                                      precision=candidate_context(cl, opts)[0])

@@ -178,7 +178,7 @@ class ParityConfig:
                    profiles_explicit=bool(configured))
 
     def model_spec(self, preset: str | None = None):
-        from .session import ModelSpec
+        from .harness import ModelSpec
 
         if preset is None and self.model_dir:
             return ModelSpec(None, self.model_dir)
@@ -302,7 +302,7 @@ class ParitySession:
     cache) plus the cases run in it and where their reports go."""
 
     def __init__(self, pc: ParityConfig):
-        from .session import Session
+        from .harness import Session
 
         self.pc = pc
         self.session = Session(project=pc.project, policy=pc.policy)
@@ -323,7 +323,7 @@ class ParitySession:
     def run(self, profile: str, bundle, streaming: bool = False, faults=(), model=None, patterns=None,
             local: bool = True, mode=None, overrides: dict | None = None):
         """One case; ``mode``: a :class:`parity.session.RunMode` (default: single call, ``streaming``)."""
-        from .session import RunMode
+        from .harness import RunMode
 
         model = model or self.model()
         cand = self.candidate(model, profile, faults, overrides=overrides)
@@ -334,7 +334,7 @@ class ParitySession:
 
     def summaries(self, outcomes: dict[str, str]) -> list:
         """The session's cases as summary rows, each with its test and that test's outcome."""
-        from .session import CaseSummary
+        from .harness import CaseSummary
 
         rows = []
         for c, test in zip(self.cases, self.case_tests):
@@ -345,13 +345,13 @@ class ParitySession:
 
     def run_session(self, profile: str, bundle, faults=(), options=None, model=None, patterns=None):
         """One streaming-session case (upstream's chunked loop with ``options``, a SessionOptions or None)."""
-        from .session_runner import session_mode
+        from .capture.session import session_mode
 
         return self.run(profile, bundle, faults=faults, model=model, patterns=patterns, local=False,
                         mode=session_mode(options), overrides=self.pc.onnx.overrides())
 
     def reference(self, bundle, streaming: bool = False, model=None, patterns=None, mode=None):
-        from .session import RunMode
+        from .harness import RunMode
 
         return self.session.reference(model or self.model(), bundle, mode or RunMode(streaming), patterns)
 
@@ -361,7 +361,7 @@ class ParitySession:
         return base.with_suffix("")
 
     def write_case_report(self, case) -> Path:
-        from .report import build_report
+        from .present.report import build_report
 
         if case.report is None:
             case.report = build_report(case.result, self.report_dir() / f"{case.name}.html", case=case)
@@ -462,7 +462,7 @@ def pytest_sessionfinish(session, exitstatus):
     config = session.config
     if not getattr(config, "_parity", None) or not config._parity.report:
         return
-    from .session import CaseSummary
+    from .harness import CaseSummary
 
     tally: OutcomeTally = config._parity_tally
     ps = getattr(config, "_parity_session", None)
@@ -488,7 +488,7 @@ def pytest_sessionfinish(session, exitstatus):
     lost = list(getattr(config, "_parity_lost", []))
     if not rows and not lost:
         return
-    from .report import build_summary_page, summary_banner
+    from .present.report import build_summary_page, summary_banner
 
     info = {"exitstatus": int(exitstatus), "counts": tally.counts(), "notes": lost}
     path = build_summary_page(rows, Path(config._parity.report), session=info)
@@ -618,7 +618,7 @@ class Golden:
         the stream (:data:`parity.stages.SESSION_GOLDEN_PATTERNS`), compared as a session (schedule included)."""
         import fnmatch
 
-        from .session_runner import session_mode
+        from .capture.session import session_mode
 
         mode = session_mode(options)
         res = self.ps.reference(bundle, model=model, mode=mode)
@@ -630,9 +630,9 @@ class Golden:
                             "sample_rate"))
 
     def _check(self, path: Path, tensors: dict, ref_meta: dict, extra_keys=()):
-        from .compare import CompareOptions, compare_loaded
+        from .judge.compare import CompareOptions, compare_loaded
         from .ingest import Loaded, load
-        from .policy import load_policy
+        from .judge.policy import load_policy
         from .trace import write_trace
 
         meta = {k: ref_meta.get(k) for k in ("model", "weights_sha256", "noise", "n_timesteps", "t_scheduler",

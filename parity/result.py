@@ -345,7 +345,7 @@ class Comparison:
     def to_json(self, vectors: dict | None = None, prefix: str = "") -> dict:
         """A JSON-safe dict (schema ``tts-parity-comparison/1``). With ``vectors`` (a dict), per-frame
         vectors are moved into it (keys start with ``prefix``) instead of being written inline."""
-        from .metrics import to_jsonable
+        from .measure.metrics import to_jsonable
 
         fd = self.first_divergence
         audio = self.audio

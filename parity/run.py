@@ -12,7 +12,7 @@ from reference.errors import InputError
 
 from .project import BUNDLE_DIR, SESSION_BUNDLE_DIR, default_bundles, default_session_bundles
 from .result import Finding, aggregate_verdict, exit_code_for, write_json, write_matrix_json
-from .session import Case, CaseSummary, ModelSpec, RunMode, Session
+from .harness import Case, CaseSummary, ModelSpec, RunMode, Session
 from .trace import now_iso
 
 
@@ -26,10 +26,10 @@ def run_command(args) -> int:
     from .floor.store import store_from_args
     from .onnx_options import OnnxOptions
     from .outputs import Output, claim_output, prepare_outputs, unique_stamp
-    from .require import require_stages
+    from .judge.require import require_stages
     from .result import sidecar_path
-    from .session_runner import options_from_args, session_mode
-    from .summary import render
+    from .capture.session import options_from_args, session_mode
+    from .present.summary import render
 
     t_start = time.perf_counter()
     onnx = OnnxOptions.from_args(args)
@@ -85,7 +85,7 @@ def run_command(args) -> int:
             if Floor.load(f).digest not in used:
                 print(f"parity: --floor {f} judged no case (its key is none of these bundles, modes and precisions)",
                       file=sys.stderr)
-    from .report import build_report, build_summary_page
+    from .present.report import build_report, build_summary_page
 
     if len(cases) == 1:
         path = build_report(cases[0].result, report, case=cases[0])

@@ -136,7 +136,7 @@ def test_trial_report_falls_back_without_parity_report(tmp_path, monkeypatch):
     result = {"verdict": "fail", "first_divergence": {"stage": "audio", "code": "x", "message": "m"},
               "findings": [{"severity": "failure", "code": "x", "stage": "audio", "message": "m"}],
               "stages": [{"name": "audio", "status": "fail", "statistic": "snr_db", "value": 1.0, "limit": 30}]}
-    monkeypatch.setitem(sys.modules, "parity.report", None)  # "import parity.report" now raises ImportError
+    monkeypatch.setitem(sys.modules, "parity.present.report", None)  # "import parity.present.report" now raises
     from parity.result import Comparison
 
     page = trial_report(Comparison.from_json(result), tmp_path / "r.html").read_text()
@@ -241,8 +241,8 @@ def overflow_model():
 def test_bisect_precision_keeps_exactly_the_overflowing_block(overflow_model, tmp_path):
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import resolve_profile
-    from parity.session import run_case
-    from parity.runner import run_to_trace
+    from parity.harness import run_case
+    from parity.capture.runner import run_to_trace
     from reference.bundle import load_bundle
 
     peak = []
@@ -388,7 +388,7 @@ def history(tmp_path):
 
 @pytest.fixture(scope="module")
 def frozen_ref(tiny, tmp_path_factory):
-    from parity.runner import run_to_trace
+    from parity.capture.runner import run_to_trace
     from reference.bundle import load_bundle
 
     p = tmp_path_factory.mktemp("ref") / "short-reference.safetensors"

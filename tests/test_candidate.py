@@ -10,7 +10,7 @@ from candidate.faults import Fault, catalogue, register
 from candidate.pipeline import CandidateToken2Wav
 from candidate.provenance import check_required_kernel
 from candidate.switches import Switches, resolve_profile, switches_from
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from parity.project import profile_switches
 from parity.stages import position, sort_stages
 from reference.bundle import load_bundle

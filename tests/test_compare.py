@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from parity.cli import main
-from parity.compare import CompareOptions, compare_loaded, compare_paths
+from parity.judge.compare import CompareOptions, compare_loaded, compare_paths
 from parity.ingest import Loaded, load
-from parity.policy import load_policy
-from parity.runner import run_to_trace
+from parity.judge.policy import load_policy
+from parity.capture.runner import run_to_trace
 from parity.trace import read_trace, write_trace
 from reference.bundle import load_bundle
 from reference.model import Token2Wav
@@ -222,7 +222,7 @@ def test_step_local_errors_and_amplification():
     comparison separates per-step error from drift."""
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import switches_from
-    from parity.session import run_case
+    from parity.harness import run_case
 
     model = Token2Wav.from_preset("tiny")
     cand = CandidateToken2Wav(model, switches_from("fp16-flow"), "fp16-flow")

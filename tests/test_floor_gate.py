@@ -10,15 +10,15 @@ import math
 import pytest
 import torch
 
-from parity.compare import compare_loaded
+from parity.judge.compare import compare_loaded
 from parity.floor import Floor, FloorCache, Member, run_reference
 from parity.floor.store import FloorChoice, FloorStore, ShippedFloors, shipped_name
 from parity.floor.stats import time_axis
 from parity.ingest import Loaded
-from parity.policy import Policy, load_policy
+from parity.judge.policy import Policy, load_policy
 from parity.result import Comparison
-from parity.session import RunMode, Session
-from parity.summary import render
+from parity.harness import RunMode, Session
+from parity.present.summary import render
 from reference.bundle import bundle_dims, load_bundle
 from reference.model import Token2Wav
 
@@ -230,7 +230,7 @@ def test_result_json_keeps_gates_and_floor(model, shipped, base, tmp_path):
 
 
 def test_report_shows_ratios_chart_and_provenance(model, shipped, base, tmp_path):
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     t = base["step4.v2"].clone().contiguous()
     t.view(-1)[0] += 30 * shipped.floor["step4.v2"].max_abs

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from parity.cli import main
-from parity.compare import CompareOptions, compare_loaded
+from parity.judge.compare import CompareOptions, compare_loaded
 from parity.ingest import Loaded, load
 from parity.result import Finding, StageResult
-from parity.summary import render
+from parity.present.summary import render
 from parity.trace import read_trace, write_trace
 
 from .conftest import FIXTURES
@@ -213,7 +213,7 @@ def test_the_case_header_names_profile_bundle_and_mode():
 
 
 def test_long_findings_are_not_cut():
-    from parity.diagnose import metadata_findings
+    from parity.judge.diagnose import metadata_findings
 
     ref = {"dtypes": {"flow": "float32", "hift": "float32", "f0_predictor": "float32"}}
     cand = {"dtypes": {"flow": "float16", "hift": "float32", "f0_predictor": "float32", "estimator_matmul": "fp16",

@@ -27,8 +27,8 @@ from candidate.mask_check import mask_check_from_traces, rel_l2  # noqa: E402
 from candidate.pipeline import CandidateToken2Wav  # noqa: E402
 from candidate.switches import Switches, resolve_profile, switches_from  # noqa: E402
 from parity.floor.store import FloorStore  # noqa: E402
-from parity.policy import load_policy  # noqa: E402
-from parity.session import run_case  # noqa: E402
+from parity.judge.policy import load_policy  # noqa: E402
+from parity.harness import run_case  # noqa: E402
 from reference.errors import InputError  # noqa: E402
 from reference.model import Token2Wav  # noqa: E402
 
@@ -366,7 +366,7 @@ def test_cli_user_file_errors_exit_2_with_one_line(exported, tmp_path):
 def test_user_file_runs_and_is_recorded(exported, model, policy):
     from candidate.onnx_export import file_sha256
     from parity.onnx_options import OnnxOptions
-    from parity.session import Session
+    from parity.harness import Session
 
     path = exported[0].path
     opts = OnnxOptions(str(path))
@@ -469,7 +469,7 @@ def test_flow_level_fault_still_applies_around_the_onnx_estimator(model, policy)
 def full_size():
     """cosyvoice3-0.5b (seeded weights) and a reference cache shared by the full-size cases (one reference run
     per mode). Exports take minutes: set PARITY_ONNX_CACHE to keep them between runs."""
-    from parity.session import ReferenceCache
+    from parity.harness import ReferenceCache
 
     return Token2Wav.from_preset("cosyvoice3-0.5b"), ReferenceCache()
 

@@ -54,7 +54,7 @@ def _one_line_error(capsys) -> str:
 # ---------------------------------------------------------------------------------------------- options
 
 def test_options_become_switch_overrides(tiny, user_file, tmp_path):
-    from parity.session import Session
+    from parity.harness import Session
 
     opts = OnnxOptions(str(user_file), "cpu")
     assert opts.overrides() == {"estimator_backend": "onnxruntime", "onnx_file": str(user_file.resolve()),

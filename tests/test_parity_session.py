@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from parity.project import ProjectConfig, read_project, shipped_profiles
-from parity.session import SESSION_KINDS, ModelSpec, ReferenceCache, RunMode, Session, register_session_kind
+from parity.harness import SESSION_KINDS, ModelSpec, ReferenceCache, RunMode, Session, register_session_kind
 from reference.errors import InputError
 
 from .conftest import FIXTURES
@@ -62,7 +62,7 @@ def test_a_registered_session_kind_runs_and_is_cached_under_its_own_key(session)
 
 
 def test_one_tool_parity_reader_one_error_policy(tmp_path):
-    from parity.policy import load_policy
+    from parity.judge.policy import load_policy
     from parity.project import profile_switches
 
     assert read_project(tmp_path / "absent.toml") == ProjectConfig()

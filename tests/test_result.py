@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
-from parity.compare import CompareOptions, compare_loaded
+from parity.judge.compare import CompareOptions, compare_loaded
 from parity.ingest import Loaded
-from parity.policy import load_policy
+from parity.judge.policy import load_policy
 from parity.result import (EXIT_CODES, RESULT_SCHEMA, Comparison, Finding, StageResult, aggregate_verdict, read_json,
                            sidecar_path, write_json, write_matrix_json, read_matrix_json)
-from parity.runner import run_to_trace
+from parity.capture.runner import run_to_trace
 from reference.bundle import load_bundle
 from reference.errors import InputError
 from reference.model import Token2Wav

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from parity.cli import main
-from parity.compare import compare_loaded
+from parity.judge.compare import compare_loaded
 from parity.ingest import Loaded, load
-from parity.policy import load_policy
+from parity.judge.policy import load_policy
 from parity.project import ProjectConfig, default_session_bundles
 from parity.result import read_json, write_json
-from parity.session import SESSION_KINDS, ModelSpec, ReferenceCache, RunMode, Session, run_pipeline
-from parity.session_runner import options_from_args, session_cli_args, session_mode
+from parity.harness import SESSION_KINDS, ModelSpec, ReferenceCache, RunMode, Session, run_pipeline
+from parity.capture.session import options_from_args, session_cli_args, session_mode
 from parity.stages import parse_chunk
 from parity.trace import read_trace
 from reference.bundle import load_bundle
@@ -130,7 +130,7 @@ def test_fp32_session_passes_with_the_inner_stages_rules(cases):
 
 
 def test_a_user_rule_naming_session_stages_wins(session, model, cases):
-    from parity.policy import Policy
+    from parity.judge.policy import Policy
 
     c = cases["sdpa"]
     pol = load_policy().extend([{"stage": "chunk*.audio", "statistic": "snr_db", "limit": 200.0}], "test")
@@ -232,8 +232,8 @@ def test_paired_by_token_offset_when_a_port_numbers_its_calls_differently(cases)
 
 
 def test_result_json_round_trip_and_report(cases, tmp_path):
-    from parity.report import build_report
-    from parity.summary import render
+    from parity.present.report import build_report
+    from parity.present.summary import render
 
     case = cases["hift"]
     p = write_json(case.result, tmp_path / "r.json", sidecar=True)

@@ -64,15 +64,15 @@ class Runner:
     """One harness session for every case (the reference runs and floors are shared, as in ``parity run``)."""
 
     def __init__(self):
-        from parity.session import ModelSpec, Session
+        from parity.harness import ModelSpec, Session
 
         self.session = Session()
         self.model = self.session.model(ModelSpec("tiny"))
 
     def run(self, group: str, case_id: str) -> dict:
         from candidate.faults import catalogue
-        from parity.session import RunMode
-        from parity.session_runner import session_mode
+        from parity.harness import RunMode
+        from parity.capture.session import session_mode
 
         what, where = case_id.split("/")
         s = self.session

@@ -12,7 +12,7 @@ from typing import Any
 from ..args import (fault_parent, local_parent, map_parent, model_parent, onnx_parent, policy_parent,
                     session_parent, streaming_parent)
 from ..onnx_options import DEFAULT_PROFILE, OnnxOptions, check_overrides
-from ..session import ModelSpec
+from ..harness import ModelSpec
 from .git import GitBisectConfig, bisect_git
 from .log import BisectResult, BisectUsageError, atomic_write, headline_text
 from .precision import bisect_precision
@@ -121,7 +121,7 @@ def add_bisect_args(p: argparse.ArgumentParser) -> None:
 
 def _mode(args):
     """The streaming session's RunMode when ``--session streaming`` (None: a single call)."""
-    from ..session_runner import options_from_args, session_mode
+    from ..capture.session import options_from_args, session_mode
 
     opts = options_from_args(args)
     return session_mode(opts) if opts is not None else None

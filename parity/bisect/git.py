@@ -39,7 +39,7 @@ from reference.errors import ParityUserError
 
 from ..outputs import unique_stamp
 from ..result import read_json, write_json
-from ..session import ModelSpec
+from ..harness import ModelSpec
 from .log import BisectResult, BisectUsageError, TrialLog, TrialProgress, deadline_after, headline_text, make_workdir
 from .page import finish, trial_report
 from .trials import DEFAULT_BUNDLE, DEFAULT_SESSION_BUNDLE
@@ -245,7 +245,7 @@ class GitBisect:
     def frozen_reference(self) -> None:
         """The reference traces: given, found in the work directory (resume), or computed now, once."""
         from ..ingest import load
-        from ..policy import load_policy
+        from ..judge.policy import load_policy
 
         self.policy = load_policy(self.policy_arg)
         paths = []
@@ -254,7 +254,7 @@ class GitBisect:
         else:
             from reference.bundle import bundle_dims, load_bundle
 
-            from ..runner import run_to_trace
+            from ..capture.runner import run_to_trace
 
             model = self.ref_model
             for b in self.bundles:
@@ -266,7 +266,7 @@ class GitBisect:
                     self.progress.note(f"computing the frozen reference trace for {b.name}")
                     meta = {"inputs": b.name, "frozen_for": "parity bisect git"}
                     if self.mode is not None:  # a streaming session (upstream's chunked loop)
-                        from ..session import run_pipeline
+                        from ..harness import run_pipeline
 
                         run_pipeline(model, load_bundle(b, **bundle_dims(model.cfg)), p, self.mode, extra_meta=meta,
                                      raise_errors=True)
@@ -283,7 +283,7 @@ class GitBisect:
         model (the one that froze it, else the one its provenance names, loaded once)."""
         if not self.streaming:
             return None
-        from ..streaming_mask import check_saved, model_from_provenance, not_checked
+        from ..capture.mask_check import check_saved, model_from_provenance, not_checked
 
         ref = self.refs[i]
         if self._mask_model is None and self._mask_why is None:
@@ -347,7 +347,7 @@ class GitBisect:
         return t, False
 
     def _trial(self, sha: str, tdir: Path):
-        from ..compare import compare_loaded
+        from ..judge.compare import compare_loaded
         from ..ingest import load
 
         if tdir.exists():
@@ -380,7 +380,7 @@ class GitBisect:
                     if self.device and self.device != "cpu":
                         argv += ["--device", self.device]
                     if self.mode is not None:  # commits without --session cannot run it: skipped (125)
-                        from ..session_runner import session_cli_args
+                        from ..capture.session import session_cli_args
 
                         argv += session_cli_args(self.mode.options)
                     elif self.streaming:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 from ..project import BUNDLE_DIR, SESSION_BUNDLE_DIR
 from ..result import Comparison, read_json, write_json
-from ..session import ReferenceCache, run_case
+from ..harness import ReferenceCache, run_case
 from .log import BisectUsageError, TrialLog, TrialProgress, headline_text, make_workdir
 from .page import trial_report
 
@@ -110,7 +110,7 @@ class InProcessSearch:
 
     def __init__(self, mode: str, model, bundles, settings: SearchSettings, *, identity: dict, log_settings: dict,
                  bound: int):
-        from ..policy import load_policy
+        from ..judge.policy import load_policy
 
         self.mode = mode
         self.settings = settings

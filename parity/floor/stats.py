@@ -119,7 +119,7 @@ def pair_stats(name: str, ref: torch.Tensor, other: torch.Tensor, blocks: int, d
 def domain_stats(name: str, ref: torch.Tensor, other: torch.Tensor) -> dict:
     """Perceptual statistics of the stages they fit: F0 in cents (``f0``), log-mel L1 in nats through the
     pipeline's own mel recipe (``audio``, ``audio_preclamp``). Empty for other stages."""
-    from ..domain import domain_statistics
+    from ..measure.domain import domain_statistics
 
     m = domain_statistics(name, ref, other)
     if name == "f0":

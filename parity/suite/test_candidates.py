@@ -7,7 +7,7 @@ On a bundle longer than one 50-frame chunk it must FAIL with ``streaming_mask_ig
 headline (:func:`parity.streaming_mask.expected_outcome`); anything else (a pass, another headline) fails the test.
 """
 
-from parity.streaming_mask import expected_outcome
+from parity.capture.mask_check import expected_outcome
 
 
 def test_candidate_matches_reference(parity_case, assert_parity):

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from parity.compare import CompareOptions, compare_loaded
+from parity.judge.compare import CompareOptions, compare_loaded
 from parity.ingest import Loaded
-from parity.policy import Policy
+from parity.judge.policy import Policy
 
 
 def test_reference_is_deterministic(parity_bundle_mode, parity_model):
     from reference.bundle import bundle_dims, load_bundle
-    from parity.runner import run_to_trace
+    from parity.capture.runner import run_to_trace
 
     bundle, streaming = parity_bundle_mode
     inputs = load_bundle(bundle, **bundle_dims(parity_model.cfg))

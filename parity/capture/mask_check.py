@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import re
 
-from .result import Finding
-from .stages import position
+from ..result import Finding
+from ..stages import position
 
 STAGE = "step1.v1"
 NEED_REF = ("x0", "step1.t", "mu", "spks", "cond")

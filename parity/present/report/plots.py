@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ..audio_metrics import MEL_HOP
-from ..result import StepRow
-from ..stages import STEP_OUTPUTS
+from ...measure.audio_metrics import MEL_HOP
+from ...result import StepRow
+from ...stages import STEP_OUTPUTS
 
 FIG_W = 8.0  # inches at 100 dpi: 800 px wide figures
 DPI = 100

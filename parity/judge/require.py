@@ -4,8 +4,8 @@ verdict, the headline and the exit code follow from the findings as always."""
 
 from __future__ import annotations
 
-from .result import Comparison, Finding
-from .stages import position
+from ..result import Comparison, Finding
+from ..stages import position
 
 
 def absent_stages(result: Comparison, stages) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..render import fmt, size_text
-from ..result import Comparison
+from ...result import Comparison
 from .audio import _b64_len, wav_uri
 from .plots import _figure, _png_uri, _wave_plot, finite_nan, vec
 

@@ -28,15 +28,15 @@ import torch
 from reference.bundle import bundle_dims, load_bundle
 from reference.probe import Probe
 
-from .capture import Recorder
-from .compare import CompareOptions, compare_loaded
+from .capture.recorder import Recorder
+from .judge.compare import CompareOptions, compare_loaded
 from .ingest import Loaded
-from .policy import Policy, load_policy
+from .judge.policy import Policy, load_policy
 from .project import ProjectConfig, read_project
 from .result import Comparison
-from .runner import Progress, RunResult, run_to_trace
+from .capture.runner import Progress, RunResult, run_to_trace
 from .stages import STEP_OUTPUTS, VOCODER_OUTPUTS
-from .streaming_mask import check as check_mask
+from .capture.mask_check import check as check_mask
 from .trace import write_trace
 
 
@@ -113,7 +113,7 @@ def _run_single(pipeline, inputs: dict, out, *, mode: RunMode, patterns=None, ex
 
 
 def _run_streaming(pipeline, inputs: dict, out, *, mode: RunMode, **kw) -> RunResult:
-    from .session_runner import run_streaming_session
+    from .capture.session import run_streaming_session
 
     return run_streaming_session(pipeline, inputs, out, mode=mode, **kw)
 

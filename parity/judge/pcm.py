@@ -12,9 +12,9 @@ import dataclasses
 
 import torch
 
-from .ingest import Loaded
-from .result import Finding
-from .stages import position
+from ..ingest import Loaded
+from ..result import Finding
+from ..stages import position
 
 AUDIO_STAGES = ("audio_preclamp", "audio")
 FULL_SCALE = {torch.int16: 32768, torch.int32: 2147483648}

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..render import fmt
-from ..result import Comparison, StageResult
-from ..stages import STEP_OUTPUTS, layout, parse_step
+from ...result import Comparison, StageResult
+from ...stages import STEP_OUTPUTS, layout, parse_step
 from .audio import audio_players, worst_positions
 from .plots import listvec, mel2d, plot_f0, plot_floor_ratios, plot_mel, plot_steps, plot_waves, vec
 
@@ -482,7 +482,7 @@ def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int,
         mel_sec["note"] = no_t
     elif rm is None and rt.get("audio") is not None:
         try:  # an external dump without flow_mel: the mel of each side's audio, by the pipeline's recipe
-            from ..melspec import audio_mel
+            from ...measure.melspec import audio_mel
 
             rm = audio_mel(vec(rt["audio"])).astype(np.float64)
             cm = audio_mel(vec(ct["audio"])).astype(np.float64) if ct.get("audio") is not None else None
@@ -511,7 +511,7 @@ def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int,
     rf, cf = vec(rt.get("f0")), vec(ct.get("f0"))
     thr = ((result.audio or {}).get("f0") or {}).get("voiced_threshold_hz")
     if thr is None:
-        from ..audio_metrics import VOICED_THRESHOLD_HZ
+        from ...measure.audio_metrics import VOICED_THRESHOLD_HZ
 
         thr = VOICED_THRESHOLD_HZ
     if rf is None:

@@ -14,8 +14,8 @@ import json
 
 from reference.config import SAMPLE_RATE
 
-from .result import Finding, StageResult, StepRow
-from .stages import (INPUTS, KEY_STAGES, is_session_stage, is_vocoder_stage, layout, parse_step, position,
+from ..result import Finding, StageResult, StepRow
+from ..stages import (INPUTS, KEY_STAGES, is_session_stage, is_vocoder_stage, layout, parse_step, position,
                      sort_stages)
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
@@ -243,7 +243,7 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
               local_stages: dict[str, StageResult], sample_rate: int = SAMPLE_RATE) -> tuple[str, str]:
     """(code, message) for the first failing stage."""
     if is_session_stage(name):  # a streaming session's chunk or stream stage (parity.session_compare)
-        from .session_compare import classify_session_stage
+        from .session import classify_session_stage
 
         return classify_session_stage(name, entry, by_name, local_stages, sample_rate)
     if entry.problem:
@@ -325,7 +325,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     """The ordered findings of one comparison (``ref``/``cand``: the two :class:`parity.ingest.Loaded`;
     ``mask_check``: the streaming chunk-mask check, whose finding goes before the stage's own at the same
     position: the cause before the symptom)."""
-    from .streaming_mask import findings as mask_findings
+    from ..capture.mask_check import findings as mask_findings
 
     out: list[Finding] = list(meta_find) + mask_findings(mask_check)
     common = [s for s in stages if s.compared]

@@ -21,10 +21,10 @@ from reference.errors import ParityUserError
 from reference.probe import Probe
 from reference.session import SessionOptions, plan_session, session_provenance
 
-from .capture import Recorder, parse_stage_patterns
+from .recorder import Recorder, parse_stage_patterns
 from .runner import Progress, RunResult, finish_run
-from .stages import SESSION_PATTERNS, canonical_session_expected, parse_chunk, parse_step
-from .trace import TraceWriter, now_iso
+from ..stages import SESSION_PATTERNS, canonical_session_expected, parse_chunk, parse_step
+from ..trace import TraceWriter, now_iso
 
 SESSION_KIND = "streaming"
 
@@ -129,7 +129,7 @@ def run_streaming_session(pipeline, inputs: dict, out: str | Path | None, *, mod
 
 def session_mode(options: SessionOptions | None = None):
     """The :class:`parity.session.RunMode` of a streaming session with ``options``."""
-    from .session import RunMode
+    from ..harness import RunMode
 
     return RunMode(streaming=True, finalize=True, session=SESSION_KIND, options=options)
 

@@ -8,9 +8,9 @@ import io
 
 import numpy as np
 
-from ..audio_metrics import MEL_HOP
+from ...measure.audio_metrics import MEL_HOP
 from ..render import size_text
-from ..result import Comparison
+from ...result import Comparison
 
 DEFAULT_AUDIO_BUDGET = 8 * 1024 * 1024  # bytes of base64 WAV data for the three players together
 WINDOW_S = 0.5  # half-width of an audio window embedded above the budget

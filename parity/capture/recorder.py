@@ -13,8 +13,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from .stages import DEFAULT_PATTERNS
-from .trace import TraceWriter
+from ..stages import DEFAULT_PATTERNS
+from ..trace import TraceWriter
 
 def parse_stage_patterns(spec: str | Iterable[str] | None) -> list[str]:
     """``None`` -> defaults; ``"all"`` -> everything; ``"+a,+b"`` -> defaults plus a, b; ``"a,b"`` -> only a, b."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .stages import layout
+from ..stages import layout
 
 
 @dataclass

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from reference.errors import InputError
 
 from ..render import jinja_env, size_text
-from ..result import Comparison, aggregate_verdict
+from ...result import Comparison, aggregate_verdict
 from .audio import DEFAULT_AUDIO_BUDGET
 from .view import media_for, page_context
 

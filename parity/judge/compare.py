@@ -13,17 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import metrics as M
-from . import session_compare as SC
+from ..measure import metrics as M
+from . import session as SC
 from .diagnose import diagnose, metadata_findings
-from .domain import domain_statistics
-from .ingest import Loaded, load
-from .melspec import audio_mel
+from ..measure.domain import domain_statistics
+from ..ingest import Loaded, load
+from ..measure.melspec import audio_mel
 from .normalize import align
 from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, judgement_from_floor, load_policy
-from .result import Comparison, StageResult, StepRow
-from .trace import sample_rate_of
-from .stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
+from ..result import Comparison, StageResult, StepRow
+from ..trace import sample_rate_of
+from ..stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
 
 
 
@@ -120,7 +120,7 @@ def _judge_stage(rule: Rule | None, m: dict, arbiter: dict | None, gate: StageGa
     otherwise (``with_floor``: ``"both"`` keeps the rule next to the floor, ``"rule"`` lets the rule decide).
     Without one, the policy rule decides (gate ``"flat"``; ``no_floor`` is why there is no floor). None: no
     rule and no floor (the stage is reported, not judged)."""
-    from .floor.judge import judge_stage
+    from ..floor.judge import judge_stage
 
     fj = None
     if gate is not None and ref is not None and cand is not None:
@@ -218,8 +218,8 @@ def candidate_context(cand: Loaded, opts: CompareOptions | None = None) -> tuple
 
 def _floor_for(floor, precision: str):
     """(FloorChoice, the Floor that gates this candidate or None, why none)."""
-    from .floor.store import FloorChoice
-    from .floor.types import Floor
+    from ..floor.store import FloorChoice
+    from ..floor.types import Floor
 
     if floor is None:
         choice = FloorChoice(None, "none", "no floor was given to the comparison")
@@ -386,7 +386,7 @@ def step_table(ref: Loaded, cand: Loaded, by_name: dict[str, StageResult],
 
 
 def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
-    from . import audio_metrics as A
+    from ..measure import audio_metrics as A
 
     ra = ref.tensors["audio"].double().reshape(-1).numpy()
     ca = cand.tensors["audio"].double().reshape(-1).numpy()
@@ -422,12 +422,12 @@ def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = 
     fp64 = load(fp64_path, maps) if fp64_path else None
     floor = None
     if floor_file is not None or floors is not None:
-        from .floor.store import FloorStore
+        from ..floor.store import FloorStore
 
         store = floors if floors is not None else FloorStore(cache=None, shipped=None, compute=False)
         precision = _cand_context(cand, opts or CompareOptions())[0]
         if floor_file is not None:
-            from .floor.types import Floor
+            from ..floor.types import Floor
 
             floor = store.check_file_for_trace(Floor.load(floor_file), ref.metadata, ref.tensors)
             floor.path = str(floor_file)
@@ -435,7 +435,7 @@ def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = 
             floor = store.for_trace(ref.metadata, ref.tensors, cand_meta=cand.metadata, precision=precision)
     mc = None
     if mask_check:
-        from .streaming_mask import check_saved, is_streaming
+        from ..capture.mask_check import check_saved, is_streaming
 
         mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=is_streaming(ref.metadata, cand.metadata))
     offline = load(offline_path, maps) if offline_path else None

@@ -1,5 +1,5 @@
 """Rendering helpers shared by every page (the parity report, the summary page, the bisect pages): display
-formatting of result values and the jinja2 environment over ``parity/templates`` (autoescaping on: every
+formatting of result values and the jinja2 environment over ``parity/present/templates`` (autoescaping on: every
 string that comes from a trace, a log or a commit is HTML-escaped). Display only: no metric is computed here.
 """
 
@@ -66,7 +66,7 @@ def size_text(n: int) -> str:
 
 @functools.lru_cache(maxsize=1)
 def jinja_env():
-    """The one jinja2 environment (autoescape, ``fmt`` filter) for every template in ``parity/templates``."""
+    """The one jinja2 environment (autoescape, ``fmt`` filter) for every template in ``parity/present/templates``."""
     from jinja2 import Environment, FileSystemLoader
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True, trim_blocks=True,

@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ingest import Loaded
-from .trace import sample_rate_of
-from .result import Finding, StageResult
-from .stages import CHUNK_CONTROL, is_session_stage, layout, parse_chunk, position, session_rule_stage
+from ..ingest import Loaded
+from ..trace import sample_rate_of
+from ..result import Finding, StageResult
+from ..stages import CHUNK_CONTROL, is_session_stage, layout, parse_chunk, position, session_rule_stage
 
 UNMATCHED = "unmatched."
 # options that change what the loop computes (the rest: which stages are recorded)
@@ -501,7 +501,7 @@ def _sr(ref: Loaded) -> int:
 
 def glitches(ref: Loaded, cand: Loaded, prep: SessionPrep) -> tuple[dict | None, list[Finding], list[str]]:
     """Chunk-boundary glitches of the candidate stream against the reference stream."""
-    from .streaming_metrics import detect_glitches, expected_chunk_samples
+    from ..measure.streaming_metrics import detect_glitches, expected_chunk_samples
 
     notes: list[str] = []
     ya, na = _stream_audio(cand, prep.cand_chunks)
@@ -574,7 +574,7 @@ def _worst_boundary(rep) -> dict | None:
 
 def drift(ref: Loaded, cand: Loaded, offline: Loaded | None, prep: SessionPrep) -> dict | None:
     """Stream vs offline per chunk, for the reference stream (the cost of streaming) and the candidate's."""
-    from .streaming_metrics import stream_offline_drift
+    from ..measure.streaming_metrics import stream_offline_drift
 
     if offline is None:
         return None
@@ -609,7 +609,7 @@ def drift(ref: Loaded, cand: Loaded, offline: Loaded | None, prep: SessionPrep) 
 def _logmel_l1(a: torch.Tensor, b: torch.Tensor, span) -> float | None:
     """Log-mel L1 (the pipeline's mel recipe) between two streams over samples ``span``: how far the streamed
     audio sounds from the offline audio where sample-level errors say little (the vocoder's phase)."""
-    from .domain import domain_statistics
+    from ..measure.domain import domain_statistics
 
     s0, s1 = int(span[0]), int(span[1])
     x = a.detach().double().reshape(-1)[s0:s1]

@@ -7,8 +7,8 @@ import os
 import sys
 import textwrap
 
-from .result import Comparison, StageResult
-from .stages import parse_chunk, parse_step
+from ..result import Comparison, StageResult
+from ..stages import parse_chunk, parse_step
 
 MARK = {"pass": "ok", "fail": "FAIL", "missing": "--", "extra": "++", "skip": "skip", "info": ".."}
 

@@ -16,9 +16,9 @@ import torch
 from reference.errors import ParityUserError
 from reference.probe import Probe
 
-from .capture import Recorder
-from .stages import PROGRESS_MARKS, canonical_expected, parse_step
-from .trace import TraceWriter, now_iso
+from .recorder import Recorder
+from ..stages import PROGRESS_MARKS, canonical_expected, parse_step
+from ..trace import TraceWriter, now_iso
 
 
 @dataclass

@@ -55,7 +55,7 @@ STATISTICS = ("elementwise", "max_abs", "mean_abs", "rmse", "rel_l2", "nmse", "q
 HIGHER_IS_BETTER = {"cosine", "snr_db"}
 WITH_FLOOR = ("replace", "both", "rule")  # what a rule does where a measured floor exists (see the module docstring)
 PRECISION_CLASSES = ("fp32", "bf16", "fp16", "int8")  # a candidate's precision class (rules' ``precision``)
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "fixtures" / "tolerances.toml"
+DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "fixtures" / "tolerances.toml"
 _METRIC_KEY = {"max_abs": "max_abs_err", "mean_abs": "mean_abs_err", "rmse": "rmse", "rel_l2": "rel_l2",
                "nmse": "nmse", "cosine": "cosine", "snr_db": "snr_db", "ulp": "max_ulp",
                "f0_rmse_cents": "f0_rmse_cents", "f0_max_cents": "f0_max_abs_cents", "gpe": "gpe", "vde": "vde",
@@ -128,7 +128,7 @@ class Policy:
         hits = [r for r in self.rules if r.matches(stage, precision, attention)]
         if hits:
             return max(hits, key=Rule.specificity)
-        from .stages import session_rule_stage
+        from ..stages import session_rule_stage
 
         base = stage[6:] if stage.startswith("local:") else stage
         inner = session_rule_stage(base)
@@ -195,7 +195,7 @@ def load_policy(path: str | Path | None = None, pyproject=None, use_default: boo
     """Default rules, then ``[tool.parity.tolerances]`` of the pyproject, then ``path`` (default: the
     pyproject's ``[tool.parity] policy``). ``pyproject``: a path (default ./pyproject.toml) or an already read
     :class:`parity.project.ProjectConfig`."""
-    from .project import ProjectConfig, read_project
+    from ..project import ProjectConfig, read_project
 
     pol = Policy()
     if use_default:
@@ -252,7 +252,7 @@ def judge(rule: Rule, m: dict, arbiter: dict | None = None) -> Judgement:
         v = m.get("frac_outside")
         ok = v is not None and v <= rule.max_frac
         return Judgement("pass" if ok else "fail", stat, v, rule.max_frac, rule.describe())
-    from .metrics import metric_value
+    from ..measure.metrics import metric_value
 
     v = m.get("quantile_abs_err") if stat == "quantile" else metric_value(m, _METRIC_KEY[stat])
     if v is None or (isinstance(v, float) and math.isnan(v)):
