@@ -40,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.mutations import ALL, CONTROLS, LEGIT, MUTATIONS
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.judge.compare import CompareOptions, compare_loaded
+from parity.capture.runner import RunMode
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.floor import FloorCache, Recipe
 from parity.floor.store import SHIPPED_DIR, FloorStore
 from parity.ingest import Loaded
@@ -91,8 +93,8 @@ def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, lo
         cand = CandidateToken2Wav(model, switches_from("fp32-explicit", **case.switches), case.name)
         case.patch(cand, inputs)
         with threads(case.threads):
-            res = run_case(model, cand, bundle, streaming=streaming, policy=policy, refs=refs, local=True,
-                           profile_name=case.name, floors=floors)
+            res = run_case(model, cand, bundle, RunMode(streaming=streaming),
+                           ComparisonSpec(policy=policy, floors=floors), refs=refs, local=True, profile_name=case.name)
         ref, ct = res.ref_tensors, res.cand_tensors
         fc = first_changed(ref, ct)
         if case.kind == "control" and fc is not None:
@@ -106,8 +108,7 @@ def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, lo
         if st is not None and st.gate == "floor":
             eff = st.ratio if st.ratio is not None else (float("inf") if st.status == "fail" else None)
         # the same traces through the flat tolerances alone (no floor): what parity run --no-floor decides
-        flat = compare_loaded(Loaded(ref, res.ref_meta, "ref"), Loaded(ct, res.cand_meta, "cand"), policy,
-                              CompareOptions(), Loaded(res.local_tensors, {"pipeline": "candidate-local"}, "local")
+        flat = compare_loaded(Loaded(ref, res.ref_meta, "ref"), Loaded(ct, res.cand_meta, "cand"), ComparisonSpec(policy=policy), Loaded(res.local_tensors, {"pipeline": "candidate-local"}, "local")
                               if res.local_tensors else None)
         ffd = flat.first_divergence
         crashed = res.cand_meta.get("status") == "crashed"

@@ -59,9 +59,10 @@ def main(argv=None) -> int:
     from candidate.faults import catalogue
     from candidate.onnx_backend import profile_unavailable
     from parity.project import default_bundles, profile_switches, suite_profiles
-    from parity.harness import ModelSpec, RunMode, Session
+    from parity.capture.runner import RunMode
+    from parity.harness import Harness, ModelSpec
 
-    s = Session()
+    s = Harness()
     model = s.model(ModelSpec("tiny"))
     rows = []
     t0 = time.perf_counter()

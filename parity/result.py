@@ -76,6 +76,15 @@ class Finding:
         if self.severity not in SEVERITY_ORDER:
             raise ValueError(f"finding {self.code!r}: severity {self.severity!r} is not one of {SEVERITIES}")
 
+    @classmethod
+    def at(cls, code: str, stage: str | None, severity: str, message: str, evidence: dict | None = None, *,
+           first: bool = False) -> "Finding":
+        """The one finding builder: ``position`` from the stage's pipeline position (``first``: sorts before every
+        stage finding of its severity, as the schedule and option findings of a session do)."""
+        from .stages import position
+
+        return cls(code, stage, severity, message, evidence or {}, [-1] if first or not stage else list(position(stage)))
+
     def sort_key(self) -> tuple:
         """Severity class first, pipeline position within a class, metadata findings first at a position."""
         return (SEVERITY_ORDER[self.severity], self.position if self.stage else [-1],

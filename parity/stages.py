@@ -236,3 +236,9 @@ def session_rule_stage(name: str) -> str | None:
         return None
     field = ch[1]
     return SESSION_RULE_STAGES.get(field, field)
+
+
+def golden_patterns(session: bool = False) -> list[str]:
+    """The stages a golden trace of the reference keeps: :data:`GOLDEN_STAGES` for one call,
+    :data:`SESSION_GOLDEN_PATTERNS` for a streaming session (globs)."""
+    return list(SESSION_GOLDEN_PATTERNS if session else GOLDEN_STAGES)

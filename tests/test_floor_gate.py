@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.floor import Floor, FloorCache, Member, run_reference
 from parity.floor.store import FloorChoice, FloorStore, ShippedFloors, shipped_name
 from parity.floor.stats import time_axis
 from parity.ingest import Loaded
 from parity.judge.policy import Policy, load_policy
 from parity.result import Comparison
-from parity.harness import RunMode, Session
+from parity.capture.runner import RunMode
+from parity.harness import Harness
 from parity.present.summary import render
 from reference.bundle import bundle_dims, load_bundle
 from reference.model import Token2Wav
@@ -60,7 +62,7 @@ def test_a_legitimate_member_passes_under_the_floor_policy(model, inputs, shippe
     # 2 threads AND the SDPA math kernel: a combination the ensemble never ran, through the real comparison
     other, _ = run_reference(model, inputs, streaming=False,
                              member=Member("sdpa-math/threads2", "attention", threads=2, attention="sdpa-math"))
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(other, model, "member"), load_policy(), floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(other, model, "member"), ComparisonSpec(policy=load_policy()), floor=shipped)
     assert res.verdict == "pass", res.headline_text()
     assert res.gates.get("floor", 0) == len(base) and not res.gates.get("flat")  # every stage judged by the floor
     ratios = [s.ratio for s in res.stages if s.ratio is not None]
@@ -81,8 +83,7 @@ def test_synthetic_perturbation_20x_fails_at_its_stage_3x_passes(model, shipped,
         if ax is not None:
             idx[ax] = int(torch.tensor_split(torch.arange(t.shape[ax]), sf.n_blocks)[b][0])
         t[tuple(idx)] += c * sf.envelope[b]  # one element moved by c x its block's floor
-        res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, **{stage: t}), model, "cand"),
-                             load_policy(), floor=shipped)
+        res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, **{stage: t}), model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
         st = res.stage(stage)
         assert st.gate == "floor" and st.ratio == pytest.approx(c, rel=0.05), st.detail
         if fails:
@@ -97,8 +98,7 @@ def test_synthetic_perturbation_20x_fails_at_its_stage_3x_passes(model, shipped,
 def test_inputs_stay_bit_exact_next_to_their_zero_floor(model, shipped, base):
     pf = base["prompt_feat"].clone().contiguous()
     pf.view(-1)[0] = torch.nextafter(pf.view(-1)[0], torch.tensor(math.inf))  # one ulp: within k x the zero floor
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, prompt_feat=pf), model, "cand"), load_policy(),
-                         floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, prompt_feat=pf), model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
     st = res.stage("prompt_feat")
     assert st.status == "fail" and st.gate == "flat" and st.ratio is not None and st.ratio <= shipped.floor.k
     assert "kept next to the floor" in st.detail and res.first_divergence.code == "inputs_differ"
@@ -111,7 +111,7 @@ def test_with_floor_modes(model, shipped, base):
     flat_rule = {"stage": "step2.v1", "statistic": "elementwise", "atol": 1e-4, "rtol": 1e-3}
     for mode, verdict, gate in (("replace", "fail", "floor"), ("rule", "pass", "flat"), ("both", "fail", "floor")):
         pol = Policy().extend([dict(flat_rule, with_floor=mode, reason="test")], "test")
-        st = compare_loaded(ref, cand, pol, floor=shipped).stage("step2.v1")
+        st = compare_loaded(ref, cand, ComparisonSpec(policy=pol), floor=shipped).stage("step2.v1")
         assert (st.status, st.gate) == ({"fail": "fail", "pass": "pass"}[verdict], gate), (mode, st.detail)
         assert st.ratio >= 19.0  # measured and reported under every mode
     from reference.errors import InputError
@@ -125,7 +125,7 @@ def test_with_floor_modes(model, shipped, base):
 def test_without_a_floor_the_flat_tolerances_decide_and_say_why(model, base):
     for floor, why in ((None, "no floor was given"),
                        (FloorChoice(None, "none", "no floors for the 'chunked' session kind"), "chunked")):
-        res = compare_loaded(_loaded(base, model, "ref"), _loaded(base, model, "cand"), load_policy(), floor=floor)
+        res = compare_loaded(_loaded(base, model, "ref"), _loaded(base, model, "cand"), ComparisonSpec(policy=load_policy()), floor=floor)
         assert res.verdict == "pass" and res.gates.get("flat") and not res.gates.get("floor")
         assert why in res.floor["reason"] and why in render(res, color=False)
     ch = FloorStore(cache=None, compute=False).for_run(model, {}, session="chunked")
@@ -146,7 +146,7 @@ def test_embed_floor_refuses_a_streaming_session(tmp_path, capsys):
 
 def test_stages_without_a_floor_fall_back_to_flat_per_stage(model, shipped, base, inputs):
     blocks = run_reference(model, inputs, streaming=False, patterns=["+step*.block*"])[0]
-    res = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), load_policy(), floor=shipped)
+    res = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
     assert res.stage("step1.block0").gate == "flat" and "no floor for this stage" in \
         res.stage("step1.block0").floor["reason"]
     assert res.stage("step1.v1").gate == "floor" and res.verdict == "pass"
@@ -155,8 +155,7 @@ def test_stages_without_a_floor_fall_back_to_flat_per_stage(model, shipped, base
 
 
 def test_an_fp32_floor_does_not_judge_a_reduced_precision_candidate(model, shipped, base):
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(base, model, "cand", precision="fp16"), load_policy(),
-                         floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(base, model, "cand", precision="fp16"), ComparisonSpec(policy=load_policy()), floor=shipped)
     assert not res.gates.get("floor") and "needs the fp16 envelope" in res.floor["not_applied"]
 
 
@@ -169,7 +168,7 @@ def _fp32_profiles():
 
 @pytest.fixture(scope="module")
 def shipped_session():
-    return Session(floors=FloorStore(cache=None, compute=False))
+    return Harness(spec=ComparisonSpec(floors=FloorStore(cache=None, compute=False)))
 
 
 @pytest.mark.parametrize("profile", _fp32_profiles())
@@ -196,7 +195,7 @@ def test_no_false_alarm_on_legitimate_fp32_profiles(model, shipped_session, prof
 
 def test_fp16_candidate_accumulating_one_block_in_fp16_is_beyond_its_envelope(model):
     """Through the session (the plugin's and parity run's path): the shipped fp16 envelope judges."""
-    s = Session(floors=FloorStore(cache=None, compute=False))
+    s = Harness(spec=ComparisonSpec(floors=FloorStore(cache=None, compute=False)))
     ok = s.run(model, s.candidate(model, "fp16-flow"), SHORT, RunMode(False), local=False)
     assert ok.verdict == "pass", ok.result.headline_text()
     assert ok.result.floor["kind"] == "fp16" and ok.result.gates.get("floor", 0) > 60
@@ -217,8 +216,7 @@ def test_result_json_keeps_gates_and_floor(model, shipped, base, tmp_path):
     from parity.result import read_json, write_json
 
     t = base["flow_mel"] + 50 * shipped.floor["flow_mel"].max_abs
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, flow_mel=t), model, "cand"), load_policy(),
-                         floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, flow_mel=t), model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
     back = read_json(write_json(res, tmp_path / "r.json"))
     assert back.verdict == res.verdict == "fail" and back.floor["digest"] == shipped.floor.digest
     s, b = res.stage("flow_mel"), back.stage("flow_mel")
@@ -234,8 +232,7 @@ def test_report_shows_ratios_chart_and_provenance(model, shipped, base, tmp_path
 
     t = base["step4.v2"].clone().contiguous()
     t.view(-1)[0] += 30 * shipped.floor["step4.v2"].max_abs
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, **{"step4.v2": t}), model, "cand"),
-                         load_policy(), floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, **{"step4.v2": t}), model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
     html = build_report(res, tmp_path / "r.html").read_text()
     sec = html[html.index('<section id="floor">'):html.index('<section id="steps">')]
     assert 'id="floor-chart"' in sec and "data:image/png;base64," in sec
@@ -380,14 +377,15 @@ def test_update_golden_writes_the_shipped_floors_found_by_digest(model, tmp_path
     from parity import pytest_plugin as P
 
     b = _small_bundle(tmp_path / "tiny.safetensors")
-    ps = P.ParitySession(P.ParityConfig(profiles=["fp32-sdpa", "int8-dynamic"], rootdir=tmp_path))
-    ps.session.floors = store = FloorStore(cache=None, shipped=tmp_path, compute=False)
-    ps.session.models[ps.pc.model_spec()] = model
+    ps = P.ParityHarness(P.ParityConfig(profiles=["fp32-sdpa", "int8-dynamic"], rootdir=tmp_path))
+    store = FloorStore(cache=None, shipped=tmp_path, compute=False)
+    ps.harness.spec = ps.harness.spec.replace(floors=store)
+    ps.harness.models[ps.pc.model_spec()] = model
     inputs = load_bundle(b, **bundle_dims(model.cfg))
     assert store.for_run(model, inputs).floor is None  # nothing shipped yet, computing is off
     g = P.Golden(ps, update=True)
     g.dir = tmp_path
-    result = g.check(b, streaming=False)
+    result = g.check(b, RunMode())
     assert result.verdict == "pass" and (tmp_path / "tiny-offline.safetensors").exists()
     assert sorted(p.name for p in tmp_path.glob("*.floor.json.gz")) == [
         "tiny-offline.floor.json.gz", "tiny-offline.int8-dynamic.floor.json.gz"]

@@ -28,7 +28,9 @@ from candidate.pipeline import CandidateToken2Wav  # noqa: E402
 from candidate.switches import Switches, resolve_profile, switches_from  # noqa: E402
 from parity.floor.store import FloorStore  # noqa: E402
 from parity.judge.policy import load_policy  # noqa: E402
+from parity.capture.runner import RunMode  # noqa: E402
 from parity.harness import run_case  # noqa: E402
+from parity.judge.spec import ComparisonSpec  # noqa: E402
 from reference.errors import InputError  # noqa: E402
 from reference.model import Token2Wav  # noqa: E402
 
@@ -83,8 +85,8 @@ FLOORS = FloorStore(cache=None, compute=False)
 
 
 def _case(model, cand, bundle=MEDIUM, streaming=False, policy=None, floors=FLOORS):
-    return run_case(model, cand, bundle, streaming=streaming, policy=policy, profile_name=cand.profile_name,
-                    floors=floors)
+    return run_case(model, cand, bundle, RunMode(streaming=streaming), ComparisonSpec(policy=policy, floors=floors),
+                    profile_name=cand.profile_name)
 
 
 def _stage(case, name):
@@ -366,11 +368,11 @@ def test_cli_user_file_errors_exit_2_with_one_line(exported, tmp_path):
 def test_user_file_runs_and_is_recorded(exported, model, policy):
     from candidate.onnx_export import file_sha256
     from parity.onnx_options import OnnxOptions
-    from parity.harness import Session
+    from parity.harness import Harness
 
     path = exported[0].path
     opts = OnnxOptions(str(path))
-    cand = Session().candidate(model, opts.profiles(None, ["fp32-sdpa"])[0], overrides=opts.overrides())
+    cand = Harness().candidate(model, opts.profiles(None, ["fp32-sdpa"])[0], overrides=opts.overrides())
     assert cand.profile_name == f"onnx-cpu+{path.stem}"
     case = _case(model, cand, policy=policy)
     assert case.verdict == "pass", case.result.first_divergence
@@ -491,8 +493,8 @@ def test_full_size_onnx_profiles(full_size, policy, profile, streaming, headline
     Measured numbers are printed (pytest -s) for docs/benchmarks.md."""
     model, refs = full_size
     cand = _cand(model, profile)  # not cached: a full-size ORT session holds its own copy of the weights
-    case = run_case(model, cand, MEDIUM, streaming=streaming, policy=policy, profile_name=profile, refs=refs,
-                    local=False)
+    case = run_case(model, cand, MEDIUM, RunMode(streaming=streaming), ComparisonSpec(policy=policy),
+                    profile_name=profile, refs=refs, local=False)
     fd = case.result.first_divergence
     nums = {n: (_maxabs(case, n), rel_l2(case.cand_tensors[n], case.ref_tensors[n]))
             for n in ("step1.v1", "flow_mel", "audio") if n in case.cand_tensors}

@@ -54,7 +54,7 @@ def _one_line_error(capsys) -> str:
 # ---------------------------------------------------------------------------------------------- options
 
 def test_options_become_switch_overrides(tiny, user_file, tmp_path):
-    from parity.harness import Session
+    from parity.harness import Harness
 
     opts = OnnxOptions(str(user_file), "cpu")
     assert opts.overrides() == {"estimator_backend": "onnxruntime", "onnx_file": str(user_file.resolve()),
@@ -65,7 +65,7 @@ def test_options_become_switch_overrides(tiny, user_file, tmp_path):
         OnnxOptions(str(tmp_path / "missing.onnx")).overrides()
     with pytest.raises(InputError, match="--require-provider 'gpu'"):
         OnnxOptions(None, "gpu").overrides()
-    s = Session()
+    s = Harness()
     cand = s.candidate(tiny, "onnx-fused", overrides=opts.overrides())
     assert cand.profile_name == "onnx-fused+flow.decoder.estimator.fp32+require-cpu"
     assert cand.sw.onnx_fuse and cand.sw.onnx_file == str(user_file.resolve())
@@ -236,7 +236,7 @@ def test_bisect_switches_finds_the_onnx_backend_in_streaming(user_file, tmp_path
 # ---------------------------------------------------------------------------------------------- plugin
 
 SUITE_TEST = """
-from parity.streaming_mask import expected_outcome
+from parity.capture.mask_check import expected_outcome
 
 
 def test_case(parity_case, assert_parity):

@@ -1,4 +1,4 @@
-"""Streaming sessions through the harness (issue 16, phase 2): the session runner registered as a session kind, its
+"""Streaming sessions through the harness: the one runner with the session's run mode, its
 trace and crash, cache keys and case names, the CLI (dump, run, compare, faults), the session comparison (rules
 reused from the inner stage, chunks paired by index and token offset, the schedule finding first, the options
 judged, glitches, stream vs offline), port-style chunked .npy dumps, the JSON result, the report, the golden
@@ -16,12 +16,14 @@ import torch
 
 from parity.cli import main
 from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.ingest import Loaded, load
 from parity.judge.policy import load_policy
 from parity.project import ProjectConfig, default_session_bundles
 from parity.result import read_json, write_json
-from parity.harness import SESSION_KINDS, ModelSpec, ReferenceCache, RunMode, Session, run_pipeline
-from parity.capture.session import options_from_args, session_cli_args, session_mode
+from parity.args import run_mode_cli_args, run_mode_from_args
+from parity.capture.runner import RunMode, run_pipeline
+from parity.harness import Harness, ModelSpec, ReferenceCache
 from parity.stages import parse_chunk
 from parity.trace import read_trace
 from reference.bundle import load_bundle
@@ -37,7 +39,7 @@ SR = 24000
 
 @pytest.fixture(scope="module")
 def session():
-    return Session(project=ProjectConfig())
+    return Harness(project=ProjectConfig())
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def cases(session, model):
     for key, prof, faults in (("sdpa", "fp32-sdpa", ()), ("hift", "fp32-explicit", ("session-hift-per-chunk",)),
                               ("noise", "fp32-explicit", ("session-noise-per-chunk",)),
                               ("hop", "fp32-explicit", ("session-fixed-hop",))):
-        out[key] = session.run(model, session.candidate(model, prof, faults), STREAM, session_mode(), local=False)
+        out[key] = session.run(model, session.candidate(model, prof, faults), STREAM, RunMode.streaming_session(), local=False)
     return out
 
 
@@ -60,17 +62,19 @@ def cases(session, model):
 # the runner, modes, cache keys
 
 
-def test_streaming_is_a_registered_session_kind_with_options_in_keys_and_names():
-    assert "streaming" in SESSION_KINDS
-    m = session_mode()
+def test_the_streaming_session_is_a_run_mode_with_options_in_keys_and_names():
+    m = RunMode.streaming_session()
     assert m.is_session and m.label == "streaming-session" and RunMode().label == "offline"
     assert RunMode(streaming=True).label == "streaming"  # the single-call streaming mode keeps its name
-    o = session_mode(SessionOptions(final_mask="streaming", hop_state="carried", step_chunks=("all",)))
+    o = RunMode.streaming_session(SessionOptions(final_mask="streaming", hop_state="carried", step_chunks=("all",)))
     assert o.label == "streaming-session-final-streaming-hop-carried-steps-all"
     refs = ReferenceCache()
     assert len({refs.key(None, STREAM, x) for x in (RunMode(True), m, o)}) == 3
-    assert session_cli_args(o.options) == ["--session", "streaming", "--final-mask", "streaming", "--hop-state",
-                                           "carried", "--step-chunks", "all"]
+    assert run_mode_cli_args(o) == ["--session", "streaming", "--final-mask", "streaming", "--hop-state",
+                                    "carried", "--step-chunks", "all"]
+    assert run_mode_cli_args(RunMode(streaming=True)) == ["--streaming"] and run_mode_cli_args(RunMode()) == []
+    with pytest.raises(ValueError, match="streaming session"):
+        RunMode(streaming=False, session=SessionOptions())
 
 
 def test_session_options_from_the_command_line():
@@ -81,29 +85,30 @@ def test_session_options_from_the_command_line():
                     carried_hop=None, step_chunks=None, no_finalize=False)
         return argparse.Namespace(**{**base, **kw})
 
-    assert options_from_args(ns()) is None
-    assert options_from_args(ns(session="streaming")) == SessionOptions()
-    assert options_from_args(ns(session="streaming", growth=1, step_chunks="0,-1")) == \
+    assert run_mode_from_args(ns()) == RunMode()
+    assert run_mode_from_args(ns(streaming=True, no_finalize=True)) == RunMode(streaming=True, finalize=False)
+    assert run_mode_from_args(ns(session="streaming")) == RunMode.streaming_session(SessionOptions())
+    assert run_mode_from_args(ns(session="streaming", growth=1, step_chunks="0,-1")).session == \
         SessionOptions(growth=1, step_chunks=(0, -1))
     with pytest.raises(InputError, match="need --session streaming"):
-        options_from_args(ns(growth=1))
+        run_mode_from_args(ns(growth=1))
     with pytest.raises(InputError, match="no-finalize"):
-        options_from_args(ns(session="streaming", no_finalize=True))
+        run_mode_from_args(ns(session="streaming", no_finalize=True))
     with pytest.raises(InputError, match="step-chunks"):
-        options_from_args(ns(session="streaming", step_chunks="first,middle"))
+        run_mode_from_args(ns(session="streaming", step_chunks="first,middle"))
 
 
 def test_a_crash_inside_a_session_leaves_a_partial_trace_naming_its_chunk_and_stage(session, model, tmp_path):
     cand = session.candidate(model, "fp32-explicit", ("shape-crash",))  # HiFT's source module raises
     out = tmp_path / "crash.safetensors"
-    res = run_pipeline(cand, load_bundle(STREAM), out, session_mode())
+    res = run_pipeline(cand, load_bundle(STREAM), out, RunMode.streaming_session())
     assert res.error is not None and res.crashed_at == "chunk0.audio"
     tr = read_trace(out)
     assert tr.metadata["status"] == "crashed" and tr.metadata["error"]["stage"] == "chunk0.audio"
     assert tr.metadata["error"]["last_recorded"] == "chunk0.mel" and "chunk0.step10.x" in tr.names
     assert [c["hop"] for c in tr.metadata["session_plan"]["chunks"]] == [38, 50, 100, 32]  # written before the run
-    ref = session.reference(model, STREAM, session_mode())
-    r = compare_loaded(Loaded(ref.tensors, ref.metadata, "ref"), load(out), load_policy())
+    ref = session.reference(model, STREAM, RunMode.streaming_session())
+    r = compare_loaded(Loaded(ref.tensors, ref.metadata, "ref"), load(out), ComparisonSpec(policy=load_policy()))
     fd = r.first_divergence
     assert (fd.stage, fd.code) == ("chunk0.audio", "candidate_crashed") and "chunk0.mel" in fd.message
     assert r.session["chunks"][1]["status"] == "missing"  # paired by the plan, never computed
@@ -134,7 +139,7 @@ def test_a_user_rule_naming_session_stages_wins(session, model, cases):
 
     c = cases["sdpa"]
     pol = load_policy().extend([{"stage": "chunk*.audio", "statistic": "snr_db", "limit": 200.0}], "test")
-    r = compare_loaded(Loaded(c.ref_tensors, c.ref_meta, "r"), Loaded(c.cand_tensors, c.cand_meta, "c"), pol)
+    r = compare_loaded(Loaded(c.ref_tensors, c.ref_meta, "r"), Loaded(c.cand_tensors, c.cand_meta, "c"), ComparisonSpec(policy=pol))
     assert r.first_divergence.stage == "chunk0.audio" and r.stage("chunk0.audio").limit == 200.0
     assert "rule_from" not in r.stage("chunk0.audio").extra and r.stage("stream.audio").limit == 30.0
     assert Policy().rule_for("chunk0.mel") is None  # no rule at all: nothing to inherit
@@ -185,7 +190,7 @@ def test_session_options_are_judged_by_meaning(cases):
     def with_options(**kw):
         meta = json.loads(json.dumps(c.cand_meta))
         meta["session_options"].update(kw)
-        return compare_loaded(ref, Loaded(c.cand_tensors, meta, "c"), load_policy())
+        return compare_loaded(ref, Loaded(c.cand_tensors, meta, "c"), ComparisonSpec(policy=load_policy()))
 
     same = with_options(max_hop=400)  # never reached by 220 tokens: the same calls
     f = [x for x in same.findings if x.code == "session_options_mismatch"]
@@ -195,7 +200,7 @@ def test_session_options_are_judged_by_meaning(cases):
     meta = json.loads(json.dumps(c.cand_meta))
     meta["session_options"]["growth"] = 1
     meta["session_schedule"]["chunks"][1]["hop"] = 25
-    diff = compare_loaded(ref, Loaded(c.cand_tensors, meta, "c"), load_policy())
+    diff = compare_loaded(ref, Loaded(c.cand_tensors, meta, "c"), ComparisonSpec(policy=load_policy()))
     assert [x.code for x in diff.findings[:2]] == ["session_schedule_mismatch", "session_options_mismatch"]
     assert diff.findings[1].severity == "failure"
 
@@ -217,7 +222,7 @@ def test_paired_by_token_offset_when_a_port_numbers_its_calls_differently(cases)
         port[f"chunk{k}.streaming"] = torch.tensor([1])
         port[f"chunk{k}.mel"] = T["chunk0.mel"][:, :, 2 * off:2 * end]
         port[f"chunk{k}.audio"] = T["chunk0.audio"][:, :0] if k == 0 else T["chunk0.audio"]
-    r = compare_loaded(Loaded(c.ref_tensors, c.ref_meta, "r"), Loaded(port, {}, "port"), load_policy())
+    r = compare_loaded(Loaded(c.ref_tensors, c.ref_meta, "r"), Loaded(port, {}, "port"), ComparisonSpec(policy=load_policy()))
     s = r.session
     assert s["schedules"]["source"] == {"ref": "metadata", "cand": "tensors"}
     assert s["pairs"] == {"0": 0, "2": 1, "3": 2, "4": 3} and s["unmatched"] == {"ref": [], "cand": [1]}
@@ -264,7 +269,7 @@ def _port_dump(tensors: dict, root):
 
 
 def test_a_chunked_npy_dump_is_compared_with_the_dialect_mapping_listed(cases, session, model, tmp_path, capsys):
-    ref = session.reference(model, STREAM, session_mode())
+    ref = session.reference(model, STREAM, RunMode.streaming_session())
     from parity.trace import write_trace
 
     write_trace(tmp_path / "ref.safetensors", ref.tensors, ref.metadata)
@@ -323,7 +328,7 @@ def test_golden_stream_catches_a_changed_chunk():
     assert gold.metadata["session"] == "streaming" and "chunk2.mel" in gold.tensors and "stream.audio" in gold.tensors
     t = dict(gold.tensors)
     t["chunk2.mel"] = t["chunk2.mel"] + 1e-3
-    r = compare_loaded(gold, dataclasses.replace(gold, tensors=t, path="changed"), load_policy())
+    r = compare_loaded(gold, dataclasses.replace(gold, tensors=t, path="changed"), ComparisonSpec(policy=load_policy()))
     assert r.verdict == "fail" and r.first_divergence.stage == "chunk2.mel"
 
 
@@ -337,7 +342,7 @@ def test_bisect_switches_on_a_session(model, tmp_path):
     from parity.bisect.trials import SearchSettings
 
     sw = Switches(attention="sdpa", faults=("session-noise-per-chunk",))
-    mode = session_mode(SessionOptions(step_chunks=()))  # no ODE steps recorded: a cheaper trial
+    mode = RunMode.streaming_session(SessionOptions(step_chunks=()))  # no ODE steps recorded: a cheaper trial
     res = bisect_switches(model, sw, None, settings=SearchSettings(mode=mode, local=False, workdir=tmp_path / "wd"))
     assert res.status == "found" and res.culprit == ["fault=session-noise-per-chunk"], res.message
     assert res.headline["stage"] == "chunk1.flow_mel_full"

@@ -64,22 +64,21 @@ class Runner:
     """One harness session for every case (the reference runs and floors are shared, as in ``parity run``)."""
 
     def __init__(self):
-        from parity.harness import ModelSpec, Session
+        from parity.harness import Harness, ModelSpec
 
-        self.session = Session()
-        self.model = self.session.model(ModelSpec("tiny"))
+        self.harness = Harness()
+        self.model = self.harness.model(ModelSpec("tiny"))
 
     def run(self, group: str, case_id: str) -> dict:
         from candidate.faults import catalogue
-        from parity.harness import RunMode
-        from parity.capture.session import session_mode
+        from parity.capture.runner import RunMode
 
         what, where = case_id.split("/")
-        s = self.session
+        s = self.harness
         if group == "session":
             faults = (what,) if what in catalogue("session") else ()
             cand = s.candidate(self.model, "fp32-explicit" if faults else what, faults)
-            case = s.run(self.model, cand, SESSION_BUNDLE, session_mode(None), local=False)
+            case = s.run(self.model, cand, SESSION_BUNDLE, RunMode.streaming_session(), local=False)
             return _outcome(case)
         parts = where.split("-")
         bundle, mode, blocks = parts[0], parts[1], parts[2:] == ["blocks"]

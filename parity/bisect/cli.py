@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..args import (fault_parent, local_parent, map_parent, model_parent, onnx_parent, policy_parent,
-                    session_parent, streaming_parent)
+from ..args import (fault_parent, floor_parent, local_parent, map_parent, model_parent, onnx_parent,
+                    policy_parent, session_parent, streaming_parent)
 from ..onnx_options import DEFAULT_PROFILE, OnnxOptions, check_overrides
 from ..harness import ModelSpec
 from .git import GitBisectConfig, bisect_git
@@ -61,7 +61,8 @@ def _start(args):
 
 
 def _search_parent(trials_help: str) -> argparse.ArgumentParser:
-    q = argparse.ArgumentParser(add_help=False, parents=[streaming_parent(), session_parent(), policy_parent()])
+    q = argparse.ArgumentParser(add_help=False, parents=[streaming_parent(), session_parent(), policy_parent(),
+                                                         floor_parent()])
     q.add_argument("--bundle", action="append", help="input bundle(s) (default fixtures/bundles/medium; with "
                                                      "--session streaming fixtures/sessions/stream)")
     q.add_argument("--max-trials", type=int, help=trials_help)
@@ -120,15 +121,23 @@ def add_bisect_args(p: argparse.ArgumentParser) -> None:
 
 
 def _mode(args):
-    """The streaming session's RunMode when ``--session streaming`` (None: a single call)."""
-    from ..capture.session import options_from_args, session_mode
+    """The run mode of ``--streaming`` / ``--session streaming`` and its options."""
+    from ..args import run_mode_from_args
 
-    opts = options_from_args(args)
-    return session_mode(opts) if opts is not None else None
+    return run_mode_from_args(args)
+
+
+def _spec(args):
+    """The comparison spec of the search options, as ``parity run`` builds it (policy, ``--floor`` /
+    ``--no-floor``): trials are judged with the floor where one is measured."""
+    from ..judge.spec import ComparisonSpec
+
+    return ComparisonSpec.from_args(args, log=lambda m: print(f"parity bisect: {m}", file=sys.stderr, flush=True))
 
 
 def _settings(args) -> SearchSettings:
-    return SearchSettings(streaming=args.streaming, mode=_mode(args), policy=args.policy, local=not args.no_local,
+    return SearchSettings(streaming=args.streaming, mode=_mode(args), policy=args.policy, spec=_spec(args),
+                          local=not args.no_local,
                           max_trials=args.max_trials, timeout=args.timeout, workdir=args.workdir, log=args.log,
                           resume=args.resume, report=args.report, progress=args.progress,
                           trial_reports=args.trial_reports, keep_traces=args.keep_traces)
@@ -204,8 +213,7 @@ def _cmd_git(args) -> int:
     cfg = GitBisectConfig(cmd=args.cmd, profile=profile, faults=args.fault or (), model=ModelSpec.from_args(args),
                           onnx=onnx,
                           device=args.device, bundles=args.bundle, ref_traces=args.ref_trace, streaming=args.streaming,
-                          mode=_mode(args),
-                          policy=args.policy, maps=parse_maps(args.map), max_trials=args.max_trials,
+                          mode=_mode(args), policy=args.policy, spec=_spec(args), maps=parse_maps(args.map), max_trials=args.max_trials,
                           timeout=args.timeout, trial_timeout=args.trial_timeout, workdir=args.workdir, log=args.log,
                           resume=args.resume, verify=not args.no_verify, keep_traces=args.keep_traces,
                           report=args.report, progress=args.progress, trial_reports=args.trial_reports)

@@ -170,8 +170,12 @@ class GitBisect:
         self.repo, self.cfg = repo, cfg
         self.cmd, self.profile, self.faults = cfg.cmd, cfg.profile, list(cfg.faults or ())
         self.model, self.device = cfg.model, cfg.device
-        self.streaming, self.policy_arg, self.maps = cfg.streaming, cfg.policy, cfg.maps
-        self.mode = cfg.mode if cfg.mode is not None and getattr(cfg.mode, "is_session", False) else None
+        self.maps = cfg.maps
+        from ..capture.runner import RunMode
+
+        self.run_mode = cfg.mode if cfg.mode is not None else RunMode(streaming=cfg.streaming)
+        self.streaming = self.run_mode.streaming
+        self.mode = self.run_mode if self.run_mode.is_session else None  # a streaming session (the loop)
         self.max_trials, self.trial_timeout = cfg.max_trials, cfg.trial_timeout
         self.deadline = deadline_after(cfg.timeout)
         self.verify, self.keep_traces, self.python = cfg.verify, cfg.keep_traces, cfg.python or sys.executable
@@ -213,7 +217,7 @@ class GitBisect:
                     "profile": None if cfg.cmd else cfg.profile, "faults": None if cfg.cmd else self.faults,
                     **({"onnx": cfg.onnx.cli_args()} if cfg.onnx and not cfg.cmd else {}),
                     "model": None if cfg.cmd else (cfg.model.preset or str(cfg.model.model_dir)), "bundles": names,
-                    "streaming": cfg.streaming, "policy": str(cfg.policy) if cfg.policy else None,
+                    "streaming": self.streaming, "policy": str(cfg.policy) if cfg.policy else None,
                     **({"mode": self.mode.label} if self.mode is not None else {}),
                     "maps": cfg.maps or None}
         self.log = TrialLog(log_path, "git", identity, resume=cfg.resume,
@@ -226,7 +230,7 @@ class GitBisect:
         self.ref_model = cfg.ref_model
         self._mask_model, self._mask_why = None, None  # streaming: the model of the chunk-mask check, loaded once
         self.refs: list = []  # Loaded, per bundle
-        self.policy = None
+        self.spec = cfg.spec  # the comparison spec (built in frozen_reference when not given)
         self.wt_root: Path | None = None
         self._subjects: dict[str, str] = {}
 
@@ -245,34 +249,31 @@ class GitBisect:
     def frozen_reference(self) -> None:
         """The reference traces: given, found in the work directory (resume), or computed now, once."""
         from ..ingest import load
-        from ..judge.policy import load_policy
 
-        self.policy = load_policy(self.policy_arg)
+        if self.spec is None:  # judged like parity run: the floor where one is measured, else the flat rules
+            from ..floor.store import FloorStore
+            from ..judge.policy import load_policy
+            from ..judge.spec import ComparisonSpec
+
+            self.spec = ComparisonSpec(policy=load_policy(self.cfg.policy), floors=FloorStore())
         paths = []
         if self.ref_paths:
             paths = self.ref_paths
         else:
             from reference.bundle import bundle_dims, load_bundle
 
-            from ..capture.runner import run_to_trace
+            from ..capture.runner import run_pipeline
 
             model = self.ref_model
             for b in self.bundles:
-                mode = self.mode.label if self.mode is not None else ("streaming" if self.streaming else "offline")
-                p = self.wd / "reference" / f"{b.stem}-{mode}-reference.safetensors"
+                p = self.wd / "reference" / f"{b.stem}-{self.run_mode.label}-reference.safetensors"
                 if not p.exists():
                     if model is None:
                         model = self.model.load()
                     self.progress.note(f"computing the frozen reference trace for {b.name}")
                     meta = {"inputs": b.name, "frozen_for": "parity bisect git"}
-                    if self.mode is not None:  # a streaming session (upstream's chunked loop)
-                        from ..harness import run_pipeline
-
-                        run_pipeline(model, load_bundle(b, **bundle_dims(model.cfg)), p, self.mode, extra_meta=meta,
-                                     raise_errors=True)
-                    else:
-                        run_to_trace(model, load_bundle(b, **bundle_dims(model.cfg)), p, streaming=self.streaming,
-                                     extra_meta=meta, raise_errors=True)
+                    run_pipeline(model, load_bundle(b, **bundle_dims(model.cfg)), p, self.run_mode, extra_meta=meta,
+                                 raise_errors=True)
                 paths.append(p)
         self.ref_paths = paths
         self.refs = [load(p, self.maps) for p in paths]
@@ -281,7 +282,7 @@ class GitBisect:
     def _mask_check(self, i: int, cand) -> dict | None:
         """Streaming: the chunk-mask check of a commit's dump against the frozen reference, with the reference
         model (the one that froze it, else the one its provenance names, loaded once)."""
-        if not self.streaming:
+        if not self.streaming or not self.spec.mask_check:
             return None
         from ..capture.mask_check import check_saved, model_from_provenance, not_checked
 
@@ -379,12 +380,9 @@ class GitBisect:
                     argv += self.model.cli_args()
                     if self.device and self.device != "cpu":
                         argv += ["--device", self.device]
-                    if self.mode is not None:  # commits without --session cannot run it: skipped (125)
-                        from ..capture.session import session_cli_args
+                    from ..args import run_mode_cli_args
 
-                        argv += session_cli_args(self.mode.options)
-                    elif self.streaming:
-                        argv.append("--streaming")
+                    argv += run_mode_cli_args(self.run_mode)  # a commit without --session cannot run one: skip (125)
                     for f in self.faults:
                         argv += ["--fault", f]
                     if self.cfg.onnx:  # a commit whose dump lacks these options exits 2: skipped, with the reason
@@ -403,7 +401,7 @@ class GitBisect:
                 dumps.append(dump)
                 try:
                     cand = load(dump, self.maps)
-                    result = compare_loaded(self.refs[i], cand, self.policy, mask_check=self._mask_check(i, cand))
+                    result = compare_loaded(self.refs[i], cand, self.spec, mask_check=self._mask_check(i, cand))
                 except ParityUserError as exc:
                     return 125, f"unreadable dump: {exc}", None, None, dumps
                 except Exception as exc:  # noqa: BLE001 - a dump the comparison cannot digest: skip, say why
@@ -652,8 +650,9 @@ class GitBisectConfig:
     ref_traces: Sequence[str | Path] | None = None  # frozen reference traces to use instead of computing them
     ref_model: Any = None  # an already loaded reference model (instead of ``model``)
     streaming: bool = False
-    mode: Any = None  # a parity.session.RunMode of a streaming session (None: a single call, ``streaming``)
-    policy: Any = None
+    mode: Any = None  # a parity.capture.runner.RunMode (None: one call, ``streaming``)
+    policy: Any = None  # the flat tolerances' extra policy file (when no ``spec`` is given)
+    spec: Any = None  # the parity.judge.spec.ComparisonSpec (None: the policy and the default floor store)
     maps: dict | None = None
     max_trials: int | None = None
     timeout: float | None = None

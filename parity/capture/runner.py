@@ -1,7 +1,11 @@
 """capture: run a pipeline (reference or candidate) on one input bundle and write its trace.
 
-The trace is written incrementally; if the pipeline raises, the trace is closed with the error and
-the stage it was computing, so a crash mid-pipeline still leaves everything captured before it.
+A run is N calls of the pipeline: one token2wav call (N = 1, stage names without a prefix: ``mu``,
+``step3.v1``, ``audio``), or upstream's streaming session (a call per chunk, stages under ``chunk{c}.`` and the
+stream's ``stream.*``). :class:`RunMode` says which; :func:`run_pipeline` is the one runner for both: the
+provenance and the plan of the calls go into the trace before the first call, every wanted stage is appended
+as it is recorded, and if the pipeline raises, the trace is closed with the error and the stage it was
+computing (found from the plan), so a crash mid-pipeline still leaves everything captured before it.
 """
 
 from __future__ import annotations
@@ -15,10 +19,53 @@ import torch
 
 from reference.errors import ParityUserError
 from reference.probe import Probe
+from reference.session import SessionOptions
 
-from .recorder import Recorder
 from ..stages import PROGRESS_MARKS, canonical_expected, parse_step
 from ..trace import TraceWriter, now_iso
+from .recorder import Recorder
+
+
+@dataclass(frozen=True)
+class RunMode:
+    """How a pipeline is driven on one bundle: ``streaming`` (the static chunk mask), ``finalize``, and
+    ``session``: None for one call, or the options of upstream's streaming session loop
+    (:class:`reference.session.SessionOptions`; its calls run with the chunk mask but the final one, and
+    finalize only on the last). Hashable: part of every cache key and, through :attr:`label`, of case and trace
+    names."""
+
+    streaming: bool = False
+    finalize: bool = True
+    session: SessionOptions | None = None
+
+    def __post_init__(self):
+        if self.session is not None and not (self.streaming and self.finalize):
+            raise ValueError("a streaming session is streaming (its calls use the chunk mask) and finalizes itself "
+                             "(only its last call is final): RunMode.streaming_session(options)")
+
+    @classmethod
+    def streaming_session(cls, options: SessionOptions | None = None) -> "RunMode":
+        """Upstream's streaming session loop with ``options`` (None: upstream's defaults)."""
+        return cls(streaming=True, finalize=True, session=options if options is not None else SessionOptions())
+
+    @property
+    def is_session(self) -> bool:
+        """More than one call: upstream's streaming session loop."""
+        return self.session is not None
+
+    @property
+    def kind(self) -> str:
+        """What the trace's ``session`` metadata records: ``single`` (one call) or ``streaming`` (the loop)."""
+        return "streaming" if self.session is not None else "single"
+
+    @property
+    def label(self) -> str:
+        """``offline`` | ``streaming`` (one call), ``streaming-session`` (the loop) + ``-<options tag>`` when its
+        options are not upstream's: case names, trace names, golden names."""
+        if self.session is None:
+            return "streaming" if self.streaming else "offline"
+        tag = self.session.tag()
+        return f"streaming-session-{tag}" if tag else "streaming-session"
 
 
 @dataclass
@@ -72,45 +119,79 @@ def next_expected(recorded: list[str], n_steps: int, blocks: int = 0) -> str | N
     return None
 
 
-def run_to_trace(pipeline, inputs: dict, out: str | Path | None, *, patterns=None, streaming: bool = False,
-                 finalize: bool = True, extra_meta: dict | None = None, progress: Progress | None = None,
-                 raise_errors: bool = False) -> RunResult:
-    """Run ``pipeline.run(inputs, probe, streaming=, finalize=)`` recording every wanted stage.
+class OneCall:
+    """The plan of a single token2wav call (``pipeline.run(inputs, probe, streaming=, finalize=)``)."""
 
-    User errors (bad inputs) are re-raised; any other exception is recorded in the trace (status
+    def __init__(self, pipeline, inputs: dict, mode: RunMode):
+        self.mode = mode
+
+    def provenance(self, pipeline) -> dict:
+        return dict(pipeline.provenance(streaming=self.mode.streaming, finalize=self.mode.finalize))
+
+    def patterns(self, patterns):
+        return patterns
+
+    def progress(self, progress: "Progress | None") -> "Progress | None":
+        return progress
+
+    def run(self, pipeline, inputs: dict, probe: Probe) -> tuple:
+        """(audio, metadata the run adds)."""
+        return pipeline.run(inputs, probe, streaming=self.mode.streaming, finalize=self.mode.finalize), {}
+
+    def crash_stage(self, rec: Recorder, meta: dict) -> str | None:
+        return next_expected(rec.order, int(meta.get("n_timesteps") or 10))
+
+
+def plan_calls(pipeline, inputs: dict, mode: RunMode):
+    """The plan of the calls ``mode`` makes: one call, or the streaming session's (:mod:`.session`)."""
+    if mode.session is None:
+        return OneCall(pipeline, inputs, mode)
+    from .session import SessionCalls
+
+    return SessionCalls(pipeline, inputs, mode)
+
+
+def run_pipeline(pipeline, inputs: dict, out: str | Path | None, mode: RunMode = RunMode(), *, patterns=None,
+                 extra_meta: dict | None = None, progress: "Progress | None" = None,
+                 raise_errors: bool = False) -> RunResult:
+    """Run ``pipeline`` on ``inputs`` as ``mode`` says, recording every wanted stage (``patterns``, see
+    :func:`parity.capture.recorder.parse_stage_patterns`) into the trace at ``out`` (None: in memory).
+
+    User errors (bad inputs or options) are re-raised; any other exception is recorded in the trace (status
     ``crashed``, with the stage being computed) and returned, unless ``raise_errors``.
     """
-    meta = dict(pipeline.provenance(streaming=streaming, finalize=finalize))
+    plan = plan_calls(pipeline, inputs, mode)
+    meta = plan.provenance(pipeline)  # resolves (and checks) the mode's options before anything is written
     meta.update(extra_meta or {})
     meta["started"] = now_iso()
     writer = TraceWriter(out, meta) if out is not None else None
-    on_rec = progress.stage if progress else None
-    rec = Recorder(patterns, writer=writer, on_record=on_rec)
+    progress = plan.progress(progress)
+    rec = Recorder(plan.patterns(patterns), writer=writer, on_record=progress.stage if progress else None)
     t0 = time.perf_counter()
-    audio, err, at = None, None, None
+    audio, post, err, at = None, {}, None, None
     try:
-        audio = pipeline.run(inputs, Probe(rec), streaming=streaming, finalize=finalize)
+        audio, post = plan.run(pipeline, inputs, Probe(rec))
     except ParityUserError as exc:
         if writer is not None:
             writer.close(error=exc, stage=None)
         raise
     except Exception as exc:  # a crashing candidate is a finding, not a traceback (re-raised on request)
         err = exc
-        n_steps = int(meta.get("n_timesteps") or 10)
-        at = next_expected(rec.order, n_steps)
+        at = plan.crash_stage(rec, meta)
         if raise_errors:
             if writer is not None:
                 writer.close(error=exc, stage=at)
             raise
     seconds = time.perf_counter() - t0
     # what the run learned about itself (kernels that actually ran, ...)
-    post = getattr(pipeline, "run_metadata", None)
-    return finish_run(out, rec, meta, writer, progress, post() if callable(post) else {}, audio, err, at, seconds)
+    run_meta = getattr(pipeline, "run_metadata", None)
+    post = dict(post, **(run_meta() if callable(run_meta) else {}))
+    return finish_run(out, rec, meta, writer, progress, post, audio, err, at, seconds)
 
 
 def finish_run(out, rec, meta: dict, writer, progress, post: dict, audio, err, at, seconds: float) -> "RunResult":
-    """The end of every capture (single call or session): ``post`` metadata into the trace, the trace closed
-    (with the crash stage), the status and error recorded; the :class:`RunResult`."""
+    """The end of a capture: ``post`` metadata into the trace, the trace closed (with the crash stage), the
+    status and error recorded; the :class:`RunResult`."""
     for k, v in post.items():
         meta[k] = v
         if writer is not None:

@@ -1,6 +1,7 @@
 """compare -> diagnose: two traces (and optionally step-local and float64 traces) in, one typed result out
-(:class:`parity.result.Comparison`). The report and the CLI only read it; nothing downstream recomputes a
-metric. Nothing here modifies its inputs.
+(:class:`parity.result.Comparison`), judged as the :class:`parity.judge.spec.ComparisonSpec` says. Every command
+compares through :func:`compare_loaded` (saved traces through :func:`compare_paths`). The report and the CLI
+only read the result; nothing downstream recomputes a metric. Nothing here modifies its inputs.
 """
 
 from __future__ import annotations
@@ -15,33 +16,25 @@ import torch
 
 from ..measure import metrics as M
 from . import session as SC
-from .diagnose import diagnose, metadata_findings
+from .diagnose import diagnose
+from .metadata import metadata_findings
 from ..measure.domain import domain_statistics
 from ..ingest import Loaded, load
 from ..measure.melspec import audio_mel
 from .normalize import align
-from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, judgement_from_floor, load_policy
+from .policy import PRECISION_CLASSES, Judgement, Rule, judge, judgement_from_floor
+from .spec import ComparisonSpec
 from ..result import Comparison, StageResult, StepRow
 from ..trace import sample_rate_of
 from ..stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
 
 
 
-@dataclass
-class CompareOptions:
-    allow_trim: bool = False
-    precision: str | None = None  # the candidate's precision class (default: from its metadata)
-    attention: str | None = None
-    audio_metrics: bool = True
-    keep_vectors: bool = True  # per-frame vectors for the report
-    pcm_scale: bool = True  # integer PCM audio is scaled to float (logged); False: it fails with what to do
-
-
 def _as_float_dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
-def _cand_context(cand: Loaded, opts: CompareOptions) -> tuple[str, str]:
+def _cand_context(cand: Loaded, opts: ComparisonSpec) -> tuple[str, str]:
     meta = cand.metadata
     precision = opts.precision or meta.get("precision")
     if precision not in PRECISION_CLASSES:
@@ -156,7 +149,7 @@ def _judge_stage(rule: Rule | None, m: dict, arbiter: dict | None, gate: StageGa
     return fj
 
 
-def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | None, opts: CompareOptions,
+def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | None, opts: ComparisonSpec,
                    prompt_frames, arbiter_ref: torch.Tensor | None = None, gate: StageGate | None = None,
                    no_floor: str | None = None) -> StageResult:
     al = align(name, r, c, prompt_frames=prompt_frames, allow_trim=opts.allow_trim)
@@ -211,9 +204,9 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | Non
     return entry
 
 
-def candidate_context(cand: Loaded, opts: CompareOptions | None = None) -> tuple[str, str]:
+def candidate_context(cand: Loaded, spec: ComparisonSpec | None = None) -> tuple[str, str]:
     """(precision class, attention) the policy and the floor lookup are asked with."""
-    return _cand_context(cand, opts or CompareOptions())
+    return _cand_context(cand, spec or ComparisonSpec())
 
 
 def _floor_for(floor, precision: str):
@@ -238,18 +231,20 @@ def _floor_for(floor, precision: str):
     return choice, f, ""
 
 
-def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts: CompareOptions | None = None,
-                   local: Loaded | None = None, fp64: Loaded | None = None, mask_check: dict | None = None, *,
-                   offline: Loaded | None = None, floor=None) -> Comparison:
-    """Compare two loaded traces (plus optionally the candidate's step-local trace, a float64 reference for
-    the arbiter rules, and the streaming chunk-mask check computed capture-side, :mod:`parity.streaming_mask`).
-    Streaming-session traces get the session comparison (:mod:`parity.session_compare`: chunks paired by token
-    offset, schedule, options, glitches; ``offline``: the offline reference run of the same tokens, for the
-    stream-vs-offline section). ``floor``: the measured floor to judge against (a :class:`parity.floor.Floor`
-    or the :class:`parity.floor.store.FloorChoice` of a floor store); stages without one fall back to the
-    policy's flat rules, and the result says which gate decided each stage. The inputs are not modified."""
-    opts = opts or CompareOptions()
-    policy = policy or load_policy()
+def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None, local: Loaded | None = None,
+                   fp64: Loaded | None = None, mask_check: dict | None = None, *, offline: Loaded | None = None,
+                   floor=None) -> Comparison:
+    """Compare two loaded traces as ``spec`` says (default: the default policy, no floor), plus optionally the
+    candidate's step-local trace, a float64 reference for the arbiter rules, and the streaming chunk-mask check
+    computed capture-side (:mod:`parity.capture.mask_check`). Streaming-session traces get the session comparison
+    (:mod:`parity.judge.session`: calls paired by token offset, schedule, options, glitches; ``offline``: the
+    offline reference run of the same tokens, for the stream-vs-offline section). ``floor``: the measured floor
+    to judge against (a :class:`parity.floor.Floor` or the :class:`parity.floor.store.FloorChoice` of a floor
+    store; default: the spec's, from the reference trace's own provenance); stages without one fall back to the
+    policy's flat rules, and the result says which gate decided each stage. The spec's requirements are added
+    last. The inputs are not modified."""
+    opts = spec = spec or ComparisonSpec()
+    policy = spec.policy
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
     from .pcm import find_integer_audio, refusal_problem, scale_integer_audio
 
@@ -265,6 +260,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
         prep = SC.prepare(ref, cand)
         cand = prep.cand
     precision, attention = _cand_context(cand, opts)
+    if floor is None:
+        floor = spec.floor_for_trace(ref, cand, precision)
     choice, gfloor, why_none = _floor_for(floor, precision)
     prompt_frames = _prompt_frames(ref)
     names = sort_stages(list(dict.fromkeys(list(ref.tensors) + list(cand.tensors))))
@@ -332,7 +329,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     if prep is not None:
         session, more = SC.section(ref, cand, offline, prep, by_name)
         findings = sorted(findings + more, key=lambda f: f.sort_key())  # stable: the diagnosis first at a tie
-    return Comparison(
+    result = Comparison(
         stages=stages, findings=findings, local=list(local_stages.values()), steps=steps, audio=audio,
         normalisations=ref.normalisations + cand.normalisations + [n for s in stages for n in s.normalisations],
         metadata={"ref": ref.metadata, "cand": cand.metadata},
@@ -344,6 +341,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
         policy={"sources": policy.sources}, mask_check=mask_check, session=session,
         floor=dict(choice.to_json(), applies=gfloor is not None, **({} if gfloor is not None else
                                                                    {"not_applied": why_none})))
+    return spec.requirements.apply(result)
 
 
 def _err(entry: StageResult | None, key: str = "max_abs_err"):
@@ -408,36 +406,26 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
     return rep
 
 
-def compare_paths(ref_path, cand_path, *, policy_path=None, maps: dict | None = None, opts: CompareOptions | None = None,
-                  local_path=None, fp64_path=None, pyproject=None, mask_check: bool = False,
-                  offline_path=None, floors=None, floor_file=None) -> Comparison:
-    """Compare saved traces. ``mask_check``: in streaming mode, also run the chunk-mask check with the reference
-    model named by the reference trace's provenance (capture-side work: it loads and runs that model).
-    ``floors``: a :class:`parity.floor.store.FloorStore` to find the reference trace's floor in (from its own
-    provenance); ``floor_file``: an explicit floor (checked against the reference trace's key). Neither: the
-    flat tolerances."""
-    ref = load(ref_path, maps)
-    cand = load(cand_path, maps)
+def compare_paths(ref_path, cand_path, spec: ComparisonSpec | None = None, *, maps: dict | None = None,
+                  local_path=None, fp64_path=None, offline_path=None) -> Comparison:
+    """Compare saved traces as ``spec`` says. The floor comes from the reference trace's own provenance (the
+    spec's store or its one floor file). In streaming mode the chunk-mask check runs with the reference model
+    the reference trace's provenance names (capture-side work: it loads and runs that model) unless the spec
+    turns it off."""
     local = load(local_path, maps) if local_path else None
     fp64 = load(fp64_path, maps) if fp64_path else None
-    floor = None
-    if floor_file is not None or floors is not None:
-        from ..floor.store import FloorStore
+    offline = load(offline_path, maps) if offline_path else None
+    return compare_saved(load(ref_path, maps), load(cand_path, maps), spec, local=local, fp64=fp64, offline=offline)
 
-        store = floors if floors is not None else FloorStore(cache=None, shipped=None, compute=False)
-        precision = _cand_context(cand, opts or CompareOptions())[0]
-        if floor_file is not None:
-            from ..floor.types import Floor
 
-            floor = store.check_file_for_trace(Floor.load(floor_file), ref.metadata, ref.tensors)
-            floor.path = str(floor_file)
-        else:
-            floor = store.for_trace(ref.metadata, ref.tensors, cand_meta=cand.metadata, precision=precision)
+def compare_saved(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None, *, local: Loaded | None = None,
+                  fp64: Loaded | None = None, offline: Loaded | None = None) -> Comparison:
+    """Compare two saved (loaded) traces as ``spec`` says: :func:`compare_loaded`, with the streaming chunk-mask
+    check run first when the spec asks for it (it loads the reference model the trace names and runs it)."""
+    spec = spec or ComparisonSpec()
     mc = None
-    if mask_check:
+    if spec.mask_check:
         from ..capture.mask_check import check_saved, is_streaming
 
         mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=is_streaming(ref.metadata, cand.metadata))
-    offline = load(offline_path, maps) if offline_path else None
-    return compare_loaded(ref, cand, load_policy(policy_path, pyproject), opts, local, fp64, mask_check=mc,
-                          offline=offline, floor=floor)
+    return compare_loaded(ref, cand, spec, local, fp64, mask_check=mc, offline=offline)
