@@ -278,8 +278,8 @@ def test_a_session_report_tells_the_truth_about_key_stages_steps_and_f0(cases, t
     """A passing session: its key stages are the stream's (no key_stages_missing while stream.mel and
     stream.audio are compared), its ODE steps are those of each recorded chunk, its F0 that of each vocoder
     call (captured as chunk{c}.f0, the last call's over the whole stream)."""
-    from parity.report import build_report
-    from parity.require import absent_stages
+    from parity.present.report import build_report
+    from parity.judge.require import absent_stages
 
     case = cases["sdpa"]
     r = case.result
@@ -329,7 +329,7 @@ def test_a_session_report_tells_the_truth_about_key_stages_steps_and_f0(cases, t
 def test_a_session_trace_without_per_call_f0_says_so(cases, tmp_path):
     """A session captured before per-call F0 (or a port's dump without it): the F0 section says what is missing
     instead of claiming the reference has no F0 at all."""
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     case = cases["sdpa"]
     strip = {k: v for k, v in case.ref_tensors.items() if not k.endswith(".f0")}
