@@ -320,7 +320,7 @@ def test_a_session_report_tells_the_truth_about_key_stages_steps_and_f0(cases, t
 
     write_trace(rp, case.ref_tensors, case.ref_meta)
     cp = write_trace(tmp_path / "cand.safetensors", cand, case.cand_meta)
-    r2 = compare_loaded(load(rp), load(cp), load_policy())
+    r2 = compare_loaded(load(rp), load(cp), ComparisonSpec(policy=load_policy()))
     warn = [f for f in r2.findings if f.code == "key_stages_missing"]
     assert warn and warn[0].stage == "stream.audio" and "the candidate lacks stream.audio" in warn[0].message
     assert absent_stages(r2, ["flow_mel", "audio"]) == ["stream.audio"]
