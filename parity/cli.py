@@ -35,7 +35,8 @@ def cmd_dump(args) -> int:
     from reference.bundle import bundle_dims, load_bundle, negative_token_note
 
     from .args import run_mode_from_args
-    from .capture.runner import Progress, run_pipeline
+    from .capture.progress import Progress
+    from .capture.runner import run_pipeline
     from .harness import Harness, ModelSpec
     from .judge.metadata import onnx_findings
     from .judge.spec import ComparisonSpec, Requirements

@@ -25,7 +25,8 @@ from reference.bundle import bundle_dims, load_bundle
 
 from .capture.local import step_local
 from .capture.mask_check import check as check_mask
-from .capture.runner import Progress, RunMode, RunResult, run_pipeline
+from .capture.progress import Progress
+from .capture.runner import RunMode, RunResult, run_pipeline
 from .ingest import Loaded
 from .judge.compare import compare_loaded
 from .judge.policy import Policy, load_policy

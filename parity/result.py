@@ -48,6 +48,11 @@ def verdict_of(findings: Iterable["Finding"]) -> str:
     return "error" if "error" in sev else ("fail" if "failure" in sev else "pass")
 
 
+def fmt_value(v) -> str:
+    """A number in a finding's message: 3 significant digits for a float, as written otherwise."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def aggregate_verdict(verdicts: Iterable[str]) -> str:
     """The verdict of several comparisons: the worst of them (error > fail > pass)."""
     vs = set(verdicts)

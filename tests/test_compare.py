@@ -321,3 +321,25 @@ def test_flow_mel_failing_only_on_its_own_limit_is_explained(ref_trace, tmp_path
     assert fd.stage == "flow_mel" and fd.code == "flow_mel_mismatch"
     head = next(f for f in r.findings if f.code == "flow_mel_mismatch")
     assert "carries the last ODE state's error" in head.message and "prompt slicing" not in head.message
+
+
+def test_a_dump_of_one_call_with_chunk_scoped_names_reads_as_the_single_call(ref_trace, tmp_path):
+    """A single call is a session of one call: a port's dump of one call written with chunk-scoped names
+    (``chunk_0_mel``, ``chunk0.step10.x``, its control values) reads as the single call (N = 1), every renaming
+    listed; a streaming session's trace keeps its names."""
+    tr = read_trace(ref_trace)
+    names = {"mu": "chunk0.mu", "step10.x": "chunk_0_step10_x", "flow_mel": "chunk_0_mel", "audio": "chunk0_audio",
+             "f0": "chunk0.f0"}
+    dump = {v: tr.tensors[k] for k, v in names.items()}
+    dump["chunk0.token_offset"] = torch.zeros(1, dtype=torch.int64)
+    p = tmp_path / "one_call.safetensors"
+    save_file({k: v.contiguous() for k, v in dump.items()}, str(p))
+    cand = load(p)
+    assert set(cand.tensors) == set(names), sorted(cand.tensors)
+    kinds = {n["stage"]: n["kind"] for n in cand.normalisations}
+    assert kinds["flow_mel"] == "one-call" and kinds["chunk0.token_offset"] == "one-call"
+    r = compare_paths(ref_trace, p)
+    assert r.verdict == "pass" and r.session is None, r.headline_text()
+    assert {s.name for s in r.stages if s.status == "pass"} == set(names)
+    session = load(FIXTURES / "golden" / "stream-streaming-session.safetensors")
+    assert any(n.startswith("chunk1.") for n in session.tensors)  # many calls: never aliased

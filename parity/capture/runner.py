@@ -10,7 +10,6 @@ computing (found from the plan), so a crash mid-pipeline still leaves everything
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,9 @@ from reference.errors import ParityUserError
 from reference.probe import Probe
 from reference.session import SessionOptions
 
-from ..stages import PROGRESS_MARKS, canonical_expected, parse_step
+from ..stages import canonical_expected
 from ..trace import TraceWriter, now_iso
+from .progress import Progress
 from .recorder import Recorder
 
 
@@ -78,35 +78,6 @@ class RunResult:
     crashed_at: str | None = None
     seconds: float = 0.0
     stages: list = field(default_factory=list)
-
-
-class Progress:
-    """Per-pipeline and per-ODE-step progress on a terminal; silent when stderr is not a TTY."""
-
-    def __init__(self, label: str, enabled: bool | None = None, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.label = label
-        self.t0 = time.perf_counter()
-
-    def stage(self, name: str, _t=None) -> None:
-        if not self.enabled:
-            return
-        st = parse_step(name)
-        if st and st[1] == "x":
-            msg = f"ODE step {st[0]}"
-        elif name in PROGRESS_MARKS:
-            msg = PROGRESS_MARKS[name]
-        else:
-            return
-        self.stream.write(f"\r\x1b[K{self.label}: {msg} ({time.perf_counter() - self.t0:.1f} s)")
-        self.stream.flush()
-
-    def done(self, ok: bool = True) -> None:
-        if self.enabled:
-            self.stream.write(f"\r\x1b[K{self.label}: {'done' if ok else 'FAILED'} in "
-                              f"{time.perf_counter() - self.t0:.1f} s\n")
-            self.stream.flush()
 
 
 def next_expected(recorded: list[str], n_steps: int, blocks: int = 0) -> str | None:

@@ -14,7 +14,7 @@ from reference.session import SessionOptions, plan_session, session_provenance
 
 from ..stages import SESSION_PATTERNS, canonical_session_expected, parse_chunk, parse_step
 from .recorder import Recorder, parse_stage_patterns
-from .runner import Progress
+from .progress import Progress
 
 
 def session_patterns(spec=None) -> list[str]:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..measure import metrics as M
-from . import session as SC
+from .session import pair_calls
+from .stream import session_section
 from .diagnose import diagnose
 from .metadata import metadata_findings
 from ..measure.domain import domain_statistics
@@ -255,10 +256,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None
         ref, cand, pcm_findings = scale_integer_audio(ref, cand, pcm)
     elif pcm:
         refused = {ia.stage: ia for ia in pcm}
-    prep = None
-    if SC.is_session(ref) or SC.is_session(cand):
-        prep = SC.prepare(ref, cand)
-        cand = prep.cand
+    calls = pair_calls(ref, cand)  # one call each, or a streaming session's calls paired by token offset
+    cand = calls.cand
     precision, attention = _cand_context(cand, opts)
     if floor is None:
         floor = spec.floor_for_trace(ref, cand, precision)
@@ -296,9 +295,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None
         else:
             entry = StageResult(name=name, status="extra", cand_stats=M.side_stats(cand.tensors[name]),
                                 position=list(position(name)), detail="absent from the reference")
-        if prep is not None:
-            SC.annotate_stage(entry, rule, prep)
-        stages.append(entry)
+        stages.append(calls.annotate(entry, rule))
     by_name = {s.name: s for s in stages}
 
     # step-local errors: the candidate's step driven from the reference's own state
@@ -312,24 +309,17 @@ def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None
                 local_stages[name] = _stage_compare(name, ref.tensors[name], t, rule, opts, prompt_frames, None, g, why)
     steps = step_table(ref, cand, by_name, local_stages)
     audio = None
-    if opts.audio_metrics and "audio" in ref.tensors and "audio" in cand.tensors:
-        audio = {"comparable": False, "reason": refused["audio"].what()} if "audio" in refused else \
-            audio_section(ref, cand)
-    elif opts.audio_metrics and prep is not None and "stream.audio" in ref.tensors and "stream.audio" in cand.tensors:
-        audio = audio_section(*(dataclasses.replace(t, tensors={"audio": t.tensors["stream.audio"],
-                                                                **({"flow_mel": t.tensors["stream.mel"]}
-                                                                   if "stream.mel" in t.tensors else {}),
-                                                                **SC.stream_f0(t)})
-                                for t in (ref, cand)))
-        audio["stage"] = "stream.audio"  # the audio findings name the stream
-    meta_find = (metadata_findings(ref.metadata, cand.metadata) + pcm_findings
-                 + (prep.findings if prep is not None else []))
+    a = calls.audio_stage
+    if opts.audio_metrics and a in ref.tensors and a in cand.tensors:
+        audio = {"comparable": False, "reason": refused[a].what()} if a in refused else \
+            audio_section(calls.audio_view(ref), calls.audio_view(cand))
+        if a != "audio":
+            audio["stage"] = a  # the audio findings name the stage compared (a session's stream)
+    meta_find = metadata_findings(ref.metadata, cand.metadata) + pcm_findings + calls.findings
     findings = diagnose(stages, by_name, steps, local_stages, ref, cand, meta_find, precision, audio,
                         mask_check=mask_check, sample_rate=sample_rate_of(ref.metadata))
-    session = None
-    if prep is not None:
-        session, more = SC.section(ref, cand, offline, prep, by_name)
-        findings = sorted(findings + more, key=lambda f: f.sort_key())  # stable: the diagnosis first at a tie
+    session, more = session_section(calls, ref, cand, offline, by_name)  # a session's chunks, glitches, drift
+    findings = sorted(findings + more, key=lambda f: f.sort_key())  # stable: the diagnosis first at a tie
     result = Comparison(
         stages=stages, findings=findings, local=list(local_stages.values()), steps=steps, audio=audio,
         normalisations=ref.normalisations + cand.normalisations + [n for s in stages for n in s.normalisations],

@@ -13,8 +13,8 @@ import dataclasses
 
 from reference.config import SAMPLE_RATE
 
-from ..result import Finding, StageResult, StepRow
-from ..stages import (INPUTS, is_session_stage, is_vocoder_stage, key_stages, layout, parse_step, position,
+from ..result import Finding, StageResult, StepRow, fmt_value
+from ..stages import (CHUNK_CONTROL, INPUTS, is_session_stage, is_vocoder_stage, key_stages, layout, parse_chunk, parse_step, position,
                       session_rule_stage, sort_stages)
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
@@ -43,6 +43,27 @@ EXPLAIN = {
     "length_mismatch": "lengths differ (never truncated silently; --allow-trim to opt in)",
     "stage_mismatch": "this stage differs",
     "candidate_crashed": "the candidate raised an exception",
+    # a streaming session's calls (chunk{c}.*) and stream (stream.*)
+    "session_schedule_mismatch": "the candidate's streaming loop makes other calls than the reference's (hop, "
+                                 "prompt pad, lookahead, final mask)",
+    "session_options_mismatch": "the two sides ran the session with different options",
+    "session_kind_mismatch": "one side is a streaming session, the other a single call",
+    "chunk_tokens_mismatch": "the tokens passed to this call (or its token offset) differ",
+    "chunk_finalize_mismatch": "this call's finalize flag differs (lookahead tokens decoded as real ones?)",
+    "chunk_mask_mismatch": "this call's flow ran with the other chunk-mask setting",
+    "chunk_flow_mismatch": "the flow output of this call differs while its tokens and flags match",
+    "chunk_slice_mismatch": "the flow output matches; the frames appended to the cumulative mel differ "
+                            "(the token_offset * token_mel_ratio slice)",
+    "chunk_mel_mismatch": "the frames this call appended differ (its flow output was not captured)",
+    "chunk_vocoder_mismatch": "the call's mel is within its tolerance, its emitted samples are not (the vocoder's own "
+                              "error, or the loop's vocoder step: HiFT not run on the cumulative mel, the wrong "
+                              "samples emitted)",
+    "chunk_audio_mismatch": "the emitted samples differ (the mel of this call was not captured)",
+    "chunk_vocoder_f0_mismatch": "the call's mel is within its tolerance, the F0 its vocoder computed is not (the "
+                                 "vocoder's F0 predictor, or the loop's vocoder step: HiFT not run on the "
+                                 "cumulative mel)",
+    "chunk_f0_mismatch": "the F0 of this call's vocoder differs (the mel of this call was not captured)",
+    "stream_mismatch": "the whole stream differs while every chunk compared before it matches",
 }
 
 
@@ -52,8 +73,7 @@ _f = Finding.at
 # ---------------------------------------------------------------------------------------------
 # stages
 
-def _fmtv(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+_fmtv = fmt_value
 
 
 def _judged_text(entry: StageResult) -> str:
@@ -91,13 +111,39 @@ def _judged(entry: StageResult) -> str:
     return "; ".join(p for p in (judged, f"flat tolerance: {reason}" if reason and entry.gate == "flat" else "") if p)
 
 
+def _tail(name: str, entry: StageResult, sample_rate: int) -> str:
+    """`` (max |diff| ... at ...; how it was judged)``: the one tail of a stage finding's message (an integer
+    stage says where it first differs; a call's wave is located in the call, a single call's in the audio)."""
+    m = entry.metrics or {}
+    if m.get("kind") == "int" and isinstance(m.get("first_mismatch"), dict):
+        fm = m["first_mismatch"]
+        return f" (first mismatch at {fm.get('index')}: {fm.get('ref')} vs {fm.get('cand')})"
+    err = f"max |diff| {m.get('max_abs_err'):.3g}" if isinstance(m.get("max_abs_err"), float) else ""
+    where = m.get("max_abs_err_at") or {}
+    loc = ""
+    if layout(name).kind == "wave" and where.get("frame") is not None:
+        of = " of the chunk" if parse_chunk(name) else ""
+        loc = f" at sample {where.get('frame')} ({where.get('frame') / sample_rate:.3f} s{of})"
+    elif where.get("channel") is not None and where.get("frame") is not None:
+        loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
+    elif where.get("frame") is not None:
+        loc = f" at frame {where.get('frame')}"
+    judged = _judged(entry)
+    return " (" + "; ".join(p for p in (err + loc if err else "", judged) if p) + ")" if (err or judged) else ""
+
+
+def _values(entry: StageResult) -> tuple:
+    fv = entry.first_values or {}
+    r, c = fv.get("ref"), fv.get("cand")
+    return (r[0] if isinstance(r, list) and r else r), (c[0] if isinstance(c, list) and c else c)
+
+
 def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
               local_stages: dict[str, StageResult], sample_rate: int = SAMPLE_RATE) -> tuple[str, str]:
-    """(code, message) for the first failing stage."""
-    if is_session_stage(name):  # a streaming session's chunk or stream stage (parity.session_compare)
-        from .session import classify_session_stage
-
-        return classify_session_stage(name, entry, by_name, local_stages, sample_rate)
+    """(code, message) for the first failing stage: a stage of one call (a single call's, or one of a
+    streaming session's calls under its ``chunk{c}.`` prefix), a session call's own stages, or the stream."""
+    if is_session_stage(name):
+        return _classify_session_stage(name, entry, by_name, local_stages, sample_rate)
     if entry.problem:
         return entry.problem["code"], entry.problem["message"]
     if entry.nonfinite() and not entry.nonfinite("ref"):
@@ -105,18 +151,7 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
         return "nonfinite_origin", (f"non-finite values first appear at {name}: NaN {st.get('nan_count')}, "
                                     f"Inf {st.get('inf_count')} of {st.get('numel')} (first at index "
                                     f"{st.get('first_nonfinite_index')})")
-    m = entry.metrics or {}
-    err = f"max |diff| {m.get('max_abs_err'):.3g}" if isinstance(m.get("max_abs_err"), float) else ""
-    where = m.get("max_abs_err_at") or {}
-    loc = ""
-    if layout(name).kind == "wave" and where.get("frame") is not None:
-        loc = f" at sample {where.get('frame')} ({where.get('frame') / sample_rate:.3f} s)"
-    elif where.get("channel") is not None and where.get("frame") is not None:
-        loc = f" at channel {where.get('channel')}, frame {where.get('frame')}"
-    elif where.get("frame") is not None:
-        loc = f" at frame {where.get('frame')}"
-    judged = _judged(entry)
-    tail = " (" + "; ".join(p for p in (err + loc if err else "", judged) if p) + ")" if (err or judged) else ""
+    tail = _tail(name, entry, sample_rate)
     if name in INPUTS:
         return "inputs_differ", f"input '{name}' differs between the two sides" + tail
     if name in ("mu", "spks", "cond"):
@@ -155,7 +190,7 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
         last = max((parse_step(n)[0] for n in by_name if parse_step(n) and parse_step(n)[1] == "x"), default=None)
         xe = by_name.get(f"step{last}.x") if last else None
         xm = (xe.metrics if xe is not None else None) or {}
-        fm_err, x_err = m.get("max_abs_err"), xm.get("max_abs_err")
+        fm_err, x_err = (entry.metrics or {}).get("max_abs_err"), xm.get("max_abs_err")
         if (xe is not None and _passes(by_name, xe.name) and isinstance(fm_err, float) and isinstance(x_err, float)
                 and x_err > 0 and fm_err <= x_err):
             # the flow output is the last state's target frames: its worst error cannot exceed the state's, and
@@ -169,6 +204,66 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
         lead = "the flow mel matches; " if fm else ""
         return "vocoder_divergence", f"{lead}the vocoder diverges at {name}" + tail
     return "stage_mismatch", f"{name} differs" + tail
+
+
+def _classify_session_stage(name: str, entry: StageResult, by_name: dict, local_stages: dict,
+                            sample_rate: int) -> tuple[str, str]:
+    """(code, message) for a streaming session's stage: a call's control values, its flow output, the frames it
+    appended, its vocoder's F0 and samples, the stream; a call's flow stages are classified as in one call."""
+    ch = parse_chunk(name)
+    if entry.nonfinite() and not entry.nonfinite("ref"):
+        st = entry.cand_stats
+        where = f"chunk {ch[0]}, {ch[1]}" if ch else name
+        return "nonfinite_origin", (f"non-finite values first appear at {where}: NaN {st.get('nan_count')}, Inf "
+                                    f"{st.get('inf_count')} of {st.get('numel')}")
+    if ch is None:  # the stream
+        prior = [s for n, s in by_name.items() if parse_chunk(n) is not None and s.compared]
+        if entry.problem:
+            return entry.problem["code"], f"{name}: {entry.problem['message']}"
+        lead = "every chunk stage compared before it matches; " if prior and all(s.ok for s in prior) else ""
+        return "stream_mismatch", f"{lead}{name} differs" + _tail(name, entry, sample_rate)
+    c, fld = ch
+    pre = f"chunk {c}: "
+    tail = _tail(name, entry, sample_rate) if not entry.problem else f" ({entry.problem['message']})"
+    if fld in ("tokens", "token_offset"):
+        return "chunk_tokens_mismatch", pre + EXPLAIN["chunk_tokens_mismatch"] + tail
+    if fld == "finalize":
+        r, v = _values(entry)
+        return "chunk_finalize_mismatch", pre + f"called with finalize={bool(v) if v is not None else '?'}, the " \
+            f"reference with finalize={bool(r) if r is not None else '?'} ({EXPLAIN['chunk_finalize_mismatch']})"
+    if fld == "streaming":
+        r, v = _values(entry)
+        return "chunk_mask_mismatch", pre + f"the flow ran {'with' if v else 'without'} the chunk mask, the " \
+            f"reference's {'with' if r else 'without'} it"
+    control_ok = all(_passes(by_name, f"chunk{c}.{f}") is not False for f in CHUNK_CONTROL)
+    if fld == "flow_mel_full":
+        lead = "" if control_ok else "(its control values differ too) "
+        return "chunk_flow_mismatch", pre + lead + EXPLAIN["chunk_flow_mismatch"] + tail
+    if fld == "mel":
+        full = _passes(by_name, f"chunk{c}.flow_mel_full")
+        if full:
+            return "chunk_slice_mismatch", pre + EXPLAIN["chunk_slice_mismatch"] + tail
+        if full is None:
+            return "chunk_mel_mismatch", pre + EXPLAIN["chunk_mel_mismatch"] + tail
+        return "chunk_flow_mismatch", pre + EXPLAIN["chunk_flow_mismatch"] + tail
+    if fld == "audio":
+        mel = _passes(by_name, f"chunk{c}.mel")
+        if mel:
+            return "chunk_vocoder_mismatch", pre + EXPLAIN["chunk_vocoder_mismatch"] + tail
+        return "chunk_audio_mismatch", pre + EXPLAIN["chunk_audio_mismatch"] + tail
+    if fld == "f0":  # the first thing the call's vocoder computes, from the mel it was given
+        mel = _passes(by_name, f"chunk{c}.mel")
+        if mel:
+            return "chunk_vocoder_mismatch", pre + EXPLAIN["chunk_vocoder_f0_mismatch"] + tail
+        return "chunk_audio_mismatch", pre + EXPLAIN["chunk_f0_mismatch"] + tail
+    if entry.problem:
+        return entry.problem["code"], pre + entry.problem["message"]
+    # the flow's own stages under the chunk prefix: classified as in a single call
+    prefix = f"chunk{c}."
+    inner_by = {n[len(prefix):]: e for n, e in by_name.items() if n.startswith(prefix)}
+    inner_loc = {n[len(prefix):]: e for n, e in local_stages.items() if n.startswith(prefix)}
+    code, msg = _classify(fld, entry, inner_by, inner_loc, sample_rate)
+    return code, pre + msg
 
 
 def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: list[StepRow],
