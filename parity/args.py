@@ -162,6 +162,18 @@ def onnx_parent() -> argparse.ArgumentParser:
     return p
 
 
+def port_parent() -> argparse.ArgumentParser:
+    """``--port-noise``: what noise a port under test (``--profile <port>``, :mod:`parity.ports`) is given."""
+    from .ports import NOISE_MODES
+
+    p = _parent()
+    p.add_argument("--port-noise", choices=list(NOISE_MODES), default="shared",
+                   help="a port profile (parity profiles): shared = the reference's flow noise and HiFT noise are "
+                        "injected into the port (default), flow-only = only the flow's rand_noise (what a port's "
+                        "own loader takes), port = the port draws all its noise itself")
+    return p
+
+
 # ---------------------------------------------------------------------------------------------
 # the run mode of the options: one call (offline, --streaming, --no-finalize) or the streaming session
 

@@ -64,7 +64,7 @@ def cmd_dump(args) -> int:
         profile = onnx.profiles([args.profile] if args.profile else None, [None])[0]
         pipe = Harness(spec=ComparisonSpec()).candidate(model, profile, args.fault, args.device,
                                                             label=(profile or "fp32-explicit") + name_suffix(overrides),
-                                                            overrides=overrides)
+                                                            overrides=overrides, port_noise=args.port_noise)
         label = f"candidate[{pipe.profile_name}]"
     else:
         pipe = model
@@ -72,6 +72,9 @@ def cmd_dump(args) -> int:
     extra = {"inputs": str(args.inputs)}
     if notes:
         extra["input_notes"] = notes
+    refusal = getattr(pipe, "session_refusal", None)
+    if mode.is_session and callable(refusal) and refusal():
+        raise InputError(refusal())
     res = run_pipeline(pipe, inputs, args.out, mode, patterns=args.stages, extra_meta=extra, progress=Progress(label))
     if res.error is not None:
         print(f"parity dump: {label} crashed at {res.crashed_at}: {type(res.error).__name__}: {res.error}; "
@@ -222,12 +225,17 @@ def cmd_compare(args) -> int:
 def cmd_profiles(args) -> int:
     from candidate.switches import PROFILE_HELP
 
+    from .ports import PORT_HELP, port_names, port_unavailable
     from .project import profile_switches, project_profiles
 
     for name in sorted(project_profiles()):
         sw = profile_switches(name)
         desc = PROFILE_HELP.get(name) or "user profile: " + ", ".join(f"{k}={v}" for k, v in sw.differences().items())
         print(f"{name:<18} {sw.precision:<5} {'cuda' if sw.device == 'cuda' else '    '} {desc}")
+    print("\nports under test (parity run --profile NAME; --port-noise shared|flow-only|port):")
+    for name in port_names():
+        why = port_unavailable(name)
+        print(f"{name:<18} fp32       {PORT_HELP.get(name, '')}" + (f" [unavailable: {why}]" if why else ""))
     return 0
 
 
@@ -301,14 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dump", help="run a pipeline on an input bundle and write its trace",
                        parents=[A.model_parent(), A.streaming_parent(), A.session_parent(), A.capture_parent(),
-                                A.fault_parent(), A.onnx_parent()])
+                                A.fault_parent(), A.onnx_parent(), A.port_parent()])
     d.add_argument("--inputs", required=True, help="input bundle (.safetensors: token, prompt_token, prompt_feat, "
                                                    "embedding)")
     d.add_argument("--out", required=True, help="trace to write (.safetensors)")
     d.add_argument("--no-finalize", action="store_true", help="non-final chunk: lookahead tokens/frames used as context")
     d.add_argument("--wav", help="also write the audio as 16-bit WAV")
     d.add_argument("--pipeline", choices=["reference", "candidate"], default="reference")
-    d.add_argument("--profile", help="candidate profile (parity profiles)")
+    d.add_argument("--profile", help="candidate profile, or a port under test (parity profiles)")
     d.add_argument("--embed-floor", action="store_true",
                    help="put the reference's fp32 noise floor (shipped, cached or computed now) into the trace, so "
                         "parity compare finds it where neither the model nor the floor cache is")
@@ -357,10 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fixtures)",
                        parents=[A.model_parent("tiny"), A.streaming_parent(), A.session_parent(), A.capture_parent(),
                                 A.fault_parent(), A.onnx_parent(), A.policy_parent(), A.floor_parent(), A.local_parent(),
-                                A.output_parent(), A.require_parent()])
+                                A.output_parent(), A.require_parent(), A.port_parent()])
     r.add_argument("--inputs", action="append", help="input bundle(s); default: every bundle in fixtures/bundles "
                                                      "(with --session streaming: fixtures/sessions)")
-    r.add_argument("--profile", action="append", help="candidate profile(s); default fp32-sdpa")
+    r.add_argument("--profile", action="append", help="candidate profile(s), or a port under test (parity profiles "
+                                                      "lists both); default fp32-sdpa")
     r.add_argument("--keep-traces", help="directory to keep the traces in")
     r.add_argument("--inline-vectors", action="store_true",
                    help="keep the per-frame vectors in the --json file instead of its .vectors.npz sidecar")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from reference.bundle import bundle_dims, load_bundle
+from reference.errors import InputError
 
 from .capture.local import step_local
 from .capture.mask_check import check as check_mask
@@ -33,6 +34,7 @@ from .judge.policy import Policy, load_policy
 from .judge.spec import ComparisonSpec
 from .project import ProjectConfig, read_project
 from .result import Comparison
+from .capture.time_grid import check as check_time_grid
 from .trace import write_trace
 
 
@@ -222,14 +224,17 @@ def run_case(model, cand, bundle: str | Path, mode: RunMode = RunMode(), spec: C
     mask = check_mask(model, ref_res.tensors, cand_res.tensors, streaming=mode.streaming) if spec.mask_check else None
     seconds["mask_check"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    grid = check_time_grid(model, ref_res.tensors, cand_res.tensors, streaming=mode.streaming) \
+        if spec.time_grid and not mode.is_session else None
+    seconds["time_grid"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     floor = spec.floor_for_run(model, inputs, switches=getattr(cand, "sw", None), mode=mode, bundle_name=bundle.stem)
     seconds["floor"] = time.perf_counter() - t0
     ref_l = Loaded(ref_res.tensors, ref_res.metadata, str(ref_path or f"<reference {stem}>"))
     cand_l = Loaded(cand_res.tensors, cand_res.metadata, str(cand_path or f"<candidate {stem}>"))
     loc_l = Loaded(loc, {"pipeline": "candidate-local"}, "<step-local>") if loc else None
     t0 = time.perf_counter()
-    result = compare_loaded(ref_l, cand_l, spec, loc_l,
-                            mask_check=mask, offline=off_l, floor=floor)
+    result = compare_loaded(ref_l, cand_l, spec, loc_l, mask_check=mask, offline=off_l, floor=floor, time_grid=grid)
     seconds["compare"] = time.perf_counter() - t0
     blocks = bool(patterns and "block" in str(patterns))
     if mode.is_session and hasattr(cand, "expected_session_stage"):
@@ -285,17 +290,30 @@ class Harness:
         return self.models[spec]
 
     def candidate(self, model, profile: str | None, faults=(), device: str = "cpu", label: str | None = None,
-                  overrides: dict | None = None):
+                  overrides: dict | None = None, port_noise: str = "shared"):
         """The candidate for ``profile`` (built-in or ``[tool.parity.profiles]``) plus ``faults`` and switch
         ``overrides`` (e.g. :meth:`parity.onnx_options.OnnxOptions.overrides`) on ``model``, built once per
-        harness."""
+        harness. A port's name (:data:`parity.ports.PORTS`) gives that port driven by its adapter
+        (:class:`parity.ports.candidate.PortCandidate`), with the noise ``port_noise`` shares with it; faults,
+        switch overrides and other devices do not apply to a port's own code."""
         from candidate.pipeline import CandidateToken2Wav
 
         from .onnx_options import check_overrides, name_suffix
+        from .ports import is_port, port_candidate
         from .project import profile_switches
 
         faults = tuple(faults or ())
         overrides = dict(overrides or {})
+        if is_port(profile):
+            what = [w for w, v in (("--fault", faults), ("ONNX options", overrides), (f"--device {device}",
+                                                                                      device != "cpu")) if v]
+            if what:
+                raise InputError(f"profile {profile!r} is a port: {' and '.join(what)} act on the harness's own "
+                                 f"candidate pipeline, not on a port's code")
+            key = (id(model), "port", profile, port_noise, label)
+            if key not in self.candidates:
+                self.candidates[key] = port_candidate(model, profile, port_noise, label)
+            return self.candidates[key]
         key = (id(model), profile, faults, device, label, tuple(sorted(overrides.items())))
         if key not in self.candidates:
             over = {"device": device} if device != "cpu" else {}

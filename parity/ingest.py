@@ -35,6 +35,40 @@ class Loaded:
     dialect: str = "canonical"
 
 
+# what a canonical metadata key must hold for an alias to fill it (a dump's "steps" may be a per-step table)
+META_KINDS = {"n_timesteps": (lambda v: isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                              and _is_int_like(v), "a step count"),
+              "cfg_rate": (lambda v: isinstance(v, (int, float, str)) and not isinstance(v, bool) and _is_float(v),
+                           "a number"),
+              "t_scheduler": (lambda v: isinstance(v, str), "a scheduler name")}
+
+
+def _is_float(v) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _is_int_like(v) -> bool:
+    return _is_float(v) and float(v) == int(float(v))
+
+
+def _kind_of(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return f"a list of {len(v)} entries"
+    if isinstance(v, dict):
+        return f"a table of {len(v)} keys"
+    return f"a {type(v).__name__}"
+
+
+def meta_value_fits(key: str, value) -> bool:
+    """``value`` is of the kind the canonical metadata ``key`` holds (keys without a kind take anything)."""
+    kind = META_KINDS.get(key)
+    return kind is None or bool(kind[0](value))
+
+
 def _np_to_torch(a: np.ndarray, name: str, path: Path) -> torch.Tensor:
     if a.dtype == object or a.dtype.kind in "USV":
         raise InputError(f"{path}: array {name!r} has dtype {a.dtype}, expected a numeric tensor")
@@ -154,11 +188,16 @@ def load(path: str | Path, extra_map: dict[str, str] | None = None) -> Loaded:
             if name in ASSUMPTIONS or session_assumption(name):
                 note["assumption"] = ASSUMPTIONS.get(name) or session_assumption(name)
             norms.append(note)
-    meta2 = dict(meta)  # exact keys win; aliases only fill canonical keys that are absent
+    meta2 = dict(meta)  # exact keys win; aliases only fill canonical keys that are absent, with a value that fits
     for k, v in meta.items():
         ck = canonical_meta_key(k)
         if ck != k and ck not in meta:
-            meta2.setdefault(ck, v)
+            if meta_value_fits(ck, v):
+                meta2.setdefault(ck, v)
+            else:
+                norms.append({"stage": None, "kind": "metadata",
+                              "detail": f"metadata {k!r} holds {_kind_of(v)}, not {META_KINDS[ck][1]}: not read as "
+                                        f"{ck!r}"})
     if one_call_dump(out, meta2):
         out, orig, norms, dialect = as_one_call(out, orig, norms)
     return Loaded(out, meta2, str(path), orig, norms, dialect)

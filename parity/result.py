@@ -91,8 +91,11 @@ class Finding:
         return cls(code, stage, severity, message, evidence or {}, [-1] if first or not stage else list(position(stage)))
 
     def sort_key(self) -> tuple:
-        """Severity class first, pipeline position within a class, metadata findings first at a position."""
-        return (SEVERITY_ORDER[self.severity], self.position if self.stage else [-1],
+        """Severity class first, then the rank within the class (``evidence["rank"]``, default 0: a divergence
+        whose difference vanishes downstream has rank 1, :mod:`parity.diagnose`), pipeline position, metadata
+        findings first at a position."""
+        rank = self.evidence.get("rank", 0) if isinstance(self.evidence.get("rank", 0), int) else 0
+        return (SEVERITY_ORDER[self.severity], rank, self.position if self.stage else [-1],
                 0 if self.evidence.get("key") else 1)
 
     def headline_json(self) -> dict:

@@ -61,7 +61,11 @@ def run_command(args) -> int:
     show_progress = not args.no_progress and sys.stderr.isatty()
     cases: list[Case] = []
     for prof in profiles:
-        cand = harness.candidate(model, prof, args.fault or (), device=args.device, overrides=overrides)
+        cand = harness.candidate(model, prof, args.fault or (), device=args.device, overrides=overrides,
+                                 port_noise=getattr(args, "port_noise", "shared"))
+        refusal = getattr(cand, "session_refusal", None)
+        if mode.is_session and callable(refusal) and refusal():
+            raise InputError(refusal())
         for b in bundles:
             cases.append(harness.run(model, cand, b, mode, patterns=args.stages, trace_dir=trace_dir,
                                      local=not args.no_local, progress=show_progress))

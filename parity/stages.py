@@ -125,6 +125,90 @@ def is_vocoder_stage(name: str) -> bool:
     return position(name)[0] in (4, 5, 6)
 
 
+# ---------------------------------------------------------------------------------------------
+# data flow: which stages each canonical single-call stage is computed from (diagnosis: a failing stage is
+# downstream of a divergence only when one of its inputs fails too)
+
+_HIFT_PART_RE = re.compile(r"^hift\.(ups|source_down|fusion|resblocks)(\d+)$")
+
+
+def stage_inputs(name: str, present=()) -> tuple[str, ...] | None:
+    """The canonical stages ``name`` is computed from, directly: () for the inputs, ``x0`` (the noise) and the time
+    grid (``step{k}.t/dt``); None for names outside the single-call table (session stages, unknown names).
+    ``present``: the stage names of the two traces, to resolve "the last" (step, block, HiFT stage): the flow mel is
+    the last step's ``x``; ``v1``/``v2`` also depend on the step's captured DiT blocks; the vocoder's
+    ``hift.conv_post`` on the last captured ``hift.resblocks{i}``, else directly on ``conv_pre`` and ``s_stft``."""
+    present = set(present)
+    if name in INPUTS or name == "x0":
+        return ()
+    if name == "mu":
+        return ("token", "prompt_token")
+    if name == "spks":
+        return ("embedding",)
+    if name == "cond":
+        return ("prompt_feat",)
+    st = parse_step(name)
+    if st:
+        k, field = st
+        prev = "x0" if k == 1 else f"step{k - 1}.x"
+        step_in = (prev, f"step{k}.t", "mu", "spks", "cond")
+        if field in ("t", "dt"):
+            return ()
+        b = _BLOCK_RE.match(field)
+        if b:
+            i = int(b.group(1))
+            return (f"step{k}.block{i - 1}",) if i > 0 else step_in
+        if field in ("v1", "v2"):
+            blocks = sorted((n for n in present if (parse_step(n) or (0, ""))[0] == k
+                             and _BLOCK_RE.match(parse_step(n)[1])), key=position)
+            return step_in + (blocks[-1],) if blocks else step_in
+        if field == "v_cfg":
+            return (f"step{k}.v1", f"step{k}.v2")
+        if field == "x":
+            return (prev, f"step{k}.dt", f"step{k}.v_cfg")
+        return None
+    if name == "flow_mel":
+        ks = [parse_step(n)[0] for n in present if parse_step(n)]
+        return (f"step{max(ks)}.x",) if ks else ("x0", "mu", "spks", "cond")
+    if name in ("f0", "conv_pre"):
+        return ("flow_mel",)
+    if name == "source":
+        return ("f0",)
+    if name == "s_stft":
+        return ("source",)
+    m = _HIFT_PART_RE.match(name)
+    if m:
+        part, i = m.group(1), int(m.group(2))
+        if part == "ups":
+            return ("conv_pre",) if i == 0 else (f"hift.resblocks{i - 1}",)
+        if part == "source_down":
+            return ("s_stft",)
+        if part == "fusion":
+            return (f"hift.ups{i}", f"hift.source_down{i}")
+        return (f"hift.fusion{i}",)
+    if name == "hift.conv_post":
+        res = sorted((n for n in present if _HIFT_PART_RE.match(n) and n.startswith("hift.resblocks")), key=position)
+        return (res[-1],) if res else ("conv_pre", "s_stft")
+    if name in ("magnitude", "phase"):
+        return ("hift.conv_post",)
+    if name == "audio_preclamp":
+        return ("magnitude", "phase")
+    if name == "audio":
+        return ("audio_preclamp",)
+    return None
+
+
+def key_stage_of(name: str) -> str | None:
+    """The key output a divergence at ``name`` must reach to matter: ``flow_mel`` for the flow's stages (inputs,
+    front end, ODE steps, the mel itself), ``audio`` for the vocoder's; None outside the single-call table."""
+    pos = position(name)
+    if pos[0] in (0, 1, 2, 3):
+        return "flow_mel"
+    if pos[0] in (4, 5, 6):
+        return "audio"
+    return None
+
+
 def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True) -> list[str]:
     """The canonical stages a complete trace holds (used to name where a crashed run stopped)."""
     out = list(INPUTS) + list(FRONT)

@@ -11,7 +11,7 @@ import torch
 
 from parity.ingest import load
 from parity.judge.compare import compare_loaded
-from parity.judge.diagnose import EXACT_INT, integer_stage
+from parity.judge.observations import EXACT_INT, integer_stage
 from parity.judge.spec import ComparisonSpec
 from parity.trace import read_trace, write_trace
 from reference.bundle import load_bundle

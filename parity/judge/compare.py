@@ -14,14 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..ingest import Loaded, load
 from ..measure import metrics as M
-from .session import pair_calls
-from .stream import session_section
+from ..measure.diff_shape import edge_profile, noise_likeness
+from ..measure.domain import domain_statistics
+from ..measure.melspec import audio_mel
 from .diagnose import diagnose
 from .metadata import metadata_findings
-from ..measure.domain import domain_statistics
-from ..ingest import Loaded, load
-from ..measure.melspec import audio_mel
+from .session import pair_calls
+from .stream import session_section
 from .normalize import align
 from .policy import PRECISION_CLASSES, Judgement, Rule, judge, judgement_from_floor
 from .spec import ComparisonSpec
@@ -74,6 +75,27 @@ def _derive_x0(tr: Loaded, other: Loaded) -> Loaded:
     return dataclasses.replace(tr, tensors={**tr.tensors, "x0": tr.tensors["rand_noise"][..., :T]},
                                normalisations=tr.normalisations + [{"stage": "x0", "kind": "derive",
                                                                     "detail": f"x0 = rand_noise[..., :{T}]"}])
+
+
+def _derive_dt(tr: Loaded, other: Loaded) -> Loaded:
+    """A trace that records the ODE's ``step{k}.t`` but no ``step{k}.dt`` at all (a port whose solver computes dt
+    inside its loop), compared with one that holds dt: a copy with ``step{k}.dt = step{k+1}.t - step{k}.t``
+    (float32, as a solver that takes dt from differences of its grid does) for every step whose next t it holds,
+    each listed as a normalisation; the last step's dt needs the grid's end, which the trace does not hold, and
+    stays absent (the comparison lists it as missing). ``tr`` itself when there is nothing to derive."""
+    ks = sorted(parse_step(n)[0] for n in tr.tensors if parse_step(n) and parse_step(n)[1] == "t")
+    if not ks or any(parse_step(n) and parse_step(n)[1] == "dt" for n in tr.tensors) \
+            or not any(parse_step(n) and parse_step(n)[1] == "dt" for n in other.tensors):
+        return tr
+    out, notes = dict(tr.tensors), []
+    for k in ks:
+        t, t_next = tr.tensors[f"step{k}.t"], tr.tensors.get(f"step{k + 1}.t")
+        if t_next is None or t_next.numel() != t.numel() or not t.is_floating_point():
+            continue
+        out[f"step{k}.dt"] = (t_next.float() - t.float()).reshape(-1)[:1]
+        notes.append({"stage": f"step{k}.dt", "kind": "derive",
+                      "detail": f"step{k}.dt = step{k + 1}.t - step{k}.t (the trace records t, not dt)"})
+    return dataclasses.replace(tr, tensors=out, normalisations=tr.normalisations + notes) if notes else tr
 
 
 def _upcast(t: torch.Tensor) -> np.ndarray:
@@ -175,6 +197,10 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | Non
         m["quantile_abs_err"] = M.quantile_abs_err(_upcast(ra), _upcast(ca), rule.quantile)
     if m.get("finite_ok"):
         m.update(domain_metrics(name, ra, ca))
+        if tx is not None and lay.kind in ("mel", "spectrum", "frames"):
+            edge = edge_profile(_upcast(ra), _upcast(ca), tx)
+            if edge is not None:
+                m["edge"] = edge
     entry.metrics = m
     entry.first_values = {"ref": M.first_k_values(_upcast(ra)), "cand": M.first_k_values(_upcast(ca))}
     if opts.keep_vectors and tx is not None and lay.kind != "wave" and ra.dim() >= 2 and ra.shape[tx] > 1 \
@@ -232,12 +258,30 @@ def _floor_for(floor, precision: str):
     return choice, f, ""
 
 
+def _rejudge_on_grid(entry: StageResult, alt: StageResult, units: dict) -> None:
+    """``entry`` failed against the reference and ``alt`` (the same candidate tensor against the reference re-run
+    at the candidate's time grid, :mod:`parity.capture.time_grid`) passes: the stage passes, judged by ``alt``; what it
+    was against the reference stays in ``extra["against_reference"]`` and in the detail."""
+    was = {"status": entry.status, "statistic": entry.statistic, "value": entry.value, "limit": entry.limit,
+           "ratio": entry.ratio, "detail": entry.detail}
+    grid = ", ".join(f"{k} {v:.3g}" for k, v in (("t", units.get("t_units")), ("dt", units.get("dt_units")))
+                     if isinstance(v, float) and v > 0)
+    entry.status, entry.statistic, entry.value, entry.limit = alt.status, alt.statistic, alt.value, alt.limit
+    entry.ratio, entry.floor, entry.gate = alt.ratio, alt.floor, alt.gate
+    entry.detail = (f"{alt.detail} against the reference re-run at the candidate's time grid ({grid} grid units "
+                    f"off: the grid's rounding); against the reference: {was['detail']}")
+    entry.extra["against_reference"] = was
+    entry.extra["time_grid"] = dict(units)
+
+
 def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None, local: Loaded | None = None,
                    fp64: Loaded | None = None, mask_check: dict | None = None, *, offline: Loaded | None = None,
-                   floor=None) -> Comparison:
+                   floor=None, time_grid=None) -> Comparison:
     """Compare two loaded traces as ``spec`` says (default: the default policy, no floor), plus optionally the
-    candidate's step-local trace, a float64 reference for the arbiter rules, and the streaming chunk-mask check
-    computed capture-side (:mod:`parity.capture.mask_check`). Streaming-session traces get the session comparison
+    candidate's step-local trace, a float64 reference for the arbiter rules, and what the capture side measured
+    by running a model: the streaming chunk-mask check (:mod:`parity.capture.mask_check`) and the reference re-run
+    at the candidate's time grid (``time_grid``, :class:`parity.capture.time_grid.TimeGridCheck`: a step stage
+    failing against the reference is judged against it too). Streaming-session traces get the session comparison
     (:mod:`parity.judge.session`: calls paired by token offset, schedule, options, glitches; ``offline``: the
     offline reference run of the same tokens, for the stream-vs-offline section). ``floor``: the measured floor
     to judge against (a :class:`parity.floor.Floor` or the :class:`parity.floor.store.FloorChoice` of a floor
@@ -247,6 +291,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None
     opts = spec = spec or ComparisonSpec()
     policy = spec.policy
     ref, cand = _derive_x0(ref, cand), _derive_x0(cand, ref)
+    ref, cand = _derive_dt(ref, cand), _derive_dt(cand, ref)
     from .pcm import find_integer_audio, refusal_problem, scale_integer_audio
 
     pcm = find_integer_audio(ref, cand)  # int16/int32 audio: scaled (a normalisation + a warning) or refused
@@ -286,6 +331,11 @@ def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None
             g, why = gate_of(name)
             entry = _stage_compare(name, ref.tensors[name], cand.tensors[name], rule, opts, prompt_frames,
                                    fp64.tensors.get(name) if fp64 is not None else None, g, why)
+            if time_grid is not None and entry.status == "fail" and name in time_grid.tensors:
+                alt = _stage_compare(name, time_grid.tensors[name], cand.tensors[name], rule, opts, prompt_frames,
+                                     None, g, why)
+                if alt.status == "pass":
+                    _rejudge_on_grid(entry, alt, time_grid.steps.get(parse_step(name)[0], {}))
         elif in_r:
             req = bool(rule and rule.required)
             entry = StageResult(name=name, status="fail" if req else "missing", ref_stats=M.side_stats(ref.tensors[name]),
@@ -297,6 +347,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None
                                 position=list(position(name)), detail="absent from the reference")
         stages.append(calls.annotate(entry, rule))
     by_name = {s.name: s for s in stages}
+    _source_difference(ref, cand, by_name.get("source"))
 
     # step-local errors: the candidate's step driven from the reference's own state
     local_stages: dict[str, StageResult] = {}
@@ -330,9 +381,23 @@ def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None
         context={"precision": precision, "attention": attention, "prompt_frames": prompt_frames,
                  "allow_trim": opts.allow_trim, "sample_rate": sample_rate_of(ref.metadata)},
         policy={"sources": policy.sources}, mask_check=mask_check, session=session,
+        extra={"time_grid": time_grid.to_json()} if time_grid is not None else {},
         floor=dict(choice.to_json(), applies=gfloor is not None, **({} if gfloor is not None else
                                                                    {"not_applied": why_none})))
     return spec.requirements.apply(result)
+
+
+def _source_difference(ref: Loaded, cand: Loaded, entry: StageResult | None) -> None:
+    """The harmonic source's difference statistics (:func:`parity.diff_shape.noise_likeness`, into the stage's
+    metrics as ``difference``): per F0 frame of ``len(source) / len(f0)`` samples (480 when f0 is absent)."""
+    if entry is None or not entry.compared or not (entry.metrics or {}).get("finite_ok"):
+        return
+    r, c = ref.tensors["source"], cand.tensors["source"]
+    f0 = ref.tensors.get("f0")
+    frame = r.numel() // f0.numel() if f0 is not None and f0.numel() and r.numel() % f0.numel() == 0 else 480
+    nl = noise_likeness(_upcast(r), _upcast(c), frame)
+    if nl is not None:
+        entry.metrics["difference"] = M.to_jsonable(nl)
 
 
 def _err(entry: StageResult | None, key: str = "max_abs_err"):
@@ -428,10 +493,14 @@ def compare_saved(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None,
                   fp64: Loaded | None = None, offline: Loaded | None = None) -> Comparison:
     """Compare two saved (loaded) traces as ``spec`` says: :func:`compare_loaded`, with the streaming chunk-mask
     check run first when the spec asks for it (it loads the reference model the trace names and runs it)."""
-    spec = spec or ComparisonSpec()
-    mc = None
-    if spec.mask_check:
-        from ..capture.mask_check import check_saved, is_streaming
+    from ..capture.mask_check import check_saved, is_streaming
 
-        mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=is_streaming(ref.metadata, cand.metadata))
-    return compare_loaded(ref, cand, spec, local, fp64, mask_check=mc, offline=offline)
+    spec = spec or ComparisonSpec()
+    streaming = is_streaming(ref.metadata, cand.metadata)
+    mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=streaming) if spec.mask_check else None
+    grid = None
+    if spec.time_grid:
+        from ..capture.time_grid import check_saved as grid_saved
+
+        grid = grid_saved(ref.metadata, ref.tensors, cand.tensors, streaming=streaming)
+    return compare_loaded(ref, cand, spec, local, fp64, mask_check=mc, offline=offline, time_grid=grid)

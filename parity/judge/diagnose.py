@@ -3,8 +3,29 @@
 Each finding (:class:`parity.result.Finding`): ``code``, ``stage``, ``severity`` (error | failure |
 warning | info), a one-line ``message`` in the engineer's terms and the ``evidence`` (numbers) behind it.
 Findings are ordered by severity class first (errors, then failures, warnings, info) and by pipeline
-position within a class; the first error or failure is the headline (the first divergence). Nothing here
-modifies its inputs.
+position within a class; the first error or failure is the headline. Nothing here modifies its inputs.
+
+**Divergences and the headline.** A failing stage is *downstream* of an earlier divergence only when one of its
+inputs (the stages it is computed from, :func:`parity.stages.stage_inputs`, resolved through stages neither trace
+holds) fails too; a failing stage whose inputs all pass is a divergence of its own (a *root*), classified on its
+own (:func:`_classify`), with the stages downstream of it listed in one ``downstream_failures`` note. Roots are
+ranked so that the headline is the first divergence that matters:
+
+1. a root whose difference reaches its key output (``flow_mel`` for the flow's stages, ``audio`` for the
+   vocoder's; :func:`parity.stages.key_stage_of`), or whose key output was not compared, in pipeline order;
+2. then a root whose difference vanishes downstream (its key output was compared and passes): still a failure
+   (the stage failed its gate), ranked after every root that matters (``evidence["rank"] = 1``), its message
+   saying that the difference vanishes; it is the headline only when no divergence matters.
+
+Metadata failures (a different step count, scheduler, CFG rate, weights or noise) keep their place by pipeline
+position among the rank-0 failures. Stages outside the single-call table (a streaming session's chunk stages)
+keep the simple rule: downstream of the latest earlier root.
+
+**Named causes** beyond the stage's role (:data:`EXPLAIN`): ``vocoder_noise_not_shared`` (``source`` differs by
+noise while ``f0`` matches: the candidate's HiFT draws its own random numbers; the finding says which tensors to
+share, in which layout), ``stft_padding_mismatch`` (``s_stft`` differs only in its first and last frames while
+``source`` matches: the centred STFT pads differently), and ``time_grid_rounding`` (information: the candidate's
+time grid differs by rounding, and steps judged against the reference re-run at its grid).
 """
 
 from __future__ import annotations
@@ -14,15 +35,11 @@ import dataclasses
 from reference.config import SAMPLE_RATE
 
 from ..result import Finding, StageResult, StepRow, fmt_value
-from ..stages import (CHUNK_CONTROL, INPUTS, is_session_stage, is_vocoder_stage, key_stages, layout, parse_chunk, parse_step, position,
-                      session_rule_stage, sort_stages)
+from .observations import audio_findings, integer_stage, time_grid_findings, token_exactness_findings
+from ..stages import (CHUNK_CONTROL, INPUTS, is_session_stage, is_vocoder_stage, key_stage_of, key_stages, layout,
+                      parse_chunk, parse_step, position, sort_stages, stage_inputs)
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
-# audio warnings (never verdicts), with the values legitimate candidates reach: every shipped CPU profile (fp32,
-# bf16, fp16, int8, ONNX Runtime) on every fixture bundle, offline and streaming, tiny preset (78 cases;
-# benchmarks/measure_diagnose_thresholds.py, benchmarks/results/diagnose_thresholds.json, docs/benchmarks.md)
-AUDIO_DC_STEP = 0.01  # |DC offset difference|: legitimate at most 0.0044 (2.3x below); NaN faults 0.018-0.022
-AUDIO_CLICK_RATIO = 10.0  # click detector's worst burst ratio: legitimate at most 5.8 (1.7x below)
 
 # what each first-divergence code means, in the engineer's terms
 EXPLAIN = {
@@ -111,6 +128,53 @@ def _judged(entry: StageResult) -> str:
     return "; ".join(p for p in (judged, f"flat tolerance: {reason}" if reason and entry.gate == "flat" else "") if p)
 
 
+# A difference of the harmonic source that is the candidate's own noise (measured with
+# parity.diff_shape.noise_likeness on the fixture bundles, tiny model): mlx-audio-plus drawing its own HiFT noise
+# gives |lag1| <= 0.006, flatness >= 0.989, |ref_corr| <= 0.01 (short, medium, long); the smooth-sine fault (a
+# wrong phase) lag1 0.97, flatness 0.000, ref_corr -0.64..-0.72; a 1 % gain ref_corr 1.000. The limits sit between.
+NOISE_MAX_LAG1 = 0.2
+NOISE_MIN_FLATNESS = 0.5
+NOISE_MAX_REF_CORR = 0.2
+# A difference confined to the edges (parity.diff_shape.edge_profile): frames above the interior's level only
+# within the 8 at either end, and the interior at most a tenth of the largest difference. mlx-audio-plus's
+# zero-padded STFT, fixture bundles: 2 frames at each end (of 2881 / 9601 / 26401), the largest edge difference
+# 1.56 / 1.09 / 2.2 (0.66 single-call streaming, long), the interior (the source's own rounding, which passes its
+# floor) 0.02 % / 0.5 % / 1.7 % of it (4 %, long, streaming).
+EDGE_INTERIOR_REL = 0.1
+
+
+def noise_like(nl: dict | None) -> bool:
+    """The difference statistics of :func:`parity.diff_shape.noise_likeness` say: independent white noise."""
+    if not nl:
+        return False
+    lag1, flat, corr = nl.get("lag1"), nl.get("flatness"), nl.get("ref_corr")
+    if not all(isinstance(v, float) and v == v for v in (lag1, flat, corr)):
+        return False
+    return abs(lag1) <= NOISE_MAX_LAG1 and flat >= NOISE_MIN_FLATNESS and abs(corr) <= NOISE_MAX_REF_CORR
+
+
+def edge_confined(edge: dict | None) -> bool:
+    """The difference of :func:`parity.diff_shape.edge_profile` lies in a few frames at the ends only."""
+    if not edge or not edge.get("max"):
+        return False
+    h, t, inner = edge.get("head", 0), edge.get("tail", 0), edge.get("interior_max", edge["max"])
+    return h + t > 0 and isinstance(inner, float) and inner <= EDGE_INTERIOR_REL * edge["max"]
+
+
+NOISE_REMEDY = ("share the reference's HiFT noise: hift_rand_ini [1, 9] float32 (the initial phases of the 9 harmonics; "
+                "entry 0 is 0) and hift_sine_noise [1, samples, 9] float32 (sample-major: row i is "
+                "output sample i, column h harmonic h; uniform in [0, 1), added as noise_amp * noise, not Gaussian; "
+                "the first `samples` rows of upstream's 7.2M-row buffer), both in the file `parity noise export` "
+                "writes next to rand_noise; use them where SineGen2 draws its initial phases and its sine noise")
+
+
+def _noise_message(nl: dict, tail: str) -> str:
+    return (f"source differs by noise while f0 matches: the difference is white and independent of the signal "
+            f"(lag-1 autocorrelation {nl['lag1']:.2f}, spectral flatness {nl['flatness']:.2f}, correlation with "
+            f"the source {nl['ref_corr']:.2f}, rms {nl['rms']:.3g}): the candidate's HiFT draws its own random "
+            f"numbers. Remedy: {NOISE_REMEDY}" + tail)
+
+
 def _tail(name: str, entry: StageResult, sample_rate: int) -> str:
     """`` (max |diff| ... at ...; how it was judged)``: the one tail of a stage finding's message (an integer
     stage says where it first differs; a call's wave is located in the call, a single call's in the audio)."""
@@ -151,6 +215,7 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
         return "nonfinite_origin", (f"non-finite values first appear at {name}: NaN {st.get('nan_count')}, "
                                     f"Inf {st.get('inf_count')} of {st.get('numel')} (first at index "
                                     f"{st.get('first_nonfinite_index')})")
+    m = entry.metrics or {}
     tail = _tail(name, entry, sample_rate)
     if name in INPUTS:
         return "inputs_differ", f"input '{name}' differs between the two sides" + tail
@@ -190,7 +255,7 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
         last = max((parse_step(n)[0] for n in by_name if parse_step(n) and parse_step(n)[1] == "x"), default=None)
         xe = by_name.get(f"step{last}.x") if last else None
         xm = (xe.metrics if xe is not None else None) or {}
-        fm_err, x_err = (entry.metrics or {}).get("max_abs_err"), xm.get("max_abs_err")
+        fm_err, x_err = m.get("max_abs_err"), xm.get("max_abs_err")
         if (xe is not None and _passes(by_name, xe.name) and isinstance(fm_err, float) and isinstance(x_err, float)
                 and x_err > 0 and fm_err <= x_err):
             # the flow output is the last state's target frames: its worst error cannot exceed the state's, and
@@ -200,9 +265,22 @@ def _classify(name: str, entry: StageResult, by_name: dict[str, StageResult],
                                          f"limit, judged on the target frames" + tail)
         return "flow_mel_mismatch", EXPLAIN["flow_mel_mismatch"] + tail
     if is_vocoder_stage(name):
+        if name == "source" and _passes(by_name, "f0"):
+            nl = m.get("difference") if isinstance(m.get("difference"), dict) else None
+            if noise_like(nl):
+                return "vocoder_noise_not_shared", _noise_message(nl, tail)
+        edge = m.get("edge") if isinstance(m.get("edge"), dict) else None
+        if name == "s_stft" and _passes(by_name, "source") and edge_confined(edge):
+            return "stft_padding_mismatch", (
+                f"s_stft differs only in its first {edge['head']} and last {edge['tail']} of {edge['frames']} frames "
+                f"(interior max |diff| {edge['interior_max']:.3g}, edges up to {edge['max']:.3g}) while the source "
+                f"matches: the centred STFT pads the signal differently (upstream's torch.stft(center=True) reflects "
+                f"n_fft/2 samples at each end; zero padding differs in exactly these frames)" + tail)
         fm = _passes(by_name, "flow_mel")
         lead = "the flow mel matches; " if fm else ""
-        return "vocoder_divergence", f"{lead}the vocoder diverges at {name}" + tail
+        where = (f"; the difference is confined to the first {edge['head']} and last {edge['tail']} of "
+                 f"{edge['frames']} frames (an edge effect: padding)" if edge_confined(edge) else "")
+        return "vocoder_divergence", f"{lead}the vocoder diverges at {name}{where}" + tail
     return "stage_mismatch", f"{name} differs" + tail
 
 
@@ -266,6 +344,59 @@ def _classify_session_stage(name: str, entry: StageResult, by_name: dict, local_
     return code, pre + msg
 
 
+def compared_inputs(name: str, by_name: dict[str, StageResult], _seen: set | None = None) -> list[str] | None:
+    """The nearest compared stages ``name`` is computed from (:func:`parity.stages.stage_inputs`, looking through
+    stages that were not compared); None when its data flow is not in the table."""
+    direct = stage_inputs(name, by_name)
+    if direct is None:
+        return None
+    seen = set() if _seen is None else _seen
+    out: list[str] = []
+    for i in direct:
+        if i in seen:
+            continue
+        seen.add(i)
+        e = by_name.get(i)
+        if e is not None and e.compared:
+            out.append(i)
+        else:
+            out.extend(compared_inputs(i, by_name, seen) or [])
+    return list(dict.fromkeys(out))
+
+
+def divergences(failing: list[StageResult], by_name: dict[str, StageResult]) -> tuple[list[StageResult], dict]:
+    """(roots, {root: [its downstream stages]}) of the failing stages (in pipeline order): a failing stage with a
+    failing input is downstream of that input's root(s); one whose inputs all pass is a root. A stage outside the
+    data-flow table is downstream of the latest earlier root."""
+    roots: list[StageResult] = []
+    root_of: dict[str, list[str]] = {}
+    below: dict[str, list[str]] = {}
+    for s in failing:
+        ins = compared_inputs(s.name, by_name)
+        if ins is None:
+            parents = [roots[-1].name] if roots else []
+        else:
+            parents = list(dict.fromkeys(r for i in ins if by_name[i].status == "fail" for r in root_of.get(i, [])))
+        if parents:
+            root_of[s.name] = parents
+            for r in parents:
+                below.setdefault(r, []).append(s.name)
+        else:
+            roots.append(s)
+            root_of[s.name] = [s.name]
+    return roots, below
+
+
+def vanishes_at(name: str, by_name: dict[str, StageResult]) -> str | None:
+    """The key output (:func:`parity.stages.key_stage_of`) where a divergence at ``name`` is seen to vanish: it was
+    compared and passes; None when it fails, was not compared, or is ``name`` itself."""
+    key = key_stage_of(name)
+    e = by_name.get(key) if key else None
+    if key is None or key == name or e is None or not e.compared or e.status == "fail":
+        return None
+    return key
+
+
 def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: list[StepRow],
              local_stages: dict[str, StageResult], ref, cand, meta_find: list[Finding], precision: str,
              audio: dict | None, mask_check: dict | None = None, sample_rate: int = SAMPLE_RATE) -> list[Finding]:
@@ -310,17 +441,25 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
             msg = f"candidate trace is incomplete (the run was killed); it stops before {at}"
         out.append(_f("candidate_crashed", at, "failure", msg, {"error": err, "last_recorded": last,
                                                                 "missing_stages": missing[:50]}))
-    # the first failing stage, classified
+    # the divergences (failing stages whose inputs pass), each classified; the ones that vanish ranked last
     failing = [s for s in stages if s.status == "fail"]
-    first = failing[0] if failing else None
-    if first is not None:
-        code, msg = _classify(first.name, first, by_name, local_stages, sample_rate)
-        out.append(_f(code, first.name, "failure", msg, _num_ev(first)))
-        later = [s.name for s in failing[1:]]
+    roots, below = divergences(failing, by_name)
+    for root in roots:
+        code, msg = _classify(root.name, root, by_name, local_stages, sample_rate)
+        ev = _num_ev(root)
+        gone = vanishes_at(root.name, by_name)
+        if gone:
+            msg += (f"; the difference vanishes downstream ({gone} passes): a note, not the first divergence "
+                    f"that matters")
+            ev.update(rank=1, vanishes_at=gone)
+        out.append(_f(code, root.name, "failure", msg, ev))
+        later = below.get(root.name) or []
         if later:
             out.append(_f("downstream_failures", later[0], "info",
-                          f"{len(later)} later stages also fail (downstream of {first.name}): "
-                          + ", ".join(later[:8]) + (" ..." if len(later) > 8 else ""), {"stages": later}))
+                          f"{len(later)} later stages fail downstream of {root.name} (each has a failing input): "
+                          + ", ".join(later[:8]) + (" ..." if len(later) > 8 else ""),
+                          {"stages": later, "root": root.name}))
+    out.extend(time_grid_findings(stages))
     # the vocoder driven by the reference's own mel: its own divergence, independent of the flow's
     loc_voc = [e for n, e in sorted(local_stages.items(), key=lambda kv: position(kv[0]))
                if is_vocoder_stage(n) and e.status == "fail"]
@@ -343,7 +482,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
         blk = ""
         if st and st[1].startswith("block"):
             blk = f" (step {st[0]}, DiT {st[1]})"
-        if not (first is not None and first.name == s0.name):
+        if s0.name not in {r.name for r in roots}:
             out.append(_f("nonfinite_origin", s0.name, "failure",
                           f"non-finite values first appear at {s0.name}{blk}", {"stages": [s.name for s in nf][:20]}))
         elif blk:
@@ -413,67 +552,5 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
                       + ", ".join(extra[:8]), {"stages": extra}))
     # audio-level observations
     if audio and audio.get("comparable"):
-        out.extend(_audio_findings(audio))
+        out.extend(audio_findings(audio))
     return sorted(out, key=Finding.sort_key)
-
-
-_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
-# the largest integer up to which every integer is exact in a float format: 2^(significand bits + 1)
-EXACT_INT = {"float16": 2048, "bfloat16": 256, "float32": 1 << 24}
-
-
-def integer_stage(s: StageResult) -> bool:
-    """A stage whose values are integers by meaning (token ids, a call's token offset and flags) or by dtype:
-    never judged for fp16/bf16 range."""
-    dts = {(st or {}).get("dtype") for st in (s.ref_stats, s.cand_stats)} - {None}
-    if dts and dts <= set(_INT_DTYPES):
-        return True
-    rule_stage = session_rule_stage(s.name) or s.name
-    return rule_stage in ("token", "prompt_token") or layout(s.name).kind == "tokens"
-
-
-def token_exactness_findings(stages: list[StageResult]) -> list[Finding]:
-    """A side that holds token ids in a float format cannot hold every id exactly: float16 only up to 2048,
-    bfloat16 only up to 256 (CosyVoice 3 speech tokens go up to 6560). Said only where it applies: the ids are
-    stored in such a dtype and reach beyond its exact range."""
-    out = []
-    for s in stages:
-        if layout(s.name).kind != "tokens":  # token, prompt_token, chunk{c}.tokens
-            continue
-        for side, st in (("candidate", s.cand_stats), ("reference", s.ref_stats)):
-            dt = (st or {}).get("dtype")
-            exact = EXACT_INT.get(dt)
-            vals = [abs(v) for v in ((s.ref_stats or {}).get("max"), (s.ref_stats or {}).get("min"),
-                                     (st or {}).get("max"), (st or {}).get("min")) if isinstance(v, (int, float))]
-            reach = max(vals) if vals else None
-            if exact is None or reach is None or reach <= exact:
-                continue
-            out.append(_f("token_ids_inexact", s.name, "warning",
-                          f"the {side} stores {s.name} as {dt}, which holds integers exactly only up to {exact}; "
-                          f"the ids reach {reach:.0f}, so ids above {exact} are rounded (keep token ids in an "
-                          f"integer dtype)", {"side": side, "dtype": dt, "exact_up_to": exact, "max_id": reach}))
-    return out
-
-
-def _audio_findings(a: dict) -> list[Finding]:
-    out = []
-    stage = a.get("stage") or "audio"  # "stream.audio" for a streaming session
-    cand, ref = a.get("cand") or {}, a.get("ref") or {}
-    nf = (cand.get("nonfinite") or {}).get("total") if isinstance(cand.get("nonfinite"), dict) else None
-    if nf:
-        out.append(_f("audio_nonfinite", stage, "failure", f"the candidate audio holds {nf} non-finite samples"))
-    cr, rr = (cand.get("clipping") or {}), (ref.get("clipping") or {})
-    if cr.get("runs", 0) > rr.get("runs", 0):
-        out.append(_f("audio_clipping", stage, "warning",
-                      f"candidate clips at the 0.99 clamp in {cr.get('runs')} runs (reference {rr.get('runs', 0)}); "
-                      f"longest {cr.get('longest_run')} samples", {"cand": cr, "ref": rr}))
-    dc_c, dc_r = cand.get("dc_offset"), ref.get("dc_offset")
-    if isinstance(dc_c, float) and isinstance(dc_r, float) and abs(dc_c - dc_r) > AUDIO_DC_STEP:
-        out.append(_f("audio_dc_offset", stage, "warning", f"DC offset {dc_c:.4f} vs reference {dc_r:.4f}"))
-    clicks = a.get("clicks") or {}
-    if isinstance(clicks.get("ratio_max"), float) and clicks["ratio_max"] > AUDIO_CLICK_RATIO:
-        t = clicks.get("worst_time_s")
-        out.append(_f("audio_click", stage, "warning",
-                      f"high-frequency burst {clicks['ratio_max']:.3g}x the reference's"
-                      + (f" at {t:.3f} s" if isinstance(t, float) else ""), clicks))
-    return out

@@ -12,6 +12,7 @@ from ..result import Finding
 
 _f = Finding.at
 
+
 _DT = {"fp32": "float32", "f32": "float32", "float": "float32", "float32": "float32", "torch.float32": "float32",
        "fp16": "float16", "f16": "float16", "half": "float16", "float16": "float16", "torch.float16": "float16",
        "bf16": "bfloat16", "bfloat16": "bfloat16", "torch.bfloat16": "bfloat16", "fp64": "float64", "float64": "float64",
@@ -48,6 +49,36 @@ def _boolish(v):
     return bool(v) if v is not None else None
 
 
+def _brief(v) -> str:
+    """A metadata value as a finding prints it: numbers, strings and booleans as they are (strings cut at 60
+    characters); a structure by its kind and size, never its contents."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    if isinstance(v, str):
+        return v if len(v) <= 60 else v[:57] + "..."
+    if isinstance(v, (list, tuple)):
+        return f"a list of {len(v)} entries"
+    if isinstance(v, dict):
+        keys = list(v)[:4]
+        return f"a table ({', '.join(map(str, keys))}{', ...' if len(v) > 4 else ''})"
+    return f"a {type(v).__name__}"
+
+
+def _step_count(v) -> int | None:
+    """A step count: an integer (or an integral float / numeric string), else None."""
+    n = _num(v) if not isinstance(v, bool) else None
+    return int(n) if n is not None and n == int(n) and n >= 0 else None
+
+
+def _unusable(key: str, ref, cand) -> Finding:
+    what = {"n_timesteps": "a step count", "cfg_rate": "a number", "t_scheduler": "a scheduler name"}[key]
+    return _f("metadata_unusable", None, "info",
+              f"{key} not compared: {what} was expected (reference {_brief(ref)}, candidate {_brief(cand)})",
+              {"key_unusable": key})
+
+
 def _dtype_message(ref_dt, cand_dt) -> str:
     """What differs, component by component (``flow float32 -> float16``), then the candidate's other dtype
     details; the whole dicts stay in the evidence."""
@@ -67,29 +98,50 @@ def metadata_findings(ref: dict, cand: dict) -> list[Finding]:
     def both(key):
         return key in ref and key in cand and ref[key] is not None and cand[key] is not None
 
-    if both("n_timesteps") and _num(ref["n_timesteps"]) != _num(cand["n_timesteps"]):
-        out.append(_f("schedule_mismatch", "step1.dt", "failure",
-                      f"n_timesteps differs: reference {ref['n_timesteps']}, candidate {cand['n_timesteps']} "
-                      f"(a {cand['n_timesteps']}-step candidate cannot match a {ref['n_timesteps']}-step reference)",
-                      {"key": "n_timesteps", "ref": ref["n_timesteps"], "cand": cand["n_timesteps"]}))
-    if both("t_scheduler") and str(ref["t_scheduler"]).lower() != str(cand["t_scheduler"]).lower():
-        out.append(_f("schedule_mismatch", "step1.dt", "failure",
-                      f"t_scheduler differs: reference {ref['t_scheduler']}, candidate {cand['t_scheduler']}",
-                      {"key": "t_scheduler", "ref": ref["t_scheduler"], "cand": cand["t_scheduler"]}))
-    if both("cfg_rate") and (_num(ref["cfg_rate"]) is None or _num(cand["cfg_rate"]) is None
-                             or abs(_num(ref["cfg_rate"]) - _num(cand["cfg_rate"])) > 1e-9):
-        out.append(_f("cfg_combination_mismatch", "step1.v_cfg", "failure",
-                      f"cfg_rate differs: reference {ref['cfg_rate']}, candidate {cand['cfg_rate']}",
-                      {"key": "cfg_rate", "ref": ref["cfg_rate"], "cand": cand["cfg_rate"]}))
+    # schedule and guidance: compared only as what they are (a step count, a name, a number); a value of another
+    # kind (a dump's "steps" table) is said to be unusable, never printed
+    if both("n_timesteps"):
+        rn, cn = _step_count(ref["n_timesteps"]), _step_count(cand["n_timesteps"])
+        if rn is None or cn is None:
+            out.append(_unusable("n_timesteps", ref["n_timesteps"], cand["n_timesteps"]))
+        elif rn != cn:
+            out.append(_f("schedule_mismatch", "step1.dt", "failure",
+                          f"n_timesteps differs: reference {rn}, candidate {cn} (a {cn}-step candidate cannot match "
+                          f"a {rn}-step reference)", {"key": "n_timesteps", "ref": rn, "cand": cn}))
+    if both("t_scheduler"):
+        if not (isinstance(ref["t_scheduler"], str) and isinstance(cand["t_scheduler"], str)):
+            out.append(_unusable("t_scheduler", ref["t_scheduler"], cand["t_scheduler"]))
+        elif ref["t_scheduler"].lower() != cand["t_scheduler"].lower():
+            out.append(_f("schedule_mismatch", "step1.dt", "failure",
+                          f"t_scheduler differs: reference {_brief(ref['t_scheduler'])}, candidate "
+                          f"{_brief(cand['t_scheduler'])}",
+                          {"key": "t_scheduler", "ref": ref["t_scheduler"], "cand": cand["t_scheduler"]}))
+    if both("cfg_rate"):
+        rc, cc = _num(ref["cfg_rate"]), _num(cand["cfg_rate"])
+        if rc is None or cc is None or isinstance(ref["cfg_rate"], bool) or isinstance(cand["cfg_rate"], bool):
+            out.append(_unusable("cfg_rate", ref["cfg_rate"], cand["cfg_rate"]))
+        elif abs(rc - cc) > 1e-9:
+            out.append(_f("cfg_combination_mismatch", "step1.v_cfg", "failure",
+                          f"cfg_rate differs: reference {rc:g}, candidate {cc:g}",
+                          {"key": "cfg_rate", "ref": rc, "cand": cc}))
     if both("weights_sha256") and str(ref["weights_sha256"]) != str(cand["weights_sha256"]):
         out.append(_f("weights_mismatch", "mu", "failure",
                       f"the two sides ran different weights: {str(ref['weights_sha256'])[:20]} vs "
                       f"{str(cand['weights_sha256'])[:20]}",
                       {"key": "weights_sha256", "ref": ref["weights_sha256"], "cand": cand["weights_sha256"]}))
-    if both("noise") and _noise_id(ref["noise"]) != _noise_id(cand["noise"]):
+    unshared = cand["noise"].get("unshared") if both("noise") and isinstance(cand["noise"], dict) else None
+    if isinstance(unshared, list) and unshared and "rand_noise" not in unshared:
+        # a candidate that declares which noise it drew itself: the flow's is shared, the vocoder's is not; the
+        # data decide at the vocoder (vocoder_noise_not_shared), this is what the provenance says
+        out.append(_f("noise_partly_shared", None, "info",
+                      f"the candidate shares rand_noise but draws {', '.join(map(str, unshared))} itself (its "
+                      f"provenance says so): the harmonic source and what follows differ by noise",
+                      {"unshared": unshared}))
+    elif both("noise") and _noise_id(ref["noise"]) != _noise_id(cand["noise"]):
         out.append(_f("noise_not_shared", "x0", "failure",
-                      f"noise provenance differs: reference {_noise_id(ref['noise'])}, candidate "
-                      f"{_noise_id(cand['noise'])}", {"key": "noise", "ref": ref["noise"], "cand": cand["noise"]}))
+                      f"noise provenance differs: reference {_brief(_noise_id(ref['noise']))}, candidate "
+                      f"{_brief(_noise_id(cand['noise']))}",
+                      {"key": "noise", "ref": ref["noise"], "cand": cand["noise"]}))
     for key in ("streaming", "finalize"):
         if both(key) and _boolish(ref[key]) != _boolish(cand[key]):
             out.append(_f("metadata_mismatch", "mu", "failure",

@@ -290,7 +290,14 @@ def judgement_from_floor(sv, kind: str, k: float, digest: str, stage_floor=None)
     unit = sv.unit if sv.unit is not None else sv.floor
     limit = k * unit if unit is not None else None
     where = f" at block {sv.block}" if sv.statistic == "envelope" and sv.block is not None else ""
-    zero = " (floor exactly 0: in units of one fp32 ulp of the stage's scale)" if sv.statistic in sv.zero_floor else ""
+    from ..floor.judge import is_time_grid
+
+    if sv.statistic in sv.zero_floor and is_time_grid(sv.stage):
+        zero = " (the time grid: in units of one fp32 ulp at the grid's end, 2^-23)"
+    elif sv.statistic in sv.zero_floor:
+        zero = " (floor exactly 0: in units of one fp32 ulp of the stage's scale)"
+    else:
+        zero = ""
     detail = (f"{sv.ratio:.3g}x {what}: {sv.statistic} {sv.value:.3g}{where} vs floor {unit:.3g}{zero}; "
               f"gate {k:g}x")
     return Judgement("pass" if sv.status == "pass" else "fail", sv.statistic, sv.value, limit, detail, gate="floor",

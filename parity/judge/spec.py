@@ -12,6 +12,8 @@ plugin from its configuration) and hand it to :func:`parity.judge.compare.compar
   ``--require-kernel``), added to the result as failure findings after the diagnosis;
 * ``precision`` / ``attention``: the candidate's class for the policy when its metadata does not say;
 * ``mask_check``: run the streaming chunk-mask check (it runs the reference estimator: capture-side work);
+* ``time_grid``: where a step's t/dt differ by the grid's rounding, re-run the reference step at the candidate's
+  grid and judge the step against it too (:mod:`parity.capture.time_grid`; capture-side work);
 * ``stream_vs_offline``: a streaming session is also judged against the offline run of the same tokens;
 * ``pcm_scale``, ``allow_trim``, ``audio_metrics``, ``keep_vectors``: normalisations and what the result keeps.
 """
@@ -78,6 +80,7 @@ class ComparisonSpec:
     precision: str | None = None
     attention: str | None = None
     mask_check: bool = True
+    time_grid: bool = True
     stream_vs_offline: bool = True
     pcm_scale: bool = True
     allow_trim: bool = False
