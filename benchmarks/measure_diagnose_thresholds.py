@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from candidate.faults import catalogue
-    from candidate.onnx_backend import profile_unavailable
+    from candidate.backends.ort import profile_unavailable
     from parity.project import default_bundles, profile_switches, suite_profiles
     from parity.capture.runner import RunMode
     from parity.harness import Harness, ModelSpec

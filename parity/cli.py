@@ -195,7 +195,7 @@ def cmd_noise_export(args) -> int:
 
 def cmd_compare(args) -> int:
     from .aliases import parse_maps
-    from .judge.compare import compare_paths
+    from .harness import compare_paths
     from .judge.spec import ComparisonSpec
     from .outputs import Output, claim_output, prepare_outputs
     from .present.summary import render
@@ -275,7 +275,7 @@ def cmd_export_onnx(args) -> int:
     from .outputs import Output, prepare_outputs
 
     prepare_outputs([Output("--out", args.out)])
-    from candidate.onnx_export import ExportOptions, export_from
+    from candidate.backends.onnx_export import ExportOptions, export_from
 
     info = export_from(args.out, preset=None if args.model_dir else args.preset, model_dir=args.model_dir,
                        options=ExportOptions(mask_input=args.mask_input, exporter=args.exporter))
@@ -551,7 +551,7 @@ def report_from_saved(inputs: list[str], out=None, spec=None, maps=None):
         path = build_report(result, target, ref_tensors=rt or {}, cand_tensors=ct or {}, notes=notes)
         return path, result
     if len(inputs) == 2 and not any(i.lower().endswith(".json") for i in inputs):
-        from .judge.compare import compare_saved
+        from .harness import compare_saved
 
         target = _report_target(out, Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html")
         rl, cl = load(inputs[0], mp), load(inputs[1], mp)

@@ -28,7 +28,7 @@ from .capture.local import step_local
 from .capture.mask_check import check as check_mask
 from .capture.progress import Progress
 from .capture.runner import RunMode, RunResult, run_pipeline
-from .ingest import Loaded
+from .ingest import Loaded, load
 from .judge.compare import compare_loaded
 from .judge.policy import Policy, load_policy
 from .judge.spec import ComparisonSpec
@@ -251,6 +251,38 @@ def run_case(model, cand, bundle: str | Path, mode: RunMode = RunMode(), spec: C
 
 
 # ---------------------------------------------------------------------------------------------
+# saved traces: the capture-side checks with the model their provenance names, then the comparison
+
+def compare_paths(ref_path, cand_path, spec: ComparisonSpec | None = None, *, maps: dict | None = None,
+                  local_path=None, fp64_path=None, offline_path=None) -> Comparison:
+    """Compare saved traces as ``spec`` says. The floor comes from the reference trace's own provenance (the
+    spec's store or its one floor file). In streaming mode the chunk-mask check runs with the reference model
+    the reference trace's provenance names (capture-side work: it loads and runs that model) unless the spec
+    turns it off."""
+    local = load(local_path, maps) if local_path else None
+    fp64 = load(fp64_path, maps) if fp64_path else None
+    offline = load(offline_path, maps) if offline_path else None
+    return compare_saved(load(ref_path, maps), load(cand_path, maps), spec, local=local, fp64=fp64, offline=offline)
+
+
+def compare_saved(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None, *, local: Loaded | None = None,
+                  fp64: Loaded | None = None, offline: Loaded | None = None) -> Comparison:
+    """Compare two saved (loaded) traces as ``spec`` says: :func:`compare_loaded`, with the streaming chunk-mask
+    check run first when the spec asks for it (it loads the reference model the trace names and runs it)."""
+    from .capture.mask_check import check_saved, is_streaming
+
+    spec = spec or ComparisonSpec()
+    streaming = is_streaming(ref.metadata, cand.metadata)
+    mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=streaming) if spec.mask_check else None
+    grid = None
+    if spec.time_grid:
+        from .capture.time_grid import check_saved as grid_saved
+
+        grid = grid_saved(ref.metadata, ref.tensors, cand.tensors, streaming=streaming)
+    return compare_loaded(ref, cand, spec, local, fp64, mask_check=mc, offline=offline, time_grid=grid)
+
+
+# ---------------------------------------------------------------------------------------------
 # the harness
 
 class Harness:
@@ -293,35 +325,30 @@ class Harness:
                   overrides: dict | None = None, port_noise: str = "shared"):
         """The candidate for ``profile`` (built-in or ``[tool.parity.profiles]``) plus ``faults`` and switch
         ``overrides`` (e.g. :meth:`parity.onnx_options.OnnxOptions.overrides`) on ``model``, built once per
-        harness. A port's name (:data:`parity.ports.PORTS`) gives that port driven by its adapter
-        (:class:`parity.ports.candidate.PortCandidate`), with the noise ``port_noise`` shares with it; faults,
-        switch overrides and other devices do not apply to a port's own code."""
-        from candidate.pipeline import CandidateToken2Wav
+        harness. The profile's estimator backend builds it (:mod:`candidate.backends`): a port's name
+        (:data:`parity.ports.PORTS`) gives that port driven by its adapter, with the noise ``port_noise`` shares with
+        it (faults, switch overrides and other devices do not apply to a port's own code)."""
+        from candidate.pipeline import build_candidate
 
         from .onnx_options import check_overrides, name_suffix
-        from .ports import is_port, port_candidate
         from .project import profile_switches
 
         faults = tuple(faults or ())
         overrides = dict(overrides or {})
-        if is_port(profile):
-            what = [w for w, v in (("--fault", faults), ("ONNX options", overrides), (f"--device {device}",
-                                                                                      device != "cpu")) if v]
-            if what:
-                raise InputError(f"profile {profile!r} is a port: {' and '.join(what)} act on the harness's own "
-                                 f"candidate pipeline, not on a port's code")
-            key = (id(model), "port", profile, port_noise, label)
-            if key not in self.candidates:
-                self.candidates[key] = port_candidate(model, profile, port_noise, label)
-            return self.candidates[key]
-        key = (id(model), profile, faults, device, label, tuple(sorted(overrides.items())))
+        key = (id(model), profile, faults, device, label, tuple(sorted(overrides.items())), port_noise)
         if key not in self.candidates:
+            base = profile_switches(profile, (), self.pyproject)
+            refusal = base.backend.refuse_switches(profile, faults, overrides, device)
+            if refusal:
+                raise InputError(refusal)
+            check_overrides(base, profile, overrides)
+            if "noise" in base.backend.options:  # a port: the noise the harness shares with it
+                overrides["estimator_options"] = {"noise": port_noise}
             over = {"device": device} if device != "cpu" else {}
             sw = profile_switches(profile, faults, self.pyproject, **over, **overrides)
-            check_overrides(sw, profile, overrides)
             name = label or ((profile or "fp32-explicit") + name_suffix(overrides)
                              + ("+" + "+".join(faults) if faults else ""))
-            self.candidates[key] = CandidateToken2Wav(model, sw, name)
+            self.candidates[key] = build_candidate(model, sw, name)
         return self.candidates[key]
 
     def reference(self, model, bundle, mode: RunMode = RunMode(), patterns=None) -> RunResult:

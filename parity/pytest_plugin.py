@@ -43,7 +43,6 @@ floor store), as ``parity run`` judges.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,20 +209,18 @@ def _profile_bundles(pc: ParityConfig, profile: str, bundles: list[Path]) -> lis
 
 
 def profile_unavailable(pc: ParityConfig, profile: str) -> str | None:
-    """Why ``profile`` (with the suite's switch overrides) cannot run here: its ONNX Runtime provider is missing
-    (:func:`candidate.onnx_backend.profile_unavailable`); None when it can, or when it does not resolve (the
-    case then fails with that error when it runs)."""
+    """Why ``profile`` (with the suite's switch overrides) cannot run here: its estimator backend's reason
+    (:meth:`candidate.backends.Backend.unavailable`: an ONNX Runtime provider, a port's package missing); None
+    when it can, or when it does not resolve (the case then fails with that error when it runs)."""
     from .project import profile_switches
 
     try:
-        sw = profile_switches(profile, (), pc.project.path, **pc.onnx.overrides())
+        sw = profile_switches(profile, (), pc.project.path)
+        if sw.backend.takes_switches:
+            sw = profile_switches(profile, (), pc.project.path, **pc.onnx.overrides())
     except InputError:
         return None
-    if not sw.onnx:
-        return None
-    from candidate.onnx_backend import profile_unavailable as why_not
-
-    return why_not(sw)
+    return sw.backend.unavailable(sw)
 def session_profiles(pc: ParityConfig) -> list[str]:
     """The suite's profiles for the streaming-session cases: the fp32 ones (the session's chunk stages reuse the
     single-call rules; reduced precision was measured by hand, docs/benchmarks.md), ``torch.compile`` ones only
@@ -236,8 +233,8 @@ def session_profiles(pc: ParityConfig) -> list[str]:
             sw = profile_switches(p, (), pc.project.path)
         except Exception:  # noqa: BLE001 - an unknown profile fails in its own single-call cases
             continue
-        if sw.precision != "fp32" or ((sw.compile or sw.onnx) and not pc.profiles_explicit):
-            continue  # ONNX profiles: the streaming chunk-mask check is covered by their single-call cases
+        if sw.precision != "fp32" or ((sw.compile or sw.estimator_backend != "torch") and not pc.profiles_explicit):
+            continue  # another backend (ONNX Runtime): the chunk-mask check is covered by its single-call cases
         out.append(p)
     return out
 
@@ -553,7 +550,7 @@ def assert_parity(parity_harness):
     """``assert_parity(case)``: passes when the comparison passes; otherwise writes the case's report and
     fails with the headline finding and the report path. ``assert_parity(case, expect="fail",
     finding=CODE, stage=STAGE)``: the case must fail with that finding as the headline (a known, diagnosed
-    failure, e.g. :func:`parity.streaming_mask.expected_outcome`); ``why`` is shown when it does not."""
+    failure, e.g. :func:`parity.judge.mask.expected_outcome`); ``why`` is shown when it does not."""
     def check(case, expect: str = "pass", finding: str | None = None, stage: str | None = None,
               why: str | None = None):
         v = case.result.verdict
@@ -581,117 +578,10 @@ def assert_parity(parity_harness):
     return check
 
 
-class Golden:
-    """Golden regression of the reference: compact fp32 traces in fixtures/golden with their versions, one per
-    (bundle, run mode): ``<bundle>-<mode label>.safetensors`` (``short-offline``, ``short-streaming``,
-    ``stream-streaming-session``)."""
-
-    # the metadata a golden keeps (a streaming session's also: its options, plan and what its calls did)
-    META = ("model", "weights_sha256", "noise", "n_timesteps", "t_scheduler", "cfg_rate", "streaming", "finalize",
-            "dtypes", "attention")
-    SESSION_META = ("session", "session_options", "session_plan", "session_schedule", "session_chunks",
-                    "session_holdback_frames", "session_samples_per_frame", "session_deviations", "sample_rate")
-
-    def __init__(self, ps: ParityHarness, update: bool):
-        self.ps = ps
-        self.update = update
-        self.dir = ps.pc.rootdir / "fixtures" / "golden"
-
-    @staticmethod
-    def mode_of(mode):
-        from .capture.runner import RunMode
-
-        return mode if isinstance(mode, RunMode) else RunMode(streaming=bool(mode))
-
-    def path(self, bundle, mode=False) -> Path:
-        return self.dir / f"{Path(bundle).stem}-{self.mode_of(mode).label}.safetensors"
-
-    def check(self, bundle, mode=False, model=None):
-        """The comparison result of the reference against its golden trace in ``mode`` (a
-        :class:`parity.capture.runner.RunMode`, or the ``streaming`` flag of one call), rewriting it first (and the
-        shipped floors beside it) under ``--parity-update-golden``. A missing golden fails the test unless the
-        option is given: it is never written silently and compared with itself. The golden holds the stages of
-        :func:`parity.stages.golden_patterns` (a streaming session's: its calls' control values, appended frames,
-        a few ODE states of the recorded chunks and the stream) and is compared as the run is (a session's
-        schedule included)."""
-        import fnmatch
-
-        from .stages import golden_patterns
-
-        mode = self.mode_of(mode)
-        res = self.ps.reference(bundle, model=model, mode=mode)
-        pats = golden_patterns(mode.is_session)
-        tensors = {k: v for k, v in res.tensors.items() if any(fnmatch.fnmatchcase(k, p) for p in pats)}
-        result = self._check(self.path(bundle, mode), tensors, res.metadata,
-                             self.SESSION_META if mode.is_session else ())
-        if self.update and not mode.is_session:  # the shipped floors of this bundle and mode beside the golden
-            self.update_floors(bundle, mode.streaming, model)
-        return result
-
-    def _check(self, path: Path, tensors: dict, ref_meta: dict, extra_keys=()):
-        from .ingest import Loaded, load
-        from .judge.compare import compare_loaded
-        from .judge.policy import load_policy
-        from .judge.spec import ComparisonSpec
-        from .trace import write_trace
-
-        meta = {k: ref_meta.get(k) for k in self.META + tuple(extra_keys)}
-        meta["env"] = ref_meta.get("env")
-        meta["versions"] = _versions()
-        meta["pipeline"] = "reference"
-        if not path.exists() and not self.update:
-            pytest.fail(f"golden trace {path} is missing: rerun with --parity-update-golden to write it from the "
-                        f"current reference (then review and commit it)", pytrace=False)
-        if self.update:
-            old = load(path) if path.exists() else None
-            write_trace(path, tensors, meta)
-            if old is not None:
-                changed = []
-                for k, t in tensors.items():
-                    o = old.tensors.get(k)
-                    if o is None or o.shape != t.shape:
-                        changed.append(f"{k}: new or reshaped")
-                    else:
-                        d = float((o.double() - t.double()).abs().max())
-                        if d:
-                            changed.append(f"{k}: max |diff| {d:.3g}")
-                print(f"\nparity: golden {path.name} rewritten; "
-                      + ("; ".join(changed) if changed else "no tensor changed"))
-            else:
-                print(f"\nparity: golden {path.name} written")
-        gold = load(path)
-        cur = Loaded(tensors, dict(meta, env=ref_meta.get("env")), f"<reference {path.stem}>")
-        # the golden is the fp32 reference itself: judged by the flat fp32 rules (no floor, no audio section)
-        spec = ComparisonSpec(policy=load_policy(None, self.ps.pc.project), precision="fp32", attention="explicit",
-                              audio_metrics=False, mask_check=False)
-        return compare_loaded(gold, cur, spec)
-
-    def update_floors(self, bundle, streaming: bool, model=None) -> list[Path]:
-        """Rewrite the shipped floors of (bundle, mode) beside the golden: the fp32 noise floor and the envelope of
-        each reduced-precision profile of the suite (:func:`parity.floor.store.write_shipped`)."""
-        from .floor.store import write_shipped
-
-        model = model or self.ps.model()
-        paths = write_shipped(model, bundle, streaming=streaming, profiles=self.ps.pc.profiles, directory=self.dir,
-                              log=lambda m: print(f"\nparity: {m}"))
-        floors = self.ps.harness.floors
-        if floors is not None:
-            floors.forget()
-        return paths
-
-
-def _versions() -> dict:
-    import platform
-
-    import numpy
-    import torch
-
-    return {"torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "written": time.strftime("%Y-%m-%d")}
-
-
 @pytest.fixture(scope="session")
 def parity_golden(parity_harness, request):
+    from .golden import Golden
+
     return Golden(parity_harness, bool(request.config.getoption("--parity-update-golden")))
 
 

@@ -33,6 +33,10 @@ SESSION_KEY_STAGES = {"flow_mel": "stream.mel", "audio": "stream.audio"}
 # progress lines: the stages whose arrival is worth a line (besides every step's x)
 PROGRESS_MARKS = {"flow_mel": "flow done", "f0": "vocoder: F0", "audio": "vocoder done"}
 
+# the unit of the ODE time grid (step{k}.t, step{k}.dt): one fp32 ulp at the grid's end, 2^-23 on [0, 1]; its
+# legitimate formulations differ by a few of these (parity.floor.judge judges the grid in it)
+TIME_GRID_UNIT = 2.0 ** -23
+
 _STEP_RE = re.compile(r"^step(\d+)\.(.+)$")
 _BLOCK_RE = re.compile(r"^block(\d+)$")
 _HIFT_RE = re.compile(r"^hift\.([a-z_]+?)(\d*)$")

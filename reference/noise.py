@@ -256,7 +256,7 @@ class SharedNoise:
             meta["recipe"] = self.sizes.recipe()
         if self.config is not None:
             meta["config"] = self.config
-        from parity.outputs import write_output  # the harness's one way to write a file (atomic, streams)
+        from .files import write_output  # the one way to write a file (atomic, streams)
 
         return write_output(path, safetensors_bytes(tensors, metadata=meta))
 

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from parity.cli import main
-from parity.judge.compare import compare_loaded, compare_paths
+from parity.harness import compare_paths
+from parity.judge.compare import compare_loaded
 from parity.judge.spec import ComparisonSpec
 from parity.ingest import Loaded, load
 from parity.judge.policy import load_policy

@@ -155,7 +155,7 @@ def test_a_legitimate_grid_through_the_whole_harness_passes(model, inputs, monke
 def test_saved_traces_get_the_time_grid_rerun(model, inputs, ref_run, tmp_path, monkeypatch):
     """parity compare of saved traces: the reference step is re-run at the candidate's grid with the model the
     reference trace names (preset:tiny)."""
-    from parity.judge.compare import compare_paths
+    from parity.harness import compare_paths
     from parity.floor.store import FloorStore
 
     def f64_span(n, sched, dtype=torch.float32, device=None):

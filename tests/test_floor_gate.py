@@ -383,7 +383,9 @@ def test_update_golden_writes_the_shipped_floors_found_by_digest(model, tmp_path
     ps.harness.models[ps.pc.model_spec()] = model
     inputs = load_bundle(b, **bundle_dims(model.cfg))
     assert store.for_run(model, inputs).floor is None  # nothing shipped yet, computing is off
-    g = P.Golden(ps, update=True)
+    from parity.golden import Golden
+
+    g = Golden(ps, update=True)
     g.dir = tmp_path
     result = g.check(b, RunMode())
     assert result.verdict == "pass" and (tmp_path / "tiny-offline.safetensors").exists()

@@ -407,7 +407,7 @@ def test_the_report_package_only_renders():
     import ast
 
     root = FIXTURES.parent / "parity" / "present" / "report"
-    assert sorted(p.stem for p in root.glob("*.py")) == ["__init__", "audio", "chunks", "page", "plots", "view"]
+    assert sorted(p.stem for p in root.glob("*.py")) == ["__init__", "audio", "chunks", "page", "plots", "provenance", "view"]
     forbidden = ("parity.judge", "parity.capture", "parity.harness", "parity.ingest", "parity.trace", "parity.floor",
                  "parity.measure.metrics")
     for f in root.glob("*.py"):

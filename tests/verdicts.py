@@ -95,7 +95,7 @@ def unavailable(group: str, case_id: str) -> str | None:
     """Why a case cannot run here (a profile whose provider is missing); None when it can."""
     if group != "matrix":
         return None
-    from candidate.onnx_backend import profile_unavailable
+    from candidate.backends.ort import profile_unavailable
     from candidate.switches import switches_from
 
     return profile_unavailable(switches_from(case_id.split("/")[0]))

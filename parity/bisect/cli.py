@@ -23,41 +23,58 @@ GIT_DEFAULT_PROFILE = "fp32-sdpa"
 
 
 def parse_switch(spec: str) -> tuple[str, Any]:
-    """``NAME=VALUE`` for one :class:`candidate.switches.Switches` field, typed like its default."""
+    """``NAME=VALUE`` for one :class:`candidate.switches.Switches` field, typed like its default; an estimator
+    backend's option as ``estimator.OPTION=VALUE`` (or its legacy name, ``onnx_fuse=true``), typed like the
+    option's default."""
+    from candidate.backends import BACKENDS, legacy_option
     from candidate.switches import Switches
 
     k, eq, v = spec.partition("=")
     k = k.strip().replace("-", "_")
-    fields = {f.name: f for f in dataclasses.fields(Switches)}
+    fields = {f.name: f for f in dataclasses.fields(Switches) if f.name != "estimator_options"}
+    opt = k[len("estimator."):] if k.startswith("estimator.") else (legacy_option(k) or (None, None))[1]
+    if eq and opt is not None:
+        defaults = [b.options[opt] for b in BACKENDS.values() if opt in b.options]
+        if not defaults:
+            raise BisectUsageError(f"--switch {spec!r}: no estimator backend has an option {opt!r}")
+        return "estimator_options", {opt: _typed(spec, defaults[0], v)}
     if not eq or k not in fields:
-        raise BisectUsageError(f"--switch {spec!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}")
-    default = getattr(Switches(), k)
+        raise BisectUsageError(f"--switch {spec!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))} "
+                               f"or estimator.OPTION")
+    return k, _typed(spec, getattr(Switches(), k), v)
+
+
+def _typed(spec: str, default, v: str):
+    """``v`` typed like ``default`` (a boolean, a comma-separated tuple, else the string)."""
     if isinstance(default, bool):
         if v.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise BisectUsageError(f"--switch {spec!r}: expected true or false")
-        return k, v.lower() in ("true", "1", "yes", "on")
+        return v.lower() in ("true", "1", "yes", "on")
     if isinstance(default, tuple):
-        return k, tuple(x.strip() for x in v.split(",") if x.strip())
-    return k, v
+        return tuple(x.strip() for x in v.split(",") if x.strip())
+    return v
 
 
 def _start(args):
     """(profile name or Switches to start from, switch overrides) from --profile / --switch / --fault and
     --onnx-estimator / --require-provider (switch overrides too; with a file and no --profile: onnx-cpu)."""
-    overrides = dict(parse_switch(s) for s in (args.switch or []))
+    overrides: dict = {}
     onnx = OnnxOptions.from_args(args)
-    overrides.update(onnx.overrides())
+    for k, v in [parse_switch(s) for s in (args.switch or [])] + list(onnx.overrides().items()):
+        if k == "estimator_options":  # a backend's options add up (kept as sorted pairs: hashable)
+            v = tuple(sorted({**dict(overrides.get(k) or ()), **dict(v)}.items()))
+        overrides[k] = v
     profile = args.profile or (DEFAULT_PROFILE if onnx.estimator else None)
     if not profile and not overrides and not getattr(args, "fault", None):
         raise BisectUsageError("give --profile NAME or --switch NAME=VALUE (and/or --fault) to start from")
     if onnx:
-        sw, _ = resolve_switches(profile or None, getattr(args, "pyproject", None), (), overrides)
+        sw, _ = resolve_switches(profile or None, getattr(args, "pyproject", None), ())
         check_overrides(sw, profile, overrides)
     if profile:
         return profile, overrides
-    from candidate.switches import Switches
+    from candidate.switches import switches_from
 
-    return Switches(**overrides), {}
+    return switches_from(None, (), None, **overrides), {}
 
 
 def _search_parent(trials_help: str) -> argparse.ArgumentParser:

@@ -24,12 +24,10 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,130 +35,17 @@ from typing import Any, Sequence
 
 from reference.errors import ParityUserError
 
-from ..outputs import unique_stamp
 from ..outputs import write_output
 from ..result import read_json, write_json
 from ..harness import ModelSpec
 from .log import BisectResult, BisectUsageError, TrialLog, TrialProgress, deadline_after, headline_text, make_workdir
+from .gitops import (ORACLE_CLIENT, default_git_workdir, git, kill_group, last_line, protect_signals, quiet_signals,
+                     repo_state, run_proc, sniff_dump)
 from .page import finish, trial_report
 from .trials import DEFAULT_BUNDLE, DEFAULT_SESSION_BUNDLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ABORT = 128  # git bisect run: 128..255 aborts the bisection
-
-def _git(repo: Path, *args, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    p = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise BisectUsageError(f"git {' '.join(args)}: {_last_line(p.stderr or p.stdout) or 'failed'}")
-    return p
-
-
-def repo_state(repo: Path, ignore: Path | None = None) -> dict:
-    """HEAD, branch, ``git status`` (minus ``ignore``), worktrees and whether a bisect is in progress."""
-    head = _git(repo, "rev-parse", "HEAD", check=False).stdout.strip()
-    branch = _git(repo, "symbolic-ref", "-q", "HEAD", check=False).stdout.strip() or None
-    status = _git(repo, "status", "--porcelain", "--untracked-files=all", check=False).stdout.splitlines()
-    if ignore is not None:
-        top = Path(_git(repo, "rev-parse", "--show-toplevel").stdout.strip()).resolve()
-        try:
-            rel = str(Path(ignore).resolve().relative_to(top))
-        except ValueError:
-            rel = None
-        if rel:
-            status = [s for s in status if not s[3:].strip('"').startswith(rel)]
-    wts = [ln[9:] for ln in _git(repo, "worktree", "list", "--porcelain", check=False).stdout.splitlines()
-           if ln.startswith("worktree ")]
-    bs = Path(_git(repo, "rev-parse", "--git-path", "BISECT_START").stdout.strip())
-    if not bs.is_absolute():
-        bs = Path(repo) / bs
-    return {"head": head, "branch": branch, "status": status, "worktrees": wts, "bisecting": bs.exists()}
-
-
-def _kill_group(p: subprocess.Popen, grace: float = 3.0) -> None:
-    if p.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(p.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            p.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _run_proc(argv, *, cwd, env, timeout: float | None, log_path: Path, shell: bool = False) -> tuple[int | None, str]:
-    """Run a trial program in its own process group; (exit code or None on timeout, output tail)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as out:
-        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, shell=shell)
-        try:
-            rc = p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(p)
-            rc = None
-        except BaseException:
-            _kill_group(p)
-            raise
-        finally:
-            if p.poll() is None:
-                _kill_group(p)
-    tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-    return rc, tail
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
-
-
-def _sniff_dump(out: Path) -> Path | None:
-    """The dump a program wrote at ``out`` (a file of any supported format, an npy directory, or ``out.npz``
-    since ``numpy.savez`` appends that suffix), renamed to the suffix :mod:`parity.ingest` dispatches on."""
-    from ..trace import journal_path
-
-    if out.is_dir():
-        return out
-    if out.is_file():
-        with open(out, "rb") as f:
-            head = f.read(8)
-        suffix = ".npz" if head.startswith(b"PK") else (".npy" if head.startswith(b"\x93NUMPY") else ".safetensors")
-        if out.suffix != suffix:
-            target = out.with_name(out.name + suffix)
-            out.rename(target)
-            return target
-        return out
-    if journal_path(out).exists():
-        return out
-    for cand in sorted(out.parent.glob(out.name + ".*")):
-        if cand.suffix in (".npz", ".npy", ".safetensors") and cand.is_file():
-            return cand
-    return None
-
-
-ORACLE_CLIENT = '''\
-"""parity bisect oracle client (written by parity.bisect): asks the bisect driver to judge BISECT_HEAD
-and exits with its answer (0 good, 1 bad, 125 skip, 128 abort)."""
-import socket, sys
-try:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sys.argv[1])
-    s.sendall(b"trial\\n")
-    data = b""
-    while not data.endswith(b"\\n"):
-        chunk = s.recv(64)
-        if not chunk:
-            break
-        data += chunk
-    sys.exit(int(data.strip()))
-except (OSError, ValueError) as exc:
-    sys.stderr.write("parity bisect oracle: the bisect driver is gone (%s); aborting\\n" % exc)
-    sys.exit(128)
-'''
-
 
 class GitBisect:
     """One ``git bisect run`` with the parity oracle: the frozen reference, the trial log, the budget, the
@@ -186,9 +71,9 @@ class GitBisect:
         self.bad_sha = self._commit(bad, "--bad")
         if self.good_sha == self.bad_sha:
             raise BisectUsageError("--good and --bad are the same commit")
-        if _git(repo, "merge-base", "--is-ancestor", self.good_sha, self.bad_sha, check=False).returncode != 0:
+        if git(repo, "merge-base", "--is-ancestor", self.good_sha, self.bad_sha, check=False).returncode != 0:
             raise BisectUsageError(f"--good {good} is not an ancestor of --bad {bad}")
-        self.n_commits = int(_git(repo, "rev-list", "--count", f"{self.good_sha}..{self.bad_sha}").stdout.strip())
+        self.n_commits = int(git(repo, "rev-list", "--count", f"{self.good_sha}..{self.bad_sha}").stdout.strip())
         default = DEFAULT_SESSION_BUNDLE if self.mode is not None else DEFAULT_BUNDLE
         self.bundles = [Path(b) for b in (cfg.bundles or ([] if cfg.ref_traces else [default]))]
         if cfg.ref_traces:
@@ -209,7 +94,7 @@ class GitBisect:
             raise BisectUsageError("the in-process mode needs --preset or --model-dir")
         workdir = cfg.workdir
         if workdir is None and cfg.log is None:
-            workdir = _default_git_workdir(repo)
+            workdir = default_git_workdir(repo)
         self.wd, log_path = make_workdir(workdir, cfg.log, "git")
         bound = self.n_commits + 1 + (2 if cfg.verify else 0)
         self.bound = bound if cfg.max_trials is None else min(bound, cfg.max_trials)
@@ -237,14 +122,14 @@ class GitBisect:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _commit(self, rev: str, what: str) -> str:
-        p = _git(self.repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+        p = git(self.repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
         if p.returncode != 0 or not p.stdout.strip():
             raise BisectUsageError(f"{what} {rev!r} is not a commit of {self.repo}")
         return p.stdout.strip()
 
     def subject(self, sha: str) -> str:
         if sha not in self._subjects:
-            self._subjects[sha] = _git(self.repo, "log", "-1", "--format=%s", sha, check=False).stdout.strip()
+            self._subjects[sha] = git(self.repo, "log", "-1", "--format=%s", sha, check=False).stdout.strip()
         return self._subjects[sha]
 
     def frozen_reference(self) -> None:
@@ -356,9 +241,9 @@ class GitBisect:
             shutil.rmtree(tdir)
         tdir.mkdir(parents=True)
         wt = self.wt_root / sha[:12]
-        p = _git(self.repo, "worktree", "add", "--detach", "--force", str(wt), sha, check=False)
+        p = git(self.repo, "worktree", "add", "--detach", "--force", str(wt), sha, check=False)
         if p.returncode != 0:
-            return 125, f"git worktree add failed: {_last_line(p.stderr)}", None, None, []
+            return 125, f"git worktree add failed: {last_line(p.stderr)}", None, None, []
         dumps: list[Path] = []
         try:
             for i in range(len(self.refs)):
@@ -390,15 +275,15 @@ class GitBisect:
                         argv += self.cfg.onnx.cli_args()
                     shell = False
                 timeout, global_bound = self._timeout()
-                rc, tail = _run_proc(argv, cwd=str(wt), env=env, timeout=timeout, log_path=tdir / f"{stem}.log",
+                rc, tail = run_proc(argv, cwd=str(wt), env=env, timeout=timeout, log_path=tdir / f"{stem}.log",
                                      shell=shell)
                 if rc is None:
                     if global_bound:
                         return ABORT, "time budget exhausted", None, None, []
                     return 125, f"timed out after {timeout:.0f} s", None, None, []
-                dump = _sniff_dump(out)
+                dump = sniff_dump(out)
                 if dump is None:
-                    return 125, f"exit {rc} and no dump (cannot build or run): {_last_line(tail)}", None, None, []
+                    return 125, f"exit {rc} and no dump (cannot build or run): {last_line(tail)}", None, None, []
                 dumps.append(dump)
                 try:
                     cand = load(dump, self.maps)
@@ -418,10 +303,10 @@ class GitBisect:
                     return 1, (f"exit {rc}" if rc else ""), fd, rf, dumps
             return 0, "", None, None, dumps
         finally:
-            _git(self.repo, "worktree", "remove", "--force", str(wt), check=False)
+            git(self.repo, "worktree", "remove", "--force", str(wt), check=False)
             if wt.exists():
                 shutil.rmtree(wt, ignore_errors=True)
-                _git(self.repo, "worktree", "prune", check=False)
+                git(self.repo, "worktree", "prune", check=False)
 
     # -- driving git bisect run ------------------------------------------------------------------------
     def serve(self, sock_path: Path) -> tuple[int, str]:
@@ -451,7 +336,7 @@ class GitBisect:
                             conn.recv(64)
                         except OSError:
                             pass
-                        sha = _git(self.repo, "rev-parse", "BISECT_HEAD").stdout.strip()
+                        sha = git(self.repo, "rev-parse", "BISECT_HEAD").stdout.strip()
                         code = self.judge(sha)
                         try:
                             conn.sendall(f"{code}\n".encode())
@@ -461,19 +346,19 @@ class GitBisect:
         finally:
             srv.close()
             if self.git_proc is not None and self.git_proc.poll() is None:
-                _kill_group(self.git_proc)
+                kill_group(self.git_proc)
         return rc, run_log.read_text(errors="replace")
 
     def cleanup(self) -> None:
         if getattr(self, "git_proc", None) is not None and self.git_proc.poll() is None:
-            _kill_group(self.git_proc)
-        _git(self.repo, "bisect", "reset", check=False)
+            kill_group(self.git_proc)
+        git(self.repo, "bisect", "reset", check=False)
         if self.wt_root is not None:
-            for ln in _git(self.repo, "worktree", "list", "--porcelain", check=False).stdout.splitlines():
+            for ln in git(self.repo, "worktree", "list", "--porcelain", check=False).stdout.splitlines():
                 if ln.startswith("worktree ") and Path(ln[9:]).resolve().is_relative_to(self.wt_root.resolve()):
-                    _git(self.repo, "worktree", "remove", "--force", ln[9:], check=False)
+                    git(self.repo, "worktree", "remove", "--force", ln[9:], check=False)
             shutil.rmtree(self.wt_root, ignore_errors=True)
-        _git(self.repo, "worktree", "prune", check=False)
+        git(self.repo, "worktree", "prune", check=False)
 
     # -- the whole bisection ------------------------------------------------------------------------
     def run(self) -> BisectResult:
@@ -482,7 +367,7 @@ class GitBisect:
         t_start = time.perf_counter()
         before = repo_state(self.repo, ignore=self.wd)
         res = BisectResult("git", "error", bound=self.bound)
-        restore_term = _protect_signals()
+        restore_term = protect_signals()
         tmp = Path(tempfile.mkdtemp(prefix="parity-bisect-"))
         self.wt_root = tmp / "wt"
         self.wt_root.mkdir()
@@ -499,7 +384,7 @@ class GitBisect:
             res.message = f"interrupted; the repository was restored; resume with --resume --log {self.log.path}"
             raise
         finally:
-            restore_quiet = _quiet_signals()
+            restore_quiet = quiet_signals()
             try:
                 self.cleanup()
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -543,7 +428,7 @@ class GitBisect:
 
     def bisect_run(self, res: BisectResult) -> None:
         """``git bisect start --no-checkout`` + ``git bisect run`` with the oracle; its answer into ``res``."""
-        _git(self.repo, "bisect", "start", "--no-checkout", self.bad_sha, self.good_sha)
+        git(self.repo, "bisect", "start", "--no-checkout", self.bad_sha, self.good_sha)
         sock_dir = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp" if Path("/tmp").is_dir() else None))
         try:
             rc, out = self.serve(sock_dir / "oracle.sock")
@@ -552,7 +437,7 @@ class GitBisect:
         m = re.search(r"^([0-9a-f]{40}) is the first bad commit", out, re.M)
         sha = m.group(1) if m else None
         if sha is None and "first bad commit" in out:  # other wording: refs/bisect/bad is the answer
-            sha = _git(self.repo, "rev-parse", "--verify", "-q", "refs/bisect/bad", check=False).stdout.strip() or None
+            sha = git(self.repo, "rev-parse", "--verify", "-q", "refs/bisect/bad", check=False).stdout.strip() or None
         if sha:
             res.status = "found"
             res.culprit = {"sha": sha, "subject": self.subject(sha)}
@@ -577,7 +462,7 @@ class GitBisect:
             res.message = f"{self.exhausted}; resume with --resume --log {self.log.path}"
         else:
             res.status = "error"
-            res.message = f"git bisect run ended (exit {rc}) without a first bad commit: {_last_line(out)}"
+            res.message = f"git bisect run ended (exit {rc}) without a first bad commit: {last_line(out)}"
         res.extra["git_bisect_run"] = out[-4000:]
 
     def check_restored(self, res: BisectResult, before: dict) -> None:
@@ -600,41 +485,6 @@ class GitBisect:
                     p = self.log.abs(d)
                     if p and p.exists():
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
-def _default_git_workdir(repo: Path) -> Path:
-    """reports/bisect-git-<time> under the current directory, unless that lands in the repository under test
-    where git does not ignore it: then <git dir>/parity-bisect/git-<time> (never shows in git status)."""
-    stamp = unique_stamp()
-    wd = (Path("reports") / f"bisect-git-{stamp}").resolve()
-    try:
-        wd.relative_to(repo.resolve())
-    except ValueError:
-        return wd
-    if _git(repo, "check-ignore", "-q", "--no-index", str(wd), check=False).returncode == 0:
-        return wd
-    gd = Path(_git(repo, "rev-parse", "--absolute-git-dir").stdout.strip())
-    return gd / "parity-bisect" / f"git-{stamp}"
-
-
-def _protect_signals():
-    """SIGTERM raises KeyboardInterrupt (so ``finally`` clean-up runs); returns a restore function."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def _term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, _term)
-    return lambda: signal.signal(signal.SIGTERM, old)
-
-
-def _quiet_signals():
-    """Ignore SIGINT/SIGTERM during clean-up; returns a restore function."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(s, h) for s, h in old.items()]
 
 
 @dataclass
@@ -689,7 +539,7 @@ def bisect_git(repo, good: str, bad: str, config: GitBisectConfig | None = None,
         overrides["model"] = ModelSpec(spec.get("preset", "tiny"), spec.get("model_dir"), spec.get("noise"))
     cfg = dataclasses.replace(config or GitBisectConfig(), **overrides)
     repo = Path(repo).resolve()
-    top = _git(repo, "rev-parse", "--show-toplevel", check=False)
+    top = git(repo, "rev-parse", "--show-toplevel", check=False)
     if top.returncode != 0:
         raise BisectUsageError(f"{repo}: not a git repository")
     repo = Path(top.stdout.strip())

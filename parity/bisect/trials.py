@@ -104,11 +104,11 @@ class CandidateTrials:
         """Every bundle until the first that does not pass (it decides both "fails" and "passes")."""
         import time
 
-        from candidate.pipeline import CandidateToken2Wav
+        from candidate.pipeline import build_candidate
 
         t0 = time.perf_counter()
         results, headline, verdict = [], None, "pass"
-        cand = CandidateToken2Wav(self.model, sw, label)
+        cand = build_candidate(self.model, sw, label)
         for b in self.bundles:
             case = run_case(self.model, cand, b, self.mode, self.spec, local=self.local, trace_dir=self.trace_dir,
                             profile_name=label, refs=self.refs)

@@ -1,29 +1,17 @@
-"""The streaming blind spot (spec 11.2) through the harness: does the candidate's estimator honour the chunk mask?
+"""The streaming blind spot (spec 11.2), capture side: does the candidate's estimator honour the chunk mask?
 
 An exported estimator without an attention-mask input (upstream's ``export_onnx.py``, the TensorRT path) runs
 streaming requests with full attention. :mod:`candidate.mask_check` tells that apart from other errors by
 running the reference estimator with and without the mask on the step-1 inputs. It runs a model, so it is
-capture-side, like the step-local run:
-
-* :func:`check` (capture side): the check on the reference trace's step-1 inputs and the candidate's
-  ``step1.v1``, with the reference model at hand (``run_case``, ``parity compare`` when the reference trace's
-  provenance names a model that loads with the same weights). Returns the dict handed to compare: the
-  :class:`candidate.mask_check.MaskCheck` fields plus ``checked`` True and ``prefix`` (``""``, or
-  ``chunk{c}.`` for a chunked session), or ``{"checked": False, "reason": ...}``.
-* :func:`findings` (diagnose side): ``streaming_mask_ignored`` (failure at the checked ``step1.v1``; it sorts
-  before the stage's own finding there, so it is the headline even when ``step1.v1`` passes its own rule, as
-  an fp16 graph on the tiny model does, whose ``step*.v*`` rule is looser than the mask's effect), and
-  ``streaming_mask_unchecked`` (information: the check could not decide or was not run).
-* :func:`expected_outcome` (the parity suite): an estimator graph without a mask input, run in streaming mode
-  on an input longer than one chunk, is EXPECTED to fail, with ``streaming_mask_ignored`` as the headline.
+capture-side, like the step-local run: :func:`check` with the reference model at hand (``run_case``),
+:func:`check_saved` with the model a saved reference trace's provenance names (``parity compare``). Its dict (the
+:class:`candidate.mask_check.MaskCheck` fields plus ``checked`` and ``prefix``/``stage``, or ``{"checked": False,
+"reason": ...}``) is handed to the comparison; :mod:`parity.judge.mask` turns it into findings.
 """
 
 from __future__ import annotations
 
 import re
-
-from ..result import Finding
-from ..stages import position
 
 STAGE = "step1.v1"
 NEED_REF = ("x0", "step1.t", "mu", "spks", "cond")
@@ -125,49 +113,3 @@ def check_saved(ref_meta: dict, ref: dict, cand: dict, *, streaming: bool, model
         if model is None:
             return not_checked(why)
     return check(model, ref, cand, streaming=True)
-
-
-def findings(mask_check: dict | None) -> list[Finding]:
-    """The findings of a mask check (:func:`check`'s dict; None: nothing to say)."""
-    if not mask_check:
-        return []
-    if not mask_check.get("checked"):
-        return [Finding("streaming_mask_unchecked", None, "info",
-                        f"streaming: whether the candidate honours the chunk mask was not checked: "
-                        f"{mask_check.get('reason')}", dict(mask_check))]
-    stage = mask_check.get("stage") or STAGE
-    ev = {k: mask_check.get(k) for k in ("err_vs_masked", "err_vs_unmasked", "mask_effect", "chunk_size", "frames",
-                                         "match_ratio")}
-    if mask_check.get("ignores_mask"):
-        return [Finding("streaming_mask_ignored", stage, "failure", str(mask_check.get("message")), ev,
-                        list(position(stage)))]
-    if not mask_check.get("decidable"):
-        return [Finding("streaming_mask_unchecked", None, "info", str(mask_check.get("message")), ev)]
-    return []
-
-
-def graph_without_mask_input(cand_meta: dict) -> bool:
-    """The candidate's estimator is an ONNX graph that cannot take the chunk mask (no ``attn_mask`` input)."""
-    f = (cand_meta.get("onnx") or {}).get("file") if isinstance(cand_meta.get("onnx"), dict) else None
-    return isinstance(f, dict) and f.get("mask_input") is False
-
-
-def expected_outcome(case) -> dict:
-    """What the parity suite expects of a :class:`parity.session.Case`: ``{"expect": "pass"}``, or, for an
-    estimator graph without a mask input run in streaming mode on more frames than one chunk holds,
-    ``{"expect": "fail", "finding": "streaming_mask_ignored", "stage": "step1.v1", "why": ...}``. Decided from
-    the candidate's recorded graph inputs, the reference's length and the model's chunk size (the check's
-    inputs), not from the verdict being judged; a streaming case whose check did not run still expects the
-    finding (the check must run)."""
-    if not case.mode.streaming or not graph_without_mask_input(case.cand_meta):
-        return {"expect": "pass"}
-    mc = case.result.mask_check or {}
-    mu = case.ref_tensors.get("mu") if case.mode.session == "single" else None  # a session: the checked call's
-    frames = int(mu.shape[-1]) if mu is not None else mc.get("frames")
-    chunk = mc.get("chunk_size")
-    if frames is not None and chunk is not None and frames <= chunk:
-        return {"expect": "pass", "why": f"{frames} frames fit in one {chunk}-frame chunk: the chunk mask attends "
-                                         f"everywhere, so the blind spot cannot show"}
-    return {"expect": "fail", "finding": "streaming_mask_ignored", "stage": mc.get("stage") or STAGE,
-            "why": "an estimator graph without an attention-mask input runs streaming requests with full attention "
-                   "(spec 11.2); the harness must name the mask at step1.v1"}

@@ -2,7 +2,7 @@
 
 The ODE time grid has legitimate formulations that differ by an fp32 ulp or two at the grid's end (t read
 from the grid or accumulated, dt from differences, another library's cosine: :mod:`parity.floor.judge`,
-:data:`~parity.floor.judge.TIME_GRID_UNIT`). The t stages themselves are judged in units of that rounding. The
+:data:`~parity.stages.TIME_GRID_UNIT`). The t stages themselves are judged in units of that rounding. The
 estimator, though, sees t through the sinusoidal time embedding (``sin(1000 t f)``), which turns a 6e-8
 difference in t into a velocity difference several times the fp32 noise floor (the floor's ensemble builds the
 grid one way: perturbing the solver's arithmetic was measured to dominate every velocity floor, so it is left
@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..floor.judge import TIME_GRID_UNIT
-from ..stages import STEP_OUTPUTS, parse_step
+from ..stages import STEP_OUTPUTS, TIME_GRID_UNIT, parse_step
 
 # t/dt differences up to this many grid units (2^-23) are rounding of the grid (measured at most 1.5 units over
 # the legitimate formulations, parity.floor.judge); larger ones are a different grid and are not re-judged

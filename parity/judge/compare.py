@@ -1,6 +1,6 @@
 """compare -> diagnose: two traces (and optionally step-local and float64 traces) in, one typed result out
 (:class:`parity.result.Comparison`), judged as the :class:`parity.judge.spec.ComparisonSpec` says. Every command
-compares through :func:`compare_loaded` (saved traces through :func:`compare_paths`). The report and the CLI
+compares through :func:`compare_loaded` (saved traces through :func:`parity.harness.compare_paths`). The report and the CLI
 only read the result; nothing downstream recomputes a metric. Nothing here modifies its inputs.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ingest import Loaded, load
+from ..ingest import Loaded
 from ..measure import metrics as M
 from ..measure.diff_shape import edge_profile, noise_likeness
 from ..measure.domain import domain_statistics
@@ -475,32 +475,3 @@ def audio_section(ref: Loaded, cand: Loaded) -> dict | None:
     rep = M.to_jsonable(rep)
     rep["comparable"] = True
     return rep
-
-
-def compare_paths(ref_path, cand_path, spec: ComparisonSpec | None = None, *, maps: dict | None = None,
-                  local_path=None, fp64_path=None, offline_path=None) -> Comparison:
-    """Compare saved traces as ``spec`` says. The floor comes from the reference trace's own provenance (the
-    spec's store or its one floor file). In streaming mode the chunk-mask check runs with the reference model
-    the reference trace's provenance names (capture-side work: it loads and runs that model) unless the spec
-    turns it off."""
-    local = load(local_path, maps) if local_path else None
-    fp64 = load(fp64_path, maps) if fp64_path else None
-    offline = load(offline_path, maps) if offline_path else None
-    return compare_saved(load(ref_path, maps), load(cand_path, maps), spec, local=local, fp64=fp64, offline=offline)
-
-
-def compare_saved(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None, *, local: Loaded | None = None,
-                  fp64: Loaded | None = None, offline: Loaded | None = None) -> Comparison:
-    """Compare two saved (loaded) traces as ``spec`` says: :func:`compare_loaded`, with the streaming chunk-mask
-    check run first when the spec asks for it (it loads the reference model the trace names and runs it)."""
-    from ..capture.mask_check import check_saved, is_streaming
-
-    spec = spec or ComparisonSpec()
-    streaming = is_streaming(ref.metadata, cand.metadata)
-    mc = check_saved(ref.metadata, ref.tensors, cand.tensors, streaming=streaming) if spec.mask_check else None
-    grid = None
-    if spec.time_grid:
-        from ..capture.time_grid import check_saved as grid_saved
-
-        grid = grid_saved(ref.metadata, ref.tensors, cand.tensors, streaming=streaming)
-    return compare_loaded(ref, cand, spec, local, fp64, mask_check=mc, offline=offline, time_grid=grid)

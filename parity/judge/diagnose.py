@@ -403,7 +403,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     """The ordered findings of one comparison (``ref``/``cand``: the two :class:`parity.ingest.Loaded`;
     ``mask_check``: the streaming chunk-mask check, whose finding goes before the stage's own at the same
     position: the cause before the symptom)."""
-    from ..capture.mask_check import findings as mask_findings
+    from .mask import findings as mask_findings
 
     out: list[Finding] = list(meta_find) + mask_findings(mask_check)
     common = [s for s in stages if s.compared]

@@ -4,11 +4,11 @@ streaming session on the session bundles (the fp32 profiles), judged as ``parity
 One known failure is asserted as such: an estimator graph without an attention-mask input (upstream's ONNX
 export, the onnx-* profiles other than onnx-cpu-mask) runs streaming requests with full attention (spec 11.2).
 On a bundle longer than one 50-frame chunk it must FAIL with ``streaming_mask_ignored`` at step1.v1 as the
-headline (:func:`parity.capture.mask_check.expected_outcome`); anything else (a pass, another headline) fails the
+headline (:func:`parity.judge.mask.expected_outcome`); anything else (a pass, another headline) fails the
 test.
 """
 
-from parity.capture.mask_check import expected_outcome
+from parity.judge.mask import expected_outcome
 
 
 def test_candidate_matches_reference(parity_case, assert_parity):

@@ -12,8 +12,8 @@ embedded as ``data:image/png;base64`` URIs; audio is 16-bit PCM WAV in ``data:au
 many). Above an audio budget only windows of +-0.5 s around the worst frames are embedded. Every string
 that comes from a trace (stage names, metadata, messages) is HTML-escaped by jinja2's autoescape.
 
-Modules: :mod:`.plots` (figures), :mod:`.audio` (players), :mod:`.view` (the view model), :mod:`.page` (the
-pages). Entry points: :func:`build_report`, :func:`build_summary_page`.
+Modules: :mod:`.plots` (figures), :mod:`.audio` (players), :mod:`.provenance` (the provenance table), :mod:`.view`
+(the view model), :mod:`.page` (the pages). Entry points: :func:`build_report`, :func:`build_summary_page`.
 """
 
 from .audio import DEFAULT_AUDIO_BUDGET

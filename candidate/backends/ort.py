@@ -1,10 +1,11 @@
-"""The DiT estimator under ONNX Runtime: a drop-in for :class:`candidate.dit.CandidateDiT` inside the candidate
-flow (same call signature), so only the estimator calls go to ONNX Runtime while the solver, CFG, the rest of
-the flow and the vocoder stay the candidate's and every per-step stage is captured as before.
+"""The ``onnxruntime`` backend (:class:`OrtBackend`): the DiT estimator under ONNX Runtime, a drop-in for
+:class:`candidate.dit.CandidateDiT` inside the candidate flow (same call signature), so only the estimator calls go
+to ONNX Runtime while the solver, CFG, the rest of the flow and the vocoder stay the candidate's and every
+per-step stage is captured as before.
 
-What it runs: the model's own estimator exported as upstream does (:mod:`candidate.onnx_export`, cached), or a
-user's file (``onnx_file``), optionally after the ``onnxruntime.transformers`` fusions (``onnx_fuse``) and/or the
-fp16 conversion (``onnx_fp16``), on the requested execution provider and optimization level. It records what
+What it runs: the model's own estimator exported as upstream does (:mod:`candidate.backends.onnx_export`,
+cached), or a user's file (option ``file``), optionally after the ``onnxruntime.transformers`` fusions (``fuse``)
+and/or the fp16 conversion (``fp16``), on the requested execution provider and optimization level. It records what
 ran: onnxruntime version, providers requested and used, optimization level, threads, the op-type counts of the
 graph it loaded and of the session's optimized graph, fusion report, fp16 settings, and how often streaming
 was requested from a graph that has no attention-mask input (the TensorRT-path blind spot, spec 11.2).
@@ -26,9 +27,11 @@ from reference.dit import static_chunk_mask
 from reference.errors import InputError
 from reference.probe import NO_PROBE, Probe
 
-from .onnx_export import (INPUT_NAMES, MASK_INPUT, OUTPUT_NAME, ExportOptions, cache_dir, cached_export,
-                          default_heads, file_sha256, fp16_graph, fused_graph)
-from .switches import Switches
+from .onnx_export import (INPUT_NAMES, MASK_INPUT, ExportOptions, cache_dir, cached_export,
+                          default_heads, fp16_graph, fused_graph)
+from .base import Backend
+from .onnx_graph import (NP_DTYPE, BackendUnavailable, _need_ort, inspect_onnx, onnx_available,
+                         validate_io)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 # what a provider falls back to, in ONNX Runtime's order of preference
@@ -37,17 +40,6 @@ PROVIDER_CHAIN = {"cpu": ["CPUExecutionProvider"],
                   "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 OPT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
-# ONNX TensorProto element types
-ELEM = {1: "float", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "double",
-        16: "bfloat16"}
-NP_DTYPE = {"float": np.float32, "float16": np.float16, "double": np.float64, "bool": np.bool_}
-# the estimator's graph contract (upstream's export): name -> (rank, shape with C = channels, T = seq_len, dtypes)
-EXPECTED_INPUTS = {"x": (3, ("2", "C", "T")), "mask": (3, ("2", "1", "T")), "mu": (3, ("2", "C", "T")),
-                   "t": (1, ("2",)), "spks": (2, ("2", "C")), "cond": (3, ("2", "C", "T"))}
-EXPECTED_MASK = (4, ("2", "1", "T", "T"))
-EXPECTED_OUTPUT = (3, ("2", "C", "T"))
-FLOAT_TYPES = ("float", "float16")
-MASK_TYPES = ("bool", "float", "float16")
 # op types that are fusions (ONNX Runtime contrib ops or fused ONNX ops), counted in the provenance
 FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "LayerNormalization",
              "SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
@@ -58,32 +50,10 @@ _ESTIMATOR_OVERRIDES = ("time_scale", "rope_mode", "mask_mode")
 _ESTIMATOR_HOOKS = ("block",)
 
 
-class BackendUnavailable(InputError):
-    """The requested ONNX Runtime provider does not exist here: the profile is skipped, with this reason."""
-
-
 class ProviderFallback(InputError):
     """``onnx_require_provider`` names the requested GPU provider and ONNX Runtime cannot build a session on it
     alone (no node may fall back): no candidate can run. (A session that did build but runs on another provider
     is not an error: it is recorded and becomes the ``required_provider_missing`` finding.)"""
-
-
-def _need_ort():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailable("the ONNX backend needs the optional extra: pip install -e \".[onnx]\" "
-                                 "(onnx, onnxruntime)") from exc
-
-
-def onnx_available() -> str | None:
-    """None when onnx and onnxruntime import; otherwise why not (for skips)."""
-    try:
-        _need_ort()
-    except BackendUnavailable as exc:
-        return str(exc)
-    return None
 
 
 def provider_unavailable(provider: str) -> str | None:
@@ -104,100 +74,13 @@ def provider_unavailable(provider: str) -> str | None:
             + (f"; it needs {hint[name]}" if name in hint else ""))
 
 
-def profile_unavailable(sw: Switches) -> str | None:
-    """Why a profile's ONNX backend cannot run here (None when it can, or when it is not an ONNX profile)."""
-    if not sw.onnx:
-        return None
-    return provider_unavailable(sw.onnx_provider)
+def profile_unavailable(sw) -> str | None:
+    """Why a candidate's backend cannot run here (None when it can): the backend's own reason
+    (:meth:`candidate.backends.Backend.unavailable`)."""
+    from . import backend_of
 
+    return backend_of(sw).unavailable(sw)
 
-# ---------------------------------------------------------------------------------------------
-# the graph file: what it is, and whether it is an estimator
-
-def _dims(vi) -> list:
-    out = []
-    for d in vi.type.tensor_type.shape.dim:
-        out.append(d.dim_param if d.dim_param else (int(d.dim_value) if d.HasField("dim_value") else "?"))
-    return out
-
-
-def inspect_onnx(path: str | Path) -> dict:
-    """sha256, opset, producer, IR version, inputs and outputs (name, dtype, shape) and op-type counts of an
-    ONNX file; initializers are not loaded when they are stored externally."""
-    _need_ort()
-    import onnx
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: ONNX file not found")
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {str(exc)[:160]})") from exc
-    inits = {i.name for i in m.graph.initializer}
-    inputs = [{"name": i.name, "dtype": ELEM.get(i.type.tensor_type.elem_type, str(i.type.tensor_type.elem_type)),
-               "shape": _dims(i)} for i in m.graph.input if i.name not in inits]
-    outputs = [{"name": o.name, "dtype": ELEM.get(o.type.tensor_type.elem_type, str(o.type.tensor_type.elem_type)),
-                "shape": _dims(o)} for o in m.graph.output]
-    opsets = {(o.domain or "ai.onnx"): int(o.version) for o in m.opset_import}
-    return {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size,
-            "opset": opsets.get("ai.onnx"), "opsets": opsets, "producer": m.producer_name,
-            "producer_version": m.producer_version, "ir_version": int(m.ir_version), "inputs": inputs,
-            "outputs": outputs, "mask_input": any(i["name"] == MASK_INPUT for i in inputs),
-            "op_counts": dict(Counter(n.op_type for n in m.graph.node).most_common())}
-
-
-def _fmt_expect(name: str, rank_shape) -> str:
-    return f"{name} [{', '.join(rank_shape[1])}]"
-
-
-def validate_io(info: dict, path: str | Path, channels: int | None = None) -> None:
-    """Raise a one-line :class:`InputError` unless the graph's inputs and output are the estimator's:
-    x, mask, mu, t, spks, cond (+ optional attn_mask) and estimator_out, with the expected ranks, float or
-    float16 dtypes (bool/float for attn_mask) and, where the graph fixes them, batch 2 and ``channels``."""
-    ins = {i["name"]: i for i in info["inputs"]}
-    outs = info["outputs"]
-    expected = ", ".join(_fmt_expect(n, EXPECTED_INPUTS[n]) for n in INPUT_NAMES)
-    contract = (f"expected inputs {expected} (+ optional {MASK_INPUT} [2, 1, T, T]) and output "
-                f"{OUTPUT_NAME} [2, C, T], float or float16, as upstream's export_onnx.py writes them")
-    problems = []
-    missing = [n for n in INPUT_NAMES if n not in ins]
-    unexpected = [n for n in ins if n not in INPUT_NAMES and n != MASK_INPUT]
-    if missing:
-        problems.append(f"missing input(s) {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected input(s) {', '.join(unexpected)}")
-    for name, (rank, shape) in list(EXPECTED_INPUTS.items()) + [(MASK_INPUT, EXPECTED_MASK)]:
-        if name not in ins:
-            continue
-        got = ins[name]
-        allowed = MASK_TYPES if name == MASK_INPUT else FLOAT_TYPES
-        if got["dtype"] not in allowed:
-            problems.append(f"input {name} is {got['dtype']}, expected {' or '.join(allowed)}")
-        if len(got["shape"]) != rank:
-            problems.append(f"input {name} has rank {len(got['shape'])} {got['shape']}, expected {rank}")
-            continue
-        for i, (want, have) in enumerate(zip(shape, got["shape"])):
-            if isinstance(have, int) and have > 0:
-                fixed = {"2": 2, "1": 1, "C": channels}.get(want)
-                if fixed is not None and have != fixed:
-                    problems.append(f"input {name} axis {i} is {have}, expected {fixed}")
-    if not outs:
-        problems.append("no output")
-    else:
-        o = outs[0]
-        if o["name"] != OUTPUT_NAME:
-            problems.append(f"output is named {o['name']!r}, expected {OUTPUT_NAME!r}")
-        if o["dtype"] not in FLOAT_TYPES:
-            problems.append(f"output {o['name']} is {o['dtype']}, expected float or float16")
-        if len(o["shape"]) != EXPECTED_OUTPUT[0]:
-            problems.append(f"output {o['name']} has rank {len(o['shape'])}, expected 3")
-    if problems:
-        raise InputError(f"{path}: not a CosyVoice DiT estimator graph: {'; '.join(problems)}; {contract}")
-
-
-# ---------------------------------------------------------------------------------------------
-# the session
 
 def fused_counts(op_counts: dict) -> dict:
     """The fused-operator counts out of an op-type histogram."""
@@ -231,7 +114,7 @@ def _optimized_op_counts(path: Path, so_factory, providers, ident: dict | None =
         m = onnx.load(str(out), load_external_data=False)
         counts = dict(Counter(n.op_type for n in m.graph.node).most_common())
     if memo is not None:
-        from parity.outputs import OutputError, write_output
+        from reference.files import OutputError, write_output
 
         try:  # a memo only: a cache that cannot be written costs the next run a second count
             write_output(memo, json.dumps({"ident": ident, "op_counts": counts}))
@@ -398,10 +281,10 @@ def check_required_provider(required: str, providers_used: list[str] | dict) -> 
             f"(providers used: {', '.join(providers_used) or 'none'})")
 
 
-def build_estimator(ref_dit, sw: Switches, faults=None, cache: str | Path | None = None) -> OrtEstimator:
-    """The :class:`OrtEstimator` a profile's switches describe, for the reference estimator ``ref_dit``:
-    the user's ``onnx_file`` or the cached export of ``ref_dit`` (with ``onnx_mask_input``), then the fusions
-    (``onnx_fuse``) and the fp16 conversion (``onnx_fp16``), on ``onnx_provider`` at ``onnx_opt_level``."""
+def build_estimator(ref_dit, sw, faults=None, cache: str | Path | None = None) -> OrtEstimator:
+    """The :class:`OrtEstimator` a candidate's switches describe (its ``onnxruntime`` options), for the reference
+    estimator ``ref_dit``: the user's ``file`` or the cached export of ``ref_dit`` (with ``mask_input``), then the
+    fusions (``fuse``) and the fp16 conversion (``fp16``), on ``provider`` at ``opt_level``."""
     _need_ort()
     if faults is not None:
         inside = [f.name for f, _ in faults.items if any(k in f.overrides for k in _ESTIMATOR_OVERRIDES)
@@ -409,33 +292,70 @@ def build_estimator(ref_dit, sw: Switches, faults=None, cache: str | Path | None
         if inside:
             raise InputError(f"fault(s) {', '.join(inside)} act inside the PyTorch estimator and cannot apply to an "
                              f"ONNX Runtime estimator (estimator_backend=onnxruntime)")
-    why = provider_unavailable(sw.onnx_provider)
+    o = sw.option
+    why = provider_unavailable(o("provider"))
     if why:
         raise BackendUnavailable(why)
     origin: dict = {}
-    if sw.onnx_file:
-        path = Path(sw.onnx_file).expanduser()
+    if o("file"):
+        path = Path(o("file")).expanduser()
         origin["source"] = "user file"
-        if sw.onnx_mask_input:
-            origin["note"] = "onnx_mask_input is ignored with a user file: the file's own inputs decide"
+        if o("mask_input"):
+            origin["note"] = "the mask_input option is ignored with a user file: the file's own inputs decide"
     else:
-        info = cached_export(ref_dit, ExportOptions(mask_input=sw.onnx_mask_input), cache)
+        info = cached_export(ref_dit, ExportOptions(mask_input=o("mask_input")), cache)
         path = info.path
         origin["source"] = "export"
         origin["export"] = info.to_dict()
     cfg = ref_dit.cfg
-    if sw.onnx_fuse:
-        heads, hidden = default_heads(ref_dit) if not sw.onnx_file else (0, 0)
+    if o("fuse"):
+        heads, hidden = default_heads(ref_dit) if not o("file") else (0, 0)
         path, report = fused_graph(path, heads, hidden, cache)
         origin["fusion"] = report
-    if sw.onnx_fp16:
+    if o("fp16"):
         path, settings = fp16_graph(path, cache)
         origin["fp16"] = settings
-    return OrtEstimator(path, provider=sw.onnx_provider, opt_level=sw.onnx_opt_level,
-                        require_provider=sw.onnx_require_provider, channels=cfg.mel_dim,
-                        chunk_size=cfg.static_chunk_size, origin=origin)
+    return OrtEstimator(path, provider=o("provider"), opt_level=o("opt_level"), require_provider=o("require_provider"),
+                        channels=cfg.mel_dim, chunk_size=cfg.static_chunk_size, origin=origin)
+
+
+class OrtBackend(Backend):
+    """``onnxruntime``: the estimator exported as upstream does (cached) or a user's ``file``, optionally fused
+    (``fuse``) or converted to fp16 (``fp16``), run by ONNX Runtime on ``provider`` at ``opt_level``;
+    ``require_provider`` makes a session that runs on another provider a failure finding."""
+
+    name = "onnxruntime"
+    description = "the exported estimator under ONNX Runtime"
+    options = {"file": "", "mask_input": False, "fuse": False, "fp16": False, "opt_level": "all",
+               "provider": "cpu", "require_provider": ""}
+    choices = {"opt_level": tuple(OPT_LEVELS), "provider": tuple(PROVIDERS), "mask_input": (False, True),
+               "fuse": (False, True), "fp16": (False, True)}
+    legacy_prefix = "onnx_"
+
+    def validate(self, sw) -> None:
+        if sw.cfg_mode != "batch2":
+            raise InputError("switch estimator_backend=onnxruntime needs cfg_mode=batch2: the exported estimator "
+                             "has a fixed batch of 2 (the CFG pair), as upstream's export")
+
+    def unavailable(self, sw) -> str | None:
+        return provider_unavailable(sw.option("provider"))
+
+    def precision(self, sw) -> str | None:
+        return "fp16" if sw.option("fp16") else None
+
+    def attention(self, sw) -> str | None:
+        return "onnxruntime"
+
+    def provenance(self, estimator) -> dict:
+        return {"onnx": estimator.provenance()}  # what the session is and how it runs
+
+    def run_metadata(self, estimator) -> dict:
+        return {"onnx_run": estimator.run_metadata()}
+
+    def build_estimator(self, ref_estimator, sw, faults, kernels, device: str):
+        return build_estimator(ref_estimator, sw, faults)
 
 
 __all__ = ["OrtEstimator", "build_estimator", "inspect_onnx", "validate_io", "check_required_provider",
            "provider_unavailable", "profile_unavailable", "onnx_available", "fused_counts", "BackendUnavailable",
-           "ProviderFallback", "PROVIDERS"]
+           "ProviderFallback", "PROVIDERS", "OrtBackend"]

@@ -35,12 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference.dit import DiT, apply_rotary_pos_emb
-from parity.outputs import write_output
+from reference.files import write_output
 from reference.errors import InputError
 
-INPUT_NAMES = ("x", "mask", "mu", "t", "spks", "cond")
-MASK_INPUT = "attn_mask"
-OUTPUT_NAME = "estimator_out"
+from .onnx_graph import INPUT_NAMES, MASK_INPUT, OUTPUT_NAME, file_sha256
 OPSET = 18
 BATCH = 2  # the CFG pair
 DUMMY_SEQ_LEN = 256  # upstream's export traces 256 frames
@@ -157,14 +155,6 @@ def weights_sha256(dit: nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_dir() -> Path:
     """``$PARITY_ONNX_CACHE``, else ``$XDG_CACHE_HOME/tts-parity/onnx`` (default ``~/.cache/tts-parity/onnx``)."""
     env = os.environ.get("PARITY_ONNX_CACHE")
@@ -177,7 +167,7 @@ def cache_dir() -> Path:
 def _atomic_save(write, out: Path) -> None:
     """``write(tmp_path)``, then the file goes to ``out`` through :func:`parity.outputs.output_file` (renamed
     onto a regular file, written through a device or FIFO; a crash never leaves a half-written file)."""
-    from parity.outputs import output_file
+    from reference.files import output_file
 
     with output_file(out) as tmp:
         write(Path(tmp))
@@ -223,7 +213,7 @@ def export_estimator(dit: DiT, out: str | Path, options: ExportOptions | None = 
     t0 = time.perf_counter()
     module = EstimatorGraph(dit, opts.mask_input).eval()
     args = dummy_inputs(dit, opts.seq_len, opts.mask_input)
-    from parity.outputs import output_file
+    from reference.files import output_file
 
     with torch.no_grad(), output_file(out) as tmp:  # checked before it reaches ``out`` (which may be a stream)
         _torch_export(module, args, tmp, opts)
@@ -240,7 +230,7 @@ def check_exported(path: str | Path, mask_input: bool | None = None) -> dict:
     """``onnx.checker.check_model(full_check=True)`` and the estimator's input/output contract."""
     import onnx
 
-    from .onnx_backend import inspect_onnx, validate_io
+    from .onnx_graph import inspect_onnx, validate_io
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
