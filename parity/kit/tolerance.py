@@ -1,0 +1,134 @@
+"""Per-unit tolerances: the module-level noise floor, measured with the end-to-end floor's ensemble method on
+the unit alone.
+
+For one unit and its captured inputs, every member of the fp32 ensemble (:func:`parity.floor.members.fp32_members`:
+2 threads; SDPA math and SDPA default attention; Monte-Carlo arithmetic at every module output and at every
+rounding op, 8 fit + 4 held-out seeds each) re-computes the unit on the same inputs, and the deviation of each
+output from the plain computation (1 thread, explicit attention) is measured (:func:`parity.floor.stats.pair_stats`).
+The floor of each output and statistic is the maximum over the fit members raised to the extreme-value margin
+(:func:`parity.floor.aggregate.build_stages`), and k is chosen from the held-out members exactly as for the
+end-to-end floor (:func:`parity.floor.aggregate.choose_k`: held-out seeds against the plain computation, pairs of
+held-out seeds, each deterministic member left out; k = max(largest sample, Gumbel quantile at 1 - 1e-6, 2)).
+
+Gated statistics: ``max_abs`` and ``rel_l2`` over the whole output tensor (two numbers a test in any language
+computes in a few lines); a floor of exactly 0 (every legitimate re-computation bit-identical) is replaced by
+one fp32 unit roundoff of the output's scale (``2^-24 max|ref|`` for max_abs, ``2^-24`` for rel_l2), the end-to-end
+gate's rule (:mod:`parity.floor.judge`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..floor import aggregate as AG
+from ..floor.estimate import Recipe
+from ..floor.members import PLAIN, Member, fp32_members, member_context
+from ..floor.stats import TINY, U32, pair_stats
+from ..floor.types import StageFloor
+
+GATE = ("max_abs", "rel_l2")
+
+
+@dataclass
+class UnitTolerance:
+    """The measured tolerance of one unit: ``k``, its basis, the floors of its outputs (keyed by output name)."""
+
+    k: float
+    k_basis: dict
+    floors: dict[str, StageFloor]
+    contributions: dict = field(default_factory=dict)  # family -> output -> [max_abs, rel_l2] (largest deviation)
+    seconds: float = 0.0
+
+    def unit_of(self, output: str, statistic: str) -> float:
+        """The divisor of ``statistic`` for ``output``: its floor, or the zero-floor epsilon."""
+        sf = self.floors[output]
+        f = sf.value(statistic)
+        if f > 0:
+            return f
+        return U32 * max(sf.scale, TINY) if statistic == "max_abs" else U32
+
+    def limits(self, output: str) -> dict[str, float]:
+        return {s: self.k * self.unit_of(output, s) for s in GATE}
+
+
+def stage_name(unit_id: str, output: str) -> str:
+    """The name an output goes by in the floor machinery and in a port's outputs: ``<unit id>/<output>``."""
+    return f"{unit_id}/{output}"
+
+
+def run_unit(model, unit, inputs: dict, attrs: dict, member: Member = PLAIN) -> dict[str, torch.Tensor]:
+    with member_context(model, member):
+        return unit.call(model, inputs, attrs)
+
+
+def measure(model, unit, inputs: dict, attrs: dict, base: dict[str, torch.Tensor],
+            recipe: Recipe | None = None) -> UnitTolerance:
+    """The unit's tolerance: the ensemble re-computes ``unit`` on ``inputs``; ``base`` is the plain computation."""
+    t0 = time.perf_counter()
+    recipe = recipe or Recipe()
+    members = fp32_members(recipe.n_seeds, recipe.n_held_out, recipe.families)
+    names = {stage_name(unit.id, o): o for o in base}
+    ref = {n: base[o] for n, o in names.items()}
+    blocks = {n: 1 for n in ref}
+    stats: dict = {}
+    kept: dict = {}
+    for m in members:
+        outs = run_unit(model, unit, inputs, attrs, m)
+        tens = {n: outs[o] for n, o in names.items()}
+        stats[m.name] = {n: pair_stats(n, ref[n], tens[n], 1) for n in ref}
+        if m.role == "held-out" or m.seed is None:
+            kept[m.name] = tens
+    gates = {n: GATE for n in ref}
+    stages = AG.build_stages(ref, stats, members, gates, blocks)
+    samples = k_samples(ref, stages, stats, members, kept, gates, blocks)
+    k, basis = AG.choose_k(samples)
+    contrib: dict = {}
+    for m in members:
+        fam = contrib.setdefault(m.family, {})
+        for n, s in stats[m.name].items():
+            cur = fam.get(names[n], [0.0, 0.0])
+            fam[names[n]] = [max(cur[0], s.max_abs), max(cur[1], s.rel_l2)]
+    floors = {names[n]: sf for n, sf in stages.items()}
+    return UnitTolerance(k, basis, floors, contrib, time.perf_counter() - t0)
+
+
+def k_samples(base, stages, stats, members, kept, gates, blocks) -> list[dict]:
+    """The held-out ratio samples k is chosen from (the end-to-end floor's three kinds; see
+    :mod:`parity.floor.aggregate`)."""
+    samples = []
+    held = [m for m in members if m.role == "held-out"]
+    for m in held:
+        r, st, stat = AG.max_ratio(stages, base, kept[m.name])
+        samples.append({"sample": f"{m.name} vs plain", "ratio": r, "stage": st, "statistic": stat})
+    by_fam: dict = {}
+    for m in held:
+        by_fam.setdefault(m.family, []).append(m.name)
+    for names in by_fam.values():
+        for a, b in zip(names, names[1:] + names[:1]):
+            if a != b:
+                r, st, stat = AG.max_ratio(stages, kept[a], kept[b])
+                samples.append({"sample": f"{b} vs {a}", "ratio": r, "stage": st, "statistic": stat})
+    for m in members:
+        if m.role == "fit" and m.seed is None and m.name in kept:
+            rest = [x for x in members if x.name != m.name]
+            loo = AG.build_stages(base, stats, rest, gates, blocks)
+            r, st, stat = AG.max_ratio(loo, base, kept[m.name])
+            samples.append({"sample": f"{m.name} left out", "ratio": r, "stage": st, "statistic": stat})
+    return samples
+
+
+def ratio_against(tol: UnitTolerance, output: str, ref: torch.Tensor, other: torch.Tensor) -> tuple[float, str]:
+    """(largest gated ratio, its statistic) of ``other`` against ``ref`` for one output; +inf when non-finite."""
+    st = pair_stats(output, ref, other, 1)
+    if not st.finite:
+        return math.inf, "finite"
+    best = (0.0, GATE[0])
+    for s in GATE:
+        r = st.value(s) / tol.unit_of(output, s)
+        if r > best[0]:
+            best = (r, s)
+    return best
