@@ -45,6 +45,7 @@ class BuildOptions:
     recipe: Recipe = field(default_factory=Recipe)
     units: tuple[str, ...] | None = None  # only these vector ids (None: all)
     bundle_name: str | None = None
+    session_options: object = None  # streaming: reference.session.SessionOptions (None: upstream's)
 
 
 @dataclass
@@ -156,9 +157,10 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
         keep = None
     chunk = opts.chunk
     if opts.streaming and chunk is None:
-        chunk = default_chunk(model, inputs)
+        chunk = default_chunk(model, inputs, opts.session_options)
     with member_context(model, PLAIN):
-        cap = capture_run(model, inputs, units, step=opts.step, streaming=opts.streaming, chunk=chunk)
+        cap = capture_run(model, inputs, units, step=opts.step, streaming=opts.streaming, chunk=chunk,
+                          session_options=opts.session_options)
     t_cap = time.perf_counter() - t0
     log(f"captured {len(cap.units)} units from one run ({t_cap:.1f} s)")
     flow_keys = list(model.flow.state_dict().keys())
