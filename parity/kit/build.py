@@ -23,16 +23,18 @@ import torch
 from reference.errors import InputError
 
 from ..floor.estimate import Recipe
-from ..floor.members import PLAIN, fp32_members, member_context
+from ..floor.members import PLAIN, member_context
 from . import manifest as M
 from .capture import capture_run
-from .tolerance import GATE, measure, ratio_against, run_unit
+from .tolerance import GATE, kit_members, measure, ratio_against, run_unit
 from .units import Unit, units_for, weight_keys
 
 METHOD = ("module-level noise floor: the unit alone re-computed on its captured inputs by every member of the fp32 "
-          "ensemble (2 threads; SDPA math and SDPA default attention; Monte-Carlo arithmetic (a 2^-24 relative "
-          "random rounding, 2^-53 in float64) at every module output and at every rounding op, fit and held-out "
-          "seeds), floor = maximum over the fit members raised to the Gumbel 0.99 quantile of each seeded family; "
+          "ensemble of the end-to-end floor (2 threads; SDPA math and SDPA default attention; Monte-Carlo arithmetic "
+          "(a 2^-24 relative random rounding, 2^-53 in float64) at every module output and at every rounding op, "
+          "fit and held-out seeds) and by the unit computed in float64 (member fp64: stands in for another summation "
+          "order inside one op, which Monte-Carlo arithmetic at op results does not model), floor = maximum over "
+          "the fit members raised to the Gumbel 0.99 quantile of each seeded family; "
           "k per vector from its held-out samples (held-out seeds vs plain, pairs of held-out seeds, each "
           "deterministic member left out): max(largest, Gumbel quantile at 1 - 1e-6, 2), rounded up to 2 digits")
 
@@ -165,6 +167,7 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
     log(f"captured {len(cap.units)} units from one run ({t_cap:.1f} s)")
     flow_keys = list(model.flow.state_dict().keys())
     hift_keys = list(hift_state_dict_upstream(model.hift).keys())
+    model64 = model.to_float64()
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     if partial.exists():
         shutil.rmtree(partial)
@@ -178,7 +181,7 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
         ins = {k: v for k, v in c.inputs.items() if v is not None}
         t1 = time.perf_counter()
         base = run_unit(model, u, ins, c.attrs)
-        tol = measure(model, u, ins, c.attrs, base, opts.recipe)
+        tol = measure(model, u, ins, c.attrs, base, opts.recipe, model64)
         t_floor += time.perf_counter() - t1
         rep = _reproduce(u, c, base, tol)
         entry = _entry(u, c, base, tol, model, flow_keys, hift_keys, rep, opts.step)
@@ -206,7 +209,7 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
 
 def _manifest(model, inputs, opts: BuildOptions, chunk, cap, entries, bundle_path, bhash) -> dict:
     prov = model.provenance(streaming=opts.streaming, finalize=not opts.streaming)
-    members = fp32_members(opts.recipe.n_seeds, opts.recipe.n_held_out, opts.recipe.families)
+    members = kit_members(opts.recipe)
     mode = {"streaming": opts.streaming, "step": opts.step, "n_timesteps": prov["n_timesteps"],
             "t_scheduler": prov["t_scheduler"], "cfg_rate": prov["cfg_rate"]}
     if opts.streaming:

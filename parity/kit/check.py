@@ -284,7 +284,7 @@ def _judge_output(key: str, ref: torch.Tensor, cand: torch.Tensor | None, entry:
         oc.status = "nonfinite"
         oc.ratio = math.inf
         oc.nonfinite = {"nan": s["nan_count"], "inf": s["inf_count"], "numel": s["numel"],
-                        "first_index": s["first_nonfinite_index"]}
+                        "first_index": list(s["first_nonfinite_index"])}
         oc.detail = (f"NaN {s['nan_count']}, Inf {s['inf_count']} of {s['numel']} (first at index "
                      f"{list(s['first_nonfinite_index'])})")
         return oc

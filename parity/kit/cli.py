@@ -53,7 +53,10 @@ def cmd_build(args) -> int:
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     recipe = Recipe(n_seeds=args.seeds, n_held_out=args.held_out)
-    session = SessionOptions(initial_hop=args.initial_hop, growth=args.growth) if args.streaming else None
+    session = None
+    if args.streaming:
+        kw = {k: v for k, v in (("initial_hop", args.initial_hop), ("growth", args.growth)) if v is not None}
+        session = SessionOptions(**kw)
     opts = BuildOptions(step=args.step, streaming=args.streaming, chunk=args.chunk, recipe=recipe,
                         units=tuple(_ids(args.units) or ()) or None, bundle_name=Path(args.inputs).stem,
                         session_options=session)

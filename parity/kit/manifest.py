@@ -47,8 +47,13 @@ def dtype_name(t: torch.Tensor) -> str:
 
 
 def tensor_entry(spec, key: str, t: torch.Tensor) -> dict:
+    axes = spec.axis_names
+    if not axes and t.dim():  # a scalar stored with a unit axis (the solver's dt after step 1 is [1])
+        axes = ["element"] * t.dim()
+    if len(axes) != t.dim():
+        raise RuntimeError(f"kit: tensor {key} is {list(t.shape)}, its spec names axes {axes}")
     return {"name": spec.name, "key": key, "shape": [int(s) for s in t.shape], "dtype": dtype_name(t),
-            "axes": spec.axis_names, "layout": spec.layout, "note": spec.note}
+            "axes": axes, "layout": spec.layout, "note": spec.note}
 
 
 def read_manifest(kit: str | Path) -> dict:

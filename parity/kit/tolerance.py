@@ -5,6 +5,13 @@ For one unit and its captured inputs, every member of the fp32 ensemble (:func:`
 2 threads; SDPA math and SDPA default attention; Monte-Carlo arithmetic at every module output and at every
 rounding op, 8 fit + 4 held-out seeds each) re-computes the unit on the same inputs, and the deviation of each
 output from the plain computation (1 thread, explicit attention) is measured (:func:`parity.floor.stats.pair_stats`).
+To these the kit adds one deterministic fit member, ``fp64``: the unit computed in float64 (the reference's weights
+and inputs cast up, the outputs rounded back to their dtype), a more accurate legitimate computation. At module
+level it stands in for another summation order *inside* one op (a GEMM's, a convolution's or an FFT's own
+accumulation, which every port's kernels do their own way): Monte-Carlo arithmetic perturbs op results, not their
+internal sums, and on a unit that is one op (a Linear, a conv, the STFT) the fp32 ensemble alone is about one ulp of
+the output wide. Measured without it (tiny model, short bundle): a float64 computation of every vector was 3.6x
+the floor of the STFT (k 2) and 8.5x that of source_downs.0 (k 5.7), and 5-8x several single-conv vectors.
 The floor of each output and statistic is the maximum over the fit members raised to the extreme-value margin
 (:func:`parity.floor.aggregate.build_stages`), and k is chosen from the held-out members exactly as for the
 end-to-end floor (:func:`parity.floor.aggregate.choose_k`: held-out seeds against the plain computation, pairs of
@@ -31,6 +38,12 @@ from ..floor.stats import TINY, U32, pair_stats
 from ..floor.types import StageFloor
 
 GATE = ("max_abs", "rel_l2")
+FP64 = Member("fp64", "fp64")  # the unit in float64, outputs rounded back (deterministic, fit)
+
+
+def kit_members(recipe: Recipe) -> list[Member]:
+    """The module-level ensemble: the fp32 ensemble of the end-to-end floor, plus :data:`FP64`."""
+    return fp32_members(recipe.n_seeds, recipe.n_held_out, recipe.families) + [FP64]
 
 
 @dataclass
@@ -60,24 +73,33 @@ def stage_name(unit_id: str, output: str) -> str:
     return f"{unit_id}/{output}"
 
 
-def run_unit(model, unit, inputs: dict, attrs: dict, member: Member = PLAIN) -> dict[str, torch.Tensor]:
+def run_unit(model, unit, inputs: dict, attrs: dict, member: Member = PLAIN, model64=None) -> dict[str, torch.Tensor]:
+    """``unit`` on ``inputs`` as ``member`` (``fp64``: on ``model64``, the model's float64 copy)."""
+    if member.family == "fp64":
+        up = {k: (v.double() if v.is_floating_point() else v) for k, v in inputs.items()}
+        with member_context(model64, PLAIN):
+            outs = unit.call(model64, up, attrs)
+        return {k: v.to(torch.float32) if v.dtype == torch.float64 else v for k, v in outs.items()}
     with member_context(model, member):
         return unit.call(model, inputs, attrs)
 
 
 def measure(model, unit, inputs: dict, attrs: dict, base: dict[str, torch.Tensor],
-            recipe: Recipe | None = None) -> UnitTolerance:
-    """The unit's tolerance: the ensemble re-computes ``unit`` on ``inputs``; ``base`` is the plain computation."""
+            recipe: Recipe | None = None, model64=None) -> UnitTolerance:
+    """The unit's tolerance: the ensemble re-computes ``unit`` on ``inputs``; ``base`` is the plain computation.
+    ``model64``: the model's float64 copy (``Token2Wav.to_float64``; made here when not given)."""
     t0 = time.perf_counter()
     recipe = recipe or Recipe()
-    members = fp32_members(recipe.n_seeds, recipe.n_held_out, recipe.families)
+    members = kit_members(recipe)
+    if model64 is None:
+        model64 = model.to_float64()
     names = {stage_name(unit.id, o): o for o in base}
     ref = {n: base[o] for n, o in names.items()}
     blocks = {n: 1 for n in ref}
     stats: dict = {}
     kept: dict = {}
     for m in members:
-        outs = run_unit(model, unit, inputs, attrs, m)
+        outs = run_unit(model, unit, inputs, attrs, m, model64)
         tens = {n: outs[o] for n, o in names.items()}
         stats[m.name] = {n: pair_stats(n, ref[n], tens[n], 1) for n in ref}
         if m.role == "held-out" or m.seed is None:

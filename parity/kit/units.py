@@ -236,7 +236,7 @@ def _flow_units(depth: int) -> list[Unit]:
                  "AdaLayerNormZero: Linear(SiLU(emb)) chunked into 6 modulations (shift_msa, scale_msa, gate_msa, "
                  "shift_mlp, scale_mlp, gate_mlp)", ("hook", f"{b}.attn_norm")),
             Unit(f"{b}.attn", "flow", "module", f"{b}.attn", (f"{b}.attn",),
-                 (T("x", "BTC", "attn_norm's norm"), T("mask", "hQJ", "as the block's", optional=True),
+                 (T("x", "BTC", "attn_norm's norm"), T("mask", "BhQJ", "as the block's", optional=True),
                   T("rope", "TC")),
                  (T("out", "BTC"),), (), "step",
                  "Attention: to_q/to_k/to_v, RoPE on the first dim_head channels of the flat projection (head 0 "
@@ -246,7 +246,7 @@ def _flow_units(depth: int) -> list[Unit]:
                  "FeedForward: Linear, GELU (tanh approximation), Linear", ("hook", f"{b}.ff")),
             Unit(b, "flow", "module", b, (b,),
                  (T("x", "BTC", "residual stream"), T("t", "BC", "time conditioning c (time_embed's output)"),
-                  T("mask", "hQJ", "boolean chunk mask [1, 1, T, T] (True = attend); absent offline: full attention",
+                  T("mask", "BhQJ", "boolean chunk mask [1, 1, T, T] (True = attend); absent offline: full attention",
                     optional=True),
                   T("rope", "TC", "RoPE angles (rotary_embed's output)")),
                  (T("out", "BTC"),), (), "step",
@@ -268,7 +268,7 @@ def _flow_units(depth: int) -> list[Unit]:
              "one call of the DiT estimator on the CFG batch (row 0 conditional, row 1 with mu, spks, cond zeroed); "
              "streaming=True builds the static chunk mask", ("hook", est)),
         Unit("decoder", "flow", "method", "decoder", (est,),
-             (T("x", "BCT", "ODE state before the step"), T("t", "B"), T("dt", "", "step size, 0-d"),
+             (T("x", "BCT", "ODE state before the step"), T("t", "B"), T("dt", "", "step size: 0-d at step 1, [1] after (upstream's solver)"),
               T("mu", "BCT"), T("mask", "BCT"), T("spks", "BC"), T("cond", "BCT")),
              (T("x_next", "BCT", "x + dt * v_cfg"), T("v1", "BCT", "conditional velocity"),
               T("v2", "BCT", "unconditional velocity"), T("v_cfg", "BCT", "(1 + cfg_rate) v1 - cfg_rate v2")),
