@@ -303,6 +303,23 @@ def test_parity_kit_refuses_unusable_input_before_any_work(tmp_path, capsys):
     assert "not a port kit" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["kit", "--inputs", str(SHORT), "--out", "{f}/kit"],
+                                  ["kit", "check", "{kit}", str(SHORT), "--json", "{f}/r.json"],
+                                  ["kit", "check", "{kit}", str(SHORT), "--report", "{f}/r.html"],
+                                  ["kit", "run", "{kit}", "--out", "{f}/o.safetensors"]])
+def test_an_output_under_a_file_fails_before_the_work(argv, kit, tmp_path, capsys):
+    """The command-line contract (README, "Exit codes and outputs"): exit 2, one line naming the option and the
+    file, nothing computed."""
+    from parity.cli import main
+
+    f = tmp_path / "ref.wav"
+    f.write_bytes(b"RIFF")
+    rc = main([a.format(f=f, kit=kit) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "is a file, not a directory" in err and "ref.wav" in err
+
+
 def test_parity_kit_builds_and_runs_from_the_command_line(tmp_path, capsys):
     from parity.cli import main
 

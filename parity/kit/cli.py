@@ -48,8 +48,8 @@ def cmd_build(args) -> int:
     if (args.initial_hop or args.growth) and not args.streaming:
         raise InputError("--initial-hop/--growth: only with --streaming")
     out = Path(args.out)
-    prepare_outputs([Output("--out", out.parent if str(out.parent) else Path("."), "dir")])
-    check_out_dir(out)
+    check_out_dir(out)  # before the directory check creates it: a non-kit directory is refused as it is
+    prepare_outputs([Output("--out", out, "dir")])
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     recipe = Recipe(n_seeds=args.seeds, n_held_out=args.held_out)
