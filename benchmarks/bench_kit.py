@@ -74,6 +74,10 @@ def load_avg() -> list[float]:
         return []
 
 
+def log(msg: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
 def self_check(model, kit: Path, work: Path, name: str, ctx=None) -> dict:
     t0 = time.perf_counter()
     if ctx is None:
@@ -101,8 +105,10 @@ def one_kit(model, bundle: Path, work: Path, streaming: bool, legit: bool, keep_
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
     out = (keep_dir or work) / f"kit-{bundle.stem}{'-streaming' if streaming else ''}"
     load0 = load_avg()
+    cpu0 = time.process_time()
     rep = build_kit(model, inputs, out, BuildOptions(streaming=streaming, bundle_name=bundle.stem),
-                    bundle_path=str(bundle))
+                    bundle_path=str(bundle), log=log)
+    cpu = time.process_time() - cpu0
     man = json.loads((out / "manifest.json").read_text())
     by_comp: dict = {}
     for v in man["vectors"]:
@@ -115,7 +121,7 @@ def one_kit(model, bundle: Path, work: Path, streaming: bool, legit: bool, keep_
     row = {"bundle": bundle.stem, "streaming": streaming, "mode": {k: v for k, v in man["mode"].items()
                                                                    if k != "session"},
            "vectors": rep.vectors, "bytes": rep.bytes, "manifest_bytes": (out / "manifest.json").stat().st_size,
-           "seconds": round(rep.seconds, 1), "capture_seconds": round(rep.capture_seconds, 2),
+           "seconds": round(rep.seconds, 1), "cpu_seconds": round(cpu, 1), "capture_seconds": round(rep.capture_seconds, 2),
            "tolerance_seconds": round(rep.floor_seconds, 1), "write_seconds": round(rep.write_seconds, 2),
            "by_component": by_comp, "largest": [{"id": v["id"], "bytes": v["bytes"]} for v in largest],
            "slowest": [{"id": i, "seconds": round(d["seconds"], 1)} for i, d in slowest],
@@ -142,13 +148,13 @@ def markdown(res: dict) -> str:
              f"torch {res['torch']}, {res['machine']}, {res['threads']} torch thread(s), shared machine (load "
              f"average before/after each kit in the JSON); recipe: the floor's (8 + 4 seeds per Monte-Carlo "
              f"family, 2 threads, SDPA math/default, fp64).", "",
-             "| kit | vectors | size | manifest | build s | capture s | tolerances s | files s | k min/median/max | "
-             "self-check |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| kit | vectors | size | manifest | build s (CPU s) | capture s | tolerances s | files s | k min/median/max "
+             "| self-check |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["kits"]:
         name = r["bundle"] + (f" streaming (call {r['mode'].get('chunk')})" if r["streaming"] else " offline")
         chk = "; ".join(f"{c['port']}: {c['verdict']} {c['counts']}" for c in r["checks"])
         lines.append(f"| {name} | {r['vectors']} | {r['bytes'] / 2**20:.1f} MiB | {r['manifest_bytes'] / 1024:.0f} KiB "
-                     f"| {r['seconds']} | {r['capture_seconds']} | {r['tolerance_seconds']} | {r['write_seconds']} | "
+                     f"| {r['seconds']} ({r.get('cpu_seconds', '-')}) | {r['capture_seconds']} | {r['tolerance_seconds']} | {r['write_seconds']} | "
                      f"{r['k']['min']:g} / {r['k']['median']:g} / {r['k']['max']:g} | {chk} |")
     for r in res["kits"]:
         lines += ["", f"## {r['bundle']}{' streaming' if r['streaming'] else ''}", "",
@@ -176,7 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--markdown")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    t0 = time.perf_counter()
     model = Token2Wav.from_preset(a.preset)
+    log(f"model {a.preset} built in {time.perf_counter() - t0:.1f} s")
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench-kit-"))
     work.mkdir(parents=True, exist_ok=True)
     keep = Path(a.keep) if a.keep else None

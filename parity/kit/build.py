@@ -167,7 +167,6 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
     log(f"captured {len(cap.units)} units from one run ({t_cap:.1f} s)")
     flow_keys = list(model.flow.state_dict().keys())
     hift_keys = list(hift_state_dict_upstream(model.hift).keys())
-    model64 = model.to_float64()
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     if partial.exists():
         shutil.rmtree(partial)
@@ -181,7 +180,7 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
         ins = {k: v for k, v in c.inputs.items() if v is not None}
         t1 = time.perf_counter()
         base = run_unit(model, u, ins, c.attrs)
-        tol = measure(model, u, ins, c.attrs, base, opts.recipe, model64)
+        tol = measure(model, u, ins, c.attrs, base, opts.recipe)
         t_floor += time.perf_counter() - t1
         rep = _reproduce(u, c, base, tol)
         entry = _entry(u, c, base, tol, model, flow_keys, hift_keys, rep, opts.step)

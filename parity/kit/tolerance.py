@@ -25,6 +25,7 @@ gate's rule (:mod:`parity.floor.judge`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -73,33 +74,46 @@ def stage_name(unit_id: str, output: str) -> str:
     return f"{unit_id}/{output}"
 
 
-def run_unit(model, unit, inputs: dict, attrs: dict, member: Member = PLAIN, model64=None) -> dict[str, torch.Tensor]:
-    """``unit`` on ``inputs`` as ``member`` (``fp64``: on ``model64``, the model's float64 copy)."""
+@contextlib.contextmanager
+def as_float64(model, unit):
+    """The modules ``unit`` reads, cast to float64 in place for the duration (the vocoder whole: 80 MB; of the flow
+    only the modules owning the unit's weights), and back: fp32 -> fp64 -> fp32 is exact, so the weights are
+    bit-identical afterwards, and no float64 copy of the whole model is held (2.7 GB at full size)."""
+    mods = [model.hift] if unit.component == "hift" else [model.flow.get_submodule(p) for p in unit.weights]
+    try:
+        for m in mods:
+            m.double()
+        yield
+    finally:
+        for m in mods:
+            m.float()
+
+
+def run_unit(model, unit, inputs: dict, attrs: dict, member: Member = PLAIN) -> dict[str, torch.Tensor]:
+    """``unit`` on ``inputs`` as ``member`` (``fp64``: the unit's modules and floating inputs cast to float64, the
+    outputs rounded back to float32)."""
     if member.family == "fp64":
         up = {k: (v.double() if v.is_floating_point() else v) for k, v in inputs.items()}
-        with member_context(model64, PLAIN):
-            outs = unit.call(model64, up, attrs)
+        with as_float64(model, unit), member_context(model, PLAIN):
+            outs = unit.call(model, up, attrs)
         return {k: v.to(torch.float32) if v.dtype == torch.float64 else v for k, v in outs.items()}
     with member_context(model, member):
         return unit.call(model, inputs, attrs)
 
 
 def measure(model, unit, inputs: dict, attrs: dict, base: dict[str, torch.Tensor],
-            recipe: Recipe | None = None, model64=None) -> UnitTolerance:
-    """The unit's tolerance: the ensemble re-computes ``unit`` on ``inputs``; ``base`` is the plain computation.
-    ``model64``: the model's float64 copy (``Token2Wav.to_float64``; made here when not given)."""
+            recipe: Recipe | None = None) -> UnitTolerance:
+    """The unit's tolerance: the ensemble re-computes ``unit`` on ``inputs``; ``base`` is the plain computation."""
     t0 = time.perf_counter()
     recipe = recipe or Recipe()
     members = kit_members(recipe)
-    if model64 is None:
-        model64 = model.to_float64()
     names = {stage_name(unit.id, o): o for o in base}
     ref = {n: base[o] for n, o in names.items()}
     blocks = {n: 1 for n in ref}
     stats: dict = {}
     kept: dict = {}
     for m in members:
-        outs = run_unit(model, unit, inputs, attrs, m, model64)
+        outs = run_unit(model, unit, inputs, attrs, m)
         tens = {n: outs[o] for n, o in names.items()}
         stats[m.name] = {n: pair_stats(n, ref[n], tens[n], 1) for n in ref}
         if m.role == "held-out" or m.seed is None:
