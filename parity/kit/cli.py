@@ -24,6 +24,9 @@ def _ids(spec: str | None) -> list[str] | None:
 
 
 def cmd_kit(args) -> int:
+    if getattr(args, "device", "cpu") != "cpu":
+        raise InputError(f"--device {args.device}: a kit is made and run on the CPU (its tolerances are the CPU "
+                         f"reference's floor)")
     if args.kit_cmd == "check":
         return cmd_check(args)
     if args.kit_cmd == "run":
