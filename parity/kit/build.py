@@ -87,8 +87,8 @@ def check_out_dir(out: Path) -> None:
                          f"directory")
 
 
-def _entry(unit: Unit, cap, base: dict, tol, model, flow_keys: list[str], hift_keys: list[str],
-           reproduce: dict, step: int) -> dict:
+def _entry(unit: Unit, cap, base: dict, tol, flow_keys: list[str], hift_keys: list[str], reproduce: dict,
+           step: int) -> dict:
     keys = flow_keys if unit.component == "flow" else hift_keys
     inputs = [M.tensor_entry(s, f"inputs.{s.name}", cap.inputs[s.name]) for s in unit.inputs
               if cap.inputs.get(s.name) is not None]
@@ -183,7 +183,7 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
         tol = measure(model, u, ins, c.attrs, base, opts.recipe)
         t_floor += time.perf_counter() - t1
         rep = _reproduce(u, c, base, tol)
-        entry = _entry(u, c, base, tol, model, flow_keys, hift_keys, rep, opts.step)
+        entry = _entry(u, c, base, tol, flow_keys, hift_keys, rep, opts.step)
         t2 = time.perf_counter()
         tens = {f"inputs.{k}": v.contiguous() for k, v in ins.items()}
         tens.update({f"outputs.{k}": v.detach().contiguous() for k, v in base.items()})

@@ -17,6 +17,7 @@ its own (the caller's probe still gets everything it asked for): the glue units'
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 
@@ -236,10 +237,7 @@ def capture_run(model, inputs: dict, units: list[Unit], *, step: int, streaming:
     cap = Capturer(model, units, win)
     with cap:
         if streaming:
-            opts = session_options or SessionOptions()
-            import dataclasses
-
-            opts = dataclasses.replace(opts, step_chunks=(chunk,))
+            opts = dataclasses.replace(session_options or SessionOptions(), step_chunks=(chunk,))
             sres = run_session(model, inputs, Probe(win), opts)
             cap.result.session = {"chunk": chunk, "schedule": sres.schedule.to_dict(),
                                   "calls": [dataclasses.asdict(c) for c in sres.chunks],
