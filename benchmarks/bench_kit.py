@@ -126,6 +126,8 @@ def one_kit(model, bundle: Path, work: Path, streaming: bool, legit: bool, keep_
            "by_component": by_comp, "largest": [{"id": v["id"], "bytes": v["bytes"]} for v in largest],
            "slowest": [{"id": i, "seconds": round(d["seconds"], 1)} for i, d in slowest],
            "k": {"min": min(ks), "median": sorted(ks)[len(ks) // 2], "max": max(ks)},
+           "reproduces_run_bitwise": sum(v["reproduces_run"].get("bitwise") is True for v in man["vectors"]),
+           "reproduces_run_exact_op": sum(v["reproduces_run"].get("bitwise") is None for v in man["vectors"]),
            "load_before": load0, "load_after": load_avg()}
     checks = [self_check(model, out, work, "reference")]
     if legit:
