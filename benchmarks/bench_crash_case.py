@@ -1,4 +1,4 @@
-"""Why would the ``shape-crash`` case be slower than a normal run (issue 15: 65 s against 23 s)? Time it.
+"""Why would the ``shape-crash`` case be slower than a normal run (seen once: 65 s against 23 s)? Time it.
 
     python benchmarks/bench_crash_case.py --rounds 3 --json out.json          # in-process phases, interleaved
     python benchmarks/bench_crash_case.py --rounds 3 --parity-run 2          # + `parity run` in fresh children
@@ -14,7 +14,7 @@
    ``--cli-threads default,1`` each pair runs once per OMP_NUM_THREADS setting (``default``: unset, torch's
    one thread per core), to separate the crash from the machine's thread contention.
 
-Finding (issue 15, docs/benchmarks.md "The shape-crash case"): the crash case is not slower (it does less: the
+Finding (docs/benchmarks.md "The shape-crash case"): the crash case is not slower (it does less: the
 candidate stops at ``source``); ``parity run`` wall times on a shared 2-core machine swing 6x with torch's
 default two threads and stay flat with one, which is where "65 s against 23 s" came from.
 

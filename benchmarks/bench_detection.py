@@ -19,7 +19,7 @@ Per case:
   headline's stage is ``first_changed``); for legitimate changes a catch is a false alarm;
 * flat tolerances: the verdict and the headline stage of the same comparison without a floor.
 
-The target (issue 14): every mutation whose effect is at least 10x its floor is caught and localised, and
+The target: every mutation whose effect is at least 10x its floor is caught and localised, and
 no legitimate change is flagged. Controls (each rewrite the mutations patch in, with default knobs) must
 be bit-identical to the candidate, or the run stops.
 """

@@ -7,7 +7,7 @@ DiT output and of flow_mel; untimed).
     python benchmarks/bench_onnx.py --preset tiny --repeats 5                       # seconds
     python benchmarks/bench_onnx.py --preset cosyvoice3-0.5b --repeats 5 --json out.json --op-profile
 
-Target (issue 17): ``onnx-fused`` at least 1.2x the reference's DiT forward on this CPU, or the measured reason
+Target: ``onnx-fused`` at least 1.2x the reference's DiT forward on this CPU, or the measured reason
 it cannot be: ``--op-profile`` adds one profiled forward of each side (ONNX Runtime's profiler per op type,
 ``torch.profiler`` per aten op) and the share of time in matrix products.
 

@@ -188,7 +188,7 @@ for _f in [
 for _f in [
     Fault("session-hift-per-chunk", "HiFT runs on each chunk's new mel alone instead of the cumulative mel, and its "
           "whole output is emitted (the vocoder restarts at every chunk; 8 frames held back per chunk are lost)",
-          "chunk1.audio", "chunk_vocoder_mismatch", evidence="spec 11.1, 'HiFT run per chunk without the cumulative mel'",
+          "chunk1.f0", "chunk_vocoder_mismatch", evidence="spec 11.1, 'HiFT run per chunk without the cumulative mel'",
           overrides={"session_hift_input": "chunk"}, mode="session", glitches=("missing_samples", "spectral_flux")),
     Fault("session-finalize-every-chunk", "every chunk is called with finalize=True: the 3 lookahead tokens are "
           "decoded as real tokens (their frames are appended twice) and HiFT finalizes each time",

@@ -231,10 +231,11 @@ def _optimized_op_counts(path: Path, so_factory, providers, ident: dict | None =
         m = onnx.load(str(out), load_external_data=False)
         counts = dict(Counter(n.op_type for n in m.graph.node).most_common())
     if memo is not None:
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            memo.write_text(json.dumps({"ident": ident, "op_counts": counts}))
-        except OSError:
+        from parity.outputs import OutputError, write_output
+
+        try:  # a memo only: a cache that cannot be written costs the next run a second count
+            write_output(memo, json.dumps({"ident": ident, "op_counts": counts}))
+        except (OSError, OutputError):
             pass
     return counts
 

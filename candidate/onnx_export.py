@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference.dit import DiT, apply_rotary_pos_emb
+from parity.outputs import write_output
 from reference.errors import InputError
 
 INPUT_NAMES = ("x", "mask", "mu", "t", "spks", "cond")
@@ -175,19 +175,12 @@ def cache_dir() -> Path:
 
 
 def _atomic_save(write, out: Path) -> None:
-    """``write(tmp_path)`` then rename onto ``out``: a crash never leaves a half-written file in the cache."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    """``write(tmp_path)``, then the file goes to ``out`` through :func:`parity.outputs.output_file` (renamed
+    onto a regular file, written through a device or FIFO; a crash never leaves a half-written file)."""
+    from parity.outputs import output_file
+
+    with output_file(out) as tmp:
         write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the cache unreadable to others
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _torch_export(module: nn.Module, args: tuple, path: Path, opts: ExportOptions) -> None:
@@ -230,10 +223,16 @@ def export_estimator(dit: DiT, out: str | Path, options: ExportOptions | None = 
     t0 = time.perf_counter()
     module = EstimatorGraph(dit, opts.mask_input).eval()
     args = dummy_inputs(dit, opts.seq_len, opts.mask_input)
-    with torch.no_grad():
-        _atomic_save(lambda p: _torch_export(module, args, p, opts), out)
-    info = check_exported(out, mask_input=opts.mask_input)
-    return ExportInfo(out, opts, weights_sha256(dit), file_sha256(out), time.perf_counter() - t0, False,
+    from parity.outputs import output_file
+
+    with torch.no_grad(), output_file(out) as tmp:  # checked before it reaches ``out`` (which may be a stream)
+        _torch_export(module, args, tmp, opts)
+        try:
+            info = check_exported(tmp, mask_input=opts.mask_input)
+        except InputError as exc:
+            raise InputError(str(exc).replace(str(tmp), str(out))) from exc
+        sha = file_sha256(tmp)
+    return ExportInfo(out, opts, weights_sha256(dit), sha, time.perf_counter() - t0, False,
                       torch.__version__, info["inputs"], info["outputs"])
 
 
@@ -278,7 +277,7 @@ def cached_export(dit: DiT, options: ExportOptions | None = None, directory: str
             return ExportInfo(path, opts, weights, saved["file_sha256"], 0.0, True, saved.get("torch", ""),
                               saved.get("inputs", []), saved.get("outputs", []))
     info = export_estimator(dit, path, opts)
-    meta.write_text(json.dumps({**info.to_dict(), "cache_key": key}, indent=1))
+    write_output(meta, json.dumps({**info.to_dict(), "cache_key": key}, indent=1))
     return info
 
 
@@ -340,7 +339,7 @@ def fused_graph(src: str | Path, num_heads: int = 0, hidden_size: int = 0,
               "optimizer_printed": [ln.strip() for ln in printed.getvalue().splitlines() if ln.strip()][:5],
               "seconds": round(time.perf_counter() - t0, 3),
               "source_sha256": ident["src"]}
-    meta.write_text(json.dumps({"ident": ident, "report": report}, indent=1))
+    write_output(meta, json.dumps({"ident": ident, "report": report}, indent=1))
     return out, report
 
 

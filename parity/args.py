@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .stages import KEY_STAGES
+from .stages import KEY_STAGES, SESSION_KEY_STAGES
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -127,7 +127,8 @@ def require_parent() -> argparse.ArgumentParser:
     warning in the headline."""
     p = _parent()
     p.add_argument("--require-stages", action="store_true",
-                   help=f"fail (exit 1) when the candidate lacks {' or '.join(KEY_STAGES)} (without it: a warning)")
+                   help=f"fail (exit 1) when the candidate lacks {' or '.join(KEY_STAGES)} (a streaming session: "
+                        f"{' or '.join(SESSION_KEY_STAGES.values())}; without it: a warning)")
     p.add_argument("--require-stage", action="append", metavar="NAME",
                    help="fail (exit 1) when the candidate lacks this stage (repeatable)")
     return p

@@ -87,9 +87,9 @@ def calibrate_command(args) -> int:
     t0 = time.perf_counter()
     floor = measure(model, bundles)
     text = rules_toml(floor, args.margin, args.floor, f"{model.model_id}, {len(bundles)} bundles, offline+streaming")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    from .outputs import write_output
+
+    out = write_output(args.out, text)
     print(f"{'stage':<18}{'max|fp32-fp64|':>16}{'rel L2':>12}{'limit':>12}")
     for name in _order(floor):
         g = floor[name]

@@ -19,11 +19,13 @@ def _write_wav(path: str | Path, audio, sr: int) -> Path:
     import numpy as np
     from scipy.io import wavfile
 
+    from .outputs import output_file
+
     a = audio.detach().float().reshape(-1).numpy()
     a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0).clip(-1.0, 1.0)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wavfile.write(str(path), sr, (a * 32767.0).round().astype(np.int16))
+    with output_file(path) as tmp:
+        wavfile.write(str(tmp), sr, (a * 32767.0).round().astype(np.int16))
     return path
 
 
@@ -36,12 +38,15 @@ def cmd_dump(args) -> int:
     from reference.bundle import negative_token_note
 
     from .onnx_options import OnnxOptions, name_suffix
-    from .outputs import Output, prepare_outputs
+    from .outputs import Output, is_regular_output, prepare_outputs
     from .runner import Progress, run_to_trace
     from .session import ModelSpec, Session, run_pipeline
     from .session_runner import options_from_args, session_mode
 
     prepare_outputs([Output("--out", args.out), Output("--wav", args.wav)])
+    if args.embed_floor and not is_regular_output(args.out):
+        raise InputError(f"--embed-floor: --out {args.out} is not a regular file (the floor is added to the "
+                         f"finished trace, which is read back): give a file name")
     onnx = OnnxOptions.from_args(args)
     overrides = onnx.overrides()  # a missing file or an unknown provider: one line before anything loads
     session_opts = options_from_args(args)  # before loading anything: a bad combination is exit 2 at once
@@ -595,7 +600,10 @@ def report_main(argv: list[str] | None = None) -> int:
                                          allow_trim=args.allow_trim, require=required_stages(args),
                                          pcm_scale=not args.no_pcm_scale, mask_check=not args.no_mask_check,
                                          floors=_floor_store(args))
-        print(f"report: {path} ({Path(path).stat().st_size / 1024:.0f} KiB), verdict {result.verdict}")
+        from .outputs import is_regular_output
+
+        size = f" ({Path(path).stat().st_size / 1024:.0f} KiB)" if is_regular_output(path) else ""
+        print(f"report: {path}{size}, verdict {result.verdict}")
         return result.exit_code
 
     return guarded_command("parity-report", body)

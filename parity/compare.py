@@ -21,7 +21,7 @@ from .melspec import audio_mel
 from .normalize import align
 from .policy import PRECISION_CLASSES, Judgement, Policy, Rule, judge, judgement_from_floor, load_policy
 from .result import Comparison, StageResult, StepRow
-from .stages import STEP_OUTPUTS, layout, parse_step, position, session_rule_stage, sort_stages
+from .stages import STEP_OUTPUTS, layout, parse_chunk, parse_step, position, session_rule_stage, sort_stages
 
 
 
@@ -330,7 +330,8 @@ def compare_loaded(ref: Loaded, cand: Loaded, policy: Policy | None = None, opts
     elif opts.audio_metrics and prep is not None and "stream.audio" in ref.tensors and "stream.audio" in cand.tensors:
         audio = audio_section(*(dataclasses.replace(t, tensors={"audio": t.tensors["stream.audio"],
                                                                 **({"flow_mel": t.tensors["stream.mel"]}
-                                                                   if "stream.mel" in t.tensors else {})})
+                                                                   if "stream.mel" in t.tensors else {}),
+                                                                **SC.stream_f0(t)})
                                 for t in (ref, cand)))
         audio["stage"] = "stream.audio"  # the audio findings name the stream
     meta_find = (metadata_findings(ref.metadata, cand.metadata) + pcm_findings
@@ -364,14 +365,29 @@ def _err(entry: StageResult | None, key: str = "max_abs_err"):
 
 def step_table(ref: Loaded, cand: Loaded, by_name: dict[str, StageResult],
                local_stages: dict[str, StageResult]) -> list[StepRow]:
-    """Per ODE step: accumulated and local errors of v1, v2, v_cfg and x, growth factor, CFG gaps."""
-    ks = sorted({parse_step(n)[0] for n in list(ref.tensors) + list(cand.tensors) if parse_step(n)})
+    """Per ODE step: accumulated and local errors of v1, v2, v_cfg and x, growth factor, CFG gaps. A streaming
+    session has the steps of each chunk whose flow stages were recorded (``chunk{c}.step{k}.*``): their rows,
+    chunk by chunk, carry the chunk."""
+    names = list(ref.tensors) + list(cand.tensors)
+    groups: list[tuple[str, int | None]] = [("", None)] if any(parse_step(n) for n in names) else []
+    chunks = sorted({ch[0] for n in names if (ch := parse_chunk(n)) is not None and parse_step(ch[1])})
+    groups += [(f"chunk{c}.", c) for c in chunks]
+    rows: list[StepRow] = []
+    for prefix, chunk in groups:
+        rows += _step_rows(ref, cand, by_name, local_stages, prefix, chunk)
+    return rows
+
+
+def _step_rows(ref: Loaded, cand: Loaded, by_name: dict[str, StageResult], local_stages: dict[str, StageResult],
+               prefix: str, chunk: int | None) -> list[StepRow]:
+    ks = sorted({st[0] for n in list(ref.tensors) + list(cand.tensors)
+                 if n.startswith(prefix) and (st := parse_step(n[len(prefix):]))})
     rows = []
-    prev_acc = _err(by_name.get("x0"), "rmse")
+    prev_acc = _err(by_name.get(prefix + "x0"), "rmse")
     for k in ks:
-        row = StepRow(step=k)
+        row = StepRow(step=k, chunk=chunk)
         for f in STEP_OUTPUTS:
-            n = f"step{k}.{f}"
+            n = row.stage(f)
             row.acc[f] = _err(by_name.get(n), "max_abs_err")
             row.acc_rmse[f] = _err(by_name.get(n), "rmse")
             row.local[f] = _err(local_stages.get(n), "max_abs_err")
@@ -382,13 +398,13 @@ def step_table(ref: Loaded, cand: Loaded, by_name: dict[str, StageResult],
         prev_acc = acc
         gaps = {}
         for side, tr in (("ref", ref), ("cand", cand)):
-            v1, v2 = tr.tensors.get(f"step{k}.v1"), tr.tensors.get(f"step{k}.v2")
+            v1, v2 = tr.tensors.get(row.stage("v1")), tr.tensors.get(row.stage("v2"))
             gaps[side] = None
             if v1 is not None and v2 is not None and v1.shape == v2.shape:
                 gap = (v1.double() - v2.double()).abs()
                 gaps[side] = float(gap.mean()) if torch.isfinite(gap).all() else None
         row.cfg_gap_ref, row.cfg_gap_cand = gaps["ref"], gaps["cand"]
-        t = ref.tensors.get(f"step{k}.t")
+        t = ref.tensors.get(row.stage("t"))
         row.t = float(t.reshape(-1)[0]) if t is not None and t.numel() else None
         rows.append(row)
     return rows

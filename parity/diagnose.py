@@ -13,8 +13,8 @@ import dataclasses
 import json
 
 from .result import Finding, StageResult, StepRow
-from .stages import (INPUTS, KEY_STAGES, is_session_stage, is_vocoder_stage, layout, parse_step, position,
-                     sort_stages)
+from .stages import (INPUTS, is_session_stage, is_vocoder_stage, key_stages, layout, parse_step, position,
+                     session_rule_stage, sort_stages)
 
 FP_MAX = {"fp16": 65504.0, "bf16": 3.3895e38}
 
@@ -397,28 +397,34 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     # error growth across steps
     grows = [r for r in steps if r.growth is not None and r.growth > 1.0]
     if steps and any(r.local.get("x") is not None for r in steps):
-        amp = [r.step for r in steps if r.status.get("x") == "fail" and r.local.get("x") is not None
-               and by_name.get(f"step{r.step}.x") and local_stages.get(f"step{r.step}.x") is not None
-               and local_stages[f"step{r.step}.x"].status == "pass"]
+        amp = [r for r in steps if r.status.get("x") == "fail" and r.local.get("x") is not None
+               and by_name.get(r.stage("x")) and local_stages.get(r.stage("x")) is not None
+               and local_stages[r.stage("x")].status == "pass"]
         if amp:
-            k = amp[0]
+            first_amp = amp[0]
+            last = [r for r in steps if r.chunk == first_amp.chunk][-1]
             ratio = None
-            if steps[-1].acc.get("x") and steps[-1].local.get("x"):
-                ratio = steps[-1].acc["x"] / max(steps[-1].local["x"], 1e-30)
-            out.append(_f("error_amplification", f"step{k}.x", "warning",
-                          f"from step {k} on the accumulated error exceeds the tolerance while each step's own error "
-                          f"is within it" + (f"; at the last step accumulated/local = {ratio:.3g}x" if ratio else ""),
-                          {"steps": amp}))
+            if last.acc.get("x") and last.local.get("x"):
+                ratio = last.acc["x"] / max(last.local["x"], 1e-30)
+            out.append(_f("error_amplification", first_amp.stage("x"), "warning",
+                          f"from {first_amp.where} on the accumulated error exceeds the tolerance while each step's "
+                          f"own error is within it" + (f"; at the last step accumulated/local = {ratio:.3g}x"
+                                                       if ratio else ""), {"steps": [r.step for r in amp]}))
     if grows:
         worst = max(grows, key=lambda r: r.growth)
-        out.append(_f("error_growth", f"step{worst.step}.x", "info",
-                      f"accumulated x error grows up to {worst.growth:.3g}x per step (step {worst.step})",
-                      {"growth": {r.step: r.growth for r in steps if r.growth is not None}}))
-    # fp16/bf16 overflow risk from the reference's magnitudes
+        same = [r for r in steps if r.chunk == worst.chunk and r.growth is not None]
+        out.append(_f("error_growth", worst.stage("x"), "info",
+                      f"accumulated x error grows up to {worst.growth:.3g}x per step ({worst.where})",
+                      {"growth": {r.step: r.growth for r in same}}
+                      | ({"chunk": worst.chunk} if worst.chunk is not None else {})))
+    # fp16/bf16 overflow risk from the reference's magnitudes (activations only: token ids, offsets and flags
+    # are integers, which a port does not compute in fp16; their hazard is exactness, below)
     if precision in FP_MAX:
         lim = FP_MAX[precision]
         risky = []
         for s in stages:
+            if integer_stage(s):
+                continue
             rs = s.ref_stats or {}
             mx = max(abs(rs.get("min") or 0.0), abs(rs.get("max") or 0.0)) if rs else 0.0
             if mx and mx > lim / 64:
@@ -428,6 +434,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
             out.append(_f("overflow_risk", risky[0][0], "warning",
                           f"{precision} range is +-{lim:.5g}; the reference reaches {mx:.4g} at {nm} "
                           f"({len(risky)} stages within 64x of the limit)", {"stages": dict(risky[:20])}))
+    out.extend(token_exactness_findings(stages))
     # presence
     miss = [s.name for s in stages if s.status == "missing"]
     if miss and status not in ("crashed", "incomplete"):
@@ -438,7 +445,7 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     if req:
         out.append(_f("stage_missing_required", req[0], "failure", f"required stages absent: {', '.join(req)}"))
     # the stages a user cares most about: absent, the comparison says nothing about what is heard
-    key_missing = [n for n in KEY_STAGES if n not in cand.tensors]
+    key_missing = [n for n in key_stages(list(ref.tensors) + list(cand.tensors)) if n not in cand.tensors]
     if key_missing and status not in ("crashed", "incomplete"):
         neither = [n for n in key_missing if n not in ref.tensors]
         who = "neither trace holds" if len(neither) == len(key_missing) else "the candidate lacks"
@@ -453,6 +460,44 @@ def diagnose(stages: list[StageResult], by_name: dict[str, StageResult], steps: 
     if audio and audio.get("comparable"):
         out.extend(_audio_findings(audio))
     return sorted(out, key=Finding.sort_key)
+
+
+_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
+# the largest integer up to which every integer is exact in a float format: 2^(significand bits + 1)
+EXACT_INT = {"float16": 2048, "bfloat16": 256, "float32": 1 << 24}
+
+
+def integer_stage(s: StageResult) -> bool:
+    """A stage whose values are integers by meaning (token ids, a call's token offset and flags) or by dtype:
+    never judged for fp16/bf16 range."""
+    dts = {(st or {}).get("dtype") for st in (s.ref_stats, s.cand_stats)} - {None}
+    if dts and dts <= set(_INT_DTYPES):
+        return True
+    rule_stage = session_rule_stage(s.name) or s.name
+    return rule_stage in ("token", "prompt_token") or layout(s.name).kind == "tokens"
+
+
+def token_exactness_findings(stages: list[StageResult]) -> list[Finding]:
+    """A side that holds token ids in a float format cannot hold every id exactly: float16 only up to 2048,
+    bfloat16 only up to 256 (CosyVoice 3 speech tokens go up to 6560). Said only where it applies: the ids are
+    stored in such a dtype and reach beyond its exact range."""
+    out = []
+    for s in stages:
+        if layout(s.name).kind != "tokens":  # token, prompt_token, chunk{c}.tokens
+            continue
+        for side, st in (("candidate", s.cand_stats), ("reference", s.ref_stats)):
+            dt = (st or {}).get("dtype")
+            exact = EXACT_INT.get(dt)
+            vals = [abs(v) for v in ((s.ref_stats or {}).get("max"), (s.ref_stats or {}).get("min"),
+                                     (st or {}).get("max"), (st or {}).get("min")) if isinstance(v, (int, float))]
+            reach = max(vals) if vals else None
+            if exact is None or reach is None or reach <= exact:
+                continue
+            out.append(_f("token_ids_inexact", s.name, "warning",
+                          f"the {side} stores {s.name} as {dt}, which holds integers exactly only up to {exact}; "
+                          f"the ids reach {reach:.0f}, so ids above {exact} are rounded (keep token ids in an "
+                          f"integer dtype)", {"side": side, "dtype": dt, "exact_up_to": exact, "max_id": reach}))
+    return out
 
 
 def _audio_findings(a: dict) -> list[Finding]:

@@ -356,9 +356,14 @@ class ParitySession:
         return self.session.reference(model or self.model(), bundle, mode or RunMode(streaming), patterns)
 
     def report_dir(self) -> Path:
-        base = self.pc.report_base or (Path(self.pc.report) if self.pc.report else
-                                       self.pc.rootdir / "reports" / "pytest-parity.html")
-        return base.with_suffix("")
+        """Where case pages go: beside the session page (``reports/x.html`` -> ``reports/x/``); a session page
+        sent to a device or a pipe (``--parity-report=/dev/null``) has no directory beside it, so the case pages
+        go where they go without ``--parity-report`` (``reports/pytest-parity/``)."""
+        from .outputs import is_regular_output
+
+        default = self.pc.rootdir / "reports" / "pytest-parity.html"
+        base = self.pc.report_base or (Path(self.pc.report) if self.pc.report else default)
+        return (base if is_regular_output(base) else default).with_suffix("")
 
     def write_case_report(self, case) -> Path:
         from .report import build_report

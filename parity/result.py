@@ -22,9 +22,9 @@ Exit codes, everywhere: 0 pass, 1 parity failure, 2 unusable input (:data:`EXIT_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
@@ -201,6 +201,7 @@ class StepRow:
     CFG gap mean |v1 - v2| on each side."""
 
     step: int
+    chunk: int | None = None  # a streaming session: the call whose flow ran these steps (chunk{c}.step{k}.*)
     t: float | None = None
     growth: float | None = None
     cfg_gap_ref: float | None = None
@@ -211,8 +212,18 @@ class StepRow:
     local_rmse: dict = field(default_factory=dict)
     status: dict = field(default_factory=dict)  # field -> stage status (None: not captured)
 
+    def stage(self, field: str) -> str:
+        """The stage name of ``field`` at this step (``step3.x``; ``chunk1.step3.x`` in a session)."""
+        return (f"chunk{self.chunk}." if self.chunk is not None else "") + f"step{self.step}.{field}"
+
+    @property
+    def where(self) -> str:
+        return f"step {self.step}" if self.chunk is None else f"chunk {self.chunk}, step {self.step}"
+
     def to_json(self) -> dict:
         d: dict = {"step": self.step}
+        if self.chunk is not None:
+            d["chunk"] = self.chunk
         for f in STEP_OUTPUTS:
             d[f"acc_{f}"] = self.acc.get(f)
             d[f"acc_{f}_rmse"] = self.acc_rmse.get(f)
@@ -224,7 +235,9 @@ class StepRow:
 
     @classmethod
     def from_json(cls, d: dict) -> "StepRow":
-        return cls(step=int(d["step"]), t=d.get("t"), growth=d.get("growth"), cfg_gap_ref=d.get("cfg_gap_ref"),
+        chunk = d.get("chunk")
+        return cls(step=int(d["step"]), chunk=int(chunk) if chunk is not None else None, t=d.get("t"),
+                   growth=d.get("growth"), cfg_gap_ref=d.get("cfg_gap_ref"),
                    cfg_gap_cand=d.get("cfg_gap_cand"),
                    acc={f: d.get(f"acc_{f}") for f in STEP_OUTPUTS},
                    acc_rmse={f: d.get(f"acc_{f}_rmse") for f in STEP_OUTPUTS},
@@ -429,43 +442,49 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(stem + SIDECAR_SUFFIX)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _sidecar_allowed(path: Path, sidecar: bool) -> bool:
+    """A sidecar goes beside a regular file only: a JSON written to a device, FIFO or descriptor
+    (``--json /dev/stdout``) carries its vectors inline (no ``/dev/null.vectors.npz``)."""
+    from .outputs import is_regular_output
+
+    return sidecar and is_regular_output(path)
 
 
-def _write_sidecar(path: Path, vectors: dict) -> Path:
-    side = sidecar_path(path)
-    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **vectors)
-    os.replace(tmp, side)
-    return side
+def _write_result(path: Path, d: dict, vectors: dict | None) -> Path:
+    """The JSON (and, with ``vectors``, its ``.vectors.npz`` sidecar) through :func:`parity.outputs.output_file`:
+    both are written to temporaries first and renamed only when both are complete, so a failed write leaves
+    neither a half file nor a sidecar without its JSON."""
+    from .outputs import output_file
+
+    with contextlib.ExitStack() as stack:
+        if vectors:
+            side = sidecar_path(path)
+            tmp = stack.enter_context(output_file(side, keep_suffix=True, what="its per-frame vectors"))
+            np.savez_compressed(tmp, **vectors)
+            d["vectors"] = {"sidecar": side.name, "count": len(vectors)}
+        text = json.dumps(d, indent=1, allow_nan=False) + "\n"
+        with output_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
 
 
 def write_json(result: Comparison, path: str | Path, *, sidecar: bool = False) -> Path:
-    """Write one result. ``sidecar``: per-frame vectors go to ``<name>.vectors.npz`` beside it."""
+    """Write one result. ``sidecar``: per-frame vectors go to ``<name>.vectors.npz`` beside it (inline when
+    ``path`` is not a regular file)."""
     path = Path(path)
-    vectors: dict | None = {} if sidecar else None
-    d = result.to_json(vectors)
-    if vectors:
-        d["vectors"] = {"sidecar": _write_sidecar(path, vectors).name, "count": len(vectors)}
-    _write_text_atomic(path, json.dumps(d, indent=1, allow_nan=False))
-    return path
+    vectors: dict | None = {} if _sidecar_allowed(path, sidecar) else None
+    return _write_result(path, result.to_json(vectors), vectors)
 
 
 def write_matrix_json(results: list[Comparison], path: str | Path, created: str, *, sidecar: bool = True) -> Path:
-    """Several results in one file (schema ``tts-parity-matrix/1``); their vectors share one sidecar."""
+    """Several results in one file (schema ``tts-parity-matrix/1``); their vectors share one sidecar (inline
+    when ``path`` is not a regular file)."""
     path = Path(path)
-    vectors: dict | None = {} if sidecar else None
+    vectors: dict | None = {} if _sidecar_allowed(path, sidecar) else None
     cases = [r.to_json(vectors, f"cases/{i}/") for i, r in enumerate(results)]
     d = {"schema": MATRIX_SCHEMA, "created": created, "verdict": aggregate_verdict(r.verdict for r in results),
          "cases": cases}
-    if vectors:
-        d["vectors"] = {"sidecar": _write_sidecar(path, vectors).name, "count": len(vectors)}
-    _write_text_atomic(path, json.dumps(d, indent=1, allow_nan=False))
-    return path
+    return _write_result(path, d, vectors)
 
 
 def _read_vectors(path: Path, d: dict) -> dict | None:

@@ -25,7 +25,7 @@ def run_command(args) -> int:
     from .args import required_stages
     from .floor.store import store_from_args
     from .onnx_options import OnnxOptions
-    from .outputs import Output, claim_output, prepare_outputs, unique_stamp
+    from .outputs import Output, claim_output, is_regular_output, prepare_outputs, unique_stamp
     from .require import require_stages
     from .result import sidecar_path
     from .session_runner import options_from_args, session_mode
@@ -92,6 +92,10 @@ def run_command(args) -> int:
         cases[0].report = path
     else:
         case_dir = report.with_suffix("")
+        if not is_regular_output(report):  # no directory beside a device or a pipe: the default place, said
+            case_dir = Path("reports") / f"parity-{unique_stamp()}"
+            print(f"parity run: --report {report} is not a regular file: the summary page goes there, its "
+                  f"{len(cases)} case pages to {case_dir}/", file=sys.stderr)
         for c in cases:
             c.report = build_report(c.result, case_dir / f"{c.name}.html", case=c)
         path = build_summary_page([CaseSummary.of(c) for c in cases], report)
@@ -101,8 +105,9 @@ def run_command(args) -> int:
         else:
             write_matrix_json([c.result for c in cases], json_path, now_iso(), sidecar=not args.inline_vectors)
         print(f"wrote {json_path}")
-    size = path.stat().st_size
+    size = path.stat().st_size if is_regular_output(path) else None
     verdict = aggregate_verdict(c.verdict for c in cases)
     print(f"parity run: {verdict.upper()}: {len(cases)} case(s), {sum(c.verdict == 'pass' for c in cases)} passed; "
-          f"report {path} ({size / 1024:.0f} KiB); {time.perf_counter() - t_start:.1f} s")
+          f"report {path}{f' ({size / 1024:.0f} KiB)' if size is not None else ''}; "
+          f"{time.perf_counter() - t_start:.1f} s")
     return exit_code_for(verdict)

@@ -61,6 +61,10 @@ EXPLAIN = {
                               "error, or the loop's vocoder step: HiFT not run on the cumulative mel, the wrong "
                               "samples emitted)",
     "chunk_audio_mismatch": "the emitted samples differ (the mel of this call was not captured)",
+    "chunk_vocoder_f0_mismatch": "the call's mel is within its tolerance, the F0 its vocoder computed is not (the "
+                                 "vocoder's F0 predictor, or the loop's vocoder step: HiFT not run on the "
+                                 "cumulative mel)",
+    "chunk_f0_mismatch": "the F0 of this call's vocoder differs (the mel of this call was not captured)",
     "stream_mismatch": "the whole stream differs while every chunk compared before it matches",
 }
 
@@ -450,6 +454,11 @@ def classify_session_stage(name: str, entry: StageResult, by_name: dict, local_s
         if mel:
             return "chunk_vocoder_mismatch", pre + EXPLAIN["chunk_vocoder_mismatch"] + tail
         return "chunk_audio_mismatch", pre + EXPLAIN["chunk_audio_mismatch"] + tail
+    if fld == "f0":  # the first thing the call's vocoder computes, from the mel it was given
+        mel = _ok(by_name, f"chunk{c}.mel")
+        if mel:
+            return "chunk_vocoder_mismatch", pre + EXPLAIN["chunk_vocoder_f0_mismatch"] + tail
+        return "chunk_audio_mismatch", pre + EXPLAIN["chunk_f0_mismatch"] + tail
     if entry.problem:
         return entry.problem["code"], pre + entry.problem["message"]
     # the flow's own stages under the chunk prefix: classified as in a single call
@@ -462,6 +471,18 @@ def classify_session_stage(name: str, entry: StageResult, by_name: dict, local_s
 
 # ---------------------------------------------------------------------------------------------
 # the session section: chunks, glitches, stream vs offline
+
+
+def stream_f0(tr: Loaded) -> dict:
+    """``{"f0": ...}``: the F0 of the stream, the last vocoder call's (it runs over the cumulative mel) when it
+    spans ``stream.mel``; empty otherwise (a trace without per-call F0, or a loop that did not feed the
+    cumulative mel)."""
+    calls = sorted((ch[0], n) for n in tr.tensors if (ch := parse_chunk(n)) is not None and ch[1] == "f0")
+    mel = tr.tensors.get("stream.mel")
+    if not calls or mel is None:
+        return {}
+    f0 = tr.tensors[calls[-1][1]]
+    return {"f0": f0} if f0.shape[-1] == mel.shape[-1] else {}
 
 
 def _stream_audio(tr: Loaded, chunks: list[ChunkInfo]) -> tuple[torch.Tensor | None, str | None]:

@@ -28,6 +28,8 @@ GOLDEN_STAGES = ["mu", "spks", "cond", "step1.v1", "step1.v2", "step1.v_cfg", "s
 # the two stages a user cares most about: the mel the flow hands the vocoder, and what is heard; a comparison
 # without them warns (and fails under --require-stages)
 KEY_STAGES = ("flow_mel", "audio")
+# their counterparts in a streaming session: the cumulative mel the vocoder calls were fed, the emitted stream
+SESSION_KEY_STAGES = {"flow_mel": "stream.mel", "audio": "stream.audio"}
 # progress lines: the stages whose arrival is worth a line (besides every step's x)
 PROGRESS_MARKS = {"flow_mel": "flow done", "f0": "vocoder: F0", "audio": "vocoder done"}
 
@@ -139,10 +141,10 @@ def canonical_expected(n_steps: int = 10, blocks: int = 0, vocoder: bool = True)
 # streaming session stages (reference/session.py): ``chunk{c}.<field>`` per call c of the loop (the final
 # call has the last index), the flow's own stages under the chunk prefix for the chunks whose ODE steps
 # were recorded, then the whole stream. Order: inputs, then chunk by chunk (control, flow stages,
-# flow_mel_full, mel, audio), then stream.mel, stream.audio.
+# flow_mel_full, mel, the vocoder call's f0, audio), then stream.mel, stream.audio.
 
 CHUNK_CONTROL = ["tokens", "token_offset", "finalize", "streaming"]
-CHUNK_OUTPUTS = ["mel", "audio"]
+CHUNK_OUTPUTS = ["mel", "f0", "audio"]  # recording order: the appended frames, the vocoder call's F0, its samples
 STREAM_STAGES = ["stream.mel", "stream.audio"]
 # capture patterns of a streaming session: per-call control, the flow's own stages of the recorded chunks,
 # each call's outputs, the stream
@@ -164,6 +166,14 @@ def chunk_stage(c: int, field: str) -> str:
 
 def is_session_stage(name: str) -> bool:
     return parse_chunk(name) is not None or name in STREAM_STAGES
+
+
+def key_stages(names) -> tuple[str, ...]:
+    """The stages a user cares most about for traces holding ``names``: ``flow_mel`` and ``audio`` for one
+    call, ``stream.mel`` and ``stream.audio`` for a streaming session (its chunk stages name it one)."""
+    if any(is_session_stage(n) for n in names):
+        return tuple(SESSION_KEY_STAGES[k] for k in KEY_STAGES)
+    return KEY_STAGES
 
 
 def session_position(name: str) -> tuple:

@@ -186,7 +186,7 @@ def _row(s: StageResult, first_name, c, w: int = 18) -> str:
 
 def _chunk_flow(field: str) -> bool:
     """A flow stage recorded under a chunk prefix (mu, x0, step{k}.*), not the call's own stages."""
-    return field not in ("tokens", "token_offset", "finalize", "streaming", "flow_mel_full", "mel", "audio")
+    return field not in ("tokens", "token_offset", "finalize", "streaming", "flow_mel_full", "mel", "f0", "audio")
 
 
 def session_lines(result: Comparison, verbose: bool = False) -> list[str]:

@@ -7,6 +7,12 @@ keeps everything captured so far. ``close()`` turns the journal into the final s
 does the same and records where and why the run stopped. ``read_trace`` reads a finished trace or,
 when only the journal exists, recovers it.
 
+The trace is written through :func:`parity.outputs.output_file` (atomically beside a regular file; through a
+device, FIFO or ``/dev/stdout``). A trace that goes to such a stream keeps its journal in the temporary
+directory instead (``tts-parity-journals-<uid>/``, said on stderr when the writer opens), never beside the
+device. A write that fails (no space, quota, I/O) removes the journal and the temporary and raises an
+:class:`parity.outputs.OutputError` naming the file; a pipeline crash still closes the trace with the error.
+
 Journal record: 8-byte little-endian header length, UTF-8 JSON header
 ``{"kind": "tensor", "name", "dtype", "shape", "nbytes"}`` followed by the tensor bytes, or
 ``{"kind": "meta", "key", "value"}`` for a metadata entry.
@@ -14,16 +20,19 @@ Journal record: 8-byte little-endian header length, UTF-8 JSON header
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from reference.errors import InputError
 
@@ -46,26 +55,62 @@ def journal_path(path: str | Path) -> Path:
     return path.with_name(path.name + JOURNAL_SUFFIX)
 
 
+def stream_journal_path(path: str | Path) -> Path:
+    """Where the journal of a trace written to a device, FIFO or descriptor lives: the temporary directory."""
+    from .outputs import unique_stamp
+
+    d = Path(tempfile.gettempdir()) / f"tts-parity-journals-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d / f"{Path(path).name or 'trace'}-{unique_stamp()}{JOURNAL_SUFFIX}"
+
+
 class TraceWriter:
     """Append stages to a journal as they arrive; ``close`` writes the safetensors trace."""
 
     def __init__(self, path: str | Path, metadata: dict | None = None):
+        from .outputs import is_regular_output, output_label, write_error
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.journal = journal_path(self.path)
-        self._f = open(self.journal, "wb")
         self.names: list[str] = []
         self.closed = False
+        try:
+            if is_regular_output(self.path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.journal = journal_path(self.path)
+            else:  # never beside a device (no /dev/null.partial): in the temporary directory, and said
+                self.journal = stream_journal_path(self.path)
+                print(f"parity: {output_label(self.path)} is not a regular file: the trace is written there when "
+                      f"the run ends; until then its journal is {self.journal} (kept if the run is interrupted)",
+                      file=sys.stderr)
+            self._f = open(self.journal, "wb")
+        except OSError as exc:
+            raise write_error(self.path, exc, what="its journal") from exc
         for k, v in (metadata or {}).items():
             self.set_metadata(k, v)
 
+    def _abort(self) -> None:
+        """A write failed: nothing half-written stays behind (the journal of a failed write is no record)."""
+        self.closed = True
+        with contextlib.suppress(OSError, ValueError):
+            self._f.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.journal)
+
     def _append(self, header: dict, payload: bytes = b"") -> None:
+        from .outputs import write_error
+
+        if self.closed:
+            raise RuntimeError(f"trace {self.path} is closed")
         h = json.dumps(header).encode()
-        self._f.write(struct.pack("<Q", len(h)))
-        self._f.write(h)
-        if payload:
-            self._f.write(payload)
-        self._f.flush()
+        try:
+            self._f.write(struct.pack("<Q", len(h)))
+            self._f.write(h)
+            if payload:
+                self._f.write(payload)
+            self._f.flush()
+        except OSError as exc:
+            self._abort()
+            raise write_error(self.path, exc, what=f"its journal {self.journal.name}") from exc
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if self.closed:
@@ -91,10 +136,20 @@ class TraceWriter:
                                         "stage": stage, "last_recorded": self.names[-1] if self.names else None})
         else:
             self.set_metadata("status", "complete")
-        self._f.close()
+        from .outputs import OutputError, write_error
+
+        try:
+            self._f.close()
+        except OSError as exc:
+            self._abort()
+            raise write_error(self.path, exc, what=f"its journal {self.journal.name}") from exc
         self.closed = True
         tensors, meta = _read_journal(self.journal)
-        _write_safetensors(self.path, tensors, meta)
+        try:
+            _write_safetensors(self.path, tensors, meta)
+        except OutputError:
+            self._abort()
+            raise
         os.remove(self.journal)
         return self.path
 
@@ -111,9 +166,9 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict)
     meta.setdefault("format", TRACE_FORMAT)
     meta["stage_order"] = list(tensors)
     str_meta = {k: json.dumps(v) for k, v in meta.items()}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer: parallel test workers
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=str_meta)
-    os.replace(tmp, path)
+    from .outputs import write_output
+
+    write_output(path, safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=str_meta))
 
 
 def _read_journal(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -209,7 +264,6 @@ def read_trace(path: str | Path) -> Trace:
 def write_trace(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
     """Write a complete trace in one go (used for derived traces, goldens and tests)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(metadata or {})
     meta.setdefault("status", "complete")
     _write_safetensors(path, {k: v.detach().cpu() for k, v in tensors.items()}, meta)

@@ -100,14 +100,13 @@ def save_bundle(path: str | Path, tensors: dict[str, torch.Tensor], metadata: di
         offset += len(data)
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
     head += b" " * (-len(head) % 8)  # the spec allows trailing spaces; 8-byte alignment of the data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    from parity.outputs import output_file  # the harness's one way to write a file (atomic, streams)
+
+    with output_file(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
         for b in blobs:
             f.write(b)
-    tmp.replace(path)
     return path
 
 

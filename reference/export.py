@@ -24,19 +24,21 @@ def export_model_dir(preset_name: str, out: str | Path, fmt: str = "pt") -> Path
 def write_model_dir(model: Token2Wav, yaml_text: str, out: str | Path, fmt: str = "pt") -> Path:
     """Write ``model``'s weights in the upstream key format next to ``yaml_text`` (which must describe the
     same configuration: loading the directory builds the modules from the yaml)."""
+    from parity.outputs import output_file, write_output  # the harness's one way to write a file
+
+    if fmt not in ("pt", "safetensors"):
+        raise ValueError(f"format must be pt or safetensors, got {fmt!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cosyvoice3.yaml").write_text(yaml_text)
+    write_output(out / "cosyvoice3.yaml", yaml_text)
     flow_sd = {k: v.detach().clone().contiguous() for k, v in model.flow.state_dict().items()}
     hift_sd = {k: v.contiguous() for k, v in hift_state_dict_upstream(model.hift).items()}
-    if fmt == "pt":
-        torch.save(flow_sd, out / "flow.pt")
-        torch.save(hift_sd, out / "hift.pt")
-    elif fmt == "safetensors":
-        from safetensors.torch import save_file
+    for name, sd in (("flow", flow_sd), ("hift", hift_sd)):
+        if fmt == "pt":
+            with output_file(out / f"{name}.pt") as tmp, open(tmp, "wb") as f:
+                torch.save(sd, f)  # through a file object: a full disk is an OSError naming the file
+        else:
+            from safetensors.torch import save as safetensors_bytes
 
-        save_file(flow_sd, str(out / "flow.safetensors"))
-        save_file(hift_sd, str(out / "hift.safetensors"))
-    else:
-        raise ValueError(f"format must be pt or safetensors, got {fmt!r}")
+            write_output(out / f"{name}.safetensors", safetensors_bytes(sd))
     return out

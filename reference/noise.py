@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .config import ModelConfig
 from .errors import InputError
@@ -255,10 +255,9 @@ class SharedNoise:
             meta["recipe"] = self.sizes.recipe()
         if self.config is not None:
             meta["config"] = self.config
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        from parity.outputs import write_output  # the harness's one way to write a file (atomic, streams)
+
+        return write_output(path, safetensors_bytes(tensors, metadata=meta))
 
 
 _BY_SIZES: dict[NoiseSizes, SharedNoise] = {}

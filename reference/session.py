@@ -34,7 +34,8 @@ Stages (through the usual :class:`~reference.probe.Probe`): per call ``c`` (the 
 index) ``chunk{c}.tokens`` (the target tokens passed, prompt excluded), ``chunk{c}.token_offset``,
 ``chunk{c}.finalize``, ``chunk{c}.streaming`` (the flow's chunk-mask flag on that call),
 ``chunk{c}.flow_mel_full`` (flow output before the slice), ``chunk{c}.mel`` (the appended frames),
-``chunk{c}.audio`` (the emitted samples); for the chunks in ``step_chunks`` also the flow's own stages under
+``chunk{c}.f0`` (the F0 the call's vocoder computed over its input: the cumulative mel, so the last call's
+covers the whole stream), ``chunk{c}.audio`` (the emitted samples); for the chunks in ``step_chunks`` also the flow's own stages under
 the chunk prefix (``chunk{c}.mu``, ``chunk{c}.x0``, ``chunk{c}.step{k}.v1/v2/v_cfg/x``, ...); then
 ``stream.mel`` (the cumulative mel) and ``stream.audio`` (all emitted samples).
 """
@@ -338,6 +339,23 @@ class ChunkLocalNoise:
         return self._sine[:, :samples, :]
 
 
+class _VocoderProbe(Probe):
+    """A vocoder call's F0 under ``chunk{c}.`` (``chunk{c}.f0``: the F0 the call computed over its HiFT input);
+    the call's other stages are not recorded (the loop records the samples it emits as ``chunk{c}.audio``)."""
+
+    __slots__ = ()
+
+    def wants(self, name: str) -> bool:
+        return name == "f0" and super().wants(name)
+
+    def __call__(self, name, tensor):
+        if name == "f0":
+            super().__call__(name, tensor)
+
+    def sub(self, prefix: str) -> "Probe":
+        return NO_PROBE
+
+
 class _FlowProbe(Probe):
     """The flow's stages under ``chunk{c}.``, without its ``flow_mel`` (the loop records ``flow_mel_full``)."""
 
@@ -488,7 +506,8 @@ def run_session(pipeline, inputs: dict, probe: Probe | None = None, options: Ses
         cp("mel", mel)
         cum = mel if cum is None else torch.cat([cum, mel], dim=2)
         hift_in = cum if hift_input == "cumulative" else mel
-        speech = pipeline.hift.inference(hift_in, noise, finalize=finalize, probe=NO_PROBE)
+        vp = _VocoderProbe(cp.recorder, cp.prefix) if cp else NO_PROBE
+        speech = pipeline.hift.inference(hift_in, noise, finalize=finalize, probe=vp)
         if hift_input == "cumulative":
             new = speech[:, speech_offset:]
             speech_offset += new.shape[1]

@@ -349,6 +349,115 @@ def test_report_renders_in_chromium(chromium, nan_report):
     assert time.perf_counter() - t0 < 30
 
 
+# ---------------------------------------------------------------------------------------------
+# a streaming session's report: its ODE-step and F0 sections, rendered and screenshot one by one
+
+SECTION_JS = """
+(async () => {
+  const imgs = Array.from(document.images);
+  await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = r; i.onerror = r; })));
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  const out = {};
+  for (const id of IDS) {
+    const s = document.getElementById(id);
+    if (!s) { out[id] = null; continue; }
+    const r = s.getBoundingClientRect();
+    out[id] = {x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height,
+               text: s.innerText,
+               images: Array.from(s.querySelectorAll('img')).map(i => ({w: i.naturalWidth, h: i.naturalHeight,
+                                                                      shown: i.getBoundingClientRect().width})),
+               rows: Array.from(s.querySelectorAll('tr[data-chunk]')).map(t => t.getAttribute('data-chunk'))};
+  }
+  return JSON.stringify(out);
+})()
+"""
+
+
+def section_screenshots(html: Path, ids: tuple[str, ...], out_dir: Path, binary: str) -> dict:
+    """Load ``html``, open its details, and screenshot each section (clipped to it, beyond the viewport):
+    {id: {x, y, w, h, text, images, rows, png}}."""
+    browser = Chromium(binary)
+    cdp = None
+    try:
+        cdp = CDP(browser.page_ws())
+        cdp.call("Page.enable")
+        cdp.call("Runtime.enable")
+        cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=1600, deviceScaleFactor=1, mobile=False)
+        cdp.call("Page.navigate", url=html.resolve().as_uri())
+        cdp.wait_event("Page.loadEventFired")
+        res = cdp.call("Runtime.evaluate", expression=SECTION_JS.replace("IDS", json.dumps(list(ids))),
+                       awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"section script failed: {res['exceptionDetails']}")
+        out = json.loads(res["result"]["value"])
+        for sid, box in out.items():
+            if not box:
+                continue
+            shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                            clip={"x": box["x"], "y": box["y"], "width": box["w"], "height": box["h"], "scale": 1})
+            png = out_dir / f"browser-session-{sid}.png"
+            png.parent.mkdir(parents=True, exist_ok=True)
+            png.write_bytes(base64.b64decode(shot["data"]))
+            box["png"] = png
+        return out
+    finally:
+        if cdp is not None:
+            cdp.ws.close()
+        browser.close()
+
+
+def _pixels_near(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> int:
+    """How many pixels of the screenshot are within ``tol`` of ``rgb`` (per channel)."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int((np.abs(a - np.array(rgb)).max(axis=2) <= tol).sum())
+
+
+C0, C1 = (31, 119, 180), (255, 127, 14)  # matplotlib's first two colours: chunk 0 and the last chunk's lines
+
+
+@pytest.fixture(scope="module")
+def session_report(tmp_path_factory) -> tuple[Path, object]:
+    """The report of a passing streaming session of the tiny model (fixtures/sessions/stream: 4 calls, the first
+    and the last with their ODE steps recorded)."""
+    from parity.project import ProjectConfig
+    from parity.report import build_report
+    from parity.session import ModelSpec, Session
+    from parity.session_runner import session_mode
+
+    s = Session(project=ProjectConfig(), floors=None)
+    model = s.model(ModelSpec("tiny"))
+    case = s.run(model, s.candidate(model, "fp32-sdpa", ()), ROOT / "fixtures" / "sessions" / "stream.safetensors",
+                 session_mode(), local=False)
+    assert case.result.verdict == "pass"
+    path = build_report(case.result, tmp_path_factory.mktemp("browser-session") / "session.html", case=case)
+    return path, case
+
+
+def test_session_report_steps_and_f0_sections_in_chromium(chromium, session_report):
+    """Screenshots of the session report's ODE-step and F0 sections: each shows its figure (decoded, drawn at
+    a readable width), the step figure one line per recorded chunk (two colours), the F0 figure both sides,
+    the tables a row per step of each recorded chunk and a row per vocoder call; no 'no steps'/'no f0' text."""
+    path, case = session_report
+    n_calls = len(case.result.session["chunks"])
+    recorded = sorted({r.chunk for r in case.result.steps})
+    out = section_screenshots(path, ("steps", "f0"), ROOT / "reports", chromium)
+    steps, f0 = out["steps"], out["f0"]
+    assert steps and f0, out
+    for sec in (steps, f0):
+        assert sec["images"] and all(i["w"] > 0 and i["h"] > 0 and i["shown"] > 400 for i in sec["images"]), sec
+        assert sec["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sec["h"] > 300
+    assert "no ODE steps" not in steps["text"] and "no f0" not in f0["text"].lower()
+    assert f"streaming session: the ODE steps of {len(recorded)} of its {n_calls} calls" in steps["text"]
+    assert sorted(set(steps["rows"])) == [str(c) for c in recorded] and len(steps["rows"]) == 10 * len(recorded)
+    assert f0["rows"] == [str(c) for c in range(n_calls)] and f0["text"].count("pass") >= n_calls
+    # the pixels: two chunk colours in the step figure, the candidate's dashed F0 over the reference's line
+    assert _pixels_near(steps["png"], C0) > 200 and _pixels_near(steps["png"], C1) > 200
+    assert _pixels_near(f0["png"], C1) > 200 and _pixels_near(f0["png"], (64, 64, 64), 20) > 200
+
+
 if __name__ == "__main__":  # python tests/test_report_browser.py REPORT.html [SCREENSHOT.png]
     import sys
 

@@ -1,4 +1,4 @@
-"""Streaming sessions through the harness (issue 16, phase 2): the session runner registered as a session kind, its
+"""Streaming sessions through the harness: the session runner registered as a session kind, its
 trace and crash, cache keys and case names, the CLI (dump, run, compare, faults), the session comparison (rules
 reused from the inner stage, chunks paired by index and token offset, the schedule finding first, the options
 judged, glitches, stream vs offline), port-style chunked .npy dumps, the JSON result, the report, the golden
@@ -100,12 +100,13 @@ def test_a_crash_inside_a_session_leaves_a_partial_trace_naming_its_chunk_and_st
     assert res.error is not None and res.crashed_at == "chunk0.audio"
     tr = read_trace(out)
     assert tr.metadata["status"] == "crashed" and tr.metadata["error"]["stage"] == "chunk0.audio"
-    assert tr.metadata["error"]["last_recorded"] == "chunk0.mel" and "chunk0.step10.x" in tr.names
+    # the call's vocoder computed its F0 (recorded) and raised in its source module
+    assert tr.metadata["error"]["last_recorded"] == "chunk0.f0" and "chunk0.step10.x" in tr.names
     assert [c["hop"] for c in tr.metadata["session_plan"]["chunks"]] == [38, 50, 100, 32]  # written before the run
     ref = session.reference(model, STREAM, session_mode())
     r = compare_loaded(Loaded(ref.tensors, ref.metadata, "ref"), load(out), load_policy())
     fd = r.first_divergence
-    assert (fd.stage, fd.code) == ("chunk0.audio", "candidate_crashed") and "chunk0.mel" in fd.message
+    assert (fd.stage, fd.code) == ("chunk0.audio", "candidate_crashed") and "(after chunk0.f0)" in fd.message
     assert r.session["chunks"][1]["status"] == "missing"  # paired by the plan, never computed
 
 
@@ -117,7 +118,7 @@ def test_fp32_session_passes_with_the_inner_stages_rules(cases):
     r = cases["sdpa"].result
     assert r.verdict == "pass" and cases["sdpa"].name == "stream-fp32-sdpa-streaming-session"
     mel, aud = r.stage("chunk1.mel"), r.stage("chunk2.audio")
-    # no noise floor for a session's chunk stages (issue 14): the flat rule of the inner stage decides, and says so
+    # no noise floor for a session's chunk stages: the flat rule of the inner stage decides, and says so
     assert mel.rule["stage"] == "flow_mel" and mel.extra["rule_from"] == "flow_mel" and mel.gate == "flat"
     assert "judged by the rule of flow_mel (flat gate)" in mel.detail
     assert "no floors for the 'streaming' session kind" in r.floor["reason"]
@@ -155,7 +156,8 @@ def test_stream_vs_offline_tells_the_cost_of_streaming_from_a_broken_stream(case
 
 def test_clicks_are_glitch_findings_naming_chunk_sample_and_time(cases):
     r = cases["hift"].result
-    assert r.first_divergence.stage == "chunk1.audio" and r.first_divergence.code == "chunk_vocoder_mismatch"
+    # the call's vocoder was fed the chunk's mel alone: the F0 it computed (chunk1.f0) is the first to differ
+    assert r.first_divergence.stage == "chunk1.f0" and r.first_divergence.code == "chunk_vocoder_mismatch"
     flux = [f for f in r.findings if f.code == "glitch_spectral_flux"]
     assert flux and flux[0].stage == "chunk1.audio" and flux[0].severity == "warning"
     assert flux[0].evidence["boundary_sample"] == 32640 and flux[0].evidence["time_s"] == pytest.approx(1.36)
@@ -239,7 +241,7 @@ def test_result_json_round_trip_and_report(cases, tmp_path):
     p = write_json(case.result, tmp_path / "r.json", sidecar=True)
     back = read_json(p)
     assert back.session == json.loads(json.dumps(case.result.to_json()))["session"]
-    assert back.verdict == "fail" and back.first_divergence.stage == "chunk1.audio"
+    assert back.verdict == "fail" and back.first_divergence.stage == "chunk1.f0"
     text = render(back, color=False)
     assert "streaming session (calls matched by token offset)" in text and "spectral_flux chunk 1 @ 32640" in text
     html = build_report(back, tmp_path / "r.html", case=case).read_text()
@@ -261,6 +263,74 @@ def _port_dump(tensors: dict, root):
             np.save(d / f"{theirs}.npy", tensors[f"chunk{c}.{mine}"].numpy())
     np.save(root / "stream_audio.npy", tensors["stream.audio"].numpy())
     np.save(root / "speech_token.npy", tensors["token"].numpy())
+
+
+def _section(html: str, sid: str) -> str:
+    return re.search(rf'<section id="{sid}">(.*?)</section>', html, re.S).group(1)
+
+
+def test_a_session_report_tells_the_truth_about_key_stages_steps_and_f0(cases, tmp_path):
+    """A passing session: its key stages are the stream's (no key_stages_missing while stream.mel and
+    stream.audio are compared), its ODE steps are those of each recorded chunk, its F0 that of each vocoder
+    call (captured as chunk{c}.f0, the last call's over the whole stream)."""
+    from parity.report import build_report
+    from parity.require import absent_stages
+
+    case = cases["sdpa"]
+    r = case.result
+    assert r.verdict == "pass"
+    assert not [f for f in r.findings if f.code == "key_stages_missing"], r.findings
+    assert absent_stages(r, ["flow_mel", "audio"]) == []  # --require-stages: the stream's mel and audio
+    assert r.stage("stream.mel").status == "pass" and r.stage("stream.audio").status == "pass"
+    # steps: every recorded chunk (first and last by default), 10 rows each, naming stages that were compared
+    recorded = sorted(case.ref_meta["session_step_chunks"])
+    n_calls = len(r.session["chunks"])
+    assert recorded == [0, n_calls - 1] and n_calls == 4
+    assert sorted({row.chunk for row in r.steps}) == recorded
+    for c in recorded:
+        rows = [row for row in r.steps if row.chunk == c]
+        assert [row.step for row in rows] == list(range(1, 11))
+        assert all(r.stage(row.stage("x")).status == "pass" for row in rows)
+        assert rows[0].cfg_gap_ref and rows[-1].growth is not None
+    # F0: each call's, judged; the stream's F0 metrics from the last call (over the whole cumulative mel)
+    f0s = [s for s in r.stages if parse_chunk(s.name) and parse_chunk(s.name)[1] == "f0"]
+    assert [s.name for s in f0s] == [f"chunk{c}.f0" for c in range(n_calls)]
+    assert all(s.status == "pass" for s in f0s)
+    frames = case.ref_tensors["stream.mel"].shape[-1]
+    assert f0s[-1].ref_stats["shape"][-1] == frames and r.audio["f0"]["n_frames"] == frames
+    html = build_report(r, tmp_path / "r.html", case=case).read_text()
+    steps = _section(html, "steps")
+    assert "<img" in steps and "no ODE steps" not in steps
+    assert f"the ODE steps of 2 of its {n_calls} calls (chunk 0, {n_calls - 1})" in steps
+    assert len(re.findall(r'<tr data-chunk="0">', steps)) == 10 and len(re.findall(rf'<tr data-chunk="{n_calls - 1}">',
+                                                                                      steps)) == 10
+    f0 = _section(html, "f0")
+    assert "<img" in f0 and "no f0" not in f0.lower()
+    assert f"chunk{n_calls - 1}.f0, {frames} frames" in f0
+    assert len(re.findall(r'<tr data-chunk="\d+">', f0)) == n_calls and f0.count('class="st pass"') == n_calls
+    # the warning, where it applies: a candidate whose stream.audio is absent
+    cand = {k: v for k, v in case.cand_tensors.items() if k != "stream.audio"}
+    rp = tmp_path / "ref.safetensors"
+    from parity.trace import write_trace
+
+    write_trace(rp, case.ref_tensors, case.ref_meta)
+    cp = write_trace(tmp_path / "cand.safetensors", cand, case.cand_meta)
+    r2 = compare_loaded(load(rp), load(cp), load_policy())
+    warn = [f for f in r2.findings if f.code == "key_stages_missing"]
+    assert warn and warn[0].stage == "stream.audio" and "the candidate lacks stream.audio" in warn[0].message
+    assert absent_stages(r2, ["flow_mel", "audio"]) == ["stream.audio"]
+
+
+def test_a_session_trace_without_per_call_f0_says_so(cases, tmp_path):
+    """A session captured before per-call F0 (or a port's dump without it): the F0 section says what is missing
+    instead of claiming the reference has no F0 at all."""
+    from parity.report import build_report
+
+    case = cases["sdpa"]
+    strip = {k: v for k, v in case.ref_tensors.items() if not k.endswith(".f0")}
+    html = build_report(case.result, tmp_path / "r.html", ref_tensors=strip,
+                        cand_tensors=case.cand_tensors).read_text()
+    assert "no F0 in the reference session trace" in _section(html, "f0")
 
 
 def test_a_chunked_npy_dump_is_compared_with_the_dialect_mapping_listed(cases, session, model, tmp_path, capsys):

@@ -221,8 +221,12 @@ def _cmd_git(args) -> int:
 def bisect_command(args) -> int:
     """Entry point of ``parity bisect`` (called by :func:`parity.cli.cmd_bisect`). Its outputs are checked
     before the first trial."""
-    from ..outputs import Output, prepare_outputs
+    from ..outputs import Output, is_regular_output, prepare_outputs
 
     prepare_outputs([Output("--report", args.report), Output("--json", args.json), Output("--log", args.log),
                      Output("--workdir", args.workdir, "dir")], prog="parity bisect")
+    if args.log and not is_regular_output(args.log):
+        raise BisectUsageError(f"--log {args.log}: not a regular file: the trial log is rewritten after every "
+                               f"trial and read back by --resume (give a file name, or leave --log out for "
+                               f"<workdir>/bisect-<mode>.json)")
     return int(args.bisect_func(args))

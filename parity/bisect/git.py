@@ -38,6 +38,7 @@ from typing import Any, Sequence
 from reference.errors import ParityUserError
 
 from ..outputs import unique_stamp
+from ..outputs import write_output
 from ..result import read_json, write_json
 from ..session import ModelSpec
 from .log import BisectResult, BisectUsageError, TrialLog, TrialProgress, deadline_after, headline_text, make_workdir
@@ -427,7 +428,7 @@ class GitBisect:
     # -- driving git bisect run ------------------------------------------------------------------------
     def serve(self, sock_path: Path) -> tuple[int, str]:
         client = self.wd / "oracle.py"
-        client.write_text(ORACLE_CLIENT)
+        write_output(client, ORACLE_CLIENT)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         srv.bind(str(sock_path))
         srv.listen(1)

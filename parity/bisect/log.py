@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 
 from reference.errors import InputError
 
-from ..outputs import unique_stamp
+from ..outputs import unique_stamp, write_output
 
 SCHEMA = "tts-parity-bisect/1"
 # the exit code of each outcome (see BisectResult.exit_code); anything else: 1
@@ -31,10 +30,8 @@ def now() -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """The bisector's files (log, result JSON) through :func:`parity.outputs.write_output`."""
+    write_output(path, text)
 
 
 def jsonable(v: Any) -> Any:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..ingest import tensors_from_sources
+from ..outputs import is_regular_output, write_output
 from ..render import render
 from ..result import Comparison
 from .log import BisectResult, TrialLog, headline_text
@@ -35,14 +36,15 @@ def trial_report(result: Comparison, path: Path, case=None) -> Path:
     fd = result.first_divergence
     page = render("trial_fallback.html.j2", note=note or "parity.report unavailable", verdict=result.verdict,
                   first=fd.headline_json() if fd else {}, findings=result.findings, stages=result.stages)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    write_output(path, page)
     return path
 
 
 def _rel_link(target: Path | None, page: Path) -> str | None:
     if target is None:
         return None
+    if not is_regular_output(page):  # a page sent to a device or a pipe: absolute links
+        return Path(target).resolve().as_uri()
     try:
         return os.path.relpath(Path(target).resolve(), Path(page).resolve().parent)
     except ValueError:
@@ -72,8 +74,7 @@ def write_bisect_report(res: BisectResult, log: TrialLog, path: Path) -> Path:
                   trial_name=res.trial_report.name if res.trial_report else None, trials=trials,
                   log_path=str(log.path), skipped=[{"sha": s["sha"][:12], "subject": s.get("subject", ""),
                                                     "reason": s.get("reason", "")} for s in res.skipped])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    write_output(path, page)
     return path
 
 

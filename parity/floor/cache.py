@@ -1,7 +1,7 @@
 """Cache keys and the on-disk floor cache.
 
 A floor is a function of (model, bundle, mode, torch version, kind, recipe). The key is built from what a
-reference trace records about itself, so that phase 2 can find the floor of ``parity compare ref.safetensors
+reference trace records about itself, so that the verdict can find the floor of ``parity compare ref.safetensors
 port.safetensors`` from the reference trace alone:
 
 * model: the weights hashes over the released key format (``weights.flow_sha256``, ``weights.hift_sha256``

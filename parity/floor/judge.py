@@ -9,7 +9,7 @@ divisor is an absolute epsilon of one float32 unit roundoff on the stage's scale
 cents or nats of a 2^-24 relative change for the domain statistics; so a stage that is exact in every
 legitimate run fails on any difference beyond about k ulps. Non-finite values fail whatever the floor.
 
-Pure: the verdict is a function of (floor, reference tensors, candidate tensors, k). Phase 2's policy
+Pure: the verdict is a function of (floor, reference tensors, candidate tensors, k). The policy
 calls :func:`judge_stage` per stage (or :func:`judge` per trace); nothing else decides against a floor.
 """
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,16 +148,15 @@ class Floor:
     def save(self, path: str | Path) -> Path:
         """Write the JSON (``.gz``: gzip-compressed, compact and still byte-deterministic: no timestamp in the
         gzip header), atomically."""
+        from ..outputs import write_output
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         if path.suffix == ".gz":
             text = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
-            tmp.write_bytes(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+            data = gzip.compress(text.encode(), compresslevel=9, mtime=0)
         else:
-            tmp.write_text(self.to_json())
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
-        return path
+            data = self.to_json().encode()
+        return write_output(path, data)  # atomic: a concurrent reader sees the old file or the new one
 
     @classmethod
     def load(cls, path: str | Path) -> "Floor":

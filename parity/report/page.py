@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from reference.errors import InputError
 
+from ..outputs import is_regular_output, write_output
 from ..render import jinja_env, size_text
 from ..result import Comparison, aggregate_verdict
 from .audio import DEFAULT_AUDIO_BUDGET
@@ -30,10 +31,7 @@ def _write_with_size(html: str, path: Path, token: str) -> int:
         size += 1
     text = size_text(size)
     data = html.replace(token, text + " " * (size - base - len(text))).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_output(path, data)
     return len(data)
 
 
@@ -142,12 +140,15 @@ def summary_view(rows: list[dict], session: dict | None) -> dict:
 
 
 def _summary_rows(cases, path: Path | None) -> list[dict]:
+    regular = path is not None and is_regular_output(path)
     rows = []
     for c in cases:
         link = None
-        if c.report and path is not None:
+        if c.report and regular:  # relative: the page and its case pages move together
             link = quote(os.path.relpath(Path(c.report).resolve(), path.resolve().parent).replace(os.sep, "/"),
                          safe="/")
+        elif c.report and path is not None:  # a page sent to a stream has no place: absolute links
+            link = Path(c.report).resolve().as_uri()
         faults = list(getattr(c, "faults", None) or [])
         row = {"name": c.name, "bundle": c.bundle, "profile": c.profile, "mode": c.mode, "verdict": c.verdict,
                "stage": c.stage, "code": c.code, "message": c.message,

@@ -111,8 +111,17 @@ def _logsafe(vals: list) -> np.ndarray:
     return a
 
 
+def _step_groups(steps: list[StepRow]) -> list[tuple[str | None, list[StepRow]]]:
+    """The rows of one call (label None), or of each recorded chunk of a streaming session ("chunk c")."""
+    chunks = sorted({r.chunk for r in steps if r.chunk is not None})
+    if not chunks:
+        return [(None, list(steps))]
+    return [(f"chunk {c}", [r for r in steps if r.chunk == c]) for c in chunks]
+
+
 def plot_steps(steps: list[StepRow], step_limits: dict[str, float]) -> str:
-    """Accumulated and local max |diff| of v1, v2, v_cfg, x per step (log y), growth factor and CFG gaps."""
+    """Accumulated and local max |diff| of v1, v2, v_cfg, x per step (log y), growth factor and CFG gaps. A
+    streaming session's rows carry their chunk: one line (one colour) per recorded chunk."""
     from matplotlib.ticker import MaxNLocator, NullLocator
 
     def steps_axis(ax):
@@ -120,14 +129,19 @@ def plot_steps(steps: list[StepRow], step_limits: dict[str, float]) -> str:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
 
+    groups = _step_groups(steps)
+    chunked = groups[0][0] is not None
+
+    def label(what: str, g: str | None) -> str:
+        return f"{g}: {what}" if g else what
+
     fig = _figure(8.4)
     gs = fig.add_gridspec(3, 2, hspace=0.55, wspace=0.25, left=0.08, right=0.98, top=0.94, bottom=0.07)
-    k = np.array([r.step for r in steps], dtype=float)
     for i, f in enumerate(STEP_OUTPUTS):
         ax = fig.add_subplot(gs[i // 2, i % 2])
-        acc = _logsafe([r.acc.get(f) for r in steps])
-        loc = _logsafe([r.local.get(f) for r in steps])
-        if np.all(np.isnan(acc)) and np.all(np.isnan(loc)):
+        acc_all = _logsafe([r.acc.get(f) for r in steps])
+        loc_all = _logsafe([r.local.get(f) for r in steps])
+        if np.all(np.isnan(acc_all)) and np.all(np.isnan(loc_all)):
             zero = any(r.acc.get(f) == 0 for r in steps)
             _no_data(ax, f"{f}: exact match at every step (0 is not drawn on a log axis)" if zero
                      else f"{f}: no errors recorded")
@@ -135,14 +149,20 @@ def plot_steps(steps: list[StepRow], step_limits: dict[str, float]) -> str:
             continue
         ax.set_yscale("log")
         ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks cost most of the drawing time
-        if not np.all(np.isnan(acc)):
-            ax.plot(k, acc, "o-", color="C0", ms=4, label="accumulated")
-        if not np.all(np.isnan(loc)):
-            ax.plot(k, loc, "x--", color="C1", ms=5, label="local (teacher-forced)")
-        bad = np.array([r.status.get(f) == "fail" for r in steps])
-        if bad.any():
-            ax.plot(k[bad], np.where(np.isnan(acc[bad]), np.nanmax(acc) if not np.all(np.isnan(acc)) else 1.0,
-                                     acc[bad]), "s", mfc="none", mec="red", ms=9, label="fails its rule")
+        for j, (g, rows) in enumerate(groups):
+            k = np.array([r.step for r in rows], dtype=float)
+            acc = _logsafe([r.acc.get(f) for r in rows])
+            loc = _logsafe([r.local.get(f) for r in rows])
+            color_a, color_l = (f"C{j}", f"C{j}") if chunked else ("C0", "C1")
+            if not np.all(np.isnan(acc)):
+                ax.plot(k, acc, "o-", color=color_a, ms=4, label=label("accumulated", g))
+            if not np.all(np.isnan(loc)):
+                ax.plot(k, loc, "x--", color=color_l, ms=5, label=label("local (teacher-forced)", g))
+            bad = np.array([r.status.get(f) == "fail" for r in rows])
+            if bad.any():
+                ax.plot(k[bad], np.where(np.isnan(acc[bad]), np.nanmax(acc_all) if not np.all(np.isnan(acc_all))
+                                         else 1.0, acc[bad]), "s", mfc="none", mec="red", ms=9,
+                        label=label("fails its rule", g))
         lim = step_limits.get(f)
         if lim:
             ax.axhline(lim, color="0.5", lw=0.8, ls=":", label=f"atol {lim:.3g}")
@@ -151,29 +171,37 @@ def plot_steps(steps: list[StepRow], step_limits: dict[str, float]) -> str:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=6.5, loc="best")
     ax = fig.add_subplot(gs[2, 0])
-    g = np.array([np.nan if r.growth is None else float(r.growth) for r in steps])
-    if np.all(np.isnan(g)):
+    if all(r.growth is None for r in steps):
         _no_data(ax, "no growth factors")
     else:
-        ax.plot(k, g, "o-", color="C2", ms=4)
+        for j, (g, rows) in enumerate(groups):
+            k = np.array([r.step for r in rows], dtype=float)
+            gr = np.array([np.nan if r.growth is None else float(r.growth) for r in rows])
+            ax.plot(k, gr, "o-", color=f"C{j}" if chunked else "C2", ms=4, label=g)
         ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
         steps_axis(ax)
         ax.grid(True, alpha=0.3)
+        if chunked:
+            ax.legend(fontsize=6.5)
     ax.set_title("growth: rmse(x_k) / rmse(x_{k-1})", fontsize=9)
     ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[2, 1])
-    gr = np.array([np.nan if r.cfg_gap_ref is None else float(r.cfg_gap_ref) for r in steps])
-    gc = np.array([np.nan if r.cfg_gap_cand is None else float(r.cfg_gap_cand) for r in steps])
-    if np.all(np.isnan(gr)) and np.all(np.isnan(gc)):
+    if all(r.cfg_gap_ref is None and r.cfg_gap_cand is None for r in steps):
         _no_data(ax, "no CFG gaps (v1/v2 not captured)")
     else:
-        ax.plot(k, gr, "o-", color="0.3", ms=4, label="reference")
-        ax.plot(k, gc, "x--", color="C3", ms=5, label="candidate")
+        for j, (g, rows) in enumerate(groups):
+            k = np.array([r.step for r in rows], dtype=float)
+            gr = np.array([np.nan if r.cfg_gap_ref is None else float(r.cfg_gap_ref) for r in rows])
+            gc = np.array([np.nan if r.cfg_gap_cand is None else float(r.cfg_gap_cand) for r in rows])
+            ax.plot(k, gr, "o-", color="0.3" if not chunked else f"C{j}", ms=4, label=label("reference", g))
+            ax.plot(k, gc, "x--", color="C3" if not chunked else f"C{j}", ms=5, label=label("candidate", g))
         steps_axis(ax)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6.5 if chunked else 7)
     ax.set_title("CFG gap: mean |v1 - v2|", fontsize=9)
     ax.tick_params(labelsize=7)
+    if chunked:
+        fig.suptitle(f"streaming session: ODE steps of {', '.join(g for g, _ in groups)}", fontsize=9)
     return _png_uri(fig)
 
 
@@ -257,7 +285,10 @@ def plot_mel(ref: np.ndarray, cand: np.ndarray | None, per_frame: list[tuple[str
     return _png_uri(fig)
 
 
-def plot_f0(ref: np.ndarray, cand: np.ndarray | None, threshold: float) -> str:
+def plot_f0(ref: np.ndarray, cand: np.ndarray | None, threshold: float, title: str = "F0 (HiFT predictor output)",
+            bounds: list[int] | None = None) -> str:
+    """Both sides' F0 and, when they have one length, their difference. ``bounds``: frames where a streaming
+    session's later calls begin (dotted lines)."""
     fig = _figure(4.6 if cand is not None and cand.size == ref.size else 2.6)
     two = cand is not None and cand.size == ref.size
     gs = fig.add_gridspec(2 if two else 1, 1, hspace=0.45, left=0.08, right=0.98, top=0.92, bottom=0.12)
@@ -271,8 +302,10 @@ def plot_f0(ref: np.ndarray, cand: np.ndarray | None, threshold: float) -> str:
         if bad.any():
             ax.plot(xc[bad], np.zeros(bad.sum()), "v", color="red", ms=4, label=f"candidate non-finite ({bad.sum()})")
     ax.axhline(threshold, color="C2", lw=0.8, ls=":", label=f"voiced threshold {threshold:g} Hz")
+    for j, b in enumerate(bounds or []):
+        ax.axvline(b, color="0.55", lw=0.7, ls=":", label="chunk boundaries" if j == 0 else None)
     ax.set_ylabel("F0 (Hz)", fontsize=8)
-    ax.set_title("F0 (HiFT predictor output)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(True, alpha=0.3)
     ax.tick_params(labelsize=7)
@@ -280,6 +313,8 @@ def plot_f0(ref: np.ndarray, cand: np.ndarray | None, threshold: float) -> str:
         ax2 = fig.add_subplot(gs[1, 0], sharex=ax)
         ax2.plot(x, finite_nan(cand - ref), "-", color="C3", lw=1.0)
         ax2.axhline(0.0, color="0.5", lw=0.6)
+        for b in bounds or []:
+            ax2.axvline(b, color="0.55", lw=0.7, ls=":")
         ax2.set_ylabel("Hz", fontsize=8)
         ax2.set_title("candidate - reference (Hz)", fontsize=9)
         ax2.grid(True, alpha=0.3)

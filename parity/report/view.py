@@ -10,7 +10,7 @@ import numpy as np
 
 from ..render import fmt
 from ..result import Comparison, StageResult
-from ..stages import STEP_OUTPUTS, layout, parse_step
+from ..stages import STEP_OUTPUTS, layout, parse_chunk, parse_step
 from .audio import audio_players, worst_positions
 from .plots import listvec, mel2d, plot_f0, plot_floor_ratios, plot_mel, plot_steps, plot_waves, vec
 
@@ -417,8 +417,9 @@ class Media:
 
 def _step_limits(result: Comparison) -> dict[str, float]:
     out = {}
+    first = result.steps[0] if result.steps else None
     for f in STEP_OUTPUTS:
-        s = result.stage(f"step1.{f}")
+        s = result.stage(first.stage(f) if first is not None else f"step1.{f}")
         rule = (s.rule if s else None) or {}
         if rule.get("statistic") == "elementwise" and isinstance(rule.get("atol"), (int, float)) and rule["atol"] > 0:
             out[f] = float(rule["atol"])
@@ -449,6 +450,95 @@ def floor_chart(result: Comparison) -> dict:
     return {"img": img, "note": err}
 
 
+def steps_section(result: Comparison) -> dict:
+    """The ODE-step figure and table. A streaming session shows each recorded chunk's steps (the calls whose flow
+    stages the capture kept, ``--step-chunks``), one line per chunk; rows name their chunk."""
+    steps = result.steps
+    chunks = sorted({r.chunk for r in steps if r.chunk is not None})
+    n_calls = len((result.session or {}).get("chunks") or [])
+    if not steps:
+        note = ("no ODE steps recorded in this session (the capture keeps the flow stages of the calls named by "
+                "--step-chunks: none here)" if result.session else
+                "no ODE steps in either trace (e.g. an external dump without per-step tensors)")
+        return {"img": None, "note": note, "rows": [], "chunks": []}
+    img, err = _safe(plot_steps, steps, _step_limits(result))
+    note = err
+    if chunks:
+        calls = f" of its {n_calls} calls" if n_calls else ""
+        note = _join(err, f"streaming session: the ODE steps of {len(chunks)}{calls} (chunk "
+                          f"{', '.join(map(str, chunks))}), the calls whose flow stages the capture kept "
+                          f"(--step-chunks); every call runs the same schedule")
+    return {"img": img, "note": note, "rows": [r.to_json() for r in steps], "chunks": chunks}
+
+
+def _last_call_f0(t: dict) -> tuple[int | None, Any]:
+    """The F0 of a session's last vocoder call that recorded one (over the cumulative mel: the whole stream)."""
+    calls = sorted((ch[0], n) for n in t if (ch := parse_chunk(n)) is not None and ch[1] == "f0")
+    return (calls[-1][0], t[calls[-1][1]]) if calls else (None, None)
+
+
+def _chunk_bounds(t: dict) -> list[int]:
+    """The frame where each call's appended mel starts in the stream (from ``chunk{c}.mel``), after the first."""
+    mels = sorted((ch[0], t[n]) for n in t if (ch := parse_chunk(n)) is not None and ch[1] == "mel")
+    out, acc = [], 0
+    for _, m in mels[:-1]:
+        acc += int(m.shape[-1])
+        out.append(acc)
+    return out
+
+
+def f0_section(result: Comparison, rt: dict, ct: dict, have: bool, no_t: str) -> dict:
+    """The F0 figure (the HiFT predictor's output, both sides, and their difference). A streaming session has no
+    single-call ``f0``: the figure shows each side's last vocoder call (it computes F0 over the cumulative mel,
+    so it covers the whole stream), chunk boundaries marked, and a row per call with its ``chunk{c}.f0`` stage
+    as the comparison judged it."""
+    sec: dict = {"img": None, "note": None, "chunks": []}
+    thr = ((result.audio or {}).get("f0") or {}).get("voiced_threshold_hz")
+    if thr is None:
+        from ..audio_metrics import VOICED_THRESHOLD_HZ
+
+        thr = VOICED_THRESHOLD_HZ
+    sec["threshold"] = fmt(thr)
+    session = bool(result.session) and "f0" not in rt
+    what, bounds = "f0", []
+    if session:
+        rc, rf_t = _last_call_f0(rt)
+        cc, cf_t = _last_call_f0(ct)
+        rf, cf = vec(rf_t), vec(cf_t)
+        bounds = _chunk_bounds(rt)
+        what = f"chunk{rc}.f0" if rc is not None else "chunk f0"
+        for s in result.stages:
+            ch = parse_chunk(s.name)
+            if ch is not None and ch[1] == "f0":
+                shape = (s.ref_stats or s.cand_stats or {}).get("shape") or []
+                sec["chunks"].append({"chunk": ch[0], "stage": s.name, "status": s.status,
+                                      "frames": shape[-1] if shape else None,
+                                      "max_abs": fmt(s.metric("max_abs_err")), "gate": s.gate or "-",
+                                      "detail": s.detail or ""})
+    else:
+        rf, cf = vec(rt.get("f0")), vec(ct.get("f0"))
+    if rf is None:
+        if not have:
+            sec["note"] = no_t
+        elif session:
+            sec["note"] = ("no F0 in the reference session trace (a capture that predates per-call F0, or a dump "
+                           "without chunk{c}.f0)")
+        else:
+            sec["note"] = "no f0 in the reference trace"
+        return sec
+    title = (f"F0 of the last vocoder call ({what}: over the cumulative mel, the whole stream)" if session
+             else "F0 (HiFT predictor output)")
+    sec["img"], err = _safe(plot_f0, rf, cf, float(thr), title=title, bounds=bounds)
+    notes = [err, "the candidate has no f0: reference only" if cf is None else
+             f"F0 lengths differ ({rf.size} vs {cf.size} frames): no difference curve" if cf.size != rf.size else None]
+    if session:
+        notes.append(f"streaming session: each vocoder call computes F0 over the cumulative mel; the figure shows "
+                     f"the last call's ({what}, {rf.size} frames), the dotted lines where each later call's frames "
+                     f"begin; the table judges every call's F0")
+    sec["note"] = _join(*notes)
+    return sec
+
+
 def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int, tensor_note: str | None) -> Media:
     rt, ct = rt or {}, ct or {}
     if result.session:  # a streaming session: the mel, waveform and players show the streams
@@ -461,13 +551,7 @@ def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int,
         sess = {"available": False, "note": "not a streaming session (one token2wav call): no chunks"}
     have = bool(rt) or bool(ct)
     no_t = tensor_note or "no trace tensors were given to the report (only the comparison result): plots omitted"
-    steps = result.steps
-    if steps:
-        img, err = _safe(plot_steps, steps, _step_limits(result))
-        step_sec = {"img": img, "note": err, "rows": [r.to_json() for r in steps]}
-    else:
-        step_sec = {"img": None, "note": "no ODE steps in either trace (e.g. an external dump without per-step "
-                                         "tensors)", "rows": []}
+    step_sec = steps_section(result)
 
     # mel
     mel_sec: dict = {"img": None, "note": None}
@@ -506,22 +590,7 @@ def media_for(result: Comparison, rt: dict | None, ct: dict | None, budget: int,
     elif mel_sec["note"] is None:
         mel_sec["note"] = "no flow_mel (and no audio) in the reference trace"
 
-    # F0
-    f0_sec: dict = {"img": None, "note": None}
-    rf, cf = vec(rt.get("f0")), vec(ct.get("f0"))
-    thr = ((result.audio or {}).get("f0") or {}).get("voiced_threshold_hz")
-    if thr is None:
-        from ..audio_metrics import VOICED_THRESHOLD_HZ
-
-        thr = VOICED_THRESHOLD_HZ
-    if rf is None:
-        f0_sec["note"] = no_t if not have else "no f0 in the reference trace"
-    else:
-        f0_sec["img"], err = _safe(plot_f0, rf, cf, float(thr))
-        f0_sec["note"] = _join(err, "the candidate has no f0: reference only" if cf is None else
-                               f"F0 lengths differ ({rf.size} vs {cf.size} frames): no difference curve"
-                               if cf.size != rf.size else None)
-    f0_sec["threshold"] = fmt(thr)
+    f0_sec = f0_section(result, rt, ct, have, no_t)
 
     # waveform and players
     audio = result.audio or {}
