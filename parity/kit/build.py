@@ -137,11 +137,12 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
     """Make the kit of ``model`` (a :class:`reference.model.Token2Wav`) on ``inputs`` (a loaded bundle) in
     ``out``. Written to ``<out>.partial-<pid>`` first and moved into place at the end (a kit already at ``out``
     is replaced only then; a crash leaves the partial directory)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from reference.hift import hift_state_dict_upstream
 
     from ..floor.cache import bundle_hash
+    from ..outputs import write_output
 
     opts = options or BuildOptions()
     log = log or (lambda msg: None)
@@ -189,8 +190,7 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
         tens.update({f"outputs.{k}": v.detach().contiguous() for k, v in base.items()})
         meta = {"schema": M.SCHEMA, "id": u.id, "module": u.module or "", "weights_file": entry["weights_file"],
                 "weights": json.dumps(entry["weights"]), "attributes": json.dumps(entry["attributes"])}
-        path = partial / entry["file"]
-        save_file(tens, str(path), metadata=meta)
+        path = write_output(partial / entry["file"], save(tens, metadata=meta), "--out", what="a kit vector")
         t_write += time.perf_counter() - t2
         size = path.stat().st_size
         entry["bytes"] = size
@@ -200,7 +200,8 @@ def build_kit(model, inputs: dict, out: str | Path, options: BuildOptions | None
             f"{o}: max_abs floor {tol.floors[o].max_abs:.3g}" for o in list(base)[:2])
             + f" ({per_unit[u.id]['seconds']:.2f} s)")
     manifest = _manifest(model, inputs, opts, chunk, cap, entries, bundle_path, bundle_hash(inputs))
-    (partial / M.MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
+    write_output(partial / M.MANIFEST, json.dumps(manifest, indent=1, allow_nan=False) + "\n", "--out",
+                 what="the kit manifest")
     _swap_into_place(partial, out)
     total = sum(e["bytes"] for e in entries) + (out / M.MANIFEST).stat().st_size
     return BuildReport(out, len(entries), total, time.perf_counter() - t0, t_cap, t_floor, t_write, per_unit)

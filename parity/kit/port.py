@@ -42,11 +42,9 @@ def run_port(model, kit: str | Path, out: str | Path | None = None, *, only: lis
         if log:
             log(f"ran {v['id']}")
     if out is not None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.tmp")
-        save_file(results, str(tmp), metadata={"producer": "tts-parity kit run", "model": model.model_id})
-        tmp.replace(out)
+        from ..outputs import write_output
+
+        write_output(out, save(results, metadata={"producer": "tts-parity kit run", "model": model.model_id}), "--out")
     return results

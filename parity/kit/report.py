@@ -5,9 +5,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..outputs import write_output
 from ..render import fmt, render
 from .check import KitCheck
 
@@ -63,16 +63,9 @@ def terminal(res: KitCheck, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def write_json(res: KitCheck, path: str | Path) -> Path:
-    return _write(Path(path), json.dumps(res.to_json(), indent=1, allow_nan=False) + "\n")
+    """The result as JSON, through the harness's one write mechanism (:func:`parity.outputs.write_output`)."""
+    return write_output(path, json.dumps(res.to_json(), indent=1, allow_nan=False) + "\n", "--json")
 
 
 def write_html(res: KitCheck, path: str | Path) -> Path:
@@ -82,4 +75,4 @@ def write_html(res: KitCheck, path: str | Path) -> Path:
                   kit=res.kit, port=res.port, model_id=model.get("id"), weights=model.get("weights_sha256"),
                   bundle=(man.get("bundle") or {}).get("name"), mode=_mode_text(man), findings=res.findings,
                   rows=_rows(res), method=man.get("tolerance_method") or "", rule=man.get("tolerance_rule") or "")
-    return _write(Path(path), html)
+    return write_output(path, html, "--report")
