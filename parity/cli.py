@@ -408,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch.onnx exporter (torchscript: what upstream's pinned torch uses; dynamo needs onnxscript)")
     eo.set_defaults(func=cmd_export_onnx)
 
+    from .kit.cli import add_kit_parser
+
+    add_kit_parser(sub)
+
     b = sub.add_parser("bisect", help="find the culprit: which switch, which fp32 islands, which commit")
     from .bisect.cli import add_bisect_args
 
