@@ -4,7 +4,7 @@
     python benchmarks/bench_crash_case.py --rounds 3 --parity-run 2          # + `parity run` in fresh children
 
 1. In-process, interleaved (normal, crash, normal, crash, ...), each variant in a fresh
-   :class:`parity.session.Session` (so its reference runs are computed, as in one ``parity run``), on every
+   :class:`parity.harness.Harness` (so its reference runs are computed, as in one ``parity run``), on every
    fixture bundle: the phases :func:`parity.session.run_case` records (reference, candidate, step-local,
    compare) plus the report build, summed over the bundles; medians over rounds and the median of per-round
    paired ratios crash / normal. A cProfile of one crash case lists its ten most expensive functions
@@ -42,8 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from parity.project import default_bundles  # noqa: E402
-from parity.report import build_report  # noqa: E402
-from parity.session import ModelSpec, RunMode, Session  # noqa: E402
+from parity.present.report import build_report  # noqa: E402
+from parity.capture.runner import RunMode  # noqa: E402
+from parity.harness import Harness, ModelSpec  # noqa: E402
 
 VARIANTS = {"normal": (), "shape-crash": ("shape-crash",)}
 PHASES = ("reference", "candidate", "local", "compare", "report")
@@ -51,7 +52,7 @@ PHASES = ("reference", "candidate", "local", "compare", "report")
 
 def one_run(faults: tuple, bundles: list[Path], out_dir: Path) -> dict:
     """One ``parity run``'s work in-process: fresh session, every bundle, the case reports."""
-    s = Session()
+    s = Harness()
     model = s.model(ModelSpec("tiny"))
     cand = s.candidate(model, "fp32-sdpa", faults)
     tot = dict.fromkeys(PHASES, 0.0)

@@ -1,6 +1,6 @@
 """Detection power of parity's verdict at the noise floor: the mutation suite (``benchmarks/mutations.py``:
 slips a port makes, none in the fault catalogue) and the legitimate changes, each run through the REAL
-verdict: ``parity.session.run_case`` (reference, candidate, step-local errors, compare -> diagnose) with the
+verdict: ``parity.harness.run_case`` (reference, candidate, step-local errors, compare -> diagnose) with the
 session's floor store (the shipped floor of a fixture bundle on the tiny model; computed and cached for
 the full-size one), exactly what ``parity run`` decides. For contrast the same traces are compared again
 with the flat tolerances alone (``fixtures/tolerances.toml``, no floor: ``parity run --no-floor``).
@@ -51,12 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.mutations import ALL, CONTROLS, FP16, LEGIT, MUTATIONS
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.compare import CompareOptions, compare_loaded
+from parity.capture.runner import RunMode
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.floor import FloorCache, Recipe
 from parity.floor.store import SHIPPED_DIR, FloorStore
 from parity.ingest import Loaded
-from parity.policy import load_policy
-from parity.session import ReferenceCache, run_case
+from parity.judge.policy import load_policy
+from parity.harness import ReferenceCache, run_case
 from parity.stages import sort_stages
 from reference.bundle import bundle_dims, load_bundle
 from reference.model import Token2Wav
@@ -87,11 +89,9 @@ def first_changed(ref: dict, cand: dict) -> str | None:
 
 def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, log, session: bool = False,
              patterns=None) -> dict:
-    from parity.session_runner import session_mode
-
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
     mode = "session" if session else ("streaming" if streaming else "offline")
-    run_mode_ = session_mode() if session else None
+    run_mode_ = RunMode.streaming_session() if session else RunMode(streaming=streaming)
     t0 = time.perf_counter()
     choice = floors.for_run(model, inputs, streaming=streaming, bundle_name=bundle.stem,
                             session="streaming" if session else "single")
@@ -107,8 +107,8 @@ def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, lo
         cand = CandidateToken2Wav(model, switches_from(case.profile, list(case.faults), **case.switches), case.name)
         case.patch(cand, inputs)
         with threads(case.threads):
-            res = run_case(model, cand, bundle, streaming=streaming, policy=policy, refs=refs, local=not session,
-                           profile_name=case.name, floors=floors, mode=run_mode_, patterns=patterns)
+            res = run_case(model, cand, bundle, run_mode_, ComparisonSpec(policy=policy, floors=floors), refs=refs,
+                           local=not session, profile_name=case.name, patterns=patterns)
         ref, ct = res.ref_tensors, res.cand_tensors
         fc = first_changed(ref, ct)
         if case.kind == "control" and fc is not None:
@@ -117,9 +117,9 @@ def run_mode(model, bundle: Path, streaming: bool, cases, floors: FloorStore, lo
         if r.floor.get("digest") != floor.digest:
             raise RuntimeError(f"{case.name}: judged against another floor ({r.floor.get('digest')})")
         # the same traces through the flat tolerances alone (no floor): what parity run --no-floor decides
-        flat = compare_loaded(Loaded(ref, res.ref_meta, "ref"), Loaded(ct, res.cand_meta, "cand"), policy,
-                              CompareOptions(), Loaded(res.local_tensors, {"pipeline": "candidate-local"}, "local")
-                              if res.local_tensors else None)
+        flat = compare_loaded(Loaded(ref, res.ref_meta, "ref"), Loaded(ct, res.cand_meta, "cand"),
+                              ComparisonSpec(policy=policy), Loaded(res.local_tensors, {"pipeline": "candidate-local"},
+                                                                    "local") if res.local_tensors else None)
         rows.append(_row(case, fc, r, flat, res.cand_meta.get("status") == "crashed", t0))
         log(_line(rows[-1]))
     used = sorted({r["floor"]["k"] for r in rows if r["floor"]["k"] is not None})  # the k the verdicts applied
@@ -187,8 +187,7 @@ def run_fp16_dumps(model, bundle: Path, cases, floors: FloorStore, log) -> dict:
     rec = Recorder()
     model.run(inputs, Probe(rec))
     ref = Loaded(rec.tensors, dict(model.provenance(streaming=False), inputs=bundle.name), "ref")
-    policy = load_policy()
-    opts = CompareOptions(precision="fp16")
+    spec = ComparisonSpec(policy=load_policy(), precision="fp16")
     twins: dict = {}
     rows = []
     for case in cases:
@@ -208,9 +207,9 @@ def run_fp16_dumps(model, bundle: Path, cases, floors: FloorStore, log) -> dict:
             twins[case.profile] = trec.tensors
         choice = floors.for_trace(ref.metadata, ref.tensors, cand_meta=meta, precision="fp16",
                                   cand_tensors=dump.tensors)
-        r = compare_loaded(ref, dump, policy, opts, floor=choice)
+        r = compare_loaded(ref, dump, spec, floor=choice)
         fc = _first_changed_fp16(twins[case.profile], dump.tensors, r) if case.kind == "mutation" else None
-        flat = compare_loaded(ref, dump, policy, opts, floor=None)
+        flat = compare_loaded(ref, dump, spec, floor=None)
         rows.append(_row(case, fc, r, flat, False, t0))
         log(_line(rows[-1]))
     return {"mode": "fp16-dump", "bundle": bundle.name, "floor": {"digest": None, "k": None, "source": "per layout"},

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from parity.floor import EstimateLog, estimate_envelope, estimate_floor, judge, run_reference, spec_from_switches
 from reference.bundle import load_bundle
 from reference.model import Token2Wav

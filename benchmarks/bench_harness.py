@@ -34,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_reference import Interleaver, Task, environment, make_inputs, med, paired_ratio  # noqa: E402
-from parity.capture import Recorder  # noqa: E402
-from parity.compare import CompareOptions, compare_loaded  # noqa: E402
+from parity.capture.recorder import Recorder  # noqa: E402
+from parity.judge.compare import compare_loaded  # noqa: E402
+from parity.judge.spec import ComparisonSpec  # noqa: E402
 from parity.ingest import Loaded, load  # noqa: E402
-from parity.policy import load_policy  # noqa: E402
+from parity.judge.policy import load_policy  # noqa: E402
 from parity.trace import write_trace  # noqa: E402
 from reference.model import Token2Wav  # noqa: E402
 from reference.probe import Probe  # noqa: E402
@@ -103,26 +104,25 @@ def main(argv=None) -> dict:
     cand = perturbed(ref, 1e-4)
     mb = (nbytes(ref) + nbytes(cand)) / 1e6
     policy = load_policy()
-    opts = CompareOptions()
     log(f"  trace: {len(ref)} tensors, {nbytes(ref) / 1e6:.1f} MB per side")
-    mem = timed(lambda: compare_loaded(Loaded(dict(ref), {}, "ref"), Loaded(dict(cand), {}, "cand"), policy, opts),
+    mem = timed(lambda: compare_loaded(Loaded(dict(ref), {}, "ref"), Loaded(dict(cand), {}, "cand"), ComparisonSpec(policy=policy)),
                 args.repeats)
     with tempfile.TemporaryDirectory() as td:
         ra, cb = Path(td) / "ref.safetensors", Path(td) / "cand.safetensors"
         write_trace(ra, ref, {"side": "reference"})
         write_trace(cb, cand, {"side": "candidate"})
         file_mb = (ra.stat().st_size + cb.stat().st_size) / 1e6
-        disk = timed(lambda: compare_loaded(load(ra), load(cb), policy, opts), args.repeats)
+        disk = timed(lambda: compare_loaded(load(ra), load(cb), ComparisonSpec(policy=policy)), args.repeats)
     res["compare"] = {"tensors": len(ref), "megabytes_both_sides": mb, "file_megabytes_both": file_mb,
                       "in_memory_s": mem, "from_disk_s": disk,
                       "in_memory_MB_per_s": mb / statistics.median(mem), "from_disk_MB_per_s": mb / statistics.median(disk)}
 
     # 3. report build ------------------------------------------------------------------------------------
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     dref = {k: v for k, v in ref.items() if Recorder().wants(k)}
     dcand = {k: cand[k] for k in dref}
-    result = compare_loaded(Loaded(dict(dref), {}, "ref"), Loaded(dict(dcand), {}, "cand"), policy, opts)
+    result = compare_loaded(Loaded(dict(dref), {}, "ref"), Loaded(dict(dcand), {}, "cand"), ComparisonSpec(policy=policy))
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "r.html"
         rep = timed(lambda: build_report(result, out, ref_tensors=dref, cand_tensors=dcand),

@@ -38,7 +38,7 @@ from benchmarks.bench_reference import (Interleaver, Task, dit_forward_flops, en
 from candidate.mask_check import rel_l2
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import resolve_profile
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from reference.model import Token2Wav
 from reference.probe import Probe
 

@@ -42,16 +42,18 @@ def split(rounds: int) -> dict:
     without it (the same reference and candidate traces judged both ways)."""
     import torch
 
-    from parity.compare import CompareOptions, compare_loaded
+    from parity.judge.compare import compare_loaded
+    from parity.judge.spec import ComparisonSpec
     from parity.floor.store import FloorStore
     from parity.ingest import Loaded
-    from parity.policy import load_policy
+    from parity.judge.policy import load_policy
     from parity.project import default_bundles
-    from parity.session import ModelSpec, RunMode, Session
+    from parity.capture.runner import RunMode
+    from parity.harness import Harness, ModelSpec
     from reference.bundle import bundle_dims, load_bundle
 
     torch.set_num_threads(1)
-    s = Session(floors=None)
+    s = Harness(spec=ComparisonSpec(floors=None))
     model = s.model(ModelSpec(preset="tiny"))
     cand = s.candidate(model, "fp32-sdpa")
     pol = load_policy()
@@ -67,9 +69,9 @@ def split(rounds: int) -> dict:
             t0 = time.perf_counter()
             ch = FloorStore(cache=None, compute=False).for_run(model, inputs, switches=cand.sw)  # a fresh store: no memory
             t1 = time.perf_counter()
-            r1 = compare_loaded(ref, cd, pol, CompareOptions(), loc, floor=ch)
+            r1 = compare_loaded(ref, cd, ComparisonSpec(policy=pol), loc, floor=ch)
             t2 = time.perf_counter()
-            compare_loaded(ref, cd, pol, CompareOptions(), loc, floor=None)
+            compare_loaded(ref, cd, ComparisonSpec(policy=pol), loc, floor=None)
             t3 = time.perf_counter()
             look.append(t1 - t0)
             with_f.append(t2 - t1)

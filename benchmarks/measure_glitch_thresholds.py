@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 from candidate.faults import catalogue  # noqa: E402
 from candidate.pipeline import CandidateToken2Wav  # noqa: E402
 from candidate.switches import switches_from  # noqa: E402
-from parity.streaming_metrics import detect_glitches, expected_chunk_samples  # noqa: E402
+from parity.measure.streaming_metrics import detect_glitches, expected_chunk_samples  # noqa: E402
 from reference.bundle import load_bundle  # noqa: E402
 from reference.mel import load_wav  # noqa: E402
 from reference.model import Token2Wav  # noqa: E402

@@ -18,10 +18,11 @@ import torch
 
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import resolve_profile
-from parity.capture import Recorder
-from parity.compare import CompareOptions, compare_loaded
+from parity.capture.recorder import Recorder
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.ingest import Loaded
-from parity.policy import load_policy
+from parity.judge.policy import load_policy
 from parity.project import shipped_profiles
 from reference.bundle import load_bundle
 from reference.model import Token2Wav
@@ -86,7 +87,7 @@ def _compare_bench(benchmark, ref):
     policy = load_policy()
 
     def run():
-        return compare_loaded(Loaded(dict(ref), {}, "ref"), Loaded(dict(cand), {}, "cand"), policy, CompareOptions())
+        return compare_loaded(Loaded(dict(ref), {}, "ref"), Loaded(dict(cand), {}, "cand"), ComparisonSpec(policy=policy))
 
     benchmark.extra_info["megabytes"] = nbytes / 1e6
     benchmark.pedantic(run, rounds=3, warmup_rounds=1)
@@ -98,11 +99,11 @@ def test_compare_throughput_tiny(benchmark, tiny):
 
 
 def test_report_build_tiny(benchmark, tiny, tmp_path):
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     ref = _trace(tiny, MEDIUM)
     cand = {k: (v + 1e-4 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in ref.items()}
-    result = compare_loaded(Loaded(dict(ref), {}, "ref"), Loaded(dict(cand), {}, "cand"), load_policy(), CompareOptions())
+    result = compare_loaded(Loaded(dict(ref), {}, "ref"), Loaded(dict(cand), {}, "cand"), ComparisonSpec(policy=load_policy()))
 
     def run():
         return build_report(result, tmp_path / "r.html", ref_tensors=ref, cand_tensors=cand)

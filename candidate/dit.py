@@ -8,6 +8,8 @@ are the same; only ``forward`` differs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import copy
 import functools
@@ -23,7 +25,9 @@ from reference.probe import NO_PROBE, Probe
 
 from .faults import ActiveFaults
 from .provenance import KernelLog, classify
-from .switches import Switches
+
+if TYPE_CHECKING:  # the switches are data here (annotations only)
+    from .switches import Switches
 
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _SDPA_BACKENDS = {"sdpa-math": "MATH", "sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
@@ -93,6 +97,9 @@ class CandidateDiT(nn.Module):
         self._compiled = None
         self._tracing = False
         self._mod_cache: dict = {}
+
+    def reset_run_counts(self) -> None:
+        """(The estimator interface of candidate.backends: the kernels that ran are the pipeline's KernelLog.)"""
 
     # -- construction helpers ----------------------------------------------------------------------
     def _cast_components(self) -> None:

@@ -3,6 +3,8 @@ Euler accumulator, CFG as one batch of 2 or two calls) and the schedule/noise/CF
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import copy
 
 import torch
@@ -13,10 +15,12 @@ from reference.flow_matching import time_span
 from reference.noise import SharedNoise
 from reference.probe import NO_PROBE, Probe
 
-from .dit import DTYPE, CandidateDiT
+from .dit import DTYPE
 from .faults import ActiveFaults
 from .provenance import KernelLog
-from .switches import Switches
+
+if TYPE_CHECKING:  # the switches are data here (annotations only)
+    from .switches import Switches
 
 
 def _estimator_t(t: torch.Tensor, spks: torch.Tensor) -> torch.Tensor:
@@ -42,14 +46,9 @@ class CandidateFlow(nn.Module):
         super().__init__()
         self.sw, self.faults, self.device = sw, faults, device
         front = copy.deepcopy(ref)
-        front.decoder.estimator = nn.Identity()  # the estimator lives in CandidateDiT
+        front.decoder.estimator = nn.Identity()  # the estimator is the backend's (candidate.backends)
         self.front = front.to(device)
-        if sw.onnx:  # only the estimator calls go to ONNX Runtime
-            from .onnx_backend import build_estimator
-
-            self.estimator = build_estimator(ref.decoder.estimator, sw, faults)
-        else:
-            self.estimator = CandidateDiT(ref.decoder.estimator, sw, faults, kernels, device)
+        self.estimator = sw.backend.build_estimator(ref.decoder.estimator, sw, faults, kernels, device)
         self.cfg = ref.cfg
         self.low = DTYPE[sw.flow_dtype]
         self.reduced = self.low != torch.float32

@@ -4,6 +4,8 @@ vocoder faults (fp16 weight-norm fold, iSTFT gain, smooth sine, a broadcasting c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import copy
 import math
@@ -18,7 +20,9 @@ from reference.probe import NO_PROBE, Probe, as_probe
 
 from .dit import DTYPE
 from .faults import ActiveFaults
-from .switches import Switches
+
+if TYPE_CHECKING:  # the switches are data here (annotations only)
+    from .switches import Switches
 
 
 class CandidateHiFT(nn.Module):

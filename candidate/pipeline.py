@@ -8,7 +8,7 @@ import torch
 from reference.model import Token2Wav, environment
 from reference.probe import NO_PROBE, Probe, as_probe
 
-from .faults import ActiveFaults, catalogue
+from .faults import ActiveFaults
 from .flow import CandidateFlow
 from .hift import CandidateHiFT
 from .provenance import KernelLog
@@ -71,16 +71,15 @@ class CandidateToken2Wav:
         if sw.device == "cuda":
             p["gpu"] = torch.cuda.get_device_name(0)
             p["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
-        if sw.onnx:  # the estimator is an ONNX Runtime session: what it is and how it runs
-            p["attention"] = "onnxruntime"
-            p["onnx"] = self.flow.estimator.provenance()
+        backend = sw.backend  # what computes the estimator, and what it says about itself (candidate.backends)
+        p["attention"] = backend.attention(sw) or p["attention"]
+        p.update(backend.provenance(self.flow.estimator))
         return p
 
     def run_metadata(self) -> dict:
         """What actually executed in the last run (filled after it)."""
         meta = {"attention_kernels": self.kernels.to_dict()}
-        if self.sw.onnx:
-            meta["onnx_run"] = self.flow.estimator.run_metadata()
+        meta.update(self.sw.backend.run_metadata(self.flow.estimator))
         return meta
 
     def expected_stage(self, blocks_captured: bool = False) -> str | None:
@@ -105,8 +104,7 @@ class CandidateToken2Wav:
         probe = as_probe(probe)
         self.kernels.counts.clear()
         self.kernels.fallbacks.clear()
-        if self.sw.onnx:
-            self.flow.estimator.reset_run_counts()
+        self.flow.estimator.reset_run_counts()
         for k in ("token", "prompt_token", "prompt_feat", "embedding"):
             if k in inputs:
                 probe(k, inputs[k])
@@ -122,8 +120,7 @@ class CandidateToken2Wav:
 
         self.kernels.counts.clear()
         self.kernels.fallbacks.clear()
-        if self.sw.onnx:
-            self.flow.estimator.reset_run_counts()
+        self.flow.estimator.reset_run_counts()
         return run_session(self, inputs, probe, options, state=state)
 
     # -- components (for step-local errors) ------------------------------------------------------
@@ -138,5 +135,9 @@ class CandidateToken2Wav:
         return self.hift.inference(mel.to(self.device).float(), self.noise, finalize=finalize, probe=as_probe(probe))
 
 
-def fault_names() -> list[str]:
-    return sorted(catalogue())
+def build_candidate(model, sw: Switches, label: str = "custom"):
+    """The candidate pipeline of switches ``sw`` on the reference ``model``: the one its estimator backend builds
+    when it computes the whole pipeline (a port under test), else :class:`CandidateToken2Wav` with the backend's
+    estimator (:mod:`candidate.backends`)."""
+    cand = sw.backend.build_candidate(model, sw, label)
+    return cand if cand is not None else CandidateToken2Wav(model, sw, label)

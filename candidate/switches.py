@@ -1,7 +1,8 @@
 """Switches and profiles of the candidate pipeline.
 
 A profile is only a named set of switches. Shipped profiles live in :data:`PROFILES`; users add
-their own in ``pyproject.toml``::
+their own in ``pyproject.toml`` (read by the harness, :func:`parity.project.project_profiles`, and passed here
+as ``user_profiles``)::
 
     [tool.parity.profiles.my-fp16]
     base = "fp16-flow"              # optional: start from another profile
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Mapping
 
 from reference.errors import InputError
 
@@ -23,9 +24,6 @@ DTYPES = ("fp32", "bf16", "fp16")
 PRECISION_MODES = ("autocast", "cast")
 CFG_MODES = ("batch2", "two-calls")
 DEVICES = ("cpu", "cuda")
-ESTIMATOR_BACKENDS = ("torch", "onnxruntime")
-ONNX_OPT_LEVELS = ("disabled", "basic", "extended", "all")
-ONNX_PROVIDERS = ("cpu", "cuda", "tensorrt")
 # keep-in-fp32 islands: the upstream fp16 fixes plus every component `parity bisect precision` can pick
 KEEP_FP32_GLOBAL = ("residual", "adaln", "time_grid", "euler", "time_embed", "input_embed", "norm_out", "proj_out",
                     "hift.f0_predictor", "hift.source", "hift.conv_pre", "hift.ups", "hift.source_fusion",
@@ -50,28 +48,27 @@ class Switches:
     int8_dynamic: bool = False
     device: str = "cpu"
     tf32: bool = False  # allow TF32 matmuls/convs on CUDA (off for parity, like vllm-omni)
-    # the DiT estimator run by ONNX Runtime (candidate/onnx_backend.py); the onnx_* switches act only then
+    # what computes the DiT estimator (candidate.backends: torch, onnxruntime, a port under test) and the options
+    # that backend declares (only those that differ from its defaults are kept; a dict is accepted)
     estimator_backend: str = "torch"
-    onnx_file: str = ""  # a user's exported estimator; empty: export the model's own (cached, upstream's export)
-    onnx_mask_input: bool = False  # export with the attention mask as an input (the streaming blind-spot fix)
-    onnx_fuse: bool = False  # onnxruntime.transformers optimizer fusions (attention / LayerNorm / GELU)
-    onnx_fp16: bool = False  # graph converted to fp16, inputs and outputs kept fp32
-    onnx_opt_level: str = "all"  # ONNX Runtime graph optimization level
-    onnx_provider: str = "cpu"  # execution provider: cpu, cuda, tensorrt
-    onnx_require_provider: str = ""  # fail when the session does not run on this provider (no silent fallback)
+    estimator_options: tuple = ()
     faults: tuple[str, ...] = ()
 
     def __post_init__(self):
         check = [("attention", ATTENTION), ("flow_dtype", DTYPES), ("hift_dtype", DTYPES),
-                 ("precision_mode", PRECISION_MODES), ("cfg_mode", CFG_MODES), ("device", DEVICES),
-                 ("estimator_backend", ESTIMATOR_BACKENDS), ("onnx_opt_level", ONNX_OPT_LEVELS),
-                 ("onnx_provider", ONNX_PROVIDERS)]
+                 ("precision_mode", PRECISION_MODES), ("cfg_mode", CFG_MODES), ("device", DEVICES)]
         for name, allowed in check:
             if getattr(self, name) not in allowed:
                 raise InputError(f"switch {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        if self.onnx and self.cfg_mode != "batch2":
-            raise InputError("switch estimator_backend=onnxruntime needs cfg_mode=batch2: the exported estimator "
-                             "has a fixed batch of 2 (the CFG pair), as upstream's export")
+        from .backends import backend_named
+
+        backend = backend_named(self.estimator_backend)
+        given = dict(self.estimator_options or ())
+        backend.check_options(given)
+        kept = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in given.items()
+                            if v != backend.options[k]))
+        object.__setattr__(self, "estimator_options", kept)
+        backend.validate(self)
         for k in self.keep_fp32:
             if not is_keep_fp32_name(k):
                 raise InputError(f"switch keep_fp32 entry {k!r} is not a known component (expected one of "
@@ -79,17 +76,36 @@ class Switches:
 
     # -- derived ---------------------------------------------------------------------------------
     @property
+    def backend(self):
+        """The :class:`candidate.backends.Backend` that computes the estimator."""
+        from .backends import backend_named
+
+        return backend_named(self.estimator_backend)
+
+    def option(self, name: str):
+        """An estimator-backend option: its value, else the backend's default."""
+        given = dict(self.estimator_options)
+        return given[name] if name in given else self.backend.options[name]
+
+    @property
     def onnx(self) -> bool:
-        """The estimator runs under ONNX Runtime."""
+        """The estimator runs under ONNX Runtime (what the floor store asks of a candidate)."""
         return self.estimator_backend == "onnxruntime"
 
     @property
+    def onnx_fp16(self) -> bool:
+        """The ONNX Runtime graph is converted to fp16 (what the floor store asks of a candidate)."""
+        return self.onnx and bool(self.option("fp16"))
+
+    @property
     def precision(self) -> str:
-        """The precision class used to pick tolerance rules: the lowest float dtype anywhere, or int8."""
+        """The precision class used to pick tolerance rules: the lowest float dtype anywhere, or int8 (or the
+        one the estimator backend imposes: an fp16 ONNX graph)."""
         if self.int8_dynamic:
             return "int8"
-        if self.onnx and self.onnx_fp16:
-            return "fp16"
+        imposed = self.backend.precision(self)
+        if imposed:
+            return imposed
         for d in ("fp16", "bf16"):
             if d in (self.flow_dtype, self.hift_dtype):
                 return d
@@ -102,12 +118,14 @@ class Switches:
         return "." in component and component.split(".")[0] in self.keep_fp32 and component.startswith("block")
 
     def with_(self, **changes) -> "Switches":
-        return dataclasses.replace(self, **changes)
+        """These switches with ``changes`` (a backend's options merge with those held for the same backend)."""
+        return _apply(self, _coerce(changes, "switches"))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["keep_fp32"] = list(self.keep_fp32)
         d["faults"] = list(self.faults)
+        d["estimator_options"] = dict(self.estimator_options)
         return d
 
     def differences(self, other: "Switches | None" = None) -> dict:
@@ -144,12 +162,12 @@ PROFILES: dict[str, dict] = {
     # the estimator under ONNX Runtime (export as upstream's cosyvoice/bin/export_onnx.py); solver, CFG, the rest
     # of the flow and the vocoder stay the candidate's
     "onnx-cpu": dict(estimator_backend="onnxruntime"),
-    "onnx-cpu-basic": dict(estimator_backend="onnxruntime", onnx_opt_level="basic"),
-    "onnx-cpu-mask": dict(estimator_backend="onnxruntime", onnx_mask_input=True),
-    "onnx-fused": dict(estimator_backend="onnxruntime", onnx_fuse=True),
-    "onnx-fp16": dict(estimator_backend="onnxruntime", onnx_fp16=True),
-    "onnx-cuda": dict(estimator_backend="onnxruntime", onnx_provider="cuda"),
-    "onnx-tensorrt": dict(estimator_backend="onnxruntime", onnx_provider="tensorrt"),
+    "onnx-cpu-basic": dict(estimator_backend="onnxruntime", estimator_options={"opt_level": "basic"}),
+    "onnx-cpu-mask": dict(estimator_backend="onnxruntime", estimator_options={"mask_input": True}),
+    "onnx-fused": dict(estimator_backend="onnxruntime", estimator_options={"fuse": True}),
+    "onnx-fp16": dict(estimator_backend="onnxruntime", estimator_options={"fp16": True}),
+    "onnx-cuda": dict(estimator_backend="onnxruntime", estimator_options={"provider": "cuda"}),
+    "onnx-tensorrt": dict(estimator_backend="onnxruntime", estimator_options={"provider": "tensorrt"}),
 }
 PROFILE_HELP = {
     "fp32-explicit": "the reference's own code path through the candidate (sanity: must be bit-identical)",
@@ -176,34 +194,59 @@ ONNX_PROFILES = {"onnx-cpu", "onnx-cpu-basic", "onnx-cpu-mask", "onnx-fused", "o
 
 
 def _coerce(d: dict, source: str) -> dict:
+    """Switch values as a profile, an override or a trace's metadata gives them: ``-`` spelled ``_``, lists as
+    tuples, the backend's options as ``estimator_options`` (a table), ``estimator.<option>``, or the legacy
+    prefixed names (``onnx_fuse`` is option ``fuse`` of the ``onnxruntime`` backend)."""
+    from .backends import legacy_option
+
     fields = {f.name for f in dataclasses.fields(Switches)}
-    out = {}
+    out: dict = {}
+    options: dict = {}
     for k, v in d.items():
         k2 = k.replace("-", "_")
         if k2 in ("base", "description"):
             continue
+        if k2 == "estimator_options":
+            options.update(dict(v or ()))
+            continue
+        if k2.startswith("estimator."):
+            options[k2[len("estimator."):]] = v
+            continue
+        legacy = legacy_option(k2) if k2 not in fields else None
+        if legacy is not None:  # the backend must be that one (its profile's, or set beside it)
+            options[legacy[1]] = v
+            continue
         if k2 not in fields:
             raise InputError(f"{source}: unknown switch {k!r} (known: {', '.join(sorted(fields))})")
         out[k2] = tuple(v) if isinstance(v, list) else v
+    if options:
+        out["estimator_options"] = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return out
 
 
-def load_user_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
-    """``[tool.parity.profiles]`` from a pyproject.toml (default: ./pyproject.toml if present), through the
-    harness's one ``[tool.parity]`` reader (:func:`parity.project.read_project`, one error policy)."""
-    from parity.project import read_project
+def _apply(sw: Switches, changes: dict) -> Switches:
+    """``sw`` with ``changes`` (coerced): a backend's options merge with those ``sw`` holds for the same backend."""
+    changes = dict(changes)
+    if "estimator_options" in changes:
+        same = changes.get("estimator_backend", sw.estimator_backend) == sw.estimator_backend
+        changes["estimator_options"] = {**(dict(sw.estimator_options) if same else {}),
+                                        **dict(changes["estimator_options"])}
+    elif changes.get("estimator_backend", sw.estimator_backend) != sw.estimator_backend:
+        changes["estimator_options"] = ()  # another backend: the previous one's options do not apply
+    return dataclasses.replace(sw, **changes)
 
-    return read_project(pyproject).profiles
 
-
-def all_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
+def all_profiles(user_profiles: Mapping[str, dict] | None = None) -> dict[str, dict]:
+    """The shipped profiles plus ``user_profiles`` (the ``[tool.parity.profiles]`` tables a project defines; the
+    harness reads them: :func:`parity.project.project_profiles`)."""
     profiles = dict(PROFILES)
-    profiles.update(load_user_profiles(pyproject))
+    profiles.update(user_profiles or {})
     return profiles
 
 
-def resolve_profile(name: str, pyproject: str | Path | None = None, _seen: tuple = ()) -> Switches:
-    profiles = all_profiles(pyproject)
+def resolve_profile(name: str, user_profiles: Mapping[str, dict] | None = None, _seen: tuple = ()) -> Switches:
+    """The switches of profile ``name`` (shipped, or one of ``user_profiles``, following ``base`` chains)."""
+    profiles = all_profiles(user_profiles)
     if name not in profiles:
         raise InputError(f"unknown profile {name!r}; known profiles: {', '.join(sorted(profiles))} "
                          f"(user profiles go in [tool.parity.profiles] of pyproject.toml)")
@@ -213,15 +256,17 @@ def resolve_profile(name: str, pyproject: str | Path | None = None, _seen: tuple
     base = spec.get("base")
     src = f"profile {name!r}"
     if base:
-        parent = resolve_profile(base, pyproject, _seen + (name,))
-        return dataclasses.replace(parent, **_coerce(spec, src))
+        parent = resolve_profile(base, user_profiles, _seen + (name,))
+        return _apply(parent, _coerce(spec, src))
     return Switches(**_coerce(spec, src))
 
 
-def switches_from(profile: str | None = None, faults: list[str] | tuple = (), pyproject=None, **overrides) -> Switches:
-    sw = resolve_profile(profile, pyproject) if profile else Switches()
+def switches_from(profile: str | None = None, faults: list[str] | tuple = (),
+                  user_profiles: Mapping[str, dict] | None = None, **overrides) -> Switches:
+    """The switches of ``profile`` (None: the defaults) plus ``faults`` and switch ``overrides``."""
+    sw = resolve_profile(profile, user_profiles) if profile else Switches()
     if faults:
         sw = sw.with_(faults=tuple(dict.fromkeys(tuple(sw.faults) + tuple(faults))))
     if overrides:
-        sw = dataclasses.replace(sw, **_coerce(overrides, "overrides"))
+        sw = _apply(sw, _coerce(overrides, "overrides"))
     return sw

@@ -176,3 +176,68 @@ def port_parent() -> argparse.ArgumentParser:
                         "injected into the port (default), flow-only = only the flow's rand_noise (what a port's "
                         "own loader takes), port = the port draws all its noise itself")
     return p
+
+
+# ---------------------------------------------------------------------------------------------
+# the run mode of the options: one call (offline, --streaming, --no-finalize) or the streaming session
+
+
+def run_mode_from_args(args):
+    """The :class:`parity.capture.runner.RunMode` of a command's options: ``--session streaming`` and its options
+    (:func:`session_parent`), else one call with ``--streaming`` / ``--no-finalize``. Session options without
+    ``--session streaming``, or ``--no-finalize`` with it, are an error (exit 2)."""
+    from reference.errors import InputError
+    from reference.session import SessionOptions
+
+    from .capture.runner import RunMode
+
+    given = {k: getattr(args, k, None) for k in ("initial_hop", "max_hop", "growth", "final_mask", "hop_state",
+                                                 "carried_hop", "step_chunks")}
+    if (getattr(args, "session", None) or "single") != "streaming":
+        used = [k.replace("_", "-") for k, v in given.items() if v is not None]
+        if used:
+            raise InputError(f"--{', --'.join(used)}: session options need --session streaming")
+        return RunMode(streaming=bool(getattr(args, "streaming", False)),
+                       finalize=not getattr(args, "no_finalize", False))
+    if getattr(args, "no_finalize", False):
+        raise InputError("--no-finalize has no meaning in a streaming session (every call but the last is "
+                         "non-final; the loop decides)")
+    kw = {k: v for k, v in given.items() if v is not None}
+    if "step_chunks" in kw:
+        kw["step_chunks"] = parse_step_chunks(kw["step_chunks"])
+    return RunMode.streaming_session(SessionOptions(**kw))
+
+
+def parse_step_chunks(spec: str) -> tuple:
+    """``first,last`` | ``all`` | ``0,2,-1`` | ``none`` -> the ``step_chunks`` tuple."""
+    from reference.errors import InputError
+
+    out: list = []
+    for s in (x.strip() for x in str(spec).split(",")):
+        if not s or s == "none":
+            continue
+        if s in ("first", "last", "all"):
+            out.append(s)
+            continue
+        try:
+            out.append(int(s))
+        except ValueError:
+            raise InputError(f"--step-chunks {spec!r}: expected chunk indices, first, last, all or none") from None
+    return tuple(out)
+
+
+def run_mode_cli_args(mode) -> list[str]:
+    """The ``parity dump`` arguments of ``mode`` (for a child process: ``bisect git``)."""
+    if mode.session is None:
+        return (["--streaming"] if mode.streaming else []) + ([] if mode.finalize else ["--no-finalize"])
+    o = mode.session
+    argv = ["--session", "streaming"]
+    for flag, v, default in (("--initial-hop", o.initial_hop, None), ("--max-hop", o.max_hop, None),
+                             ("--growth", o.growth, 2), ("--final-mask", o.final_mask, "upstream"),
+                             ("--hop-state", o.hop_state, "fresh"), ("--carried-hop", o.carried_hop, None)):
+        if v != default:
+            argv += [flag, str(v)]
+    steps = (o.step_chunks,) if isinstance(o.step_chunks, (str, int)) else tuple(o.step_chunks)
+    if steps != ("first", "last"):
+        argv += ["--step-chunks", ",".join(str(s) for s in steps) or "none"]
+    return argv

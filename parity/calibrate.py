@@ -19,7 +19,7 @@ from pathlib import Path
 
 from reference.bundle import bundle_dims, load_bundle
 
-from .runner import run_to_trace
+from .capture.runner import RunMode, run_pipeline
 from .stages import INPUTS, parse_step, position
 
 
@@ -44,9 +44,9 @@ def measure(model, bundles, modes=(False, True), patterns=None, keep_dir: Path |
         inputs = load_bundle(b, **bundle_dims(model.cfg))
         for streaming in modes:
             tag = f"{Path(b).stem}-{'streaming' if streaming else 'offline'}"
-            r32 = run_to_trace(model, inputs, None, patterns=patterns, streaming=streaming)
-            r64 = run_to_trace(m64, inputs, keep_dir / f"{tag}-fp64.safetensors" if keep_dir else None,
-                               patterns=patterns, streaming=streaming)
+            r32 = run_pipeline(model, inputs, None, RunMode(streaming=streaming), patterns=patterns)
+            r64 = run_pipeline(m64, inputs, keep_dir / f"{tag}-fp64.safetensors" if keep_dir else None,
+                               RunMode(streaming=streaming), patterns=patterns)
             for name, t32 in r32.tensors.items():
                 t64 = r64.tensors.get(name)
                 if t64 is None or not t32.is_floating_point() or t32.shape != t64.shape:
@@ -80,7 +80,7 @@ def rules_toml(floor: dict, margin: float, abs_floor: float, source: str) -> str
 
 def calibrate_command(args) -> int:
     from .project import default_bundles
-    from .session import ModelSpec
+    from .harness import ModelSpec
 
     model = ModelSpec.from_args(args).load()
     bundles = [Path(b) for b in (args.inputs or default_bundles())]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from reference.errors import InputError, ParityUserError
 
-from .args import required_stages
-from .policy import PRECISION_CLASSES
+from .judge.policy import PRECISION_CLASSES
 
 
 def _write_wav(path: str | Path, audio, sr: int) -> Path:
@@ -33,15 +32,17 @@ def _write_wav(path: str | Path, audio, sr: int) -> Path:
 # commands
 
 def cmd_dump(args) -> int:
-    from reference.bundle import bundle_dims, load_bundle
+    from reference.bundle import bundle_dims, load_bundle, negative_token_note
 
-    from reference.bundle import negative_token_note
-
+    from .args import run_mode_from_args
+    from .capture.progress import Progress
+    from .capture.runner import run_pipeline
+    from .harness import Harness, ModelSpec
+    from .judge.metadata import onnx_findings
+    from .judge.spec import ComparisonSpec, Requirements
     from .onnx_options import OnnxOptions, name_suffix
     from .outputs import Output, is_regular_output, prepare_outputs
-    from .runner import Progress, run_to_trace
-    from .session import ModelSpec, Session, run_pipeline
-    from .session_runner import options_from_args, session_mode
+    from .result import exit_code_for
 
     prepare_outputs([Output("--out", args.out), Output("--wav", args.wav)])
     if args.embed_floor and not is_regular_output(args.out):
@@ -49,7 +50,8 @@ def cmd_dump(args) -> int:
                          f"finished trace, which is read back): give a file name")
     onnx = OnnxOptions.from_args(args)
     overrides = onnx.overrides()  # a missing file or an unknown provider: one line before anything loads
-    session_opts = options_from_args(args)  # before loading anything: a bad combination is exit 2 at once
+    mode = run_mode_from_args(args)  # before loading anything: a bad combination is exit 2 at once
+    requirements = Requirements.from_args(args)
     model = ModelSpec.from_args(args).load()
     inputs = load_bundle(args.inputs, **bundle_dims(model.cfg))
     notes = [n for n in [negative_token_note(inputs, args.inputs)] if n]
@@ -57,9 +59,9 @@ def cmd_dump(args) -> int:
         print(f"parity dump: note: {n}", file=sys.stderr)
     if args.pipeline == "candidate" or args.profile or args.fault or onnx:
         profile = onnx.profiles([args.profile] if args.profile else None, [None])[0]
-        pipe = Session().candidate(model, profile, args.fault, args.device,
-                                   label=(profile or "fp32-explicit") + name_suffix(overrides), overrides=overrides,
-                                   port_noise=args.port_noise)
+        pipe = Harness(spec=ComparisonSpec()).candidate(model, profile, args.fault, args.device,
+                                                            label=(profile or "fp32-explicit") + name_suffix(overrides),
+                                                            overrides=overrides, port_noise=args.port_noise)
         label = f"candidate[{pipe.profile_name}]"
     else:
         pipe = model
@@ -68,37 +70,28 @@ def cmd_dump(args) -> int:
     if notes:
         extra["input_notes"] = notes
     refusal = getattr(pipe, "session_refusal", None)
-    if session_opts is not None and callable(refusal) and refusal():
+    if mode.is_session and callable(refusal) and refusal():
         raise InputError(refusal())
-    if session_opts is not None:  # upstream's chunked loop (parity.session_runner)
-        res = run_pipeline(pipe, inputs, args.out, session_mode(session_opts), patterns=args.stages,
-                           extra_meta=extra, progress=Progress(label))
-    else:
-        res = run_to_trace(pipe, inputs, args.out, patterns=args.stages, streaming=args.streaming,
-                           finalize=not args.no_finalize, extra_meta=extra, progress=Progress(label))
+    res = run_pipeline(pipe, inputs, args.out, mode, patterns=args.stages, extra_meta=extra, progress=Progress(label))
     if res.error is not None:
         print(f"parity dump: {label} crashed at {res.crashed_at}: {type(res.error).__name__}: {res.error}; "
               f"partial trace with {len(res.stages)} stages written to {res.trace_path}", file=sys.stderr)
-        return 1
-    if args.require_kernel:
-        from candidate.provenance import check_required_kernel
-
-        msg = check_required_kernel(args.require_kernel, res.metadata.get("attention_kernels") or {})
-        if msg:
-            print(f"parity dump: {msg}", file=sys.stderr)
-            return 1
-    if onnx.require_provider:  # recorded in the trace too: a later parity compare reports the same finding
-        msg = ((res.metadata.get("onnx") or {}).get("session") or {}).get("required_provider_missing")
-        if msg:
-            print(f"parity dump: {msg}; trace written to {res.trace_path}", file=sys.stderr)
-            return 1
+        return exit_code_for("fail")
+    # what the capture alone decides: --require-kernel, and --require-provider (recorded in the trace, so a later
+    # parity compare reports the same finding)
+    unmet = [f for f in requirements.capture_findings(res.metadata) + onnx_findings(res.metadata)
+             if f.severity == "failure"]
+    for f in unmet:
+        print(f"parity dump: {f.message}; trace written to {res.trace_path}", file=sys.stderr)
+    if unmet:
+        return exit_code_for("fail")
     if args.wav and res.audio is not None:
         _write_wav(args.wav, res.audio, model.cfg.sample_rate)
     print(f"wrote {res.trace_path} ({len(res.stages)} stages, {res.seconds:.2f} s)")
     if args.embed_floor:
         if pipe is not model:
             raise InputError("--embed-floor embeds the reference's own noise floor: dump the reference pipeline")
-        _embed_floor(model, inputs, res, args, session_opts)
+        _embed_floor(model, inputs, res, args, mode)
     return 0
 
 
@@ -106,7 +99,7 @@ def _log(msg: str) -> None:
     print(f"parity: {msg}", file=sys.stderr, flush=True)
 
 
-def _embed_floor(model, inputs, res, args, session_opts=None) -> None:
+def _embed_floor(model, inputs, res, args, mode) -> None:
     """Put the reference's fp32 noise floor (shipped, cached or computed now; a streaming session's floor for a
     session trace) into the trace's metadata, so that ``parity compare`` finds it on a machine without the model or
     the cache."""
@@ -115,21 +108,14 @@ def _embed_floor(model, inputs, res, args, session_opts=None) -> None:
     from .floor.store import EMBED_KEY, FloorStore
     from .trace import read_trace, write_trace
 
-    ch = FloorStore(log=_log).for_run(model, inputs, streaming=args.streaming, finalize=not args.no_finalize,
+    ch = FloorStore(log=_log).for_run(model, inputs, streaming=mode.streaming, finalize=mode.finalize,
                                       bundle_name=Path(args.inputs).stem, reference=res.tensors,
-                                      session="streaming" if session_opts is not None else "single",
-                                      options=session_opts)
+                                      session=mode.kind, options=mode.session)
     if ch.floor is None:
         raise InputError(f"--embed-floor: no floor for this trace: {ch.reason}")
     tr = read_trace(res.trace_path)
     write_trace(res.trace_path, tr.tensors, dict(tr.metadata, **{EMBED_KEY: json.loads(ch.floor.to_json())}))
     print(f"embedded the fp32 noise floor {ch.floor.digest[:12]} (k {ch.floor.k:g}, {ch.source}) in {res.trace_path}")
-
-
-def _floor_store(args, log=_log):
-    from .floor.store import store_from_args
-
-    return store_from_args(args, log)
 
 
 def cmd_floor(args) -> int:
@@ -138,7 +124,7 @@ def cmd_floor(args) -> int:
     from .floor import EstimateLog, FloorCache, Recipe, estimate_envelope, estimate_floor
     from .floor.store import envelope_spec
     from .outputs import Output, prepare_outputs
-    from .session import ModelSpec
+    from .harness import ModelSpec
 
     prepare_outputs([Output("--out", args.out)])  # a floor costs seconds to minutes: a bad path fails first
     model = ModelSpec.from_args(args).load()
@@ -149,9 +135,9 @@ def cmd_floor(args) -> int:
     kw = dict(streaming=args.streaming, finalize=not args.no_finalize, recipe=recipe, cache=cache,
               bundle_name=Path(args.inputs).stem, log=log)
     if args.profile:
-        from candidate.switches import switches_from
+        from .project import profile_switches
 
-        sw = switches_from(args.profile)
+        sw = profile_switches(args.profile)
         spec, why = envelope_spec(sw)
         if spec is None:
             why = why or "an fp32 profile: use the fp32 noise floor, without --profile"
@@ -184,7 +170,7 @@ def cmd_floor(args) -> int:
 def cmd_noise_export(args) -> int:
     from reference.config import config_from_yaml, preset
     from reference.errors import InputError
-    from reference.noise import SharedNoise
+    from reference.noise import EXPORT_SAMPLES, SharedNoise
 
     from .outputs import Output, prepare_outputs
 
@@ -197,20 +183,22 @@ def cmd_noise_export(args) -> int:
     else:
         cfg = preset(args.preset)
     n = SharedNoise.from_config(cfg)
-    path = n.save(args.out, frames=args.frames, samples=args.samples)
-    print(f"wrote {path} for config {cfg.name}: rand_noise [1, 80, {args.frames or 15000}], hift_rand_ini [1, 9], "
-          f"hift_sine_noise [1, {args.samples or 24000 * 30}, 9]; recipe {n.sizes.recipe()}; "
+    frames = args.frames or int(n.flow.shape[2])
+    samples = args.samples or min(n.sine_available, EXPORT_SAMPLES)
+    path = n.save(args.out, frames=frames, samples=samples)
+    print(f"wrote {path} for config {cfg.name}: rand_noise [1, 80, {frames}], hift_rand_ini [1, 9], "
+          f"hift_sine_noise [1, {samples}, 9]; recipe {n.sizes.recipe()}; "
           f"fingerprint {n.fingerprint()}")
     return 0
 
 
 def cmd_compare(args) -> int:
     from .aliases import parse_maps
-    from .compare import CompareOptions, compare_paths
+    from .harness import compare_paths
+    from .judge.spec import ComparisonSpec
     from .outputs import Output, claim_output, prepare_outputs
-    from .require import require_stages
+    from .present.summary import render
     from .result import sidecar_path, write_json
-    from .summary import render
 
     files = args.floor or []
     if len(files) > 1:
@@ -218,19 +206,15 @@ def cmd_compare(args) -> int:
     prepare_outputs([Output("--json", args.json), Output("--report", args.report)])
     json_path = claim_output(args.json, "--json", companions=[sidecar_path]).path if args.json else None
     report_path = claim_output(args.report, "--report").path if args.report else None
-    opts = CompareOptions(allow_trim=args.allow_trim, precision=args.precision, attention=args.attention,
-                          pcm_scale=not args.no_pcm_scale)
-    result = compare_paths(args.ref, args.cand, policy_path=args.policy, maps=parse_maps(args.map), opts=opts,
-                           local_path=args.local, fp64_path=args.fp64, floors=_floor_store(args),
-                           floor_file=files[0] if files else None, mask_check=not args.no_mask_check,
-                           offline_path=args.offline)
-    require_stages(result, required_stages(args))
+    spec = ComparisonSpec.from_args(args, log=_log, one_floor_file=True)
+    result = compare_paths(args.ref, args.cand, spec, maps=parse_maps(args.map), local_path=args.local,
+                           fp64_path=args.fp64, offline_path=args.offline)
     print(render(result, verbose=args.verbose))
     if json_path:
         write_json(result, json_path)
         print(f"wrote {json_path}")
     if report_path:
-        from .report import build_report
+        from .present.report import build_report
 
         path = build_report(result, report_path)
         print(f"report: {path}")
@@ -238,12 +222,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_profiles(args) -> int:
-    from candidate.switches import PROFILE_HELP, all_profiles, resolve_profile
+    from candidate.switches import PROFILE_HELP
 
     from .ports import PORT_HELP, port_names, port_unavailable
+    from .project import profile_switches, project_profiles
 
-    for name in sorted(all_profiles()):
-        sw = resolve_profile(name)
+    for name in sorted(project_profiles()):
+        sw = profile_switches(name)
         desc = PROFILE_HELP.get(name) or "user profile: " + ", ".join(f"{k}={v}" for k, v in sw.differences().items())
         print(f"{name:<18} {sw.precision:<5} {'cuda' if sw.device == 'cuda' else '    '} {desc}")
     print("\nports under test (parity run --profile NAME; --port-noise shared|flow-only|port):")
@@ -289,7 +274,7 @@ def cmd_export_onnx(args) -> int:
     from .outputs import Output, prepare_outputs
 
     prepare_outputs([Output("--out", args.out)])
-    from candidate.onnx_export import ExportOptions, export_from
+    from candidate.backends.onnx_export import ExportOptions, export_from
 
     info = export_from(args.out, preset=None if args.model_dir else args.preset, model_dir=args.model_dir,
                        options=ExportOptions(mask_input=args.mask_input, exporter=args.exporter))
@@ -422,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch.onnx exporter (torchscript: what upstream's pinned torch uses; dynamo needs onnxscript)")
     eo.set_defaults(func=cmd_export_onnx)
 
+    from .kit.cli import add_kit_parser
+
+    add_kit_parser(sub)
+
     b = sub.add_parser("bisect", help="find the culprit: which switch, which fp32 islands, which commit")
     from .bisect.cli import add_bisect_args
 
@@ -515,20 +504,19 @@ def _report_target(out, default: Path) -> Path:
     return claim_output(target, "-o", prog="parity-report").path  # both are the user's (or derived from the inputs)
 
 
-def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow_trim: bool = False,
-                      require=None, pcm_scale: bool = True, mask_check: bool = True, floors=None):
-    """``parity-report``: REF_TRACE CAND_TRACE (compare, then report; streaming traces get the chunk-mask check
-    as in ``parity compare`` unless ``mask_check`` is off; the floor as in ``parity compare`` when ``floors`` is
-    a floor store), or RESULT.json [REF_TRACE CAND_TRACE] (the saved result; plots from the given traces or from
-    the result's sources when they exist). ``require``: stages the candidate must hold (``--require-stages``).
-    Returns ``(path, result)``."""
+def report_from_saved(inputs: list[str], out=None, spec=None, maps=None):
+    """``parity-report``: REF_TRACE CAND_TRACE (compared as ``parity compare`` compares, with the same
+    :class:`parity.judge.spec.ComparisonSpec`: floor, chunk-mask check, requirements), then the report; or
+    RESULT.json [REF_TRACE CAND_TRACE] (the saved result, with the spec's requirements added; plots from the given
+    traces or from the result's sources when they exist). Returns ``(path, result)``."""
     from .aliases import parse_maps
     from .ingest import load, tensors_from_sources
-    from .report import build_report
-    from .require import require_stages
+    from .judge.spec import ComparisonSpec
+    from .present.report import build_report
     from .result import read_json
     from .trace import journal_path
 
+    spec = spec or ComparisonSpec()
     inputs = [str(i) for i in inputs or []]
     mp = maps if isinstance(maps, dict) else parse_maps(maps)
     is_json = bool(inputs) and inputs[0].lower().endswith(".json")
@@ -562,27 +550,15 @@ def report_from_saved(inputs: list[str], out=None, policy=None, maps=None, allow
                 notes.append(tn)
             if not rt and not ct:
                 notes.append("no traces given and none found at the result's sources: plots omitted")
-        require_stages(result, require)
+        spec.requirements.apply(result)
         path = build_report(result, target, ref_tensors=rt or {}, cand_tensors=ct or {}, notes=notes)
         return path, result
     if len(inputs) == 2 and not any(i.lower().endswith(".json") for i in inputs):
-        from .compare import CompareOptions, compare_loaded
-        from .policy import load_policy
-        from .streaming_mask import check_saved, is_streaming
+        from .harness import compare_saved
 
         target = _report_target(out, Path("reports") / f"{Path(inputs[1]).stem}-vs-{Path(inputs[0]).stem}.html")
         rl, cl = load(inputs[0], mp), load(inputs[1], mp)
-        opts = CompareOptions(allow_trim=allow_trim, pcm_scale=pcm_scale)
-        floor = None
-        if floors is not None:  # the same floor lookup as parity compare (the reference trace's own provenance)
-            from .compare import candidate_context
-
-            floor = floors.for_trace(rl.metadata, rl.tensors, cand_meta=cl.metadata,
-                                     precision=candidate_context(cl, opts)[0], cand_tensors=cl.tensors)
-        mc = (check_saved(rl.metadata, rl.tensors, cl.tensors, streaming=is_streaming(rl.metadata, cl.metadata))
-              if mask_check else None)
-        result = compare_loaded(rl, cl, load_policy(policy), opts, mask_check=mc, floor=floor)
-        require_stages(result, require)
+        result = compare_saved(rl, cl, spec)
         path = build_report(result, target, ref_tensors=rl.tensors, cand_tensors=cl.tensors)
         return path, result
     raise InputError("parity-report: expected REF_TRACE CAND_TRACE, or RESULT.json [REF_TRACE CAND_TRACE] "
@@ -594,6 +570,7 @@ def report_main(argv: list[str] | None = None) -> int:
 
     def body():
         from . import args as A
+        from .judge.spec import ComparisonSpec
 
         p = OneLineParser(prog="parity-report", description="build the HTML parity report from saved inputs",
                           parents=[A.policy_parent(), A.floor_parent(), A.map_parent(), A.trim_parent(),
@@ -603,10 +580,8 @@ def report_main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-mask-check", action="store_true",
                        help="two streaming traces: skip the chunk-mask check (it loads the model the reference names)")
         args = p.parse_args(argv)
-        path, result = report_from_saved(args.inputs, args.out, policy=args.policy, maps=args.map,
-                                         allow_trim=args.allow_trim, require=required_stages(args),
-                                         pcm_scale=not args.no_pcm_scale, mask_check=not args.no_mask_check,
-                                         floors=_floor_store(args))
+        path, result = report_from_saved(args.inputs, args.out, ComparisonSpec.from_args(args, log=_log),
+                                         maps=args.map)
         from .outputs import is_regular_output
 
         size = f" ({Path(path).stat().st_size / 1024:.0f} KiB)" if is_regular_output(path) else ""

@@ -19,6 +19,7 @@ import torch
 from reference.errors import InputError
 
 from .aliases import ASSUMPTIONS, COMBINE, canonical_meta_key, canonical_name, session_assumption
+from .stages import parse_chunk
 from .trace import JOURNAL_SUFFIX, journal_path, read_trace
 
 
@@ -197,7 +198,52 @@ def load(path: str | Path, extra_map: dict[str, str] | None = None) -> Loaded:
                 norms.append({"stage": None, "kind": "metadata",
                               "detail": f"metadata {k!r} holds {_kind_of(v)}, not {META_KINDS[ck][1]}: not read as "
                                         f"{ck!r}"})
+    if one_call_dump(out, meta2):
+        out, orig, norms, dialect = as_one_call(out, orig, norms)
     return Loaded(out, meta2, str(path), orig, norms, dialect)
+
+
+# a call's control values: what a session passes to each call (a single call has none to compare)
+_CALL_CONTROL = {"tokens", "token_offset", "finalize", "streaming"}
+# a call's outputs under the single-call names they are for N = 1: the frames it appended are its flow output
+_CALL_AS_ONE = {"mel": "flow_mel", "flow_mel_full": "flow_mel"}
+
+
+def one_call_dump(tensors: dict, meta: dict) -> bool:
+    """A dump of ONE call written with chunk-scoped names (``chunk0.mu``, ``chunk_0_mel``, ...): every chunk stage
+    is call 0's, no ``stream.*`` stage, and no session metadata (a streaming session's trace keeps its names,
+    however many calls it made)."""
+    if meta.get("session") or any(n.startswith("stream.") for n in tensors):
+        return False
+    calls = {c[0] for c in (parse_chunk(n) for n in tensors) if c is not None}
+    return calls == {0}
+
+
+def as_one_call(tensors: dict, orig: dict, norms: list) -> tuple[dict, dict, list, str]:
+    """The chunk-scoped names of a one-call dump as the single-call names they alias for N = 1: ``chunk0.<stage>``
+    is ``<stage>``, the call's appended frames (``mel``; else its flow output ``flow_mel_full``) are ``flow_mel``;
+    its control values have no single-call counterpart and are left out. Every renaming is listed."""
+    out: dict = {n: t for n, t in tensors.items() if parse_chunk(n) is None}
+    o2 = {n: orig.get(n, n) for n in out}
+    notes = list(norms)
+    for name in sorted(tensors, key=lambda n: (parse_chunk(n) or (0, ""))[1] == "flow_mel_full"):
+        ch = parse_chunk(name)
+        if ch is None:
+            continue
+        field = ch[1]
+        if field in _CALL_CONTROL:
+            notes.append({"stage": name, "kind": "one-call", "detail": f"{name!r}: a call's control value, left out "
+                                                                       f"(a single call has none)"})
+            continue
+        canon = _CALL_AS_ONE.get(field, field)
+        if canon in out:
+            notes.append({"stage": canon, "kind": "alias-collision", "detail": f"{name!r} also maps to {canon!r}; "
+                                                                               f"kept {o2[canon]!r}"})
+            continue
+        out[canon], o2[canon] = tensors[name], orig.get(name, name)
+        notes.append({"stage": canon, "kind": "one-call", "detail": f"{name!r} -> {canon!r} (a dump of one call: "
+                                                                    f"the chunk-scoped name of call 0)"})
+    return out, o2, notes, "aliased"
 
 
 def tensors_from_sources(result) -> tuple[dict | None, dict | None, str | None]:

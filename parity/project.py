@@ -114,7 +114,25 @@ def read_project(pyproject: str | Path | None = None) -> ProjectConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# profile lists, derived from the one registry (candidate.switches)
+# candidate profiles: the shipped registry (candidate.switches) plus the project's [tool.parity.profiles]
+
+def project_profiles(pyproject: str | Path | None = None) -> dict[str, dict]:
+    """Every profile a project can name: the shipped ones and its ``[tool.parity.profiles]`` tables."""
+    from candidate.switches import all_profiles
+
+    return all_profiles(read_project(pyproject).profiles)
+
+
+def profile_switches(profile: str | None = None, faults=(), pyproject: str | Path | None = None,
+                     **overrides):
+    """The :class:`candidate.switches.Switches` of ``profile`` (shipped, a port under test, or the project's own;
+    None: the defaults) plus ``faults`` and switch ``overrides``: how every command resolves a profile name."""
+    from candidate.switches import switches_from
+
+    from .ports import port_profiles
+
+    return switches_from(profile, faults, {**port_profiles(), **read_project(pyproject).profiles}, **overrides)
+
 
 def shipped_profiles(device: str | None = "cpu", include_reference: bool = False,
                      include_onnx: bool = False) -> list[str]:
@@ -127,7 +145,7 @@ def shipped_profiles(device: str | None = "cpu", include_reference: bool = False
     out = []
     for name, spec in PROFILES.items():
         sw = Switches(**spec)
-        if sw.onnx and not include_onnx:
+        if sw.estimator_backend != "torch" and not include_onnx:  # an optional backend (ONNX Runtime)
             continue
         if (include_reference or sw.differences()) and (device is None or sw.device == device):
             out.append(name)
@@ -136,9 +154,9 @@ def shipped_profiles(device: str | None = "cpu", include_reference: bool = False
 
 def suite_profiles(device: str | None = "cpu") -> list[str]:
     """The parity suite's default profiles: the shipped profiles for ``device`` and, when the ``[onnx]`` extra is
-    installed (:func:`candidate.onnx_backend.onnx_available` is None), the ONNX Runtime estimator profiles too.
-    Those whose provider this onnxruntime build lacks (onnx-cuda, onnx-tensorrt on CPU) stay in the list: the
-    suite collects them and skips them with the reason (:func:`candidate.onnx_backend.profile_unavailable`)."""
-    from candidate.onnx_backend import onnx_available
+    installed (:func:`candidate.backends.onnx_graph.onnx_available` is None), the ONNX Runtime estimator profiles
+    too. Those whose provider this onnxruntime build lacks (onnx-cuda, onnx-tensorrt on CPU) stay in the list: the
+    suite collects them and skips them with the reason (:meth:`candidate.backends.Backend.unavailable`)."""
+    from candidate.backends.onnx_graph import onnx_available
 
     return shipped_profiles(device, include_onnx=onnx_available() is None)

@@ -22,25 +22,27 @@ skipped without), ``slow``.
 
 Fixtures:
 
-* ``parity_case`` -- parametrised over bundles x profiles x (offline, streaming); runs reference and
-  candidate and returns the :class:`parity.session.Case` (``case.result`` is the comparison result);
+* ``parity_case`` -- parametrised over (profile, bundle, run mode): the fixture bundles x the profiles x one
+  call offline and streaming, and the streaming session (upstream's chunked loop,
+  ``RunMode.streaming_session()``) on the session bundles (``fixtures/sessions``; not when bundles are configured)
+  x the suite's fp32 profiles (``compiled`` only when named explicitly: it recompiles for every call length);
+  runs reference and candidate
+  and returns the :class:`parity.harness.Case` (``case.result`` is the comparison result);
 * ``assert_parity(case)`` -- fails with the headline finding and the path of the report it writes;
-* ``parity_model``, ``parity_policy``, ``parity_reference(bundle, streaming)`` (cached reference runs),
-  ``parity_run(profile, bundle, streaming, faults=())`` (any candidate, cached reference),
-  ``parity_golden`` (``parity_golden.check(bundle, streaming)`` compares the reference with its golden
-  trace, or rewrites it under ``--parity-update-golden``; a missing golden fails without that option;
-  ``parity_golden.check_session(bundle)`` the same for the golden stream trace of a streaming session).
+* ``parity_model``, ``parity_policy``, ``parity_reference(bundle, streaming, mode=)`` (cached reference runs),
+  ``parity_run(profile, bundle, streaming, faults=(), mode=)`` (any candidate, any run mode, cached reference),
+  ``parity_golden`` (``parity_golden.check(bundle, mode)`` compares the reference with its golden trace in that
+  mode, a streaming session's included, or rewrites it under ``--parity-update-golden``; a missing golden fails
+  without that option); ``parity_harness`` (the session's :class:`ParityHarness`; also ``parity_session``);
+* parametrisations: ``parity_fault`` (every fault of the catalogue, single-call and streaming-session),
+  ``parity_bundle_mode`` ((bundle, run mode) of every golden).
 
-Streaming sessions (upstream's chunked loop, ``RunMode(session="streaming")``): ``parity_session_case`` is
-parametrised over the session bundles (``fixtures/sessions``) x the fp32 profiles of the suite (``compiled``
-only when named explicitly: it recompiles for every call length); ``parity_session_run(profile, bundle,
-faults=(), options=None)`` runs any candidate's session; ``parity_session_fault`` parametrises over
-``catalogue("session")`` and ``parity_session_bundle`` over the session bundles.
+Every case is judged by the plugin's :class:`parity.judge.spec.ComparisonSpec` (the project's policy, the
+floor store), as ``parity run`` judges.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +52,6 @@ from reference.errors import InputError
 
 from .onnx_options import OnnxOptions
 from .project import ProjectConfig, default_bundles, default_session_bundles, read_project, suite_profiles
-from .stages import GOLDEN_STAGES, SESSION_GOLDEN_PATTERNS
 
 
 def pytest_addoption(parser):
@@ -178,7 +179,7 @@ class ParityConfig:
                    profiles_explicit=bool(configured))
 
     def model_spec(self, preset: str | None = None):
-        from .session import ModelSpec
+        from .harness import ModelSpec
 
         if preset is None and self.model_dir:
             return ModelSpec(None, self.model_dir)
@@ -208,71 +209,64 @@ def _profile_bundles(pc: ParityConfig, profile: str, bundles: list[Path]) -> lis
 
 
 def profile_unavailable(pc: ParityConfig, profile: str) -> str | None:
-    """Why ``profile`` (with the suite's switch overrides) cannot run here: its ONNX Runtime provider is missing
-    (:func:`candidate.onnx_backend.profile_unavailable`); None when it can, or when it does not resolve (the
-    case then fails with that error when it runs)."""
-    from candidate.switches import switches_from
+    """Why ``profile`` (with the suite's switch overrides) cannot run here: its estimator backend's reason
+    (:meth:`candidate.backends.Backend.unavailable`: an ONNX Runtime provider, a port's package missing); None
+    when it can, or when it does not resolve (the case then fails with that error when it runs)."""
+    from .project import profile_switches
 
     try:
-        sw = switches_from(profile, (), pc.project.path, **pc.onnx.overrides())
+        sw = profile_switches(profile, (), pc.project.path)
+        if sw.backend.takes_switches:
+            sw = profile_switches(profile, (), pc.project.path, **pc.onnx.overrides())
     except InputError:
         return None
-    if not sw.onnx:
-        return None
-    from candidate.onnx_backend import profile_unavailable as why_not
-
-    return why_not(sw)
+    return sw.backend.unavailable(sw)
 def session_profiles(pc: ParityConfig) -> list[str]:
     """The suite's profiles for the streaming-session cases: the fp32 ones (the session's chunk stages reuse the
     single-call rules; reduced precision was measured by hand, docs/benchmarks.md), ``torch.compile`` ones only
     when named explicitly (a recompilation per call length: about a minute on the tiny preset)."""
-    from candidate.switches import switches_from
+    from .project import profile_switches
 
     out = []
     for p in pc.profiles:
         try:
-            sw = switches_from(p, (), pc.project.path)
+            sw = profile_switches(p, (), pc.project.path)
         except Exception:  # noqa: BLE001 - an unknown profile fails in its own single-call cases
             continue
-        if sw.precision != "fp32" or ((sw.compile or sw.onnx) and not pc.profiles_explicit):
-            continue  # ONNX profiles: the streaming chunk-mask check is covered by their single-call cases
+        if sw.precision != "fp32" or ((sw.compile or sw.estimator_backend != "torch") and not pc.profiles_explicit):
+            continue  # another backend (ONNX Runtime): the chunk-mask check is covered by its single-call cases
         out.append(p)
     return out
 
 
 def pytest_generate_tests(metafunc):
     pc: ParityConfig = metafunc.config._parity
+    from .capture.runner import RunMode
+
+    one_call = (RunMode(), RunMode(streaming=True))
+    session = RunMode.streaming_session()
     if "parity_case_spec" in metafunc.fixturenames:
         params = []
         for prof in pc.profiles:
             why = profile_unavailable(pc, prof)
             marks = [pytest.mark.skip(reason=f"profile {prof}: {why}")] if why else []
             for b in _profile_bundles(pc, prof, _bundles(pc)):
-                for streaming in (False, True):
-                    params.append(pytest.param((prof, str(b), streaming), marks=marks,
-                                               id=f"{b.stem}-{prof}-{'streaming' if streaming else 'offline'}"))
+                for mode in one_call:
+                    params.append(pytest.param((prof, str(b), mode), marks=marks, id=f"{b.stem}-{prof}-{mode.label}"))
+        # the streaming session (upstream's loop) on the session bundles, unless the bundles are configured
+        for prof in session_profiles(pc) if not pc.bundles else ():
+            for b in default_session_bundles():
+                params.append(pytest.param((prof, str(b), session), id=f"{b.stem}-{prof}-{session.label}"))
         metafunc.parametrize("parity_case_spec", params)
     if "parity_bundle_mode" in metafunc.fixturenames:
-        specs = [(str(b), s) for b in _bundles(pc) for s in (False, True)]
-        metafunc.parametrize("parity_bundle_mode", specs,
-                             ids=[f"{Path(b).stem}-{'streaming' if s else 'offline'}" for b, s in specs])
+        specs = [(str(b), m) for b in _bundles(pc) for m in one_call]
+        specs += [(str(b), session) for b in (default_session_bundles() if not pc.bundles else ())]
+        metafunc.parametrize("parity_bundle_mode", specs, ids=[f"{Path(b).stem}-{m.label}" for b, m in specs])
     if "parity_fault" in metafunc.fixturenames:
         from candidate.faults import catalogue
 
-        names = sorted(catalogue())
+        names = sorted(catalogue("all"))
         metafunc.parametrize("parity_fault", names, ids=names)
-    if "parity_session_spec" in metafunc.fixturenames:
-        specs = [(prof, str(b)) for prof in session_profiles(pc) for b in default_session_bundles()]
-        metafunc.parametrize("parity_session_spec", specs,
-                             ids=[f"{Path(b).stem}-{p}-streaming-session" for p, b in specs])
-    if "parity_session_fault" in metafunc.fixturenames:
-        from candidate.faults import catalogue
-
-        names = sorted(catalogue("session"))
-        metafunc.parametrize("parity_session_fault", names, ids=names)
-    if "parity_session_bundle" in metafunc.fixturenames:
-        bs = default_session_bundles()
-        metafunc.parametrize("parity_session_bundle", [str(b) for b in bs], ids=[b.stem for b in bs])
 
 
 def pytest_collection_modifyitems(config, items):
@@ -295,46 +289,50 @@ def _cuda_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# session state
+# the pytest session's harness
 
-class ParitySession:
-    """The pytest session's :class:`parity.session.Session` (project, policy, models, candidates, reference
-    cache) plus the cases run in it and where their reports go."""
+class ParityHarness:
+    """The pytest session's :class:`parity.harness.Harness` (project, comparison spec, models, candidates,
+    reference cache) plus the cases run in it and where their reports go."""
 
     def __init__(self, pc: ParityConfig):
-        from .session import Session
+        from .floor.store import FloorStore
+        from .harness import Harness
+        from .judge.policy import load_policy
+        from .judge.spec import ComparisonSpec
 
         self.pc = pc
-        self.session = Session(project=pc.project, policy=pc.policy)
+        self.harness = Harness(project=pc.project, spec=ComparisonSpec(policy=load_policy(pc.policy, pc.project),
+                                                                       floors=FloorStore()))
         self.cases: list = []
         self.case_tests: list[str | None] = []  # the node id of the test that ran each case
         self.current_test: str | None = None
         self.outcomes: dict[str, str] = {}  # node id -> outcome (this process's tests)
 
     def policy(self):
-        return self.session.policy
+        return self.harness.policy
 
     def model(self, preset: str | None = None):
-        return self.session.model(self.pc.model_spec(preset))
+        return self.harness.model(self.pc.model_spec(preset))
 
     def candidate(self, model, profile: str, faults=(), device: str | None = None, overrides: dict | None = None):
-        return self.session.candidate(model, profile, faults, device or self.pc.device, overrides=overrides)
+        return self.harness.candidate(model, profile, faults, device or self.pc.device, overrides=overrides)
 
     def run(self, profile: str, bundle, streaming: bool = False, faults=(), model=None, patterns=None,
             local: bool = True, mode=None, overrides: dict | None = None):
-        """One case; ``mode``: a :class:`parity.session.RunMode` (default: single call, ``streaming``)."""
-        from .session import RunMode
+        """One case; ``mode``: a :class:`parity.capture.runner.RunMode` (default: one call, ``streaming``)."""
+        from .capture.runner import RunMode
 
         model = model or self.model()
         cand = self.candidate(model, profile, faults, overrides=overrides)
-        case = self.session.run(model, cand, bundle, mode or RunMode(streaming), patterns=patterns, local=local)
+        case = self.harness.run(model, cand, bundle, mode or RunMode(streaming), patterns=patterns, local=local)
         self.cases.append(case)
         self.case_tests.append(self.current_test)
         return case
 
     def summaries(self, outcomes: dict[str, str]) -> list:
         """The session's cases as summary rows, each with its test and that test's outcome."""
-        from .session import CaseSummary
+        from .harness import CaseSummary
 
         rows = []
         for c, test in zip(self.cases, self.case_tests):
@@ -343,17 +341,10 @@ class ParitySession:
             rows.append(r)
         return rows
 
-    def run_session(self, profile: str, bundle, faults=(), options=None, model=None, patterns=None):
-        """One streaming-session case (upstream's chunked loop with ``options``, a SessionOptions or None)."""
-        from .session_runner import session_mode
-
-        return self.run(profile, bundle, faults=faults, model=model, patterns=patterns, local=False,
-                        mode=session_mode(options), overrides=self.pc.onnx.overrides())
-
     def reference(self, bundle, streaming: bool = False, model=None, patterns=None, mode=None):
-        from .session import RunMode
+        from .capture.runner import RunMode
 
-        return self.session.reference(model or self.model(), bundle, mode or RunMode(streaming), patterns)
+        return self.harness.reference(model or self.model(), bundle, mode or RunMode(streaming), patterns)
 
     def report_dir(self) -> Path:
         """Where case pages go: beside the session page (``reports/x.html`` -> ``reports/x/``); a session page
@@ -366,17 +357,17 @@ class ParitySession:
         return (base if is_regular_output(base) else default).with_suffix("")
 
     def write_case_report(self, case) -> Path:
-        from .report import build_report
+        from .present.report import build_report
 
         if case.report is None:
             case.report = build_report(case.result, self.report_dir() / f"{case.name}.html", case=case)
         return case.report
 
 
-def _session(config) -> ParitySession:
-    if not hasattr(config, "_parity_session"):
-        config._parity_session = ParitySession(config._parity)
-    return config._parity_session
+def _harness(config) -> ParityHarness:
+    if not hasattr(config, "_parity_harness"):
+        config._parity_harness = ParityHarness(config._parity)
+    return config._parity_harness
 
 
 def _is_xdist_worker(config) -> bool:
@@ -408,7 +399,7 @@ def pytest_testnodedown(node, error):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Which test is running: the cases it runs are counted by its outcome."""
-    ps = _session(item.config) if getattr(item.config, "_parity", None) else None
+    ps = _harness(item.config) if getattr(item.config, "_parity", None) else None
     if ps is not None:
         ps.current_test = item.nodeid
     try:
@@ -467,10 +458,10 @@ def pytest_sessionfinish(session, exitstatus):
     config = session.config
     if not getattr(config, "_parity", None) or not config._parity.report:
         return
-    from .session import CaseSummary
+    from .harness import CaseSummary
 
     tally: OutcomeTally = config._parity_tally
-    ps = getattr(config, "_parity_session", None)
+    ps = getattr(config, "_parity_harness", None)
     rows: list = []
     if ps is not None:
         for c in ps.cases:
@@ -493,7 +484,7 @@ def pytest_sessionfinish(session, exitstatus):
     lost = list(getattr(config, "_parity_lost", []))
     if not rows and not lost:
         return
-    from .report import build_summary_page, summary_banner
+    from .present.report import build_summary_page, summary_banner
 
     info = {"exitstatus": int(exitstatus), "counts": tally.counts(), "notes": lost}
     path = build_summary_page(rows, Path(config._parity.report), session=info)
@@ -506,63 +497,60 @@ def pytest_sessionfinish(session, exitstatus):
 # fixtures
 
 @pytest.fixture(scope="session")
-def parity_session(request) -> ParitySession:
-    return _session(request.config)
+def parity_harness(request) -> "ParityHarness":
+    """The pytest session's harness (:class:`ParityHarness`): its configuration, comparison spec, caches, and
+    the cases it ran."""
+    return _harness(request.config)
 
 
 @pytest.fixture(scope="session")
-def parity_model(parity_session):
-    return parity_session.model()
+def parity_session(parity_harness) -> "ParityHarness":
+    """The same object as ``parity_harness`` (its name before the harness was called a harness)."""
+    return parity_harness
 
 
 @pytest.fixture(scope="session")
-def parity_policy(parity_session):
-    return parity_session.policy()
+def parity_model(parity_harness):
+    return parity_harness.model()
+
+
+@pytest.fixture(scope="session")
+def parity_policy(parity_harness):
+    return parity_harness.policy()
 
 
 @pytest.fixture
-def parity_case(parity_session, parity_case_spec):
-    profile, bundle, streaming = parity_case_spec
-    return parity_session.run(profile, bundle, streaming, overrides=parity_session.pc.onnx.overrides())
+def parity_case(parity_harness, parity_case_spec):
+    profile, bundle, mode = parity_case_spec
+    return parity_harness.run(profile, bundle, mode=mode, overrides=parity_harness.pc.onnx.overrides())
 
 
 @pytest.fixture
-def parity_run(parity_session):
-    """``parity_run(profile, bundle, streaming=False, faults=(), patterns=None)`` -> Case."""
-    def run(profile, bundle, streaming=False, faults=(), patterns=None, local=True):
-        return parity_session.run(profile, bundle, streaming, tuple(faults), patterns=patterns, local=local)
+def parity_run(parity_harness):
+    """``parity_run(profile, bundle, streaming=False, faults=(), patterns=None, local=True, mode=None)`` -> Case;
+    ``mode``: a :class:`parity.capture.runner.RunMode` (``RunMode.streaming_session(options)`` for upstream's
+    loop; default: one call, ``streaming``)."""
+    def run(profile, bundle, streaming=False, faults=(), patterns=None, local=True, mode=None):
+        return parity_harness.run(profile, bundle, streaming, tuple(faults), patterns=patterns, local=local,
+                                  mode=mode)
     return run
 
 
 @pytest.fixture
-def parity_session_case(parity_session, parity_session_spec):
-    """A streaming-session case: the reference's and the candidate's sessions on a session bundle."""
-    profile, bundle = parity_session_spec
-    return parity_session.run_session(profile, bundle)
-
-
-@pytest.fixture
-def parity_session_run(parity_session):
-    """``parity_session_run(profile, bundle, faults=(), options=None, patterns=None)`` -> Case (streaming session)."""
-    def run(profile, bundle, faults=(), options=None, patterns=None):
-        return parity_session.run_session(profile, bundle, tuple(faults), options, patterns=patterns)
-    return run
-
-
-@pytest.fixture
-def parity_reference(parity_session):
-    """``parity_reference(bundle, streaming=False)`` -> RunResult of the reference (cached per session)."""
-    def ref(bundle, streaming=False, patterns=None):
-        return parity_session.reference(bundle, streaming, patterns=patterns)
+def parity_reference(parity_harness):
+    """``parity_reference(bundle, streaming=False, patterns=None, mode=None)`` -> RunResult of the reference
+    (cached per session)."""
+    def ref(bundle, streaming=False, patterns=None, mode=None):
+        return parity_harness.reference(bundle, streaming, patterns=patterns, mode=mode)
     return ref
 
 
 @pytest.fixture
-def assert_parity(parity_session):
+def assert_parity(parity_harness):
     """``assert_parity(case)``: passes when the comparison passes; otherwise writes the case's report and
     fails with the headline finding and the report path. ``assert_parity(case, expect="fail",
     finding=CODE, stage=STAGE)``: the case must fail with that finding as the headline (a known, diagnosed
-    failure, e.g. :func:`parity.streaming_mask.expected_outcome`); ``why`` is shown when it does not."""
+    failure, e.g. :func:`parity.judge.mask.expected_outcome`); ``why`` is shown when it does not."""
     def check(case, expect: str = "pass", finding: str | None = None, stage: str | None = None,
               why: str | None = None):
         v = case.result.verdict
@@ -576,13 +564,13 @@ def assert_parity(parity_session):
         if finding is not None:
             want = f"{expect.upper()} with headline {stage or '*'} [{finding}]" + (f" ({why})" if why else "")
             try:
-                where = f"\n  report: {parity_session.write_case_report(case)}"
+                where = f"\n  report: {parity_harness.write_case_report(case)}"
             except Exception as exc:  # noqa: BLE001
                 where = f"\n  (report not written: {exc})"
             pytest.fail(f"parity {v.upper()} for {case.name}, expected {want}: {case.result.headline_text()}{where}",
                         pytrace=False)
         try:
-            path = parity_session.write_case_report(case)
+            path = parity_harness.write_case_report(case)
             where = f"\n  report: {path}"
         except Exception as exc:  # noqa: BLE001
             where = f"\n  (report not written: {exc})"
@@ -590,126 +578,11 @@ def assert_parity(parity_session):
     return check
 
 
-class Golden:
-    """Golden regression of the reference: compact fp32 traces in fixtures/golden with their versions."""
-
-    STAGES = GOLDEN_STAGES
-
-    def __init__(self, ps: ParitySession, update: bool):
-        self.ps = ps
-        self.update = update
-        self.dir = ps.pc.rootdir / "fixtures" / "golden"
-
-    def path(self, bundle, streaming: bool) -> Path:
-        return self.dir / f"{Path(bundle).stem}-{'streaming' if streaming else 'offline'}.safetensors"
-
-    def check(self, bundle, streaming: bool = False, model=None):
-        """Returns the comparison result of the reference against its golden trace (rewriting it first under
-        ``--parity-update-golden``). A missing golden fails the test unless the option is given: it is never
-        written silently and compared with itself."""
-        res = self.ps.reference(bundle, streaming, model=model)
-        tensors = {k: v for k, v in res.tensors.items() if k in self.STAGES}
-        result = self._check(self.path(bundle, streaming), tensors, res.metadata)
-        if self.update:  # the shipped floors of this bundle and mode beside the golden (single-call modes only)
-            self.update_floors(bundle, streaming, model)
-        return result
-
-    def session_path(self, bundle, mode) -> Path:
-        return self.dir / f"{Path(bundle).stem}-{mode.label}.safetensors"
-
-    def check_session(self, bundle, options=None, model=None):
-        """The golden stream trace of a streaming session of ``bundle`` (``options``: SessionOptions, default
-        upstream's): the calls' control values, the appended frames, a few ODE states of the recorded chunks and
-        the stream (:data:`parity.stages.SESSION_GOLDEN_PATTERNS`), compared as a session (schedule included)."""
-        import fnmatch
-
-        from .session_runner import session_mode
-
-        mode = session_mode(options)
-        res = self.ps.reference(bundle, model=model, mode=mode)
-        tensors = {k: v for k, v in res.tensors.items()
-                   if any(fnmatch.fnmatchcase(k, p) for p in SESSION_GOLDEN_PATTERNS)}
-        result = self._check(self.session_path(bundle, mode), tensors, res.metadata,
-                             ("session", "session_options", "session_plan", "session_schedule", "session_chunks",
-                              "session_holdback_frames", "session_samples_per_frame", "session_deviations",
-                              "sample_rate"))
-        if self.update:  # the session's shipped fp32 floor beside its golden
-            self.update_floors(bundle, True, model, session=mode.options or _default_session_options(),
-                               label=mode.label)
-        return result
-
-    def _check(self, path: Path, tensors: dict, ref_meta: dict, extra_keys=()):
-        from .compare import CompareOptions, compare_loaded
-        from .ingest import Loaded, load
-        from .policy import load_policy
-        from .trace import write_trace
-
-        meta = {k: ref_meta.get(k) for k in ("model", "weights_sha256", "noise", "n_timesteps", "t_scheduler",
-                                             "cfg_rate", "streaming", "finalize", "dtypes", "attention") + tuple(extra_keys)}
-        meta["env"] = ref_meta.get("env")
-        meta["versions"] = _versions()
-        meta["pipeline"] = "reference"
-        if not path.exists() and not self.update:
-            pytest.fail(f"golden trace {path} is missing: rerun with --parity-update-golden to write it from the "
-                        f"current reference (then review and commit it)", pytrace=False)
-        if self.update:
-            old = load(path) if path.exists() else None
-            write_trace(path, tensors, meta)
-            if old is not None:
-                changed = []
-                for k, t in tensors.items():
-                    o = old.tensors.get(k)
-                    if o is None or o.shape != t.shape:
-                        changed.append(f"{k}: new or reshaped")
-                    else:
-                        d = float((o.double() - t.double()).abs().max())
-                        if d:
-                            changed.append(f"{k}: max |diff| {d:.3g}")
-                print(f"\nparity: golden {path.name} rewritten; "
-                      + ("; ".join(changed) if changed else "no tensor changed"))
-            else:
-                print(f"\nparity: golden {path.name} written")
-        gold = load(path)
-        cur = Loaded(tensors, dict(meta, env=ref_meta.get("env")), f"<reference {path.stem}>")
-        result = compare_loaded(gold, cur, load_policy(None, self.ps.pc.project),
-                                CompareOptions(precision="fp32", attention="explicit", audio_metrics=False))
-        return result
-
-
-    def update_floors(self, bundle, streaming: bool, model=None, session=None, label=None) -> list[Path]:
-        """Rewrite the shipped floors of (bundle, mode) beside the golden: the fp32 noise floor and the envelope of
-        each reduced-precision profile of the suite (:func:`parity.floor.store.write_shipped`); a streaming
-        session's fp32 floor (``session``: its SessionOptions)."""
-        from .floor.store import write_shipped
-
-        model = model or self.ps.model()
-        paths = write_shipped(model, bundle, streaming=streaming, profiles=self.ps.pc.profiles, directory=self.dir,
-                              log=lambda m: print(f"\nparity: {m}"), session=session, label=label)
-        floors = self.ps.session.floors
-        if floors is not None:
-            floors.forget()
-        return paths
-
-
-def _default_session_options():
-    from reference.session import SessionOptions
-
-    return SessionOptions()
-
-
-def _versions() -> dict:
-    import platform
-
-    import numpy
-    import torch
-
-    return {"torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "written": time.strftime("%Y-%m-%d")}
-
-
 @pytest.fixture(scope="session")
-def parity_golden(parity_session, request):
-    return Golden(parity_session, bool(request.config.getoption("--parity-update-golden")))
+def parity_golden(parity_harness, request):
+    from .golden import Golden
+
+    return Golden(parity_harness, bool(request.config.getoption("--parity-update-golden")))
 
 
 def pytest_report_header(config):

@@ -48,6 +48,11 @@ def verdict_of(findings: Iterable["Finding"]) -> str:
     return "error" if "error" in sev else ("fail" if "failure" in sev else "pass")
 
 
+def fmt_value(v) -> str:
+    """A number in a finding's message: 3 significant digits for a float, as written otherwise."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def aggregate_verdict(verdicts: Iterable[str]) -> str:
     """The verdict of several comparisons: the worst of them (error > fail > pass)."""
     vs = set(verdicts)
@@ -75,6 +80,15 @@ class Finding:
     def __post_init__(self):
         if self.severity not in SEVERITY_ORDER:
             raise ValueError(f"finding {self.code!r}: severity {self.severity!r} is not one of {SEVERITIES}")
+
+    @classmethod
+    def at(cls, code: str, stage: str | None, severity: str, message: str, evidence: dict | None = None, *,
+           first: bool = False) -> "Finding":
+        """The one finding builder: ``position`` from the stage's pipeline position (``first``: sorts before every
+        stage finding of its severity, as the schedule and option findings of a session do)."""
+        from .stages import position
+
+        return cls(code, stage, severity, message, evidence or {}, [-1] if first or not stage else list(position(stage)))
 
     def sort_key(self) -> tuple:
         """Severity class first, then the rank within the class (``evidence["rank"]``, default 0: a divergence
@@ -284,6 +298,17 @@ class Comparison:
 
     # -- derived -------------------------------------------------------------------------------
     @property
+    def sample_rate(self) -> int:
+        """The audio sample rate of the comparison (its context, else the reference trace's metadata, else the
+        configuration's default): what the report turns sample indices into seconds with."""
+        from .trace import sample_rate_of
+
+        for v in (self.context.get("sample_rate"), (self.audio or {}).get("sr"), (self.session or {}).get("sample_rate")):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                return int(v)
+        return sample_rate_of(self.metadata.get("ref") if isinstance(self.metadata, dict) else None)
+
+    @property
     def gates(self) -> dict:
         """How many judged stages each gate decided (``{"floor": n, "flat": m}``)."""
         out: dict = {}
@@ -350,7 +375,7 @@ class Comparison:
     def to_json(self, vectors: dict | None = None, prefix: str = "") -> dict:
         """A JSON-safe dict (schema ``tts-parity-comparison/1``). With ``vectors`` (a dict), per-frame
         vectors are moved into it (keys start with ``prefix``) instead of being written inline."""
-        from .metrics import to_jsonable
+        from .measure.metrics import to_jsonable
 
         fd = self.first_divergence
         audio = self.audio

@@ -1,6 +1,7 @@
-"""``parity run``: every bundle x every candidate profile through the session layer (reference once per
-bundle, candidate, step-local errors, comparison), then the terminal summary, the HTML reports and the JSON.
-This is command-layer orchestration; the capture/compare work is :func:`parity.session.run_case`."""
+"""``parity run``: every bundle x every candidate profile through the harness (reference once per bundle,
+candidate, step-local errors, comparison as the command's :class:`parity.judge.spec.ComparisonSpec` says), then
+the terminal summary, the HTML reports and the JSON. This is command-layer orchestration; the capture/judge work
+is :func:`parity.harness.run_case`."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 from reference.errors import InputError
 
 from .project import BUNDLE_DIR, SESSION_BUNDLE_DIR, default_bundles, default_session_bundles
-from .result import Finding, aggregate_verdict, exit_code_for, write_json, write_matrix_json
-from .session import Case, CaseSummary, ModelSpec, RunMode, Session
+from .harness import Case, CaseSummary, Harness, ModelSpec
+from .result import aggregate_verdict, exit_code_for, write_json, write_matrix_json
 from .trace import now_iso
 
 
@@ -22,63 +23,53 @@ def run_command(args) -> int:
     (:mod:`parity.outputs`), so a concurrent run never writes over them."""
     from reference.bundle import bundle_dims, load_bundle, negative_token_note
 
-    from .args import required_stages
-    from .floor.store import store_from_args
+    from .args import run_mode_from_args
+    from .judge.spec import ComparisonSpec
     from .onnx_options import OnnxOptions
     from .outputs import Output, claim_output, is_regular_output, prepare_outputs, unique_stamp
-    from .require import require_stages
+    from .present.summary import render
     from .result import sidecar_path
-    from .session_runner import options_from_args, session_mode
-    from .summary import render
 
     t_start = time.perf_counter()
     onnx = OnnxOptions.from_args(args)
     overrides = onnx.overrides()  # --onnx-estimator / --require-provider: switches on top of each profile
-    session_opts = options_from_args(args)
-    floors = store_from_args(args, lambda m: print(f"parity: {m}", file=sys.stderr, flush=True))
-    defaults = default_session_bundles() if session_opts is not None else default_bundles()
+    mode = run_mode_from_args(args)
+    spec = ComparisonSpec.from_args(args, log=lambda m: print(f"parity: {m}", file=sys.stderr, flush=True))
+    floors = spec.floors
+    defaults = default_session_bundles() if mode.is_session else default_bundles()
     bundles = [Path(b) for b in (args.inputs or defaults)]
     if not bundles:
         raise InputError(f"no input bundles given and none found in "
-                         f"{SESSION_BUNDLE_DIR if session_opts is not None else BUNDLE_DIR}")
+                         f"{SESSION_BUNDLE_DIR if mode.is_session else BUNDLE_DIR}")
     for b in bundles:
         if not b.exists():
             raise InputError(f"{b}: input bundle not found")
     profiles = onnx.profiles(args.profile, ["fp32-sdpa"])
-    mode = session_mode(session_opts) if session_opts is not None else RunMode(streaming=args.streaming)
     explicit = bool(args.report)
     report = Path(args.report) if explicit else Path("reports") / f"parity-{unique_stamp()}.html"
     prepare_outputs([Output("--report", report, explicit=explicit), Output("--json", args.json),
                      Output("--keep-traces", args.keep_traces, "dir")])
     report = claim_output(report, "--report", replace_existing=explicit, companions=[lambda p: p.with_suffix("")]).path
     json_path = claim_output(args.json, "--json", companions=[sidecar_path]).path if args.json else None
-    session = Session(policy=args.policy, floors=floors)
-    model = session.model(ModelSpec.from_args(args))
+    harness = Harness(spec=spec)
+    model = harness.model(ModelSpec.from_args(args))
     for b in bundles:  # said once per bundle, however many profiles run on it
         note = negative_token_note(load_bundle(b, **bundle_dims(model.cfg)), b)
         if note:
             print(f"parity run: note: {note}", file=sys.stderr)
-    required = required_stages(args)
     trace_dir = Path(args.keep_traces) if args.keep_traces else None
     show_progress = not args.no_progress and sys.stderr.isatty()
     cases: list[Case] = []
     for prof in profiles:
-        cand = session.candidate(model, prof, args.fault or (), device=args.device, overrides=overrides,
+        cand = harness.candidate(model, prof, args.fault or (), device=args.device, overrides=overrides,
                                  port_noise=getattr(args, "port_noise", "shared"))
         refusal = getattr(cand, "session_refusal", None)
         if mode.is_session and callable(refusal) and refusal():
             raise InputError(refusal())
         for b in bundles:
-            case = session.run(model, cand, b, mode, patterns=args.stages, trace_dir=trace_dir,
-                               local=not args.no_local, progress=show_progress)
-            if args.require_kernel:
-                from candidate.provenance import check_required_kernel
-
-                msg = check_required_kernel(args.require_kernel, case.cand_meta.get("attention_kernels") or {})
-                if msg:
-                    case.result.add_finding(Finding("required_kernel_missing", None, "failure", msg))
-            require_stages(case.result, required)
-            cases.append(case)
+            cases.append(harness.run(model, cand, b, mode, patterns=args.stages, trace_dir=trace_dir,
+                                     local=not args.no_local, progress=show_progress))
+            case = cases[-1]
             print(render(case.result, verbose=args.verbose))
             print()
     if floors is not None and floors.files:  # a --floor FILE that judged no case is worth a line
@@ -89,7 +80,7 @@ def run_command(args) -> int:
             if Floor.load(f).digest not in used:
                 print(f"parity: --floor {f} judged no case (its key is none of these bundles, modes and precisions)",
                       file=sys.stderr)
-    from .report import build_report, build_summary_page
+    from .present.report import build_report, build_summary_page
 
     if len(cases) == 1:
         path = build_report(cases[0].result, report, case=cases[0])

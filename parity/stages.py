@@ -37,6 +37,10 @@ SESSION_KEY_STAGES = {"flow_mel": "stream.mel", "audio": "stream.audio"}
 # progress lines: the stages whose arrival is worth a line (besides every step's x)
 PROGRESS_MARKS = {"flow_mel": "flow done", "f0": "vocoder: F0", "audio": "vocoder done"}
 
+# the unit of the ODE time grid (step{k}.t, step{k}.dt): one fp32 ulp at the grid's end, 2^-23 on [0, 1]; its
+# legitimate formulations differ by a few of these (parity.floor.judge judges the grid in it)
+TIME_GRID_UNIT = 2.0 ** -23
+
 _STEP_RE = re.compile(r"^step(\d+)\.(.+)$")
 _BLOCK_RE = re.compile(r"^block(\d+)$")
 _HIFT_RE = re.compile(r"^hift\.([a-z_]+?)(\d*)$")
@@ -342,6 +346,7 @@ def session_rule_stage(name: str) -> str | None:
     return SESSION_RULE_STAGES.get(field, field)
 
 
-def chunk_of(name: str) -> int | None:
-    ch = parse_chunk(name)
-    return ch[0] if ch else None
+def golden_patterns(session: bool = False) -> list[str]:
+    """The stages a golden trace of the reference keeps: :data:`GOLDEN_STAGES` for one call,
+    :data:`SESSION_GOLDEN_PATTERNS` for a streaming session (globs)."""
+    return list(SESSION_GOLDEN_PATTERNS if session else GOLDEN_STAGES)

@@ -273,3 +273,12 @@ def write_trace(path: str | Path, tensors: dict[str, torch.Tensor], metadata: di
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
+
+
+def sample_rate_of(meta: dict | None) -> int:
+    """The audio sample rate a trace's metadata records (``sample_rate``, from the model's configuration), else
+    the configuration's default (:data:`reference.config.SAMPLE_RATE`): the one place a trace's rate is read."""
+    from reference.config import SAMPLE_RATE
+
+    v = (meta or {}).get("sample_rate") if isinstance(meta, dict) else None
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else SAMPLE_RATE

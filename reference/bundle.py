@@ -100,7 +100,7 @@ def save_bundle(path: str | Path, tensors: dict[str, torch.Tensor], metadata: di
         offset += len(data)
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
     head += b" " * (-len(head) % 8)  # the spec allows trailing spaces; 8-byte alignment of the data
-    from parity.outputs import output_file  # the harness's one way to write a file (atomic, streams)
+    from .files import output_file  # the one way to write a file (atomic, streams)
 
     with output_file(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(head)))

@@ -20,6 +20,11 @@ from .errors import ParityUserError
 from .hyperyaml import HyperYamlError, Tagged, load_hyperyaml
 
 
+# upstream's output rate (CosyVoice 3: 24 kHz): the default of every configuration field that holds it; everything
+# else reads the rate from the model's configuration, and a trace records it (``sample_rate``)
+SAMPLE_RATE = 24000
+
+
 class ConfigError(ParityUserError, ValueError):
     pass
 
@@ -96,7 +101,7 @@ class HiFTConfig:
     in_channels: int = 80
     base_channels: int = 512
     nb_harmonics: int = 8
-    sampling_rate: int = 24000
+    sampling_rate: int = SAMPLE_RATE
     nsf_alpha: float = 0.1
     nsf_sigma: float = 0.003
     nsf_voiced_threshold: float = 10
@@ -127,7 +132,7 @@ class MelConfig:
 
     n_fft: int = 1920
     num_mels: int = 80
-    sampling_rate: int = 24000
+    sampling_rate: int = SAMPLE_RATE
     hop_size: int = 480
     win_size: int = 1920
     fmin: float = 0
@@ -138,7 +143,7 @@ class MelConfig:
 @dataclass
 class ModelConfig:
     name: str = "cosyvoice3-0.5b"
-    sample_rate: int = 24000
+    sample_rate: int = SAMPLE_RATE
     token_frame_rate: int = 25
     token_mel_ratio: int = 2
     chunk_size: int = 25

@@ -24,7 +24,7 @@ def export_model_dir(preset_name: str, out: str | Path, fmt: str = "pt") -> Path
 def write_model_dir(model: Token2Wav, yaml_text: str, out: str | Path, fmt: str = "pt") -> Path:
     """Write ``model``'s weights in the upstream key format next to ``yaml_text`` (which must describe the
     same configuration: loading the directory builds the modules from the yaml)."""
-    from parity.outputs import output_file, write_output  # the harness's one way to write a file
+    from .files import output_file, write_output  # the one way to write a file (atomic, streams)
 
     if fmt not in ("pt", "safetensors"):
         raise ValueError(f"format must be pt or safetensors, got {fmt!r}")

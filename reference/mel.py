@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import MelConfig
+from .config import SAMPLE_RATE, MelConfig
 from .errors import InputError
 
 LOG_FLOOR = 1e-5  # Matcha ``dynamic_range_compression_torch`` clip value
@@ -97,7 +97,7 @@ def _mel_filterbank_cached(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: 
     return out
 
 
-def mel_filterbank(sr: int = 24000, n_fft: int = 1920, n_mels: int = 80, fmin: float = 0.0,
+def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = 1920, n_mels: int = 80, fmin: float = 0.0,
                    fmax: float | None = None) -> np.ndarray:
     """Slaney-scale, Slaney-normalised triangular mel filterbank, float32 ``[n_mels, n_fft // 2 + 1]``.
 

@@ -42,13 +42,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .config import ModelConfig
+from .config import SAMPLE_RATE, ModelConfig
 from .errors import InputError
 
 # upstream's own hard-codes: the same for every configuration
 FLOW_NOISE_CHANNELS = 80  # CausalConditionalCFM: randn([1, 80, 50 * 300]), not output_size
 FLOW_NOISE_FRAMES = 15000  # 50 * 300: 300 s of mel at 50 Hz
 HIFT_NOISE_SAMPLES = 7_200_000  # SineGen2: 300 * 24000 rows, whatever the sampling rate
+EXPORT_SAMPLES = 30 * SAMPLE_RATE  # what `parity noise export` writes of the sine noise by default: 30 s
 N_HARMONIC_ROWS = 9  # SineGen2: 9 columns (rand(1, 9)), not nb_harmonics + 1 (config.py rejects nb_harmonics != 8)
 
 # tensor names in the noise safetensors file
@@ -243,7 +244,7 @@ class SharedNoise:
         """Write the noise as safetensors (``rand_noise``, ``hift_rand_ini``, ``hift_sine_noise``), with the
         sizes that shaped it in the metadata."""
         frames = self.flow.shape[2] if frames is None else frames
-        samples = min(self.sine_available, 24000 * 30) if samples is None else samples
+        samples = min(self.sine_available, EXPORT_SAMPLES) if samples is None else samples
         tensors = {K_FLOW: self.flow_noise(frames).contiguous(), K_RAND_INI: self.rand_ini,
                    K_SINE: self.sine_noise(samples).contiguous()}
         meta = {"source": self.source, "fingerprint": self.fingerprint(),
@@ -255,7 +256,7 @@ class SharedNoise:
             meta["recipe"] = self.sizes.recipe()
         if self.config is not None:
             meta["config"] = self.config
-        from parity.outputs import write_output  # the harness's one way to write a file (atomic, streams)
+        from .files import write_output  # the one way to write a file (atomic, streams)
 
         return write_output(path, safetensors_bytes(tensors, metadata=meta))
 

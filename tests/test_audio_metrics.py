@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import fft as sfft
 
-from parity.audio_metrics import (AUDIO_LIMIT, LOG_MEL_FLOOR, audio_report, audio_side_stats, click_detector,
+from parity.measure.audio_metrics import (AUDIO_LIMIT, LOG_MEL_FLOOR, audio_report, audio_side_stats, click_detector,
                                   clipping_runs, f0_metrics, log_spectral_distance, logmel_distance, mcd, si_sdr_db,
                                   snr_db, stft_power)
-from parity.metrics import ShapeMismatch, to_jsonable
+from parity.measure.metrics import ShapeMismatch, to_jsonable
 
 SR = 24000
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from parity.project import profile_switches
+
 from parity.bisect import (apply_changes, atomic_changes, bisect_git, bisect_precision,
                            bisect_switches, ddmin, ddmin_bound, precision_components, repo_state)
 
@@ -134,7 +136,7 @@ def test_trial_report_falls_back_without_parity_report(tmp_path, monkeypatch):
     result = {"verdict": "fail", "first_divergence": {"stage": "audio", "code": "x", "message": "m"},
               "findings": [{"severity": "failure", "code": "x", "stage": "audio", "message": "m"}],
               "stages": [{"name": "audio", "status": "fail", "statistic": "snr_db", "value": 1.0, "limit": 30}]}
-    monkeypatch.setitem(sys.modules, "parity.report", None)  # "import parity.report" now raises ImportError
+    monkeypatch.setitem(sys.modules, "parity.present.report", None)  # "import parity.present.report" now raises
     from parity.result import Comparison
 
     page = trial_report(Comparison.from_json(result), tmp_path / "r.html").read_text()
@@ -192,6 +194,35 @@ def test_bisect_switches_names_the_fault_of_a_user_profile(tiny, tmp_path):
     assert len(json.loads(res.log.read_text())["trials"]) == 6
 
 
+# a fault only the floor gate sees: one DiT block accumulating its GEMMs in fp16 inside the fp16-flow profile is
+# about 30x beyond the fp16 envelope at step1.v1, and within every flat fp16 rule (tiny, short and medium bundles)
+FLOOR_ONLY_FAULT = "low-accumulate-block:block=1"
+
+
+def test_bisect_switches_judges_with_the_floor_like_parity_run(tiny, tmp_path):
+    """Bisect trials are judged as parity run judges (the floor store of the spec): a fault only the floor gate
+    sees is found; judged by the flat tolerances alone (--no-floor) the same configuration passes, nothing to
+    bisect. Before, bisect never looked at a floor and answered NO_FAILURE where parity run fails."""
+    from parity.floor.store import FloorStore
+    from parity.judge.spec import ComparisonSpec
+    from parity.bisect.trials import SearchSettings
+
+    shipped = FloorStore(cache=None, compute=False)  # the shipped floors of the fixture bundles, nothing computed
+    res = bisect_switches(tiny, "fp16-flow", [SHORT], faults=(FLOOR_ONLY_FAULT,),
+                          settings=SearchSettings(spec=ComparisonSpec(floors=shipped), local=False,
+                                                  workdir=tmp_path / "floor"))
+    assert res.status == "found" and res.culprit == [f"fault={FLOOR_ONLY_FAULT}"], res.message
+    assert res.headline["stage"] == "step1.v1" and "noise floor" in res.headline["message"]  # alone, in fp32
+    full = json.loads(res.log.read_text())["trials"][0]  # the profile as parity run judges it: its envelope
+    assert full["verdict"] == "fail" and full["key"] == sorted(["attention=sdpa", "flow_dtype=fp16",
+                                                                  f"fault={FLOOR_ONLY_FAULT}"])
+    assert full["headline"]["stage"] == "step1.v1" and "rounding-only error" in full["headline"]["message"]
+    flat = bisect_switches(tiny, "fp16-flow", [SHORT], faults=(FLOOR_ONLY_FAULT,),
+                           settings=SearchSettings(spec=ComparisonSpec(floors=None), local=False,
+                                                   workdir=tmp_path / "flat"))
+    assert flat.status == "no_failure" and flat.trials == 1, flat.message
+
+
 def test_cli_bisect_switches_on_a_passing_profile_establishes_nothing(tmp_path, capsys):
     from parity.cli import main
 
@@ -239,15 +270,15 @@ def overflow_model():
 def test_bisect_precision_keeps_exactly_the_overflowing_block(overflow_model, tmp_path):
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import resolve_profile
-    from parity.session import run_case
-    from parity.runner import run_to_trace
+    from parity.harness import run_case
+    from parity.capture.runner import run_pipeline
     from reference.bundle import load_bundle
 
     peak = []
     ff = overflow_model.flow.decoder.estimator.transformer_blocks[OVERFLOW_BLOCK].ff
     hook = ff.register_forward_hook(lambda m, i, o: peak.append(float(o.abs().max())))
     try:
-        ref = run_to_trace(overflow_model, load_bundle(SHORT), None)
+        ref = run_pipeline(overflow_model, load_bundle(SHORT), None)
     finally:
         hook.remove()
     assert all(torch.isfinite(t).all() for t in ref.tensors.values() if t.is_floating_point())
@@ -270,7 +301,7 @@ def test_bisect_precision_keeps_exactly_the_overflowing_block(overflow_model, tm
                                 'keep_fp32 = ["residual", "adaln", "time_grid", "euler", "block2"]\n')
     pp = tmp_path / "pyproject.toml"
     pp.write_text("[project]\nname = 'x'\n\n" + res.profile_toml)
-    sw = resolve_profile("fp16-flow-fp32-islands", pyproject=pp)
+    sw = profile_switches("fp16-flow-fp32-islands", pyproject=pp)
     assert sw.flow_dtype == "fp16" and sw.keep_fp32[-1] == "block2"
     case = run_case(overflow_model, CandidateToken2Wav(overflow_model, sw, "pasted"), SHORT, local=False)
     assert case.verdict == "pass", case.result.first_divergence
@@ -352,6 +383,10 @@ def _edit(path: Path, old: str, new: str) -> None:
 def history(tmp_path):
     """A throw-away repository: a copy of candidate/ plus a dump tool; c2 breaks the CFG combination (and the
     tool's guidance), c3 does not even compile, c4 repairs c3, the rest is neutral."""
+    return _history(tmp_path)
+
+
+def _history(tmp_path, perturb: str = "0.05"):
     repo = tmp_path / "repo"
     repo.mkdir()
     _git(repo, "init", "-q", "-b", "main")
@@ -367,7 +402,7 @@ def history(tmp_path):
     (repo / "README.md").write_text("a port of token2wav\n")
     c[1] = _commit(repo, "docs: describe the port")
     _edit(repo / "candidate" / "flow.py", GOOD_CFG, BAD_CFG)
-    _edit(repo / "make_dump.py", "PERTURB = 0.0", "PERTURB = 0.05")
+    _edit(repo / "make_dump.py", "PERTURB = 0.0", f"PERTURB = {perturb}")
     c[2] = _commit(repo, "flow: fuse the CFG combination")
     flow = (repo / "candidate" / "flow.py").read_text()
     (repo / "candidate" / "flow.py").write_text(flow + "\ndef split_step(self, x:\n    pass\n")
@@ -386,11 +421,11 @@ def history(tmp_path):
 
 @pytest.fixture(scope="module")
 def frozen_ref(tiny, tmp_path_factory):
-    from parity.runner import run_to_trace
+    from parity.capture.runner import run_pipeline
     from reference.bundle import load_bundle
 
     p = tmp_path_factory.mktemp("ref") / "short-reference.safetensors"
-    run_to_trace(tiny, load_bundle(SHORT), p)
+    run_pipeline(tiny, load_bundle(SHORT), p)
     return p
 
 
@@ -445,6 +480,28 @@ def test_bisect_git_cmd_finds_the_regression_in_a_foreign_dump(history, tmp_path
     kept = [t for t in json.loads(Path(r["log"]).read_text())["trials"] if t["commit"] == c[2]][0]
     assert kept["dumps"][0].endswith(".npz")  # the culprit's dump is kept, in the port's own dialect
     assert Path(r["trial_report"]).exists()
+
+
+def test_bisect_git_judges_with_the_floor_like_parity_run(tmp_path, frozen_ref):
+    """A port whose commit c2 scales every stage after the velocities by 1 + 1e-5: within every flat fp32 rule,
+    beyond k x the noise floor at step1.v_cfg. bisect git judges each commit's dump with the reference trace's
+    own floor (the shipped floor of the short bundle) and finds c2; with --no-floor the bad end passes."""
+    repo, c = _history(tmp_path, perturb="1e-5")
+    before = repo_state(repo)
+    from parity.cli import main
+
+    cmd = f"{sys.executable} make_dump.py {{out}}"
+    common = ["bisect", "git", "--repo", str(repo), "--good", "v1", "--bad", "main", "--cmd", cmd,
+              "--ref-trace", str(frozen_ref)]
+    rc = main(common + ["--workdir", str(tmp_path / "floor"), "--json", str(tmp_path / "floor.json")])
+    _assert_clean(repo, before)
+    r = json.loads((tmp_path / "floor.json").read_text())
+    assert rc == 0 and r["status"] == "found" and r["culprit"]["sha"] == c[2], r["message"]
+    assert r["headline"]["stage"] == "step1.v_cfg" and "noise floor" in r["headline"]["message"]
+    rc = main(common + ["--no-floor", "--workdir", str(tmp_path / "flat"), "--json", str(tmp_path / "flat.json")])
+    _assert_clean(repo, before)
+    r = json.loads((tmp_path / "flat.json").read_text())
+    assert rc == 0 and r["status"] == "no_failure", r["message"]
 
 
 def test_bisect_git_failure_and_budget_leave_the_repo_clean_and_resume(history, tmp_path, frozen_ref):

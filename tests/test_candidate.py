@@ -10,7 +10,8 @@ from candidate.faults import Fault, catalogue, register
 from candidate.pipeline import CandidateToken2Wav
 from candidate.provenance import check_required_kernel
 from candidate.switches import Switches, resolve_profile, switches_from
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
+from parity.project import profile_switches
 from parity.stages import position, sort_stages
 from reference.bundle import load_bundle
 from reference.errors import InputError
@@ -227,12 +228,12 @@ def test_user_profiles_from_pyproject(tmp_path, model, inputs):
     pp = tmp_path / "pyproject.toml"
     pp.write_text('[tool.parity.profiles.my-fp16]\nbase = "fp16-flow"\nattention = "sdpa-math"\n'
                   'keep_fp32 = ["residual", "block1"]\n\n[tool.parity.profiles.broken]\nbogus = 1\n')
-    sw = resolve_profile("my-fp16", pp)
+    sw = profile_switches("my-fp16", pyproject=pp)
     assert sw.flow_dtype == "fp16" and sw.attention == "sdpa-math" and sw.keeps("block1.ff") and sw.precision == "fp16"
     with pytest.raises(InputError, match="unknown switch 'bogus'"):
-        resolve_profile("broken", pp)
+        profile_switches("broken", pyproject=pp)
     with pytest.raises(InputError, match="unknown profile"):
-        resolve_profile("nope", pp)
+        profile_switches("nope", pyproject=pp)
     with pytest.raises(InputError, match="keep_fp32"):
         Switches(keep_fp32=("block1.everything",))
 

@@ -10,10 +10,12 @@ import torch
 from safetensors.torch import save_file
 
 from parity.cli import main
-from parity.compare import CompareOptions, compare_loaded, compare_paths
+from parity.harness import compare_paths
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.ingest import Loaded, load
-from parity.policy import load_policy
-from parity.runner import run_to_trace
+from parity.judge.policy import load_policy
+from parity.capture.runner import run_pipeline
 from parity.trace import read_trace, write_trace
 from reference.bundle import load_bundle
 from reference.model import Token2Wav
@@ -27,7 +29,7 @@ MEDIUM = FIXTURES / "bundles" / "medium.safetensors"
 def ref_trace(tmp_path_factory):
     model = Token2Wav.from_preset("tiny")
     path = tmp_path_factory.mktemp("traces") / "ref.safetensors"
-    run_to_trace(model, load_bundle(MEDIUM), path)
+    run_pipeline(model, load_bundle(MEDIUM), path)
     return path
 
 
@@ -118,7 +120,7 @@ def test_length_mismatch_is_a_finding_never_a_truncation(ref_trace, tmp_path):
     r = compare_paths(ref_trace, p)
     assert r.verdict == "fail" and r.first_divergence.code == "length_mismatch"
     assert r.first_divergence.stage == "audio"
-    r2 = compare_paths(ref_trace, p, opts=CompareOptions(allow_trim=True))
+    r2 = compare_paths(ref_trace, p, ComparisonSpec(allow_trim=True))
     assert r2.verdict == "pass"
     assert any(n["kind"] == "trim" for n in r2.normalisations)
 
@@ -179,7 +181,7 @@ def test_required_stage_missing_fails(ref_trace, tmp_path):
     tr = read_trace(ref_trace)
     t = {k: v for k, v in tr.tensors.items() if k != "s_stft"}
     p = write_trace(tmp_path / "nostft.safetensors", t, tr.metadata)
-    r = compare_paths(ref_trace, p, policy_path=pol)
+    r = compare_paths(ref_trace, p, ComparisonSpec(policy=load_policy(pol)))
     assert r.verdict == "fail"
     assert any(f.code == "stage_missing_required" for f in r.findings)
     r2 = compare_paths(ref_trace, p)
@@ -222,7 +224,7 @@ def test_step_local_errors_and_amplification():
     comparison separates per-step error from drift."""
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import switches_from
-    from parity.session import run_case
+    from parity.harness import run_case
 
     model = Token2Wav.from_preset("tiny")
     cand = CandidateToken2Wav(model, switches_from("fp16-flow"), "fp16-flow")
@@ -263,7 +265,7 @@ def test_in_memory_compare_with_reduced_precision_context(ref_trace):
     inputs = ("token", "prompt_token", "prompt_feat", "embedding")  # inputs must stay bit-identical
     t = {k: (v.half().float() if v.is_floating_point() and k not in inputs else v) for k, v in tr.tensors.items()}
     cand = Loaded(t, dict(tr.metadata, precision="fp16"), "cand")
-    r = compare_loaded(ref, cand, load_policy(), CompareOptions())
+    r = compare_loaded(ref, cand, ComparisonSpec(policy=load_policy()))
     assert r.context["precision"] == "fp16"
     assert r.verdict == "pass", r.first_divergence
 
@@ -283,7 +285,7 @@ def test_fp64_arbiter_rule(ref_trace, tmp_path):
     """A candidate is judged against float64: err(cand, fp64) <= k * err(fp32 ref, fp64) + floor."""
     model = Token2Wav.from_preset("tiny").to_float64()
     p64 = tmp_path / "ref64.safetensors"
-    run_to_trace(model, load_bundle(MEDIUM), p64)
+    run_pipeline(model, load_bundle(MEDIUM), p64)
     tr = read_trace(ref_trace)
     t = dict(tr.tensors)
     t["step5.v1"] = t["step5.v1"] * (1 + 3e-6)  # fp32-rounding-sized: passes the arbiter
@@ -314,9 +316,31 @@ def test_flow_mel_failing_only_on_its_own_limit_is_explained(ref_trace, tmp_path
     pol.write_text('[[rule]]\nstage = "step*.x"\nprecision = ["int8"]\nstatistic = "rel_l2"\nlimit = 0.5\n'
                    '[[rule]]\nstage = "flow_mel"\nprecision = ["int8"]\nstatistic = "rel_l2"\nlimit = 0.01\n')
     r = compare_loaded(Loaded(dict(tr.tensors), dict(tr.metadata), "ref"),
-                       Loaded(t, dict(tr.metadata, precision="int8"), "cand"), load_policy(pol), CompareOptions())
+                       Loaded(t, dict(tr.metadata, precision="int8"), "cand"), ComparisonSpec(policy=load_policy(pol)))
     assert r.verdict == "fail"
     fd = r.first_divergence
     assert fd.stage == "flow_mel" and fd.code == "flow_mel_mismatch"
     head = next(f for f in r.findings if f.code == "flow_mel_mismatch")
     assert "carries the last ODE state's error" in head.message and "prompt slicing" not in head.message
+
+
+def test_a_dump_of_one_call_with_chunk_scoped_names_reads_as_the_single_call(ref_trace, tmp_path):
+    """A single call is a session of one call: a port's dump of one call written with chunk-scoped names
+    (``chunk_0_mel``, ``chunk0.step10.x``, its control values) reads as the single call (N = 1), every renaming
+    listed; a streaming session's trace keeps its names."""
+    tr = read_trace(ref_trace)
+    names = {"mu": "chunk0.mu", "step10.x": "chunk_0_step10_x", "flow_mel": "chunk_0_mel", "audio": "chunk0_audio",
+             "f0": "chunk0.f0"}
+    dump = {v: tr.tensors[k] for k, v in names.items()}
+    dump["chunk0.token_offset"] = torch.zeros(1, dtype=torch.int64)
+    p = tmp_path / "one_call.safetensors"
+    save_file({k: v.contiguous() for k, v in dump.items()}, str(p))
+    cand = load(p)
+    assert set(cand.tensors) == set(names), sorted(cand.tensors)
+    kinds = {n["stage"]: n["kind"] for n in cand.normalisations}
+    assert kinds["flow_mel"] == "one-call" and kinds["chunk0.token_offset"] == "one-call"
+    r = compare_paths(ref_trace, p)
+    assert r.verdict == "pass" and r.session is None, r.headline_text()
+    assert {s.name for s in r.stages if s.status == "pass"} == set(names)
+    session = load(FIXTURES / "golden" / "stream-streaming-session.safetensors")
+    assert any(n.startswith("chunk1.") for n in session.tensors)  # many calls: never aliased

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from parity.compare import compare_loaded
-from parity.diagnose import divergences, metadata_findings
+from parity.judge.compare import compare_loaded
+from parity.judge.diagnose import divergences
+from parity.judge.metadata import metadata_findings
+from parity.judge.spec import ComparisonSpec
 from parity.floor.judge import TIME_GRID_UNIT, judge_stage
 from parity.floor.types import StageFloor
 from parity.ingest import Loaded, load
-from parity.policy import load_policy
+from parity.judge.policy import load_policy
 from parity.project import BUNDLE_DIR
-from parity.runner import run_to_trace
+from parity.capture.runner import run_pipeline
 from parity.trace import write_trace
 from reference.bundle import bundle_dims, load_bundle
 from reference.flow_matching import time_span
@@ -38,7 +40,7 @@ def inputs(model):
 
 @pytest.fixture(scope="module")
 def ref_run(model, inputs):
-    return run_to_trace(model, inputs, None, extra_meta={"inputs": SHORT.name})
+    return run_pipeline(model, inputs, None, extra_meta={"inputs": SHORT.name})
 
 
 def _loaded(tensors: dict, meta: dict, name: str) -> Loaded:
@@ -47,7 +49,7 @@ def _loaded(tensors: dict, meta: dict, name: str) -> Loaded:
 
 def _compare(ref: dict, cand: dict, ref_meta: dict, cand_meta: dict | None = None, **kw):
     return compare_loaded(_loaded(ref, ref_meta, "<ref>"), _loaded(cand, cand_meta or ref_meta, "<cand>"),
-                          load_policy(), **kw)
+                          ComparisonSpec(policy=load_policy()), **kw)
 
 
 def _accumulated(n: int, sched: str = "cosine"):
@@ -112,7 +114,7 @@ def test_a_legitimate_grid_through_the_whole_harness_passes(model, inputs, monke
     the velocities of those steps, which the time embedding's 1000x makes exceed the floor against the reference,
     pass against the reference re-run at this grid. Verdict pass, with the time-grid note."""
     from parity.floor.store import FloorStore
-    from parity.session import run_case
+    from parity.harness import run_case
 
     grid = {}
 
@@ -134,7 +136,7 @@ def test_a_legitimate_grid_through_the_whole_harness_passes(model, inputs, monke
                 m.setattr("reference.flow_matching.time_span", f64_span)
                 return model.run(inputs, probe, **kw)
 
-    case = run_case(model, GridCandidate(), SHORT, local=False, floors=FloorStore(compute=False),
+    case = run_case(model, GridCandidate(), SHORT, spec=ComparisonSpec(floors=FloorStore(compute=False)), local=False,
                     profile_name="f64-grid")
     res = case.result
     assert res.floor and res.floor.get("applies"), res.floor
@@ -153,7 +155,7 @@ def test_a_legitimate_grid_through_the_whole_harness_passes(model, inputs, monke
 def test_saved_traces_get_the_time_grid_rerun(model, inputs, ref_run, tmp_path, monkeypatch):
     """parity compare of saved traces: the reference step is re-run at the candidate's grid with the model the
     reference trace names (preset:tiny)."""
-    from parity.compare import compare_paths
+    from parity.harness import compare_paths
     from parity.floor.store import FloorStore
 
     def f64_span(n, sched, dtype=torch.float32, device=None):
@@ -161,23 +163,24 @@ def test_saved_traces_get_the_time_grid_rerun(model, inputs, ref_run, tmp_path, 
         return torch.from_numpy(g.astype(np.float32)).to(dtype)
 
     monkeypatch.setattr("reference.flow_matching.time_span", f64_span)
-    cand = run_to_trace(model, inputs, tmp_path / "cand.safetensors", extra_meta={"inputs": SHORT.name})
+    cand = run_pipeline(model, inputs, tmp_path / "cand.safetensors", extra_meta={"inputs": SHORT.name})
     monkeypatch.undo()
     assert cand.metadata["status"] == "complete"
     write_trace(tmp_path / "ref.safetensors", ref_run.tensors, ref_run.metadata)
-    res = compare_paths(tmp_path / "ref.safetensors", tmp_path / "cand.safetensors", floors=FloorStore(compute=False))
+    res = compare_paths(tmp_path / "ref.safetensors", tmp_path / "cand.safetensors",
+                        ComparisonSpec(floors=FloorStore(compute=False)))
     assert res.verdict == "pass", res.headline_text()
     assert res.extra.get("time_grid", {}).get("stages"), res.extra
     assert any("against_reference" in s.extra for s in res.stages)
-    alone = compare_paths(tmp_path / "ref.safetensors", tmp_path / "cand.safetensors", floors=FloorStore(compute=False),
-                          time_grid=False)
+    alone = compare_paths(tmp_path / "ref.safetensors", tmp_path / "cand.safetensors",
+                          ComparisonSpec(floors=FloorStore(compute=False), time_grid=False))
     assert alone.verdict == "fail"  # without the re-run, the grid's rounding fails the velocity (step2.v2, 5.3x)
 
 
 def test_time_grid_rejudging_needs_the_rerun_to_pass(ref_run):
     """A step that fails against the reference and also against the reference re-run at the candidate's grid
     stays a failure (the re-run is a second reference, not a waiver)."""
-    from parity.time_grid import TimeGridCheck
+    from parity.capture.time_grid import TimeGridCheck
 
     ref = dict(ref_run.tensors)
     cand = dict(ref)
@@ -268,7 +271,7 @@ def test_a_step_table_in_the_metadata_is_not_a_step_count(ref_run, tmp_path):
     assert "n_timesteps" not in cand.metadata
     note = [n for n in cand.normalisations if n.get("kind") == "metadata"]
     assert note and "a list of 10 entries" in note[0]["detail"] and "n_timesteps" in note[0]["detail"]
-    res = compare_loaded(_loaded(ref_run.tensors, ref_run.metadata, "<ref>"), cand, load_policy())
+    res = compare_loaded(_loaded(ref_run.tensors, ref_run.metadata, "<ref>"), cand, ComparisonSpec(policy=load_policy()))
     text = json.dumps([f.message for f in res.findings])
     assert "{'step'" not in text and '{"step"' not in text and "acc_v1" not in text
     assert not [f for f in res.findings if f.code == "schedule_mismatch"], res.headline_text()
@@ -325,10 +328,10 @@ def test_unshared_vocoder_noise_is_named_with_its_remedy(model, ref_run):
 
 
 def test_a_wrong_sine_is_not_called_noise(model, ref_run):
-    from parity.session import Session
+    from parity.harness import Harness
 
-    cand_model = Session(floors=None).candidate(model, "fp32-explicit", ["smooth-sine"])
-    run = run_to_trace(cand_model, load_bundle(SHORT, **bundle_dims(model.cfg)), None)
+    cand_model = Harness(spec=ComparisonSpec(floors=None)).candidate(model, "fp32-explicit", ["smooth-sine"])
+    run = run_pipeline(cand_model, load_bundle(SHORT, **bundle_dims(model.cfg)), None)
     res = _compare(ref_run.tensors, run.tensors, ref_run.metadata, run.metadata)
     fd = res.first_divergence
     assert fd.stage == "source" and fd.code == "vocoder_divergence", res.headline_text()
@@ -343,8 +346,8 @@ def test_a_gain_on_the_source_is_not_called_noise(ref_run):
 
 
 def test_edge_confinement_needs_a_quiet_interior():
-    from parity.diagnose import edge_confined
-    from parity.diff_shape import edge_profile
+    from parity.judge.diagnose import edge_confined
+    from parity.measure.diff_shape import edge_profile
 
     r = torch.zeros(1, 18, 100)
     edges = r.clone()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parity.compare import CompareOptions, compare_loaded
-from parity.diagnose import EXACT_INT, integer_stage
 from parity.ingest import load
+from parity.judge.compare import compare_loaded
+from parity.judge.observations import EXACT_INT, integer_stage
+from parity.judge.spec import ComparisonSpec
 from parity.trace import read_trace, write_trace
 from reference.bundle import load_bundle
 
@@ -32,7 +33,7 @@ def _pair(tmp_path, cand_edit=None, ref_edit=None, precision="fp16"):
         cand = cand_edit(dict(cand))
     rp = write_trace(tmp_path / "ref.safetensors", ref, tr.metadata)
     cp = write_trace(tmp_path / "cand.safetensors", cand, tr.metadata)
-    return compare_loaded(load(rp), load(cp), opts=CompareOptions(precision=precision))
+    return compare_loaded(load(rp), load(cp), ComparisonSpec(precision=precision))
 
 
 def _codes(result, code):

@@ -11,7 +11,7 @@ import torch
 
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from parity.floor import (Floor, FloorCache, Member, Recipe, estimate_envelope, estimate_floor, judge, judge_stage,
                           key_from_trace, run_reference, spec_from_switches)
 from parity.floor.chop import quantize_int8, round_float

@@ -168,7 +168,7 @@ def test_a_new_bundle_gets_a_transferred_floor_that_says_so(model, tmp_path):
     bad["step3.v1"] = ref["step3.v1"] + 20 * f.k * sf.rel_l2 * ref["step3.v1"]  # 20 k x the rel_l2 floor
     v = judge(f, ref, bad)
     assert v.first_over is not None and v.first_over.stage == "step3.v1"
-    from parity.summary import gate_line
+    from parity.present.summary import gate_line
 
     class R:
         gates = {"floor": 77}

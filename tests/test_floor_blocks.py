@@ -9,8 +9,9 @@ from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
 from parity.floor import Recipe, estimate_floor
 from parity.floor.store import FloorStore
-from parity.policy import load_policy
-from parity.session import ReferenceCache, run_case
+from parity.judge.policy import load_policy
+from parity.harness import ReferenceCache, run_case
+from parity.judge.spec import ComparisonSpec
 from parity.stages import DEFAULT_PATTERNS
 from reference.bundle import load_bundle
 from reference.model import Token2Wav
@@ -70,7 +71,8 @@ def test_a_slip_inside_the_dit_is_named_at_its_block_by_the_floor_gate(model, sh
     policy = load_policy()
     store = FloorStore(cache=None, compute=False)
     cand = _scaled_block(CandidateToken2Wav(model, switches_from("fp32-explicit"), "slip"), 1, 1, eps)
-    case = run_case(model, cand, SHORT, patterns=PATTERNS, policy=policy, refs=refs, floors=store, local=False)
+    case = run_case(model, cand, SHORT, spec=ComparisonSpec(policy=policy, floors=store), patterns=PATTERNS, refs=refs,
+                    local=False)
     r = case.result
     st = r.stage("step1.block1")
     assert st.gate == "floor" and st.status == "fail" and st.ratio >= 10, (st.ratio, st.detail)
@@ -78,7 +80,7 @@ def test_a_slip_inside_the_dit_is_named_at_its_block_by_the_floor_gate(model, sh
     assert r.first_divergence.stage == "step1.block1" and r.verdict == "fail"
     assert r.stage("step1.block0").status == "pass"  # the block before it is untouched
     # the same traces with a floor of the default capture: the blocks are judged flat and pass
-    from parity.compare import compare_loaded
+    from parity.judge.compare import compare_loaded
     from parity.ingest import Loaded
 
     small = estimate_floor(model, load_bundle(SHORT), recipe=Recipe(n_seeds=3, n_held_out=2,
@@ -93,12 +95,11 @@ def test_a_slip_inside_the_dit_is_named_at_its_block_by_the_floor_gate(model, sh
 def test_a_legitimate_profile_passes_every_block_and_hift_internal_by_its_floor(model, refs):
     """fp32-sdpa (another attention kernel) with the blocks and the HiFT internals captured: every one of them is
     judged by the floor, and the case passes."""
-    from parity.session import Session
+    from parity.harness import Harness
 
-    s = Session()
-    cand = s.candidate(model, "fp32-sdpa")
-    case = run_case(model, cand, SHORT, patterns=PATTERNS, policy=load_policy(), refs=refs,
-                    floors=FloorStore(cache=None, compute=False), local=False)
+    cand = Harness().candidate(model, "fp32-sdpa")
+    case = run_case(model, cand, SHORT, spec=ComparisonSpec(policy=load_policy(), floors=FloorStore(cache=None, compute=False)),
+                    patterns=PATTERNS, refs=refs, local=False)
     r = case.result
     inner = [x for x in r.stages if ".block" in x.name or x.name.startswith("hift.")]
     assert len(inner) == 20 + 13 and all(x.gate == "floor" for x in inner)

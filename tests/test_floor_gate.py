@@ -10,15 +10,17 @@ import math
 import pytest
 import torch
 
-from parity.compare import compare_loaded
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.floor import Floor, FloorCache, Member, run_reference
 from parity.floor.store import FloorChoice, FloorStore, ShippedFloors, shipped_name
 from parity.floor.stats import time_axis
 from parity.ingest import Loaded
-from parity.policy import Policy, load_policy
+from parity.judge.policy import Policy, load_policy
 from parity.result import Comparison
-from parity.session import RunMode, Session
-from parity.summary import render
+from parity.capture.runner import RunMode
+from parity.harness import Harness
+from parity.present.summary import render
 from reference.bundle import bundle_dims, load_bundle
 from reference.model import Token2Wav
 
@@ -60,7 +62,7 @@ def test_a_legitimate_member_passes_under_the_floor_policy(model, inputs, shippe
     # 2 threads AND the SDPA math kernel: a combination the ensemble never ran, through the real comparison
     other, _ = run_reference(model, inputs, streaming=False,
                              member=Member("sdpa-math/threads2", "attention", threads=2, attention="sdpa-math"))
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(other, model, "member"), load_policy(), floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(other, model, "member"), ComparisonSpec(policy=load_policy()), floor=shipped)
     assert res.verdict == "pass", res.headline_text()
     assert res.gates.get("floor", 0) == len(base) and not res.gates.get("flat")  # every stage judged by the floor
     ratios = [s.ratio for s in res.stages if s.ratio is not None]
@@ -81,8 +83,7 @@ def test_synthetic_perturbation_20x_fails_at_its_stage_3x_passes(model, shipped,
         if ax is not None:
             idx[ax] = int(torch.tensor_split(torch.arange(t.shape[ax]), sf.n_blocks)[b][0])
         t[tuple(idx)] += c * sf.envelope[b]  # one element moved by c x its block's floor
-        res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, **{stage: t}), model, "cand"),
-                             load_policy(), floor=shipped)
+        res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, **{stage: t}), model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
         st = res.stage(stage)
         assert st.gate == "floor" and st.ratio == pytest.approx(c, rel=0.05), st.detail
         if fails:
@@ -97,8 +98,7 @@ def test_synthetic_perturbation_20x_fails_at_its_stage_3x_passes(model, shipped,
 def test_inputs_stay_bit_exact_next_to_their_zero_floor(model, shipped, base):
     pf = base["prompt_feat"].clone().contiguous()
     pf.view(-1)[0] = torch.nextafter(pf.view(-1)[0], torch.tensor(math.inf))  # one ulp: within k x the zero floor
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, prompt_feat=pf), model, "cand"), load_policy(),
-                         floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, prompt_feat=pf), model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
     st = res.stage("prompt_feat")
     assert st.status == "fail" and st.gate == "flat" and st.ratio is not None and st.ratio <= shipped.floor.k
     assert "kept next to the floor" in st.detail and res.first_divergence.code == "inputs_differ"
@@ -111,7 +111,7 @@ def test_with_floor_modes(model, shipped, base):
     flat_rule = {"stage": "step2.v1", "statistic": "elementwise", "atol": 1e-4, "rtol": 1e-3}
     for mode, verdict, gate in (("replace", "fail", "floor"), ("rule", "pass", "flat"), ("both", "fail", "floor")):
         pol = Policy().extend([dict(flat_rule, with_floor=mode, reason="test")], "test")
-        st = compare_loaded(ref, cand, pol, floor=shipped).stage("step2.v1")
+        st = compare_loaded(ref, cand, ComparisonSpec(policy=pol), floor=shipped).stage("step2.v1")
         assert (st.status, st.gate) == ({"fail": "fail", "pass": "pass"}[verdict], gate), (mode, st.detail)
         assert st.ratio >= 19.0  # measured and reported under every mode
     from reference.errors import InputError
@@ -125,7 +125,7 @@ def test_with_floor_modes(model, shipped, base):
 def test_without_a_floor_the_flat_tolerances_decide_and_say_why(model, base):
     for floor, why in ((None, "no floor was given"),
                        (FloorChoice(None, "none", "no floors for the 'chunked' session kind"), "chunked")):
-        res = compare_loaded(_loaded(base, model, "ref"), _loaded(base, model, "cand"), load_policy(), floor=floor)
+        res = compare_loaded(_loaded(base, model, "ref"), _loaded(base, model, "cand"), ComparisonSpec(policy=load_policy()), floor=floor)
         assert res.verdict == "pass" and res.gates.get("flat") and not res.gates.get("floor")
         assert why in res.floor["reason"] and why in render(res, color=False)
     ch = FloorStore(cache=None, compute=False).for_run(model, {}, session="chunked")
@@ -161,19 +161,18 @@ def test_stages_without_a_floor_fall_back_to_flat_per_stage(model, shipped, base
     blocks = run_reference(model, inputs, streaming=False, patterns=["+step*.block*", "+hift.*"])[0]
     assert "step1.block0" in shipped.floor.stages and "hift.fusion0" in shipped.floor.stages
     small = estimate_floor(model, inputs, recipe=Recipe(n_seeds=3, n_held_out=2, patterns=tuple(DEFAULT_PATTERNS)))
-    res = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), load_policy(), floor=small)
+    res = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), ComparisonSpec(policy=load_policy()), floor=small)
     assert res.stage("step1.block0").gate == "flat" and "no floor for this stage" in \
         res.stage("step1.block0").floor["reason"]
     assert res.stage("step1.v1").gate == "floor" and res.verdict == "pass"
     line = render(res, color=False).splitlines()[2]
     assert "fp32 noise floor" in line and "flat tolerances" in line
-    full = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), load_policy(), floor=shipped)
+    full = compare_loaded(_loaded(blocks, model, "ref"), _loaded(blocks, model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
     assert full.stage("step1.block0").gate == "floor" and full.stage("hift.fusion0").gate == "floor"
 
 
 def test_an_fp32_floor_does_not_judge_a_reduced_precision_candidate(model, shipped, base):
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(base, model, "cand", precision="fp16"), load_policy(),
-                         floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(base, model, "cand", precision="fp16"), ComparisonSpec(policy=load_policy()), floor=shipped)
     assert not res.gates.get("floor") and "needs the fp16 envelope" in res.floor["not_applied"]
 
 
@@ -186,7 +185,7 @@ def _fp32_profiles():
 
 @pytest.fixture(scope="module")
 def shipped_session():
-    return Session(floors=FloorStore(cache=None, compute=False))
+    return Harness(spec=ComparisonSpec(floors=FloorStore(cache=None, compute=False)))
 
 
 @pytest.mark.parametrize("profile", _fp32_profiles())
@@ -213,7 +212,7 @@ def test_no_false_alarm_on_legitimate_fp32_profiles(model, shipped_session, prof
 
 def test_fp16_candidate_accumulating_one_block_in_fp16_is_beyond_its_envelope(model):
     """Through the session (the plugin's and parity run's path): the shipped fp16 envelope judges."""
-    s = Session(floors=FloorStore(cache=None, compute=False))
+    s = Harness(spec=ComparisonSpec(floors=FloorStore(cache=None, compute=False)))
     ok = s.run(model, s.candidate(model, "fp16-flow"), SHORT, RunMode(False), local=False)
     assert ok.verdict == "pass", ok.result.headline_text()
     assert ok.result.floor["kind"] == "fp16" and ok.result.gates.get("floor", 0) > 60
@@ -234,8 +233,7 @@ def test_result_json_keeps_gates_and_floor(model, shipped, base, tmp_path):
     from parity.result import read_json, write_json
 
     t = base["flow_mel"] + 50 * shipped.floor["flow_mel"].max_abs
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, flow_mel=t), model, "cand"), load_policy(),
-                         floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, flow_mel=t), model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
     back = read_json(write_json(res, tmp_path / "r.json"))
     assert back.verdict == res.verdict == "fail" and back.floor["digest"] == shipped.floor.digest
     s, b = res.stage("flow_mel"), back.stage("flow_mel")
@@ -247,12 +245,11 @@ def test_result_json_keeps_gates_and_floor(model, shipped, base, tmp_path):
 
 
 def test_report_shows_ratios_chart_and_provenance(model, shipped, base, tmp_path):
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     t = base["step4.v2"].clone().contiguous()
     t.view(-1)[0] += 30 * shipped.floor["step4.v2"].max_abs
-    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, **{"step4.v2": t}), model, "cand"),
-                         load_policy(), floor=shipped)
+    res = compare_loaded(_loaded(base, model, "ref"), _loaded(dict(base, **{"step4.v2": t}), model, "cand"), ComparisonSpec(policy=load_policy()), floor=shipped)
     html = build_report(res, tmp_path / "r.html").read_text()
     sec = html[html.index('<section id="floor">'):html.index('<section id="steps">')]
     assert 'id="floor-chart"' in sec and "data:image/png;base64," in sec
@@ -398,46 +395,38 @@ def test_parity_run_says_which_gate_decided(tmp_path, capsys):
     assert 'id="floor-chart"' in html and 'id="gate-line"' in html
 
 
-def test_write_shipped_and_find_by_digest(model, tmp_path):
-    """What --parity-update-golden writes for one bundle and mode: the fp32 floor and one envelope per emulated
-    reduced-precision profile, gzip-compressed and byte-deterministic; the store finds them by their key."""
-    from parity.floor.store import write_shipped
+def test_update_golden_writes_the_shipped_floors_found_by_digest(model, tmp_path):
+    """--parity-update-golden writes the golden trace and, beside it, the fp32 floor and the envelope of each
+    reduced-precision profile of the suite; the session's store then serves them (it forgets what it read)."""
+    from parity import pytest_plugin as P
 
     b = _small_bundle(tmp_path / "tiny.safetensors")
-    paths = write_shipped(model, b, streaming=False, profiles=["fp32-sdpa", "int8-dynamic"], directory=tmp_path)
-    assert [p.name for p in paths] == ["tiny-offline.floor.json.gz", "tiny-offline.int8-dynamic.floor.json.gz"]
+    ps = P.ParityHarness(P.ParityConfig(profiles=["fp32-sdpa", "int8-dynamic"], rootdir=tmp_path))
+    store = FloorStore(cache=None, shipped=tmp_path, compute=False)
+    ps.harness.spec = ps.harness.spec.replace(floors=store)
+    ps.harness.models[ps.pc.model_spec()] = model
+    inputs = load_bundle(b, **bundle_dims(model.cfg))
+    assert store.for_run(model, inputs).floor is None  # nothing shipped yet, computing is off
+    from parity.golden import Golden
+
+    g = Golden(ps, update=True)
+    g.dir = tmp_path
+    result = g.check(b, RunMode())
+    assert result.verdict == "pass" and (tmp_path / "tiny-offline.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.glob("*.floor.json.gz")) == [
+        "tiny-offline.floor.json.gz", "tiny-offline.int8-dynamic.floor.json.gz"]
+    from parity.project import profile_switches
+
+    fp32 = store.for_run(model, inputs)
+    int8 = store.for_run(model, inputs, switches=profile_switches("int8-dynamic"))
+    assert (fp32.source, fp32.floor.kind, int8.source, int8.floor.kind) == ("shipped", "fp32", "shipped", "int8")
+    # the files are found by digest, and a floor saved again is the same bytes
+    paths = sorted(tmp_path.glob("*.floor.json.gz"))
     assert set(ShippedFloors(tmp_path).index().values()) == set(paths)
     again = tmp_path / "again.floor.json.gz"
     Floor.load(paths[0]).save(again)
     assert again.read_bytes() == paths[0].read_bytes()
-    store = FloorStore(cache=None, shipped=tmp_path, compute=False)
-    inputs = load_bundle(b, **bundle_dims(model.cfg))
-    from candidate.switches import switches_from
-
-    fp32, int8 = store.for_run(model, inputs), store.for_run(model, inputs, switches=switches_from("int8-dynamic"))
-    assert (fp32.source, fp32.floor.kind) == ("shipped", "fp32") and (int8.source, int8.floor.kind) == ("shipped", "int8")
     none = store.for_run(model, inputs, streaming=True)
     assert none.floor is None and "computing is off" in none.reason
-    no_env = store.for_run(model, inputs, switches=switches_from("fp16-flow", keep_fp32=("residual", "adaln")))
+    no_env = store.for_run(model, inputs, switches=profile_switches("fp16-flow", keep_fp32=("residual", "adaln")))
     assert no_env.floor is None and "time_grid" in no_env.reason  # an fp16 solver is not emulated: flat rules
-
-
-def test_update_golden_rewrites_the_shipped_floors(monkeypatch, tmp_path):
-    from parity import pytest_plugin as P
-
-    calls = []
-    monkeypatch.setattr("parity.floor.store.write_shipped",
-                        lambda model, bundle, **kw: calls.append((bundle, kw)) or [])
-
-    class PS:
-        pc = P.ParityConfig(profiles=["fp16-flow"])
-        session = Session(floors=FloorStore(cache=None, compute=False))
-
-        def model(self):
-            return "model"
-
-    g = P.Golden(PS(), update=True)
-    g.dir = tmp_path
-    g.update_floors(SHORT, True)
-    assert calls == [(SHORT, {"streaming": True, "profiles": ["fp16-flow"], "directory": tmp_path,
-                              "log": calls[0][1]["log"], "session": None, "label": None})]

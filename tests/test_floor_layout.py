@@ -10,12 +10,13 @@ import torch
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
 from parity.capture import Recorder
-from parity.compare import compare_loaded
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.floor.layout import choose_layout, match, parts_from_tensors
 from parity.floor.store import FloorStore
 from parity.ingest import Loaded
-from parity.policy import load_policy
-from parity.summary import gate_line
+from parity.judge.policy import load_policy
+from parity.present.summary import gate_line
 from reference.bundle import load_bundle
 from reference.model import Token2Wav
 from reference.probe import Probe
@@ -59,7 +60,7 @@ def _judge(ref: Loaded, cand: Loaded, store=None):
     store = store or FloorStore(cache=None, compute=False)
     ch = store.for_trace(ref.metadata, ref.tensors, cand_meta=cand.metadata, precision="fp16",
                          cand_tensors=cand.tensors)
-    return ch, compare_loaded(ref, cand, load_policy(), floor=ch)
+    return ch, compare_loaded(ref, cand, ComparisonSpec(policy=load_policy()), floor=ch)
 
 
 @pytest.mark.parametrize("profile", ["fp16-all", "fp16-flow"])
@@ -118,7 +119,7 @@ def test_a_port_keeping_the_euler_state_in_fp16_fails_at_its_envelope_where_flat
     assert "solver (Euler state) runs in fp16" in res.floor["layout"]["why"] and not res.floor["layout"]["exact"]
     fd = res.first_divergence
     assert res.verdict == "fail" and fd.stage.startswith("step") and res.stage(fd.stage).gate == "floor", fd
-    flat = compare_loaded(ref, dump, load_policy(), floor=None)
+    flat = compare_loaded(ref, dump, ComparisonSpec(policy=load_policy()), floor=None)
     assert flat.stage(fd.stage).status == "pass"
 
 

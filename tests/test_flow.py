@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from reference.checkpoint import read_state_dict
 from reference.config import config_from_yaml, preset
 from reference.dit import apply_rotary_pos_emb, static_chunk_mask

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.signal import get_window
 
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from parity.stages import VOCODER_OUTPUTS
 from reference.checkpoint import read_state_dict
 from reference.config import preset

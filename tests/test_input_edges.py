@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from parity.cli import main
-from parity.compare import CompareOptions, compare_loaded
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.ingest import Loaded, load
 from parity.result import Finding, StageResult
-from parity.summary import render
+from parity.present.summary import render
 from parity.trace import read_trace, write_trace
 
 from .conftest import FIXTURES
@@ -60,7 +61,7 @@ def test_integer_pcm_audio_is_diagnosed_and_scaled(ref_trace, tmp_path, dtype, s
     assert res.verdict == "pass", res.headline_text()  # 16-bit rounding is far inside the audio gate
     assert not any(f.code in ("vocoder_divergence", "audio_dc_offset", "audio_click") for f in res.findings)
     # refused: a failure that says what to do, not a vocoder divergence
-    res2 = compare_loaded(load(ref_trace), load(cand), opts=CompareOptions(pcm_scale=False))
+    res2 = compare_loaded(load(ref_trace), load(cand), ComparisonSpec(pcm_scale=False))
     fd = res2.first_divergence
     assert fd.code == "audio_integer_pcm" and fd.severity == "failure", res2.headline_text()
     assert "--no-pcm-scale" in fd.message and f"1/{int(scale)}" in fd.message
@@ -213,7 +214,7 @@ def test_the_case_header_names_profile_bundle_and_mode():
 
 
 def test_long_findings_are_not_cut():
-    from parity.diagnose import metadata_findings
+    from parity.judge.metadata import metadata_findings
 
     ref = {"dtypes": {"flow": "float32", "hift": "float32", "f0_predictor": "float32"}}
     cand = {"dtypes": {"flow": "float16", "hift": "float32", "f0_predictor": "float32", "estimator_matmul": "fp16",

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from parity.metrics import (POS_INF, ShapeMismatch, first_k_values, metric_value, pair_metrics, per_frame_error,
+from parity.measure.metrics import (POS_INF, ShapeMismatch, first_k_values, metric_value, pair_metrics, per_frame_error,
                             quantile_abs_err, side_stats, to_jsonable, ulp_distance)
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

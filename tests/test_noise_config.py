@@ -200,7 +200,7 @@ def test_model_dir_with_other_flow_sizes_runs_with_its_own_dims_and_noise(tmp_pa
     model = Token2Wav.from_model_dir(d)
     _, _, sine = upstream_modules_noise(1000, 80, 64, 80, 80, 96, 1)
     assert torch.equal(model.noise.sine_noise(L), sine)
-    from parity.capture import Recorder
+    from parity.capture.recorder import Recorder
 
     rec = Recorder("source,audio")
     model.run(load_bundle(bundle, **bundle_dims(model.cfg)), Probe(rec))
@@ -269,7 +269,7 @@ def _inputs(n_tok=9, n_prompt=4, ratio=2, seed=0):
 
 
 def _flow_run(cfg, inputs, streaming=False, finalize=True):
-    from parity.capture import Recorder
+    from parity.capture.recorder import Recorder
     from reference.model import build_flow
 
     rec = Recorder("all")
@@ -320,7 +320,7 @@ def test_vocoder_rates_and_istft_sizes_from_the_config():
     h = build_hift(cfg.hift, cfg.seed)
     assert h.upsample_scale == 4 * 5 * 3 * 2 == cfg.hift.hop_samples
     mel = torch.rand(1, 80, 12, generator=torch.Generator().manual_seed(2)) * 8 - 9
-    from parity.capture import Recorder
+    from parity.capture.recorder import Recorder
 
     rec = Recorder("all")
     audio = h.inference(mel, noise_for_config(cfg), probe=Probe(rec))

@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from candidate.onnx_backend import onnx_available
+from candidate.backends.ort import onnx_available
 
 pytestmark = pytest.mark.skipif(onnx_available() is not None,
                                 reason=f"the [onnx] extra is not installed: {onnx_available()}")
@@ -27,8 +27,10 @@ from candidate.mask_check import mask_check_from_traces, rel_l2  # noqa: E402
 from candidate.pipeline import CandidateToken2Wav  # noqa: E402
 from candidate.switches import Switches, resolve_profile, switches_from  # noqa: E402
 from parity.floor.store import FloorStore  # noqa: E402
-from parity.policy import load_policy  # noqa: E402
-from parity.session import run_case  # noqa: E402
+from parity.judge.policy import load_policy  # noqa: E402
+from parity.capture.runner import RunMode  # noqa: E402
+from parity.harness import run_case  # noqa: E402
+from parity.judge.spec import ComparisonSpec  # noqa: E402
 from reference.errors import InputError  # noqa: E402
 from reference.model import Token2Wav  # noqa: E402
 
@@ -65,7 +67,7 @@ def policy():
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
-    from candidate.onnx_export import ExportOptions, export_estimator
+    from candidate.backends.onnx_export import ExportOptions, export_estimator
 
     d = tmp_path_factory.mktemp("export")
     plain = export_estimator(model.flow.decoder.estimator, d / "flow.decoder.estimator.fp32.onnx")
@@ -83,8 +85,8 @@ FLOORS = FloorStore(cache=None, compute=False)
 
 
 def _case(model, cand, bundle=MEDIUM, streaming=False, policy=None, floors=FLOORS):
-    return run_case(model, cand, bundle, streaming=streaming, policy=policy, profile_name=cand.profile_name,
-                    floors=floors)
+    return run_case(model, cand, bundle, RunMode(streaming=streaming), ComparisonSpec(policy=policy, floors=floors),
+                    profile_name=cand.profile_name)
 
 
 def _stage(case, name):
@@ -100,7 +102,7 @@ def _maxabs(case, name):
 def test_export_is_upstreams_graph(model, exported):
     import onnx
 
-    from candidate.onnx_backend import inspect_onnx
+    from candidate.backends.ort import inspect_onnx
 
     plain, masked = exported
     info = inspect_onnx(plain.path)
@@ -126,8 +128,8 @@ def test_export_is_upstreams_graph(model, exported):
 def test_exported_graph_matches_the_reference_estimator_at_any_length(model, exported, frames):
     """The dynamic seq_len axis works away from the traced 256 frames, at the fp32 rounding level (upstream's
     own check, rtol 1e-2 / atol 1e-4, is ~50x looser than the 2e-5 asserted here)."""
-    from candidate.onnx_backend import OrtEstimator
-    from candidate.onnx_export import dummy_inputs
+    from candidate.backends.ort import OrtEstimator
+    from candidate.backends.onnx_export import dummy_inputs
 
     dit = model.flow.decoder.estimator
     args = dummy_inputs(dit, frames, seed=frames)
@@ -142,7 +144,7 @@ def test_exported_graph_matches_the_reference_estimator_at_any_length(model, exp
 def test_export_cache_keyed_by_weights_and_options(model, tmp_path):
     import copy
 
-    from candidate.onnx_export import ExportOptions, cached_export
+    from candidate.backends.onnx_export import ExportOptions, cached_export
 
     dit = model.flow.decoder.estimator
     a = cached_export(dit, directory=tmp_path)
@@ -161,8 +163,8 @@ def test_export_cache_keyed_by_weights_and_options(model, tmp_path):
 
 def test_dynamo_exporter_also_validates(model, tmp_path):
     pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (not part of the [onnx] extra)")
-    from candidate.onnx_backend import OrtEstimator
-    from candidate.onnx_export import ExportOptions, dummy_inputs, export_estimator
+    from candidate.backends.ort import OrtEstimator
+    from candidate.backends.onnx_export import ExportOptions, dummy_inputs, export_estimator
 
     info = export_estimator(model.flow.decoder.estimator, tmp_path / "d.onnx", ExportOptions(exporter="dynamo"))
     args = dummy_inputs(model.flow.decoder.estimator, 90, seed=1)
@@ -172,7 +174,7 @@ def test_dynamo_exporter_also_validates(model, tmp_path):
 
 
 def test_cli_export_onnx(tmp_path, model):
-    from candidate.onnx_backend import inspect_onnx
+    from candidate.backends.ort import inspect_onnx
     from parity.cli import main
 
     out = tmp_path / "e.onnx"
@@ -183,7 +185,7 @@ def test_cli_export_onnx(tmp_path, model):
 
 def test_export_from_a_model_dir(tmp_path, exported):
     """A released-layout directory (written in upstream's key format) exports the same weights, next to them."""
-    from candidate.onnx_export import export_from
+    from candidate.backends.onnx_export import export_from
     from parity.cli import main
 
     d = tmp_path / "ckpt"
@@ -335,7 +337,7 @@ def _rename_inputs(src, dst, renames: dict, retype: dict | None = None):
 
 
 def test_user_file_with_wrong_input_names_gets_one_line_error(exported, tmp_path, model):
-    from candidate.onnx_backend import inspect_onnx, validate_io
+    from candidate.backends.ort import inspect_onnx, validate_io
 
     bad = _rename_inputs(exported[0].path, tmp_path / "bad.onnx", {"x": "input_x", "mu": "mu_in"})
     with pytest.raises(InputError) as ei:
@@ -364,13 +366,13 @@ def test_cli_user_file_errors_exit_2_with_one_line(exported, tmp_path):
 
 
 def test_user_file_runs_and_is_recorded(exported, model, policy):
-    from candidate.onnx_export import file_sha256
+    from candidate.backends.onnx_export import file_sha256
     from parity.onnx_options import OnnxOptions
-    from parity.session import Session
+    from parity.harness import Harness
 
     path = exported[0].path
     opts = OnnxOptions(str(path))
-    cand = Session().candidate(model, opts.profiles(None, ["fp32-sdpa"])[0], overrides=opts.overrides())
+    cand = Harness().candidate(model, opts.profiles(None, ["fp32-sdpa"])[0], overrides=opts.overrides())
     assert cand.profile_name == f"onnx-cpu+{path.stem}"
     case = _case(model, cand, policy=policy)
     assert case.verdict == "pass", case.result.first_divergence
@@ -378,7 +380,7 @@ def test_user_file_runs_and_is_recorded(exported, model, policy):
     assert f["sha256"] == file_sha256(path) and f["opset"] == 18 and f["producer"] == "pytorch"
     assert [i["name"] for i in f["inputs"]] == ["x", "mask", "mu", "t", "spks", "cond"]
     assert case.cand_meta["onnx"]["source"] == "user file"
-    assert case.cand_meta["switches"]["onnx_file"] == str(path.resolve())
+    assert case.cand_meta["switches"]["estimator_options"]["file"] == str(path.resolve())
 
 
 # ---------------------------------------------------------------------------------------------- provenance
@@ -416,7 +418,7 @@ def test_provenance_levels_and_fp16(model):
 def test_require_provider(model, policy):
     """A session that runs on another provider than the required one is a failing finding of the comparison
     (required_provider_missing, the headline; exit 1), not a construction error: the run is real and compared."""
-    from candidate.onnx_backend import check_required_provider
+    from candidate.backends.ort import check_required_provider
 
     assert check_required_provider("cpu", ["CPUExecutionProvider"]) is None
     msg = check_required_provider("cuda", ["CPUExecutionProvider"])
@@ -435,11 +437,11 @@ def test_require_provider(model, policy):
 
 @pytest.mark.parametrize("profile", ["onnx-cuda", "onnx-tensorrt"])
 def test_gpu_provider_profiles_run_or_say_why_not(model, policy, profile):
-    from candidate.onnx_backend import BackendUnavailable, profile_unavailable
+    from candidate.backends.ort import BackendUnavailable, profile_unavailable
 
     why = profile_unavailable(resolve_profile(profile))
     if why is None:  # a machine with the provider: it must pass the fp32 policy on the medium bundle
-        case = _case(model, _cand(model, profile, onnx_require_provider=resolve_profile(profile).onnx_provider),
+        case = _case(model, _cand(model, profile, onnx_require_provider=resolve_profile(profile).option("provider")),
                      policy=policy)
         assert case.verdict == "pass", case.result.first_divergence
         return
@@ -469,7 +471,7 @@ def test_flow_level_fault_still_applies_around_the_onnx_estimator(model, policy)
 def full_size():
     """cosyvoice3-0.5b (seeded weights) and a reference cache shared by the full-size cases (one reference run
     per mode). Exports take minutes: set PARITY_ONNX_CACHE to keep them between runs."""
-    from parity.session import ReferenceCache
+    from parity.harness import ReferenceCache
 
     return Token2Wav.from_preset("cosyvoice3-0.5b"), ReferenceCache()
 
@@ -491,8 +493,8 @@ def test_full_size_onnx_profiles(full_size, policy, profile, streaming, headline
     Measured numbers are printed (pytest -s) for docs/benchmarks.md."""
     model, refs = full_size
     cand = _cand(model, profile)  # not cached: a full-size ORT session holds its own copy of the weights
-    case = run_case(model, cand, MEDIUM, streaming=streaming, policy=policy, profile_name=profile, refs=refs,
-                    local=False)
+    case = run_case(model, cand, MEDIUM, RunMode(streaming=streaming), ComparisonSpec(policy=policy),
+                    profile_name=profile, refs=refs, local=False)
     fd = case.result.first_divergence
     nums = {n: (_maxabs(case, n), rel_l2(case.cand_tensors[n], case.ref_tensors[n]))
             for n in ("step1.v1", "flow_mel", "audio") if n in case.cand_tensors}

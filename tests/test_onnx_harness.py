@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from candidate.onnx_backend import onnx_available
+from candidate.backends.ort import onnx_available
 
 pytestmark = pytest.mark.skipif(onnx_available() is not None,
                                 reason=f"the [onnx] extra is not installed: {onnx_available()}")
@@ -37,7 +37,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def user_file(tiny, tmp_path_factory):
     """The tiny model's estimator exported as upstream does, under the name users ship it with."""
-    from candidate.onnx_export import cached_export
+    from candidate.backends.onnx_export import cached_export
 
     d = tmp_path_factory.mktemp("ckpt")
     out = d / "flow.decoder.estimator.fp32.onnx"
@@ -54,21 +54,21 @@ def _one_line_error(capsys) -> str:
 # ---------------------------------------------------------------------------------------------- options
 
 def test_options_become_switch_overrides(tiny, user_file, tmp_path):
-    from parity.session import Session
+    from parity.harness import Harness
 
     opts = OnnxOptions(str(user_file), "cpu")
-    assert opts.overrides() == {"estimator_backend": "onnxruntime", "onnx_file": str(user_file.resolve()),
-                                "onnx_require_provider": "cpu"}
+    assert opts.overrides() == {"estimator_backend": "onnxruntime",
+                                "estimator_options": (("file", str(user_file.resolve())), ("require_provider", "cpu"))}
     assert opts.profiles(None, ["fp32-sdpa"]) == ["onnx-cpu"] and opts.profiles(["onnx-fp16"], []) == ["onnx-fp16"]
     assert OnnxOptions(None, "cuda").profiles(None, ["fp32-sdpa"]) == ["fp32-sdpa"]
     with pytest.raises(InputError, match="missing.onnx: ONNX file not found"):
         OnnxOptions(str(tmp_path / "missing.onnx")).overrides()
     with pytest.raises(InputError, match="--require-provider 'gpu'"):
         OnnxOptions(None, "gpu").overrides()
-    s = Session()
+    s = Harness()
     cand = s.candidate(tiny, "onnx-fused", overrides=opts.overrides())
     assert cand.profile_name == "onnx-fused+flow.decoder.estimator.fp32+require-cpu"
-    assert cand.sw.onnx_fuse and cand.sw.onnx_file == str(user_file.resolve())
+    assert cand.sw.option("fuse") and cand.sw.option("file") == str(user_file.resolve())  # merged with the profile's
     assert s.candidate(tiny, "onnx-fused", overrides=opts.overrides()) is cand  # cached with its overrides
     assert s.candidate(tiny, "onnx-fused") is not cand
     with pytest.raises(InputError, match="--require-provider needs an ONNX Runtime profile"):
@@ -114,7 +114,7 @@ def test_streaming_session_with_an_unmasked_file_names_the_mask_and_the_mask_inp
     """Issues 16 x 17: upstream's chunked session loop (`--session streaming`) on an exported estimator. The
     unmasked graph ignores the chunk mask in every call but the last: the mask finding is the headline at the
     first chunk's step1.v1; the `--mask-input` export of the same weights passes the same session."""
-    from candidate.onnx_export import ExportOptions, cached_export
+    from candidate.backends.onnx_export import ExportOptions, cached_export
 
     j = tmp_path / "r.json"
     rc = main(["run", "--session", "streaming", "--onnx-estimator", str(user_file), "--json", str(j),
@@ -222,8 +222,8 @@ def test_bisect_options_reach_the_searches(user_file, tmp_path, capsys):
 
 
 def test_bisect_switches_finds_the_onnx_backend_in_streaming(user_file, tmp_path, capsys):
-    """ddmin over the user file's switches (estimator_backend, onnx_file): the backend alone already fails, with
-    the mask finding as every failing trial's headline."""
+    """ddmin over the user file's switches (estimator_backend, its option estimator.file, which travels with the
+    backend): the backend alone already fails, with the mask finding as every failing trial's headline."""
     j = tmp_path / "b.json"
     rc = main(["bisect", "switches", "--onnx-estimator", str(user_file), "--streaming", "--bundle", str(MEDIUM),
                "--workdir", str(tmp_path / "wd"), "--json", str(j)])
@@ -236,7 +236,7 @@ def test_bisect_switches_finds_the_onnx_backend_in_streaming(user_file, tmp_path
 # ---------------------------------------------------------------------------------------------- plugin
 
 SUITE_TEST = """
-from parity.streaming_mask import expected_outcome
+from parity.judge.mask import expected_outcome
 
 
 def test_case(parity_case, assert_parity):

@@ -1,12 +1,14 @@
-"""The session layer: the reference cache owns its key (session kind included), the one [tool.parity] reader
-and its error policy, profile lists derived from the one registry."""
+"""The harness: the reference cache owns its key (the run mode included), one runner for one call and for a
+streaming session, the one [tool.parity] reader and its error policy, profile lists derived from the one
+registry."""
 
 from __future__ import annotations
 
 import pytest
 
 from parity.project import ProjectConfig, read_project, shipped_profiles
-from parity.session import SESSION_KINDS, ModelSpec, ReferenceCache, RunMode, Session, register_session_kind
+from parity.capture.runner import RunMode
+from parity.harness import Harness, ModelSpec, ReferenceCache
 from reference.errors import InputError
 
 from .conftest import FIXTURES
@@ -16,7 +18,7 @@ SHORT = FIXTURES / "bundles" / "short.safetensors"
 
 @pytest.fixture(scope="module")
 def session():
-    return Session(project=ProjectConfig())
+    return Harness(project=ProjectConfig())
 
 
 def test_reference_cache_computes_once_per_key(session, tmp_path, monkeypatch):
@@ -30,40 +32,34 @@ def test_reference_cache_computes_once_per_key(session, tmp_path, monkeypatch):
     assert b is a and len(refs) == 1 and (tmp_path / "ref.safetensors").exists()
     s = refs.get(model, SHORT, RunMode(streaming=True))
     assert s is not a and len(refs) == 2 and s.metadata["streaming"] is True
-    assert refs.key(model, SHORT, RunMode()) != refs.key(model, SHORT, RunMode(session="stream-session"))
+    assert refs.key(model, SHORT, RunMode()) != refs.key(model, SHORT, RunMode.streaming_session())
     assert refs.get(model, SHORT, RunMode(), patterns="f0,audio") is not a and len(refs) == 3
 
 
-def test_a_registered_session_kind_runs_and_is_cached_under_its_own_key(session):
+def test_one_runner_for_one_call_and_for_a_streaming_session(session):
+    """A single call is the run of one call: the same runner, cache and case path as the streaming session, which
+    differs only by its mode (its calls' plan, its stage names)."""
+    from parity.capture.runner import OneCall, plan_calls
+    from parity.capture.session import SessionCalls
+    from reference.bundle import load_bundle
+
     model = session.model(ModelSpec("tiny"))
-    calls = []
-
-    def chunked(pipeline, inputs, out, *, mode, **kw):
-        calls.append(mode)
-        return SESSION_KINDS["single"](pipeline, inputs, out, mode=RunMode(mode.streaming, mode.finalize), **kw)
-
-    register_session_kind("test-chunked", chunked)
-    try:
-        mode = RunMode(streaming=True, session="test-chunked")
-        assert mode.label == "streaming-test-chunked"
-        cand = session.candidate(model, "fp32-explicit")
-        case = session.run(model, cand, SHORT, mode, local=False)
-        assert case.name == "short-fp32-explicit-streaming-test-chunked"
-        assert case.result.case["session"] == "test-chunked" and case.verdict == "pass"
-        assert calls == [mode, mode]  # reference and candidate; the reference is cached from now on
-        session.run(model, cand, SHORT, mode, local=False)
-        assert len(calls) == 3
-        with pytest.raises(ValueError, match="already registered"):
-            register_session_kind("test-chunked", lambda *a, **k: None)
-    finally:
-        SESSION_KINDS.pop("test-chunked", None)
-    with pytest.raises(ValueError, match="unknown session kind"):
-        session.run(model, cand, SHORT, RunMode(session="test-chunked"), local=False)
+    inputs = load_bundle(SHORT)
+    assert isinstance(plan_calls(model, inputs, RunMode()), OneCall)
+    assert isinstance(plan_calls(model, inputs, RunMode.streaming_session()), SessionCalls)
+    cand = session.candidate(model, "fp32-explicit")
+    case = session.run(model, cand, SHORT, RunMode.streaming_session(), local=False)
+    assert case.name == "short-fp32-explicit-streaming-session" and case.verdict == "pass"
+    assert case.result.case["session"] == "streaming" and case.ref_meta["session"] == "streaming"
+    assert any(n.startswith("chunk0.") for n in case.ref_tensors)
+    one = session.run(model, cand, SHORT, RunMode(), local=False)
+    assert one.name == "short-fp32-explicit-offline" and "session" not in one.result.case
+    assert not any(n.startswith("chunk") for n in one.ref_tensors)
 
 
 def test_one_tool_parity_reader_one_error_policy(tmp_path):
-    from candidate.switches import switches_from
-    from parity.policy import load_policy
+    from parity.judge.policy import load_policy
+    from parity.project import profile_switches
 
     assert read_project(tmp_path / "absent.toml") == ProjectConfig()
     pp = tmp_path / "pyproject.toml"
@@ -77,10 +73,10 @@ def test_one_tool_parity_reader_one_error_policy(tmp_path):
     assert proj.profiles["mine"]["cfg_mode"] == "two-calls"
     pol = load_policy(None, pp)
     assert pol.rule_for("flow_mel").limit == 1.0 and pol.rule_for("f0").limit == 2.0  # project rules, project file
-    assert switches_from("mine", (), pp).cfg_mode == "two-calls"  # candidate profiles come through the same reader
+    assert profile_switches("mine", (), pp).cfg_mode == "two-calls"  # candidate profiles come through the same reader
     # one error policy: an unreadable file or a mistyped key is an InputError naming the file (and the key)
     pp.write_text("[tool.parity\npreset = 'tiny'\n")
-    for read in (lambda: read_project(pp), lambda: load_policy(None, pp), lambda: switches_from("mine", (), pp)):
+    for read in (lambda: read_project(pp), lambda: load_policy(None, pp), lambda: profile_switches("mine", (), pp)):
         with pytest.raises(InputError, match=f"{pp}: not valid TOML"):
             read()
     pp.write_text('[tool.parity]\nsuite_profiles = "fp32-sdpa"\n')

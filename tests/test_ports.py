@@ -63,10 +63,11 @@ def test_standins_only_stand_in_for_what_is_missing(monkeypatch):
 
 
 def test_a_port_refuses_what_acts_on_the_harness_candidate():
-    from parity.session import Session
+    from parity.harness import Harness
+    from parity.judge.spec import ComparisonSpec
     from reference.model import Token2Wav
 
-    s = Session(floors=None)
+    s = Harness(spec=ComparisonSpec(floors=None))
     model = Token2Wav.from_preset("tiny")
     with pytest.raises(InputError, match="is a port: --fault"):
         s.candidate(model, MLX, ["istft-gain"])
@@ -100,9 +101,10 @@ def mlx_cases():
     if MLX_WHY is not None:
         pytest.skip(f"port {MLX} unavailable: {MLX_WHY}")
     from parity.floor.store import FloorStore
-    from parity.session import Session
+    from parity.harness import Harness
+    from parity.judge.spec import ComparisonSpec
 
-    s = Session(floors=FloorStore(compute=False))
+    s = Harness(spec=ComparisonSpec(floors=FloorStore(compute=False)))
     model = s.model()
     out = {}
     for mode in ("shared", "flow-only"):
@@ -150,18 +152,19 @@ def test_mlx_audio_plus_streaming_session():
     fixed where upstream's grows (session_schedule_mismatch); with a fixed 5-token hop the calls agree and every
     chunk's flow output matches (flat gate: sessions have no floor). (A fixed 3-token hop differs too: upstream's
     loop ends one call early there, the port's does not; docs/ports.md.)"""
-    from parity.session import Session
-    from parity.session_runner import session_mode
+    from parity.harness import Harness
+    from parity.judge.spec import ComparisonSpec
+    from parity.capture.runner import RunMode
     from reference.session import SessionOptions
 
-    s = Session(floors=None)
+    s = Harness(spec=ComparisonSpec(floors=None))
     model = s.model()
     cand = s.candidate(model, MLX)
-    grown = s.run(model, cand, SHORT, session_mode(SessionOptions(initial_hop=3)), local=False).result
+    grown = s.run(model, cand, SHORT, RunMode.streaming_session(SessionOptions(initial_hop=3)), local=False).result
     fd = grown.first_divergence
     assert fd.code == "session_schedule_mismatch", grown.headline_text()
     assert "session_options_mismatch" in [f.code for f in grown.findings]
-    fixed = s.run(model, cand, SHORT, session_mode(SessionOptions(initial_hop=5, growth=1)), local=False)
+    fixed = s.run(model, cand, SHORT, RunMode.streaming_session(SessionOptions(initial_hop=5, growth=1)), local=False)
     res = fixed.result
     assert res.verdict == "pass", res.headline_text()
     calls = fixed.cand_meta["session_chunks"]

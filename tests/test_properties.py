@@ -13,8 +13,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from candidate.dit import _explicit
 from parity.aliases import canonical_name
-from parity.normalize import align
-from parity.policy import Policy
+from parity.judge.normalize import align
+from parity.judge.policy import Policy
 from reference.dit import apply_rotary_pos_emb, explicit_attention, static_chunk_mask
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -68,7 +68,7 @@ def read(path: Path) -> str:
 
 
 def check_common(path: Path) -> str:
-    from parity.report import SECTION_IDS
+    from parity.present.report import SECTION_IDS
 
     html = read(path)
     assert section_ids(html) == list(SECTION_IDS)  # every section, in order
@@ -96,7 +96,7 @@ def cases(model, tmp_path_factory):
     """Cases by fault name ("" = passing profile); traces kept for the parity-report tests."""
     from candidate.pipeline import CandidateToken2Wav
     from candidate.switches import switches_from
-    from parity.session import ReferenceCache, run_case
+    from parity.harness import ReferenceCache, run_case
 
     trace_dir = tmp_path_factory.mktemp("traces")
     refs = ReferenceCache()
@@ -118,7 +118,7 @@ def cases(model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(cases, tmp_path_factory):
     """The report of each case, built once per module."""
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     out_dir = tmp_path_factory.mktemp("reports")
     done: dict = {}
@@ -225,7 +225,7 @@ def test_crashed_candidate_report(cases, built):
 
 
 def test_audio_budget_windows(cases, tmp_path):
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     case = cases("istft-gain")
     html = read(build_report(case.result, tmp_path / "budget.html", case=case, audio_budget=40_000))
@@ -236,7 +236,7 @@ def test_audio_budget_windows(cases, tmp_path):
 
 
 def test_report_without_tensors(cases, tmp_path):
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     case = cases("istft-gain")
     path = build_report(case.result, tmp_path / "bare.html")
@@ -249,7 +249,7 @@ def test_report_without_tensors(cases, tmp_path):
 
 def test_json_result_is_enough(cases, tmp_path):
     """A result written to JSON and read back renders the same way (no live objects needed)."""
-    from parity.report import build_report
+    from parity.present.report import build_report
     from parity.result import read_json, write_json
 
     case = cases("uncond-keeps-cond")
@@ -383,13 +383,13 @@ def test_parity_report_input_errors(tmp_path, capsys):
 # summary page
 
 def test_summary_page_links(cases, built):
-    from parity.report import build_summary_page
+    from parity.present.report import build_summary_page
 
     cs = [cases(""), cases("istft-gain")]
     for c, fault in zip(cs, ("", "istft-gain")):
         c.report = built(fault)
     case_dir = cs[0].report.parent
-    from parity.session import CaseSummary
+    from parity.harness import CaseSummary
 
     path = build_summary_page([CaseSummary.of(c) for c in cs], case_dir.parent / "run.html")
     html = read(path)
@@ -406,10 +406,15 @@ def test_the_report_package_only_renders():
     """plots, audio players, view model and pages: none of them reads traces, compares or judges."""
     import ast
 
-    root = FIXTURES.parent / "parity" / "report"
-    assert sorted(p.stem for p in root.glob("*.py")) == ["__init__", "audio", "chunks", "page", "plots", "view"]
-    forbidden = {"compare", "diagnose", "ingest", "policy", "metrics", "runner", "session", "trace"}
+    root = FIXTURES.parent / "parity" / "present" / "report"
+    assert sorted(p.stem for p in root.glob("*.py")) == ["__init__", "audio", "chunks", "page", "plots", "provenance", "view"]
+    forbidden = ("parity.judge", "parity.capture", "parity.harness", "parity.ingest", "parity.trace", "parity.floor",
+                 "parity.measure.metrics")
     for f in root.glob("*.py"):
         for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 2:
-                assert (node.module or "").split(".")[0] not in forbidden, f"{f.name} imports parity.{node.module}"
+            if isinstance(node, ast.ImportFrom):
+                base = ["parity", "present", "report"][:3 - (node.level - 1)] if node.level else []
+                mod = ".".join(base + ([node.module] if node.module else []))
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+                assert not any(n == b or n.startswith(b + ".") for n in names for b in forbidden), \
+                    f"{f.name} imports {mod}"

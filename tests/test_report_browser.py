@@ -422,15 +422,16 @@ C0, C1 = (31, 119, 180), (255, 127, 14)  # matplotlib's first two colours: chunk
 def session_report(tmp_path_factory) -> tuple[Path, object]:
     """The report of a passing streaming session of the tiny model (fixtures/sessions/stream: 4 calls, the first
     and the last with their ODE steps recorded)."""
+    from parity.capture.runner import RunMode
+    from parity.harness import Harness, ModelSpec
+    from parity.judge.spec import ComparisonSpec
+    from parity.present.report import build_report
     from parity.project import ProjectConfig
-    from parity.report import build_report
-    from parity.session import ModelSpec, Session
-    from parity.session_runner import session_mode
 
-    s = Session(project=ProjectConfig(), floors=None)
+    s = Harness(project=ProjectConfig(), spec=ComparisonSpec(floors=None))
     model = s.model(ModelSpec("tiny"))
     case = s.run(model, s.candidate(model, "fp32-sdpa", ()), ROOT / "fixtures" / "sessions" / "stream.safetensors",
-                 session_mode(), local=False)
+                 RunMode.streaming_session(), local=False)
     assert case.result.verdict == "pass"
     path = build_report(case.result, tmp_path_factory.mktemp("browser-session") / "session.html", case=case)
     return path, case

@@ -9,12 +9,13 @@ import json
 import pytest
 import torch
 
-from parity.compare import CompareOptions, compare_loaded
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.ingest import Loaded
-from parity.policy import load_policy
+from parity.judge.policy import load_policy
 from parity.result import (EXIT_CODES, RESULT_SCHEMA, Comparison, Finding, StageResult, aggregate_verdict, read_json,
                            sidecar_path, write_json, write_matrix_json, read_matrix_json)
-from parity.runner import run_to_trace
+from parity.capture.runner import run_pipeline
 from reference.bundle import load_bundle
 from reference.errors import InputError
 from reference.model import Token2Wav
@@ -27,7 +28,7 @@ SHORT = FIXTURES / "bundles" / "short.safetensors"
 @pytest.fixture(scope="module")
 def traces():
     model = Token2Wav.from_preset("tiny")
-    ref = run_to_trace(model, load_bundle(SHORT), None)
+    ref = run_pipeline(model, load_bundle(SHORT), None)
     cand = {k: v.clone() for k, v in ref.tensors.items()}
     cand["step2.v2"] = cand["step2.v2"] + 0.25  # the unconditional row of step 2 goes wrong
     for k in [k for k in cand if k.startswith(("step2.v_cfg", "step2.x", "step3", "step4", "step5", "step6",
@@ -38,8 +39,7 @@ def traces():
 
 def _compare(traces) -> Comparison:
     ref, cand = traces
-    return compare_loaded(Loaded(ref.tensors, ref.metadata, "ref"), Loaded(cand, dict(ref.metadata), "cand"),
-                          load_policy(), CompareOptions())
+    return compare_loaded(Loaded(ref.tensors, ref.metadata, "ref"), Loaded(cand, dict(ref.metadata), "cand"), ComparisonSpec(policy=load_policy()))
 
 
 def test_verdict_headline_and_exit_code_come_from_the_findings(traces):
@@ -133,7 +133,7 @@ def test_compare_does_not_modify_its_inputs(traces):
     c_in = Loaded(dump, {}, "cand", {"rand_noise": "rand_noise"}, [{"stage": "rand_noise", "kind": "rename"}])
     snap = [(dict(x.tensors), copy.deepcopy(x.metadata), copy.deepcopy(x.normalisations), dict(x.original_names))
             for x in (r_in, c_in)]
-    result = compare_loaded(r_in, c_in, load_policy(), CompareOptions())
+    result = compare_loaded(r_in, c_in, ComparisonSpec(policy=load_policy()))
     x0 = result.stage("x0")
     assert x0 is not None and x0.status == "pass"  # derived: rand_noise[..., :T]
     assert any(n["kind"] == "derive" and f":{T}]" in n["detail"] for n in result.normalisations)

@@ -13,11 +13,11 @@ import torch
 from candidate.faults import catalogue, parse_fault
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from parity.stages import SESSION_PATTERNS
 from parity.ingest import load as ingest_load
 from parity.stages import canonical_session_expected, position, sort_stages
-from parity.streaming_metrics import (GlitchThresholds, chunk_starts, detect_glitches, expected_chunk_samples,
+from parity.measure.streaming_metrics import (GlitchThresholds, chunk_starts, detect_glitches, expected_chunk_samples,
                                       sample_count_findings, stream_offline_drift)
 from parity.trace import TraceWriter
 from reference.bundle import load_bundle
@@ -444,7 +444,7 @@ def test_glitch_detector_nan_handling():
 
 
 def test_thresholds_are_documented():
-    from parity.streaming_metrics import THRESHOLD_EVIDENCE
+    from parity.measure.streaming_metrics import THRESHOLD_EVIDENCE
 
     th = GlitchThresholds()
     for key in ("discontinuity_ratio", "flux_ratio", "dc_ratio", "dc_min"):

@@ -1,4 +1,4 @@
-"""Streaming sessions through the harness: the session runner registered as a session kind, its
+"""Streaming sessions through the harness: the one runner with the session's run mode, its
 trace and crash, cache keys and case names, the CLI (dump, run, compare, faults), the session comparison (rules
 reused from the inner stage, chunks paired by index and token offset, the schedule finding first, the options
 judged, glitches, stream vs offline), port-style chunked .npy dumps, the JSON result, the report, the golden
@@ -15,13 +15,15 @@ import pytest
 import torch
 
 from parity.cli import main
-from parity.compare import compare_loaded
+from parity.judge.compare import compare_loaded
+from parity.judge.spec import ComparisonSpec
 from parity.ingest import Loaded, load
-from parity.policy import load_policy
+from parity.judge.policy import load_policy
 from parity.project import ProjectConfig, default_session_bundles
 from parity.result import read_json, write_json
-from parity.session import SESSION_KINDS, ModelSpec, ReferenceCache, RunMode, Session, run_pipeline
-from parity.session_runner import options_from_args, session_cli_args, session_mode
+from parity.args import run_mode_cli_args, run_mode_from_args
+from parity.capture.runner import RunMode, run_pipeline
+from parity.harness import Harness, ModelSpec, ReferenceCache
 from parity.stages import parse_chunk
 from parity.trace import read_trace
 from reference.bundle import load_bundle
@@ -37,7 +39,7 @@ SR = 24000
 
 @pytest.fixture(scope="module")
 def session():
-    return Session(project=ProjectConfig())
+    return Harness(project=ProjectConfig())
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def cases(session, model):
     for key, prof, faults in (("sdpa", "fp32-sdpa", ()), ("hift", "fp32-explicit", ("session-hift-per-chunk",)),
                               ("noise", "fp32-explicit", ("session-noise-per-chunk",)),
                               ("hop", "fp32-explicit", ("session-fixed-hop",))):
-        out[key] = session.run(model, session.candidate(model, prof, faults), STREAM, session_mode(), local=False)
+        out[key] = session.run(model, session.candidate(model, prof, faults), STREAM, RunMode.streaming_session(), local=False)
     return out
 
 
@@ -60,17 +62,19 @@ def cases(session, model):
 # the runner, modes, cache keys
 
 
-def test_streaming_is_a_registered_session_kind_with_options_in_keys_and_names():
-    assert "streaming" in SESSION_KINDS
-    m = session_mode()
+def test_the_streaming_session_is_a_run_mode_with_options_in_keys_and_names():
+    m = RunMode.streaming_session()
     assert m.is_session and m.label == "streaming-session" and RunMode().label == "offline"
     assert RunMode(streaming=True).label == "streaming"  # the single-call streaming mode keeps its name
-    o = session_mode(SessionOptions(final_mask="streaming", hop_state="carried", step_chunks=("all",)))
+    o = RunMode.streaming_session(SessionOptions(final_mask="streaming", hop_state="carried", step_chunks=("all",)))
     assert o.label == "streaming-session-final-streaming-hop-carried-steps-all"
     refs = ReferenceCache()
     assert len({refs.key(None, STREAM, x) for x in (RunMode(True), m, o)}) == 3
-    assert session_cli_args(o.options) == ["--session", "streaming", "--final-mask", "streaming", "--hop-state",
-                                           "carried", "--step-chunks", "all"]
+    assert run_mode_cli_args(o) == ["--session", "streaming", "--final-mask", "streaming", "--hop-state",
+                                    "carried", "--step-chunks", "all"]
+    assert run_mode_cli_args(RunMode(streaming=True)) == ["--streaming"] and run_mode_cli_args(RunMode()) == []
+    with pytest.raises(ValueError, match="streaming session"):
+        RunMode(streaming=False, session=SessionOptions())
 
 
 def test_session_options_from_the_command_line():
@@ -81,30 +85,31 @@ def test_session_options_from_the_command_line():
                     carried_hop=None, step_chunks=None, no_finalize=False)
         return argparse.Namespace(**{**base, **kw})
 
-    assert options_from_args(ns()) is None
-    assert options_from_args(ns(session="streaming")) == SessionOptions()
-    assert options_from_args(ns(session="streaming", growth=1, step_chunks="0,-1")) == \
+    assert run_mode_from_args(ns()) == RunMode()
+    assert run_mode_from_args(ns(streaming=True, no_finalize=True)) == RunMode(streaming=True, finalize=False)
+    assert run_mode_from_args(ns(session="streaming")) == RunMode.streaming_session(SessionOptions())
+    assert run_mode_from_args(ns(session="streaming", growth=1, step_chunks="0,-1")).session == \
         SessionOptions(growth=1, step_chunks=(0, -1))
     with pytest.raises(InputError, match="need --session streaming"):
-        options_from_args(ns(growth=1))
+        run_mode_from_args(ns(growth=1))
     with pytest.raises(InputError, match="no-finalize"):
-        options_from_args(ns(session="streaming", no_finalize=True))
+        run_mode_from_args(ns(session="streaming", no_finalize=True))
     with pytest.raises(InputError, match="step-chunks"):
-        options_from_args(ns(session="streaming", step_chunks="first,middle"))
+        run_mode_from_args(ns(session="streaming", step_chunks="first,middle"))
 
 
 def test_a_crash_inside_a_session_leaves_a_partial_trace_naming_its_chunk_and_stage(session, model, tmp_path):
     cand = session.candidate(model, "fp32-explicit", ("shape-crash",))  # HiFT's source module raises
     out = tmp_path / "crash.safetensors"
-    res = run_pipeline(cand, load_bundle(STREAM), out, session_mode())
+    res = run_pipeline(cand, load_bundle(STREAM), out, RunMode.streaming_session())
     assert res.error is not None and res.crashed_at == "chunk0.audio"
     tr = read_trace(out)
     assert tr.metadata["status"] == "crashed" and tr.metadata["error"]["stage"] == "chunk0.audio"
     # the call's vocoder computed its F0 (recorded) and raised in its source module
     assert tr.metadata["error"]["last_recorded"] == "chunk0.f0" and "chunk0.step10.x" in tr.names
     assert [c["hop"] for c in tr.metadata["session_plan"]["chunks"]] == [38, 50, 100, 32]  # written before the run
-    ref = session.reference(model, STREAM, session_mode())
-    r = compare_loaded(Loaded(ref.tensors, ref.metadata, "ref"), load(out), load_policy())
+    ref = session.reference(model, STREAM, RunMode.streaming_session())
+    r = compare_loaded(Loaded(ref.tensors, ref.metadata, "ref"), load(out), ComparisonSpec(policy=load_policy()))
     fd = r.first_divergence
     assert (fd.stage, fd.code) == ("chunk0.audio", "candidate_crashed") and "(after chunk0.f0)" in fd.message
     assert r.session["chunks"][1]["status"] == "missing"  # paired by the plan, never computed
@@ -133,11 +138,11 @@ def test_fp32_session_passes_with_the_inner_stages_rules(cases):
 
 
 def test_a_user_rule_naming_session_stages_wins(session, model, cases):
-    from parity.policy import Policy
+    from parity.judge.policy import Policy
 
     c = cases["sdpa"]
     pol = load_policy().extend([{"stage": "chunk*.audio", "statistic": "snr_db", "limit": 200.0}], "test")
-    r = compare_loaded(Loaded(c.ref_tensors, c.ref_meta, "r"), Loaded(c.cand_tensors, c.cand_meta, "c"), pol)
+    r = compare_loaded(Loaded(c.ref_tensors, c.ref_meta, "r"), Loaded(c.cand_tensors, c.cand_meta, "c"), ComparisonSpec(policy=pol))
     assert r.first_divergence.stage == "chunk0.audio" and r.stage("chunk0.audio").limit == 200.0
     assert "rule_from" not in r.stage("chunk0.audio").extra and r.stage("stream.audio").limit == 30.0
     assert Policy().rule_for("chunk0.mel") is None  # no rule at all: nothing to inherit
@@ -189,7 +194,7 @@ def test_session_options_are_judged_by_meaning(cases):
     def with_options(**kw):
         meta = json.loads(json.dumps(c.cand_meta))
         meta["session_options"].update(kw)
-        return compare_loaded(ref, Loaded(c.cand_tensors, meta, "c"), load_policy())
+        return compare_loaded(ref, Loaded(c.cand_tensors, meta, "c"), ComparisonSpec(policy=load_policy()))
 
     same = with_options(max_hop=400)  # never reached by 220 tokens: the same calls
     f = [x for x in same.findings if x.code == "session_options_mismatch"]
@@ -199,7 +204,7 @@ def test_session_options_are_judged_by_meaning(cases):
     meta = json.loads(json.dumps(c.cand_meta))
     meta["session_options"]["growth"] = 1
     meta["session_schedule"]["chunks"][1]["hop"] = 25
-    diff = compare_loaded(ref, Loaded(c.cand_tensors, meta, "c"), load_policy())
+    diff = compare_loaded(ref, Loaded(c.cand_tensors, meta, "c"), ComparisonSpec(policy=load_policy()))
     assert [x.code for x in diff.findings[:2]] == ["session_schedule_mismatch", "session_options_mismatch"]
     assert diff.findings[1].severity == "failure"
 
@@ -221,7 +226,7 @@ def test_paired_by_token_offset_when_a_port_numbers_its_calls_differently(cases)
         port[f"chunk{k}.streaming"] = torch.tensor([1])
         port[f"chunk{k}.mel"] = T["chunk0.mel"][:, :, 2 * off:2 * end]
         port[f"chunk{k}.audio"] = T["chunk0.audio"][:, :0] if k == 0 else T["chunk0.audio"]
-    r = compare_loaded(Loaded(c.ref_tensors, c.ref_meta, "r"), Loaded(port, {}, "port"), load_policy())
+    r = compare_loaded(Loaded(c.ref_tensors, c.ref_meta, "r"), Loaded(port, {}, "port"), ComparisonSpec(policy=load_policy()))
     s = r.session
     assert s["schedules"]["source"] == {"ref": "metadata", "cand": "tensors"}
     assert s["pairs"] == {"0": 0, "2": 1, "3": 2, "4": 3} and s["unmatched"] == {"ref": [], "cand": [1]}
@@ -236,8 +241,8 @@ def test_paired_by_token_offset_when_a_port_numbers_its_calls_differently(cases)
 
 
 def test_result_json_round_trip_and_report(cases, tmp_path):
-    from parity.report import build_report
-    from parity.summary import render
+    from parity.present.report import build_report
+    from parity.present.summary import render
 
     case = cases["hift"]
     p = write_json(case.result, tmp_path / "r.json", sidecar=True)
@@ -275,8 +280,8 @@ def test_a_session_report_tells_the_truth_about_key_stages_steps_and_f0(cases, t
     """A passing session: its key stages are the stream's (no key_stages_missing while stream.mel and
     stream.audio are compared), its ODE steps are those of each recorded chunk, its F0 that of each vocoder
     call (captured as chunk{c}.f0, the last call's over the whole stream)."""
-    from parity.report import build_report
-    from parity.require import absent_stages
+    from parity.present.report import build_report
+    from parity.judge.require import absent_stages
 
     case = cases["sdpa"]
     r = case.result
@@ -317,7 +322,7 @@ def test_a_session_report_tells_the_truth_about_key_stages_steps_and_f0(cases, t
 
     write_trace(rp, case.ref_tensors, case.ref_meta)
     cp = write_trace(tmp_path / "cand.safetensors", cand, case.cand_meta)
-    r2 = compare_loaded(load(rp), load(cp), load_policy())
+    r2 = compare_loaded(load(rp), load(cp), ComparisonSpec(policy=load_policy()))
     warn = [f for f in r2.findings if f.code == "key_stages_missing"]
     assert warn and warn[0].stage == "stream.audio" and "the candidate lacks stream.audio" in warn[0].message
     assert absent_stages(r2, ["flow_mel", "audio"]) == ["stream.audio"]
@@ -326,7 +331,7 @@ def test_a_session_report_tells_the_truth_about_key_stages_steps_and_f0(cases, t
 def test_a_session_trace_without_per_call_f0_says_so(cases, tmp_path):
     """A session captured before per-call F0 (or a port's dump without it): the F0 section says what is missing
     instead of claiming the reference has no F0 at all."""
-    from parity.report import build_report
+    from parity.present.report import build_report
 
     case = cases["sdpa"]
     strip = {k: v for k, v in case.ref_tensors.items() if not k.endswith(".f0")}
@@ -336,7 +341,7 @@ def test_a_session_trace_without_per_call_f0_says_so(cases, tmp_path):
 
 
 def test_a_chunked_npy_dump_is_compared_with_the_dialect_mapping_listed(cases, session, model, tmp_path, capsys):
-    ref = session.reference(model, STREAM, session_mode())
+    ref = session.reference(model, STREAM, RunMode.streaming_session())
     from parity.trace import write_trace
 
     write_trace(tmp_path / "ref.safetensors", ref.tensors, ref.metadata)
@@ -395,7 +400,7 @@ def test_golden_stream_catches_a_changed_chunk():
     assert gold.metadata["session"] == "streaming" and "chunk2.mel" in gold.tensors and "stream.audio" in gold.tensors
     t = dict(gold.tensors)
     t["chunk2.mel"] = t["chunk2.mel"] + 1e-3
-    r = compare_loaded(gold, dataclasses.replace(gold, tensors=t, path="changed"), load_policy())
+    r = compare_loaded(gold, dataclasses.replace(gold, tensors=t, path="changed"), ComparisonSpec(policy=load_policy()))
     assert r.verdict == "fail" and r.first_divergence.stage == "chunk2.mel"
 
 
@@ -409,7 +414,7 @@ def test_bisect_switches_on_a_session(model, tmp_path):
     from parity.bisect.trials import SearchSettings
 
     sw = Switches(attention="sdpa", faults=("session-noise-per-chunk",))
-    mode = session_mode(SessionOptions(step_chunks=()))  # no ODE steps recorded: a cheaper trial
+    mode = RunMode.streaming_session(SessionOptions(step_chunks=()))  # no ODE steps recorded: a cheaper trial
     res = bisect_switches(model, sw, None, settings=SearchSettings(mode=mode, local=False, workdir=tmp_path / "wd"))
     assert res.status == "found" and res.culprit == ["fault=session-noise-per-chunk"], res.message
     assert res.headline["stage"] == "chunk1.flow_mel_full"

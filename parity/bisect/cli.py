@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..args import (fault_parent, local_parent, map_parent, model_parent, onnx_parent, policy_parent,
-                    session_parent, streaming_parent)
+from ..args import (fault_parent, floor_parent, local_parent, map_parent, model_parent, onnx_parent,
+                    policy_parent, session_parent, streaming_parent)
 from ..onnx_options import DEFAULT_PROFILE, OnnxOptions, check_overrides
-from ..session import ModelSpec
+from ..harness import ModelSpec
 from .git import GitBisectConfig, bisect_git
 from .log import BisectResult, BisectUsageError, atomic_write, headline_text
 from .precision import bisect_precision
@@ -23,45 +23,63 @@ GIT_DEFAULT_PROFILE = "fp32-sdpa"
 
 
 def parse_switch(spec: str) -> tuple[str, Any]:
-    """``NAME=VALUE`` for one :class:`candidate.switches.Switches` field, typed like its default."""
+    """``NAME=VALUE`` for one :class:`candidate.switches.Switches` field, typed like its default; an estimator
+    backend's option as ``estimator.OPTION=VALUE`` (or its legacy name, ``onnx_fuse=true``), typed like the
+    option's default."""
+    from candidate.backends import BACKENDS, legacy_option
     from candidate.switches import Switches
 
     k, eq, v = spec.partition("=")
     k = k.strip().replace("-", "_")
-    fields = {f.name: f for f in dataclasses.fields(Switches)}
+    fields = {f.name: f for f in dataclasses.fields(Switches) if f.name != "estimator_options"}
+    opt = k[len("estimator."):] if k.startswith("estimator.") else (legacy_option(k) or (None, None))[1]
+    if eq and opt is not None:
+        defaults = [b.options[opt] for b in BACKENDS.values() if opt in b.options]
+        if not defaults:
+            raise BisectUsageError(f"--switch {spec!r}: no estimator backend has an option {opt!r}")
+        return "estimator_options", {opt: _typed(spec, defaults[0], v)}
     if not eq or k not in fields:
-        raise BisectUsageError(f"--switch {spec!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}")
-    default = getattr(Switches(), k)
+        raise BisectUsageError(f"--switch {spec!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))} "
+                               f"or estimator.OPTION")
+    return k, _typed(spec, getattr(Switches(), k), v)
+
+
+def _typed(spec: str, default, v: str):
+    """``v`` typed like ``default`` (a boolean, a comma-separated tuple, else the string)."""
     if isinstance(default, bool):
         if v.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise BisectUsageError(f"--switch {spec!r}: expected true or false")
-        return k, v.lower() in ("true", "1", "yes", "on")
+        return v.lower() in ("true", "1", "yes", "on")
     if isinstance(default, tuple):
-        return k, tuple(x.strip() for x in v.split(",") if x.strip())
-    return k, v
+        return tuple(x.strip() for x in v.split(",") if x.strip())
+    return v
 
 
 def _start(args):
     """(profile name or Switches to start from, switch overrides) from --profile / --switch / --fault and
     --onnx-estimator / --require-provider (switch overrides too; with a file and no --profile: onnx-cpu)."""
-    overrides = dict(parse_switch(s) for s in (args.switch or []))
+    overrides: dict = {}
     onnx = OnnxOptions.from_args(args)
-    overrides.update(onnx.overrides())
+    for k, v in [parse_switch(s) for s in (args.switch or [])] + list(onnx.overrides().items()):
+        if k == "estimator_options":  # a backend's options add up (kept as sorted pairs: hashable)
+            v = tuple(sorted({**dict(overrides.get(k) or ()), **dict(v)}.items()))
+        overrides[k] = v
     profile = args.profile or (DEFAULT_PROFILE if onnx.estimator else None)
     if not profile and not overrides and not getattr(args, "fault", None):
         raise BisectUsageError("give --profile NAME or --switch NAME=VALUE (and/or --fault) to start from")
     if onnx:
-        sw, _ = resolve_switches(profile or None, getattr(args, "pyproject", None), (), overrides)
+        sw, _ = resolve_switches(profile or None, getattr(args, "pyproject", None), ())
         check_overrides(sw, profile, overrides)
     if profile:
         return profile, overrides
-    from candidate.switches import Switches
+    from candidate.switches import switches_from
 
-    return Switches(**overrides), {}
+    return switches_from(None, (), None, **overrides), {}
 
 
 def _search_parent(trials_help: str) -> argparse.ArgumentParser:
-    q = argparse.ArgumentParser(add_help=False, parents=[streaming_parent(), session_parent(), policy_parent()])
+    q = argparse.ArgumentParser(add_help=False, parents=[streaming_parent(), session_parent(), policy_parent(),
+                                                         floor_parent()])
     q.add_argument("--bundle", action="append", help="input bundle(s) (default fixtures/bundles/medium; with "
                                                      "--session streaming fixtures/sessions/stream)")
     q.add_argument("--max-trials", type=int, help=trials_help)
@@ -120,15 +138,23 @@ def add_bisect_args(p: argparse.ArgumentParser) -> None:
 
 
 def _mode(args):
-    """The streaming session's RunMode when ``--session streaming`` (None: a single call)."""
-    from ..session_runner import options_from_args, session_mode
+    """The run mode of ``--streaming`` / ``--session streaming`` and its options."""
+    from ..args import run_mode_from_args
 
-    opts = options_from_args(args)
-    return session_mode(opts) if opts is not None else None
+    return run_mode_from_args(args)
+
+
+def _spec(args):
+    """The comparison spec of the search options, as ``parity run`` builds it (policy, ``--floor`` /
+    ``--no-floor``): trials are judged with the floor where one is measured."""
+    from ..judge.spec import ComparisonSpec
+
+    return ComparisonSpec.from_args(args, log=lambda m: print(f"parity bisect: {m}", file=sys.stderr, flush=True))
 
 
 def _settings(args) -> SearchSettings:
-    return SearchSettings(streaming=args.streaming, mode=_mode(args), policy=args.policy, local=not args.no_local,
+    return SearchSettings(streaming=args.streaming, mode=_mode(args), policy=args.policy, spec=_spec(args),
+                          local=not args.no_local,
                           max_trials=args.max_trials, timeout=args.timeout, workdir=args.workdir, log=args.log,
                           resume=args.resume, report=args.report, progress=args.progress,
                           trial_reports=args.trial_reports, keep_traces=args.keep_traces)
@@ -204,8 +230,7 @@ def _cmd_git(args) -> int:
     cfg = GitBisectConfig(cmd=args.cmd, profile=profile, faults=args.fault or (), model=ModelSpec.from_args(args),
                           onnx=onnx,
                           device=args.device, bundles=args.bundle, ref_traces=args.ref_trace, streaming=args.streaming,
-                          mode=_mode(args),
-                          policy=args.policy, maps=parse_maps(args.map), max_trials=args.max_trials,
+                          mode=_mode(args), policy=args.policy, spec=_spec(args), maps=parse_maps(args.map), max_trials=args.max_trials,
                           timeout=args.timeout, trial_timeout=args.trial_timeout, workdir=args.workdir, log=args.log,
                           resume=args.resume, verify=not args.no_verify, keep_traces=args.keep_traces,
                           report=args.report, progress=args.progress, trial_reports=args.trial_reports)

@@ -24,12 +24,10 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,130 +35,17 @@ from typing import Any, Sequence
 
 from reference.errors import ParityUserError
 
-from ..outputs import unique_stamp
 from ..outputs import write_output
 from ..result import read_json, write_json
-from ..session import ModelSpec
+from ..harness import ModelSpec
 from .log import BisectResult, BisectUsageError, TrialLog, TrialProgress, deadline_after, headline_text, make_workdir
+from .gitops import (ORACLE_CLIENT, default_git_workdir, git, kill_group, last_line, protect_signals, quiet_signals,
+                     repo_state, run_proc, sniff_dump)
 from .page import finish, trial_report
 from .trials import DEFAULT_BUNDLE, DEFAULT_SESSION_BUNDLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ABORT = 128  # git bisect run: 128..255 aborts the bisection
-
-def _git(repo: Path, *args, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    p = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise BisectUsageError(f"git {' '.join(args)}: {_last_line(p.stderr or p.stdout) or 'failed'}")
-    return p
-
-
-def repo_state(repo: Path, ignore: Path | None = None) -> dict:
-    """HEAD, branch, ``git status`` (minus ``ignore``), worktrees and whether a bisect is in progress."""
-    head = _git(repo, "rev-parse", "HEAD", check=False).stdout.strip()
-    branch = _git(repo, "symbolic-ref", "-q", "HEAD", check=False).stdout.strip() or None
-    status = _git(repo, "status", "--porcelain", "--untracked-files=all", check=False).stdout.splitlines()
-    if ignore is not None:
-        top = Path(_git(repo, "rev-parse", "--show-toplevel").stdout.strip()).resolve()
-        try:
-            rel = str(Path(ignore).resolve().relative_to(top))
-        except ValueError:
-            rel = None
-        if rel:
-            status = [s for s in status if not s[3:].strip('"').startswith(rel)]
-    wts = [ln[9:] for ln in _git(repo, "worktree", "list", "--porcelain", check=False).stdout.splitlines()
-           if ln.startswith("worktree ")]
-    bs = Path(_git(repo, "rev-parse", "--git-path", "BISECT_START").stdout.strip())
-    if not bs.is_absolute():
-        bs = Path(repo) / bs
-    return {"head": head, "branch": branch, "status": status, "worktrees": wts, "bisecting": bs.exists()}
-
-
-def _kill_group(p: subprocess.Popen, grace: float = 3.0) -> None:
-    if p.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(p.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            p.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _run_proc(argv, *, cwd, env, timeout: float | None, log_path: Path, shell: bool = False) -> tuple[int | None, str]:
-    """Run a trial program in its own process group; (exit code or None on timeout, output tail)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as out:
-        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, shell=shell)
-        try:
-            rc = p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(p)
-            rc = None
-        except BaseException:
-            _kill_group(p)
-            raise
-        finally:
-            if p.poll() is None:
-                _kill_group(p)
-    tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-    return rc, tail
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
-
-
-def _sniff_dump(out: Path) -> Path | None:
-    """The dump a program wrote at ``out`` (a file of any supported format, an npy directory, or ``out.npz``
-    since ``numpy.savez`` appends that suffix), renamed to the suffix :mod:`parity.ingest` dispatches on."""
-    from ..trace import journal_path
-
-    if out.is_dir():
-        return out
-    if out.is_file():
-        with open(out, "rb") as f:
-            head = f.read(8)
-        suffix = ".npz" if head.startswith(b"PK") else (".npy" if head.startswith(b"\x93NUMPY") else ".safetensors")
-        if out.suffix != suffix:
-            target = out.with_name(out.name + suffix)
-            out.rename(target)
-            return target
-        return out
-    if journal_path(out).exists():
-        return out
-    for cand in sorted(out.parent.glob(out.name + ".*")):
-        if cand.suffix in (".npz", ".npy", ".safetensors") and cand.is_file():
-            return cand
-    return None
-
-
-ORACLE_CLIENT = '''\
-"""parity bisect oracle client (written by parity.bisect): asks the bisect driver to judge BISECT_HEAD
-and exits with its answer (0 good, 1 bad, 125 skip, 128 abort)."""
-import socket, sys
-try:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sys.argv[1])
-    s.sendall(b"trial\\n")
-    data = b""
-    while not data.endswith(b"\\n"):
-        chunk = s.recv(64)
-        if not chunk:
-            break
-        data += chunk
-    sys.exit(int(data.strip()))
-except (OSError, ValueError) as exc:
-    sys.stderr.write("parity bisect oracle: the bisect driver is gone (%s); aborting\\n" % exc)
-    sys.exit(128)
-'''
-
 
 class GitBisect:
     """One ``git bisect run`` with the parity oracle: the frozen reference, the trial log, the budget, the
@@ -171,8 +56,12 @@ class GitBisect:
         self.repo, self.cfg = repo, cfg
         self.cmd, self.profile, self.faults = cfg.cmd, cfg.profile, list(cfg.faults or ())
         self.model, self.device = cfg.model, cfg.device
-        self.streaming, self.policy_arg, self.maps = cfg.streaming, cfg.policy, cfg.maps
-        self.mode = cfg.mode if cfg.mode is not None and getattr(cfg.mode, "is_session", False) else None
+        self.maps = cfg.maps
+        from ..capture.runner import RunMode
+
+        self.run_mode = cfg.mode if cfg.mode is not None else RunMode(streaming=cfg.streaming)
+        self.streaming = self.run_mode.streaming
+        self.mode = self.run_mode if self.run_mode.is_session else None  # a streaming session (the loop)
         self.max_trials, self.trial_timeout = cfg.max_trials, cfg.trial_timeout
         self.deadline = deadline_after(cfg.timeout)
         self.verify, self.keep_traces, self.python = cfg.verify, cfg.keep_traces, cfg.python or sys.executable
@@ -182,9 +71,9 @@ class GitBisect:
         self.bad_sha = self._commit(bad, "--bad")
         if self.good_sha == self.bad_sha:
             raise BisectUsageError("--good and --bad are the same commit")
-        if _git(repo, "merge-base", "--is-ancestor", self.good_sha, self.bad_sha, check=False).returncode != 0:
+        if git(repo, "merge-base", "--is-ancestor", self.good_sha, self.bad_sha, check=False).returncode != 0:
             raise BisectUsageError(f"--good {good} is not an ancestor of --bad {bad}")
-        self.n_commits = int(_git(repo, "rev-list", "--count", f"{self.good_sha}..{self.bad_sha}").stdout.strip())
+        self.n_commits = int(git(repo, "rev-list", "--count", f"{self.good_sha}..{self.bad_sha}").stdout.strip())
         default = DEFAULT_SESSION_BUNDLE if self.mode is not None else DEFAULT_BUNDLE
         self.bundles = [Path(b) for b in (cfg.bundles or ([] if cfg.ref_traces else [default]))]
         if cfg.ref_traces:
@@ -205,7 +94,7 @@ class GitBisect:
             raise BisectUsageError("the in-process mode needs --preset or --model-dir")
         workdir = cfg.workdir
         if workdir is None and cfg.log is None:
-            workdir = _default_git_workdir(repo)
+            workdir = default_git_workdir(repo)
         self.wd, log_path = make_workdir(workdir, cfg.log, "git")
         bound = self.n_commits + 1 + (2 if cfg.verify else 0)
         self.bound = bound if cfg.max_trials is None else min(bound, cfg.max_trials)
@@ -214,7 +103,7 @@ class GitBisect:
                     "profile": None if cfg.cmd else cfg.profile, "faults": None if cfg.cmd else self.faults,
                     **({"onnx": cfg.onnx.cli_args()} if cfg.onnx and not cfg.cmd else {}),
                     "model": None if cfg.cmd else (cfg.model.preset or str(cfg.model.model_dir)), "bundles": names,
-                    "streaming": cfg.streaming, "policy": str(cfg.policy) if cfg.policy else None,
+                    "streaming": self.streaming, "policy": str(cfg.policy) if cfg.policy else None,
                     **({"mode": self.mode.label} if self.mode is not None else {}),
                     "maps": cfg.maps or None}
         self.log = TrialLog(log_path, "git", identity, resume=cfg.resume,
@@ -227,53 +116,50 @@ class GitBisect:
         self.ref_model = cfg.ref_model
         self._mask_model, self._mask_why = None, None  # streaming: the model of the chunk-mask check, loaded once
         self.refs: list = []  # Loaded, per bundle
-        self.policy = None
+        self.spec = cfg.spec  # the comparison spec (built in frozen_reference when not given)
         self.wt_root: Path | None = None
         self._subjects: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------------------------
     def _commit(self, rev: str, what: str) -> str:
-        p = _git(self.repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+        p = git(self.repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
         if p.returncode != 0 or not p.stdout.strip():
             raise BisectUsageError(f"{what} {rev!r} is not a commit of {self.repo}")
         return p.stdout.strip()
 
     def subject(self, sha: str) -> str:
         if sha not in self._subjects:
-            self._subjects[sha] = _git(self.repo, "log", "-1", "--format=%s", sha, check=False).stdout.strip()
+            self._subjects[sha] = git(self.repo, "log", "-1", "--format=%s", sha, check=False).stdout.strip()
         return self._subjects[sha]
 
     def frozen_reference(self) -> None:
         """The reference traces: given, found in the work directory (resume), or computed now, once."""
         from ..ingest import load
-        from ..policy import load_policy
 
-        self.policy = load_policy(self.policy_arg)
+        if self.spec is None:  # judged like parity run: the floor where one is measured, else the flat rules
+            from ..floor.store import FloorStore
+            from ..judge.policy import load_policy
+            from ..judge.spec import ComparisonSpec
+
+            self.spec = ComparisonSpec(policy=load_policy(self.cfg.policy), floors=FloorStore())
         paths = []
         if self.ref_paths:
             paths = self.ref_paths
         else:
             from reference.bundle import bundle_dims, load_bundle
 
-            from ..runner import run_to_trace
+            from ..capture.runner import run_pipeline
 
             model = self.ref_model
             for b in self.bundles:
-                mode = self.mode.label if self.mode is not None else ("streaming" if self.streaming else "offline")
-                p = self.wd / "reference" / f"{b.stem}-{mode}-reference.safetensors"
+                p = self.wd / "reference" / f"{b.stem}-{self.run_mode.label}-reference.safetensors"
                 if not p.exists():
                     if model is None:
                         model = self.model.load()
                     self.progress.note(f"computing the frozen reference trace for {b.name}")
                     meta = {"inputs": b.name, "frozen_for": "parity bisect git"}
-                    if self.mode is not None:  # a streaming session (upstream's chunked loop)
-                        from ..session import run_pipeline
-
-                        run_pipeline(model, load_bundle(b, **bundle_dims(model.cfg)), p, self.mode, extra_meta=meta,
-                                     raise_errors=True)
-                    else:
-                        run_to_trace(model, load_bundle(b, **bundle_dims(model.cfg)), p, streaming=self.streaming,
-                                     extra_meta=meta, raise_errors=True)
+                    run_pipeline(model, load_bundle(b, **bundle_dims(model.cfg)), p, self.run_mode, extra_meta=meta,
+                                 raise_errors=True)
                 paths.append(p)
         self.ref_paths = paths
         self.refs = [load(p, self.maps) for p in paths]
@@ -282,9 +168,9 @@ class GitBisect:
     def _mask_check(self, i: int, cand) -> dict | None:
         """Streaming: the chunk-mask check of a commit's dump against the frozen reference, with the reference
         model (the one that froze it, else the one its provenance names, loaded once)."""
-        if not self.streaming:
+        if not self.streaming or not self.spec.mask_check:
             return None
-        from ..streaming_mask import check_saved, model_from_provenance, not_checked
+        from ..capture.mask_check import check_saved, model_from_provenance, not_checked
 
         ref = self.refs[i]
         if self._mask_model is None and self._mask_why is None:
@@ -348,16 +234,16 @@ class GitBisect:
         return t, False
 
     def _trial(self, sha: str, tdir: Path):
-        from ..compare import compare_loaded
+        from ..judge.compare import compare_loaded
         from ..ingest import load
 
         if tdir.exists():
             shutil.rmtree(tdir)
         tdir.mkdir(parents=True)
         wt = self.wt_root / sha[:12]
-        p = _git(self.repo, "worktree", "add", "--detach", "--force", str(wt), sha, check=False)
+        p = git(self.repo, "worktree", "add", "--detach", "--force", str(wt), sha, check=False)
         if p.returncode != 0:
-            return 125, f"git worktree add failed: {_last_line(p.stderr)}", None, None, []
+            return 125, f"git worktree add failed: {last_line(p.stderr)}", None, None, []
         dumps: list[Path] = []
         try:
             for i in range(len(self.refs)):
@@ -380,31 +266,28 @@ class GitBisect:
                     argv += self.model.cli_args()
                     if self.device and self.device != "cpu":
                         argv += ["--device", self.device]
-                    if self.mode is not None:  # commits without --session cannot run it: skipped (125)
-                        from ..session_runner import session_cli_args
+                    from ..args import run_mode_cli_args
 
-                        argv += session_cli_args(self.mode.options)
-                    elif self.streaming:
-                        argv.append("--streaming")
+                    argv += run_mode_cli_args(self.run_mode)  # a commit without --session cannot run one: skip (125)
                     for f in self.faults:
                         argv += ["--fault", f]
                     if self.cfg.onnx:  # a commit whose dump lacks these options exits 2: skipped, with the reason
                         argv += self.cfg.onnx.cli_args()
                     shell = False
                 timeout, global_bound = self._timeout()
-                rc, tail = _run_proc(argv, cwd=str(wt), env=env, timeout=timeout, log_path=tdir / f"{stem}.log",
+                rc, tail = run_proc(argv, cwd=str(wt), env=env, timeout=timeout, log_path=tdir / f"{stem}.log",
                                      shell=shell)
                 if rc is None:
                     if global_bound:
                         return ABORT, "time budget exhausted", None, None, []
                     return 125, f"timed out after {timeout:.0f} s", None, None, []
-                dump = _sniff_dump(out)
+                dump = sniff_dump(out)
                 if dump is None:
-                    return 125, f"exit {rc} and no dump (cannot build or run): {_last_line(tail)}", None, None, []
+                    return 125, f"exit {rc} and no dump (cannot build or run): {last_line(tail)}", None, None, []
                 dumps.append(dump)
                 try:
                     cand = load(dump, self.maps)
-                    result = compare_loaded(self.refs[i], cand, self.policy, mask_check=self._mask_check(i, cand))
+                    result = compare_loaded(self.refs[i], cand, self.spec, mask_check=self._mask_check(i, cand))
                 except ParityUserError as exc:
                     return 125, f"unreadable dump: {exc}", None, None, dumps
                 except Exception as exc:  # noqa: BLE001 - a dump the comparison cannot digest: skip, say why
@@ -420,10 +303,10 @@ class GitBisect:
                     return 1, (f"exit {rc}" if rc else ""), fd, rf, dumps
             return 0, "", None, None, dumps
         finally:
-            _git(self.repo, "worktree", "remove", "--force", str(wt), check=False)
+            git(self.repo, "worktree", "remove", "--force", str(wt), check=False)
             if wt.exists():
                 shutil.rmtree(wt, ignore_errors=True)
-                _git(self.repo, "worktree", "prune", check=False)
+                git(self.repo, "worktree", "prune", check=False)
 
     # -- driving git bisect run ------------------------------------------------------------------------
     def serve(self, sock_path: Path) -> tuple[int, str]:
@@ -453,7 +336,7 @@ class GitBisect:
                             conn.recv(64)
                         except OSError:
                             pass
-                        sha = _git(self.repo, "rev-parse", "BISECT_HEAD").stdout.strip()
+                        sha = git(self.repo, "rev-parse", "BISECT_HEAD").stdout.strip()
                         code = self.judge(sha)
                         try:
                             conn.sendall(f"{code}\n".encode())
@@ -463,19 +346,19 @@ class GitBisect:
         finally:
             srv.close()
             if self.git_proc is not None and self.git_proc.poll() is None:
-                _kill_group(self.git_proc)
+                kill_group(self.git_proc)
         return rc, run_log.read_text(errors="replace")
 
     def cleanup(self) -> None:
         if getattr(self, "git_proc", None) is not None and self.git_proc.poll() is None:
-            _kill_group(self.git_proc)
-        _git(self.repo, "bisect", "reset", check=False)
+            kill_group(self.git_proc)
+        git(self.repo, "bisect", "reset", check=False)
         if self.wt_root is not None:
-            for ln in _git(self.repo, "worktree", "list", "--porcelain", check=False).stdout.splitlines():
+            for ln in git(self.repo, "worktree", "list", "--porcelain", check=False).stdout.splitlines():
                 if ln.startswith("worktree ") and Path(ln[9:]).resolve().is_relative_to(self.wt_root.resolve()):
-                    _git(self.repo, "worktree", "remove", "--force", ln[9:], check=False)
+                    git(self.repo, "worktree", "remove", "--force", ln[9:], check=False)
             shutil.rmtree(self.wt_root, ignore_errors=True)
-        _git(self.repo, "worktree", "prune", check=False)
+        git(self.repo, "worktree", "prune", check=False)
 
     # -- the whole bisection ------------------------------------------------------------------------
     def run(self) -> BisectResult:
@@ -484,7 +367,7 @@ class GitBisect:
         t_start = time.perf_counter()
         before = repo_state(self.repo, ignore=self.wd)
         res = BisectResult("git", "error", bound=self.bound)
-        restore_term = _protect_signals()
+        restore_term = protect_signals()
         tmp = Path(tempfile.mkdtemp(prefix="parity-bisect-"))
         self.wt_root = tmp / "wt"
         self.wt_root.mkdir()
@@ -501,7 +384,7 @@ class GitBisect:
             res.message = f"interrupted; the repository was restored; resume with --resume --log {self.log.path}"
             raise
         finally:
-            restore_quiet = _quiet_signals()
+            restore_quiet = quiet_signals()
             try:
                 self.cleanup()
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -545,7 +428,7 @@ class GitBisect:
 
     def bisect_run(self, res: BisectResult) -> None:
         """``git bisect start --no-checkout`` + ``git bisect run`` with the oracle; its answer into ``res``."""
-        _git(self.repo, "bisect", "start", "--no-checkout", self.bad_sha, self.good_sha)
+        git(self.repo, "bisect", "start", "--no-checkout", self.bad_sha, self.good_sha)
         sock_dir = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp" if Path("/tmp").is_dir() else None))
         try:
             rc, out = self.serve(sock_dir / "oracle.sock")
@@ -554,7 +437,7 @@ class GitBisect:
         m = re.search(r"^([0-9a-f]{40}) is the first bad commit", out, re.M)
         sha = m.group(1) if m else None
         if sha is None and "first bad commit" in out:  # other wording: refs/bisect/bad is the answer
-            sha = _git(self.repo, "rev-parse", "--verify", "-q", "refs/bisect/bad", check=False).stdout.strip() or None
+            sha = git(self.repo, "rev-parse", "--verify", "-q", "refs/bisect/bad", check=False).stdout.strip() or None
         if sha:
             res.status = "found"
             res.culprit = {"sha": sha, "subject": self.subject(sha)}
@@ -579,7 +462,7 @@ class GitBisect:
             res.message = f"{self.exhausted}; resume with --resume --log {self.log.path}"
         else:
             res.status = "error"
-            res.message = f"git bisect run ended (exit {rc}) without a first bad commit: {_last_line(out)}"
+            res.message = f"git bisect run ended (exit {rc}) without a first bad commit: {last_line(out)}"
         res.extra["git_bisect_run"] = out[-4000:]
 
     def check_restored(self, res: BisectResult, before: dict) -> None:
@@ -604,41 +487,6 @@ class GitBisect:
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _default_git_workdir(repo: Path) -> Path:
-    """reports/bisect-git-<time> under the current directory, unless that lands in the repository under test
-    where git does not ignore it: then <git dir>/parity-bisect/git-<time> (never shows in git status)."""
-    stamp = unique_stamp()
-    wd = (Path("reports") / f"bisect-git-{stamp}").resolve()
-    try:
-        wd.relative_to(repo.resolve())
-    except ValueError:
-        return wd
-    if _git(repo, "check-ignore", "-q", "--no-index", str(wd), check=False).returncode == 0:
-        return wd
-    gd = Path(_git(repo, "rev-parse", "--absolute-git-dir").stdout.strip())
-    return gd / "parity-bisect" / f"git-{stamp}"
-
-
-def _protect_signals():
-    """SIGTERM raises KeyboardInterrupt (so ``finally`` clean-up runs); returns a restore function."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def _term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, _term)
-    return lambda: signal.signal(signal.SIGTERM, old)
-
-
-def _quiet_signals():
-    """Ignore SIGINT/SIGTERM during clean-up; returns a restore function."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(s, h) for s, h in old.items()]
-
-
 @dataclass
 class GitBisectConfig:
     """What ``bisect git`` runs for each commit and within which budget (see :func:`bisect_git`)."""
@@ -653,8 +501,9 @@ class GitBisectConfig:
     ref_traces: Sequence[str | Path] | None = None  # frozen reference traces to use instead of computing them
     ref_model: Any = None  # an already loaded reference model (instead of ``model``)
     streaming: bool = False
-    mode: Any = None  # a parity.session.RunMode of a streaming session (None: a single call, ``streaming``)
-    policy: Any = None
+    mode: Any = None  # a parity.capture.runner.RunMode (None: one call, ``streaming``)
+    policy: Any = None  # the flat tolerances' extra policy file (when no ``spec`` is given)
+    spec: Any = None  # the parity.judge.spec.ComparisonSpec (None: the policy and the default floor store)
     maps: dict | None = None
     max_trials: int | None = None
     timeout: float | None = None
@@ -690,7 +539,7 @@ def bisect_git(repo, good: str, bad: str, config: GitBisectConfig | None = None,
         overrides["model"] = ModelSpec(spec.get("preset", "tiny"), spec.get("model_dir"), spec.get("noise"))
     cfg = dataclasses.replace(config or GitBisectConfig(), **overrides)
     repo = Path(repo).resolve()
-    top = _git(repo, "rev-parse", "--show-toplevel", check=False)
+    top = git(repo, "rev-parse", "--show-toplevel", check=False)
     if top.returncode != 0:
         raise BisectUsageError(f"{repo}: not a git repository")
     repo = Path(top.stdout.strip())

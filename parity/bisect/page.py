@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..ingest import tensors_from_sources
 from ..outputs import is_regular_output, write_output
-from ..render import render
+from ..present.render import render
 from ..result import Comparison
 from .log import BisectResult, TrialLog, headline_text
 
@@ -20,7 +20,7 @@ def trial_report(result: Comparison, path: Path, case=None) -> Path:
     path = Path(path)
     note = None
     try:
-        from ..report import build_report  # lazily: heavy (matplotlib) and maybe absent
+        from ..present.report import build_report  # lazily: heavy (matplotlib) and maybe absent
     except ImportError as exc:
         build_report = None
         note = f"parity.report is not available ({exc})"

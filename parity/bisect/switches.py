@@ -30,18 +30,22 @@ def _fmt_value(v: Any) -> str:
 
 
 def atomic_changes(sw) -> list[Change]:
-    """Each scalar switch that differs from the defaults, and each fault, as its own change. ``keep_fp32``
-    is not a change of its own: it travels with the dtype change it protects (see :func:`apply_changes`)."""
+    """Each scalar switch that differs from the defaults, each option of the estimator backend
+    (``estimator.<option>=<value>``) and each fault, as its own change. ``keep_fp32`` is not a change of its own:
+    it travels with the dtype change it protects, and a backend's options with the backend (see
+    :func:`apply_changes`)."""
     from candidate.switches import Switches
 
     base = Switches()
     out = []
     for f in dataclasses.fields(Switches):
-        if f.name in ("keep_fp32", "faults"):
+        if f.name in ("keep_fp32", "faults", "estimator_options"):
             continue
         v = getattr(sw, f.name)
         if v != getattr(base, f.name):
             out.append(Change(f"{f.name}={_fmt_value(v)}", f.name, v))
+    for k, v in sw.estimator_options:
+        out.append(Change(f"estimator.{k}={_fmt_value(v)}", "estimator_options", (k, v)))
     for spec in sw.faults:
         out.append(Change(f"fault={spec}", "faults", spec))
     return out
@@ -54,21 +58,28 @@ def apply_changes(changes: Iterable[Change], keep_fp32: Sequence[str] = ()):
 
     kw: dict = {}
     faults: list = []
+    options: dict = {}
     for c in changes:
         if c.field == "faults":
             faults.append(c.value)
+        elif c.field == "estimator_options":
+            options[c.value[0]] = c.value[1]
         else:
             kw[c.field] = c.value
     flow_red = kw.get("flow_dtype", "fp32") != "fp32"
     hift_red = kw.get("hift_dtype", "fp32") != "fp32"
     keep = tuple(k for k in keep_fp32 if (hift_red if k.startswith("hift.") else flow_red))
+    if "estimator_backend" in kw:  # a backend's options travel with it (without it they mean nothing)
+        kw["estimator_options"] = options
     return Switches(**kw, keep_fp32=keep, faults=tuple(faults))
 
 
 def resolve_switches(switches_or_profile, pyproject=None, faults=(), overrides: dict | None = None,
                       device: str | None = None):
     """(Switches, profile name or None) from a Switches, a profile name, or None (= defaults + overrides)."""
-    from candidate.switches import Switches, switches_from
+    from candidate.switches import Switches
+
+    from ..project import profile_switches
 
     if isinstance(switches_or_profile, Switches):
         sw, name = switches_or_profile, None
@@ -78,7 +89,7 @@ def resolve_switches(switches_or_profile, pyproject=None, faults=(), overrides: 
             sw = sw.with_(**overrides)
     else:
         name = switches_or_profile
-        sw = switches_from(name, list(faults or ()), pyproject, **(overrides or {}))
+        sw = profile_switches(name, list(faults or ()), pyproject, **(overrides or {}))
     if device and device != "cpu":
         sw = sw.with_(device=device)
     return sw, name

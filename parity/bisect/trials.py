@@ -1,7 +1,8 @@
 """In-process trials of candidate configurations (``bisect switches``, ``bisect precision``): each trial runs
 the candidate built from a :class:`candidate.switches.Switches` on every bundle, against the reference
-computed once per bundle, through the same :func:`parity.session.run_case` that ``parity run`` uses (step-local
-errors included unless ``local`` is off), and is logged with its verdict, headline, results and report."""
+computed once per bundle, through the same :func:`parity.harness.run_case` and the same comparison spec as
+``parity run`` (the floor store included: a stage only the floor gate sees failing fails a trial too; step-local
+errors unless ``local`` is off), and is logged with its verdict, headline, results and report."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..project import BUNDLE_DIR, SESSION_BUNDLE_DIR
+from ..capture.runner import RunMode
+from ..harness import ReferenceCache, run_case
 from ..result import Comparison, read_json, write_json
-from ..session import ReferenceCache, run_case
 from .log import BisectUsageError, TrialLog, TrialProgress, headline_text, make_workdir
 from .page import trial_report
 
@@ -25,8 +27,9 @@ class SearchSettings:
     seconds), and where its log, traces and reports go."""
 
     streaming: bool = False
-    mode: Any = None  # a parity.session.RunMode (a streaming session); None: the single call ``streaming`` says
-    policy: Any = None  # a parity.policy.Policy, a policy TOML file, or None (the defaults)
+    mode: Any = None  # a parity.capture.runner.RunMode; None: the single call ``streaming`` says
+    policy: Any = None  # a parity.judge.policy.Policy, a policy TOML file, or None (the defaults); when no spec
+    spec: Any = None  # the parity.judge.spec.ComparisonSpec (None: ``policy`` and the default floor store)
     local: bool = True
     max_trials: int | None = None
     timeout: float | None = None
@@ -41,7 +44,8 @@ class SearchSettings:
     def identity(self) -> dict:
         """What must match for a log to be resumed (besides the searched configuration)."""
         ident = {"streaming": self.streaming, "local": self.local,
-                 "policy": str(self.policy) if isinstance(self.policy, (str, Path)) else None}
+                 "policy": str(self.policy) if isinstance(self.policy, (str, Path)) else None,
+                 "gate": "flat" if self.spec is not None and self.spec.floors is None else "floor"}
         if self.mode is not None and getattr(self.mode, "is_session", False):
             ident["mode"] = self.mode.label
         return ident
@@ -49,6 +53,22 @@ class SearchSettings:
     @property
     def is_session(self) -> bool:
         return self.mode is not None and getattr(self.mode, "is_session", False)
+
+    @property
+    def run_mode(self) -> RunMode:
+        return self.mode if self.mode is not None else RunMode(streaming=self.streaming)
+
+    def comparison_spec(self):
+        """The spec trials are judged by: the given one, else ``policy`` with the default floor store (as
+        ``parity run`` judges)."""
+        if self.spec is not None:
+            return self.spec
+        from ..floor.store import FloorStore
+        from ..judge.policy import Policy, load_policy
+        from ..judge.spec import ComparisonSpec
+
+        pol = self.policy if isinstance(self.policy, Policy) else load_policy(self.policy)
+        return ComparisonSpec(policy=pol, floors=FloorStore())
 
 
 def check_bundles(bundles, session: bool = False) -> list[Path]:
@@ -75,25 +95,23 @@ class TrialOutcome:
 class CandidateTrials:
     """Runs a candidate configuration on every bundle against the (cached) reference."""
 
-    def __init__(self, model, bundles: list[Path], *, streaming: bool, policy, local: bool, trace_dir: Path,
-                 mode=None):
-        self.model, self.bundles, self.streaming, self.policy, self.local = model, bundles, streaming, policy, local
+    def __init__(self, model, bundles: list[Path], *, mode: RunMode, spec, local: bool, trace_dir: Path):
+        self.model, self.bundles, self.mode, self.spec, self.local = model, bundles, mode, spec, local
         self.trace_dir = trace_dir
-        self.mode = mode  # a RunMode (streaming session) or None
         self.refs = ReferenceCache()
 
     def run(self, sw, label: str) -> TrialOutcome:
         """Every bundle until the first that does not pass (it decides both "fails" and "passes")."""
         import time
 
-        from candidate.pipeline import CandidateToken2Wav
+        from candidate.pipeline import build_candidate
 
         t0 = time.perf_counter()
         results, headline, verdict = [], None, "pass"
-        cand = CandidateToken2Wav(self.model, sw, label)
+        cand = build_candidate(self.model, sw, label)
         for b in self.bundles:
-            case = run_case(self.model, cand, b, streaming=self.streaming, mode=self.mode, policy=self.policy,
-                            local=self.local, trace_dir=self.trace_dir, profile_name=label, refs=self.refs)
+            case = run_case(self.model, cand, b, self.mode, self.spec, local=self.local, trace_dir=self.trace_dir,
+                            profile_name=label, refs=self.refs)
             # the traces are on disk (trace_dir): do not hold every trial's tensors in memory
             case.ref_tensors, case.cand_tensors, case.local_tensors = {}, {}, {}
             results.append((b.name, case.result, case))
@@ -110,16 +128,12 @@ class InProcessSearch:
 
     def __init__(self, mode: str, model, bundles, settings: SearchSettings, *, identity: dict, log_settings: dict,
                  bound: int):
-        from ..policy import load_policy
-
         self.mode = mode
         self.settings = settings
         self.wd, log_path = make_workdir(settings.workdir, settings.log, mode)
-        pol = settings.policy
-        pol = load_policy(pol) if pol is None or isinstance(pol, (str, Path)) else pol
-        self.runner = CandidateTrials(model, check_bundles(bundles, settings.is_session), streaming=settings.streaming,
-                                      policy=pol, local=settings.local, trace_dir=self.wd / "traces",
-                                      mode=settings.mode)
+        self.runner = CandidateTrials(model, check_bundles(bundles, settings.is_session), mode=settings.run_mode,
+                                      spec=settings.comparison_spec(), local=settings.local,
+                                      trace_dir=self.wd / "traces")
         self.log = TrialLog(log_path, mode, identity, resume=settings.resume, settings=log_settings)
         progress = settings.progress
         self.progress = progress if isinstance(progress, TrialProgress) else TrialProgress(mode, progress)

@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..stages import parse_chunk, parse_step, sort_stages
+from ..stages import TIME_GRID_UNIT, parse_chunk, parse_step, sort_stages
 from .stats import TINY, U32, pair_stats
 from .types import Floor, StageFloor
 
 CENTS_EPS = 1200.0 * math.log2(1.0 + U32)  # cents of a 2^-24 relative change
 FAILING = ("fail", "nonfinite", "shape")
 # the unit of the ODE time grid's stages: one fp32 ulp at the grid's end (1.0); see the module docstring
-TIME_GRID_UNIT = 2.0 ** -23
 TIME_GRID_GATE = ("max_abs", "envelope")
 
 

@@ -26,7 +26,7 @@ import torch
 
 from reference.probe import Probe
 
-from ..capture import Recorder
+from ..capture.recorder import Recorder
 from .chop import Chop, PrecisionSpec
 from .mca import ModuleMCA, OpMCA
 

@@ -123,21 +123,15 @@ def pair_stats(name: str, ref: torch.Tensor, other: torch.Tensor, blocks: int, d
 def domain_stats(name: str, ref: torch.Tensor, other: torch.Tensor) -> dict:
     """Perceptual statistics of the stages they fit: F0 in cents (``f0``), log-mel L1 in nats through the
     pipeline's own mel recipe (``audio``, ``audio_preclamp``). Empty for other stages."""
-    from .. import audio_metrics as A
+    from ..measure.domain import domain_statistics
 
+    m = domain_statistics(name, ref, other)
     if name == "f0":
-        m = A.f0_metrics(ref.reshape(-1).numpy(), other.reshape(-1).numpy())
         out = {}
         for key in ("f0_max_abs_cents", "f0_rmse_cents"):
             out[key] = float(m[key]) if m[key] is not None else 0.0  # no frame voiced in both: nothing to judge
         out["f0_voicing_flips"] = float(m["vde_count"])
         return out
-    if name in ("audio", "audio_preclamp") and ref.numel() >= 1920:
-        from reference.config import MelConfig
-        from reference.mel import mel_spectrogram
-
-        mr = mel_spectrogram(ref.float().reshape(1, -1), MelConfig())[0].numpy()
-        mo = mel_spectrogram(other.float().reshape(1, -1), MelConfig())[0].numpy()
-        ld = A.logmel_distance(mr, mo)
-        return {"logmel_l1": float(ld["logmel_l1"]), "logmel_l1_max": float(ld["logmel_l1_max"])}
+    if "logmel_l1" in m:
+        return {"logmel_l1": float(m["logmel_l1"]), "logmel_l1_max": float(m["logmel_l1_max"])}
     return {}

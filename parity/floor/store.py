@@ -198,7 +198,7 @@ def write_shipped(model, bundle: str | Path, *, streaming: bool, profiles=(), di
     mode's label, as the golden trace's). What ``pytest --parity-update-golden`` runs."""
     from reference.bundle import bundle_dims, load_bundle
 
-    from candidate.switches import switches_from
+    from ..project import profile_switches
 
     bundle = Path(bundle)
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))
@@ -212,7 +212,7 @@ def write_shipped(model, bundle: str | Path, *, streaming: bool, profiles=(), di
         log(f"floor {out[-1].name}: k {f.k:g}, {el.seconds:.1f} s")
     seen = set()
     for prof in profiles if session is None else ():
-        spec, _ = envelope_spec(switches_from(prof))
+        spec, _ = envelope_spec(profile_switches(prof))
         if spec is None or spec in seen:
             continue
         seen.add(spec)

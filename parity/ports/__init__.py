@@ -12,6 +12,8 @@ import importlib
 
 from reference.errors import InputError
 
+from candidate.backends import Backend, register_backend
+
 from .base import NOISE_MODES, PortAdapter, PortNoise
 
 PORTS: dict[str, str] = {
@@ -49,5 +51,57 @@ def port_candidate(model, name: str, noise_mode: str = "shared", label: str | No
     return PortCandidate.build(model, adapter_class(name), noise_mode, label)
 
 
+# ---------------------------------------------------------------------------------------------
+# a port is an estimator backend (candidate.backends) that computes everything: ``port:<name>``
+
+PORT_BACKEND_PREFIX = "port:"
+
+
+class PortBackend(Backend):
+    """``port:<name>``: the port ``name`` driven by its adapter computes the estimator and everything around it, so
+    it builds the whole candidate (:meth:`build_candidate`); its one option is the noise the harness shares with
+    it (``noise``: :data:`NOISE_MODES`). The harness's switches, faults and devices act on its own pipeline, not on
+    a port's code: a port profile refuses them."""
+
+    options = {"noise": "shared"}
+    choices = {"noise": NOISE_MODES}
+    takes_switches = False
+
+    def __init__(self, port: str):
+        self.port = port
+        self.name = PORT_BACKEND_PREFIX + port
+        self.description = PORT_HELP.get(port, "a port under test")
+
+    def refuse_switches(self, profile: str | None, faults=(), overrides: dict | None = None,
+                        device: str = "cpu") -> str | None:
+        what = [w for w, v in (("--fault", faults), ("ONNX options", overrides), (f"--device {device}",
+                                                                                  device != "cpu")) if v]
+        if what:
+            return (f"profile {profile or self.port!r} is a port: {' and '.join(what)} act on the harness's own "
+                    f"candidate pipeline, not on a port's code")
+        return None
+
+    def validate(self, sw) -> None:
+        changed = [k for k in sw.differences() if k not in ("estimator_backend", "estimator_options")]
+        if changed:
+            raise InputError(f"port {self.port!r}: the switches {', '.join(changed)} act on the harness's own "
+                             f"candidate pipeline, not on a port's code")
+
+    def unavailable(self, sw) -> str | None:
+        return port_unavailable(self.port)
+
+    def build_candidate(self, model, sw, label: str):
+        return port_candidate(model, self.port, sw.option("noise"), label)
+
+
+def port_profiles() -> dict[str, dict]:
+    """Each port as a profile of its name (``parity run --profile mlx-audio-plus``): its backend."""
+    return {name: {"estimator_backend": PORT_BACKEND_PREFIX + name} for name in PORTS}
+
+
+for _name in PORTS:
+    register_backend(PortBackend(_name))
+
+
 __all__ = ["PORTS", "PORT_HELP", "NOISE_MODES", "PortAdapter", "PortNoise", "port_names", "is_port", "adapter_class",
-           "port_unavailable", "port_candidate"]
+           "port_unavailable", "port_candidate", "PortBackend", "port_profiles"]

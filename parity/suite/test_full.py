@@ -8,8 +8,8 @@ pytestmark = [pytest.mark.parity_full, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("profile", ["fp32-sdpa", "fp16-flow", "int8-dynamic"])
-def test_full_size_candidate(profile, parity_session, assert_parity):
-    model = parity_session.model("cosyvoice3-0.5b")
+def test_full_size_candidate(profile, parity_harness, assert_parity):
+    model = parity_harness.model("cosyvoice3-0.5b")
     bundle = next(b for b in default_bundles() if b.stem == "short")
-    case = parity_session.run(profile, bundle, False, model=model, local=False)
+    case = parity_harness.run(profile, bundle, False, model=model, local=False)
     assert_parity(case)

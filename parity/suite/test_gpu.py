@@ -9,9 +9,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("profile", shipped_profiles("cuda"))
 @pytest.mark.parametrize("streaming", [False, True], ids=["offline", "streaming"])
-def test_cuda_profile(profile, streaming, parity_session, assert_parity):
+def test_cuda_profile(profile, streaming, parity_harness, assert_parity):
     bundle = next(b for b in default_bundles() if b.stem == "medium")
-    case = parity_session.run(profile, bundle, streaming)
+    case = parity_harness.run(profile, bundle, streaming)
     assert_parity(case)
     counts = case.cand_meta["attention_kernels"]["counts"]
     if not streaming:
