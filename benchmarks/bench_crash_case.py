@@ -5,7 +5,7 @@
 
 1. In-process, interleaved (normal, crash, normal, crash, ...), each variant in a fresh
    :class:`parity.harness.Harness` (so its reference runs are computed, as in one ``parity run``), on every
-   fixture bundle: the phases :func:`parity.session.run_case` records (reference, candidate, step-local,
+   fixture bundle: the phases :func:`parity.harness.run_case` records (reference, candidate, step-local,
    compare) plus the report build, summed over the bundles; medians over rounds and the median of per-round
    paired ratios crash / normal. A cProfile of one crash case lists its ten most expensive functions
    (``--profile-crash``).

@@ -2,7 +2,7 @@
 
 * ``AUDIO_DC_STEP`` (0.01): |DC offset of the candidate audio - DC offset of the reference audio|;
 * ``AUDIO_CLICK_RATIO`` (10): the click detector's worst high-frequency burst ratio (candidate over reference,
-  :func:`parity.audio_metrics.click_detector`, ``clicks.ratio_max``);
+  :func:`parity.measure.audio_metrics.click_detector`, ``clicks.ratio_max``);
 * ``FLOW_MEL_CARRIES_X`` (0.05): |flow_mel max |diff| - last step x max |diff|| / last step x max |diff|: how
   far the flow output's worst error is from the last ODE state's (the flow output is that state's target frames).
 

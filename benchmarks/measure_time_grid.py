@@ -1,5 +1,5 @@
 """How far apart the legitimate formulations of the ODE time grid are: the measurement behind the time grid's unit
-(parity.floor.judge.TIME_GRID_UNIT = 2^-23, one fp32 ulp at the grid's end) and parity.time_grid.MAX_UNITS.
+(parity.floor.judge.TIME_GRID_UNIT = 2^-23, one fp32 ulp at the grid's end) and parity.capture.time_grid.MAX_UNITS.
 
     python benchmarks/measure_time_grid.py
 

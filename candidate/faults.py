@@ -39,9 +39,9 @@ class Fault:
     params: dict = field(default_factory=dict)  # defaults for "name:key=val"
     expected_stage_blocks: str | None = None  # the stage when per-block outputs are captured
     mode: str = "call"  # "call": acts on a single token2wav call; "session": acts on the streaming session loop
-    # session faults: the chunk-boundary glitch findings (parity.session_compare, "glitch_<kind>") the fault gets
+    # session faults: the chunk-boundary glitch findings (parity.judge.stream, "glitch_<kind>") the fault gets
     # on the shipped session bundle (fixtures/sessions/stream), measured with the limits of
-    # parity.streaming_metrics; empty: it does not click there (other findings localise it)
+    # parity.measure.streaming_metrics; empty: it does not click there (other findings localise it)
     glitches: tuple = ()
 
     def stage(self, params: dict | None = None, blocks_captured: bool = False, last_chunk: int | None = None) -> str:

@@ -155,7 +155,7 @@ def pcm_parent() -> argparse.ArgumentParser:
 
 def onnx_parent() -> argparse.ArgumentParser:
     """The estimator under ONNX Runtime: ``--onnx-estimator FILE``, ``--require-provider NAME``. They become
-    switch overrides of the candidate (:func:`parity.session.onnx_overrides`), on top of its profile."""
+    switch overrides of the candidate (:meth:`parity.harness.Harness.candidate`, ``overrides``), on top of its profile."""
     p = _parent()
     p.add_argument("--onnx-estimator", metavar="FILE",
                    help="run this exported DiT estimator (x, mask, mu, t, spks, cond -> estimator_out) under ONNX "

@@ -3,7 +3,7 @@
 Both are switches of the candidate (:class:`candidate.switches.Switches`: ``estimator_backend`` and the
 ``onnxruntime`` backend's options ``file`` and ``require_provider``); this module turns the two options into those
 overrides, once, for every command:
-they go on top of the candidate's profile through :meth:`parity.session.Session.candidate` (``overrides``).
+they go on top of the candidate's profile through :meth:`parity.harness.Harness.candidate` (``overrides``).
 Without ``--profile`` the profile is ``onnx-cpu`` (the CPU provider, all graph optimizations).
 """
 

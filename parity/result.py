@@ -92,7 +92,7 @@ class Finding:
 
     def sort_key(self) -> tuple:
         """Severity class first, then the rank within the class (``evidence["rank"]``, default 0: a divergence
-        whose difference vanishes downstream has rank 1, :mod:`parity.diagnose`), pipeline position, metadata
+        whose difference vanishes downstream has rank 1, :mod:`parity.judge.diagnose`), pipeline position, metadata
         findings first at a position."""
         rank = self.evidence.get("rank", 0) if isinstance(self.evidence.get("rank", 0), int) else 0
         return (SEVERITY_ORDER[self.severity], rank, self.position if self.stage else [-1],
@@ -270,12 +270,12 @@ class StepRow:
 class Comparison:
     """The whole result of comparing a candidate trace with a reference trace.
 
-    ``audio`` is the audio-domain section (:func:`parity.audio_metrics.audio_report`, JSON-safe) or None;
+    ``audio`` is the audio-domain section (:func:`parity.measure.audio_metrics.audio_report`, JSON-safe) or None;
     ``metadata`` ``{"ref", "cand"}`` the two traces' provenance; ``sources`` where they came from;
     ``context`` what the policy was asked with (precision, attention, prompt frames); ``policy`` its
     sources; ``case`` what produced the pair (bundle, profile, mode, ...; set by the command layer);
-    ``mask_check`` the streaming chunk-mask check handed to the comparison (:mod:`parity.streaming_mask`);
-    ``session`` the streaming-session section (:mod:`parity.session_compare`: both schedules, the chunk pairs and
+    ``mask_check`` the streaming chunk-mask check handed to the comparison (:mod:`parity.capture.mask_check`);
+    ``session`` the streaming-session section (:mod:`parity.judge.stream`: both schedules, the chunk pairs and
     their errors, chunk-boundary glitches, stream vs offline), None for a single call.
     """
 
@@ -290,7 +290,7 @@ class Comparison:
     context: dict = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
     case: dict | None = None
-    mask_check: dict | None = None  # the streaming chunk-mask check (parity.streaming_mask), capture-side evidence
+    mask_check: dict | None = None  # the streaming chunk-mask check (parity.capture.mask_check), capture-side evidence
     session: dict | None = None  # streaming sessions: schedules, chunk pairs, glitches, stream vs offline
     schema: str = RESULT_SCHEMA
     extra: dict = field(default_factory=dict)

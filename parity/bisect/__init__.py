@@ -12,7 +12,7 @@ HTML page that names the culprit and links the parity report of the trial that e
   check as the oracle against a frozen reference (:mod:`.git`).
 
 Modules: :mod:`.search` (ddmin), :mod:`.log` (trial log, progress, result, budgets), :mod:`.trials` (in-process
-candidate trials through :func:`parity.session.run_case`), :mod:`.page` (trial reports and the bisect page, both
+candidate trials through :func:`parity.harness.run_case`), :mod:`.page` (trial reports and the bisect page, both
 jinja templates), :mod:`.switches`, :mod:`.precision`, :mod:`.git`, :mod:`.cli` (the ``parity bisect`` options).
 
 Logs are JSON (schema ``tts-parity-bisect/1``), rewritten atomically after every trial; ``--resume``

@@ -15,7 +15,7 @@ from .log import BisectResult, TrialLog, headline_text
 
 
 def trial_report(result: Comparison, path: Path, case=None) -> Path:
-    """The parity report of one trial: :func:`parity.report.build_report` when available, otherwise (or if
+    """The parity report of one trial: :func:`parity.present.report.build_report` when available, otherwise (or if
     it fails) a small fallback page (verdict, headline, findings, stage table; no plots)."""
     path = Path(path)
     note = None
@@ -23,7 +23,7 @@ def trial_report(result: Comparison, path: Path, case=None) -> Path:
         from ..present.report import build_report  # lazily: heavy (matplotlib) and maybe absent
     except ImportError as exc:
         build_report = None
-        note = f"parity.report is not available ({exc})"
+        note = f"parity.present.report is not available ({exc})"
     if build_report is not None:
         try:
             rt, ct, tensors_note = getattr(case, "ref_tensors", None), getattr(case, "cand_tensors", None), None
@@ -32,9 +32,9 @@ def trial_report(result: Comparison, path: Path, case=None) -> Path:
             return Path(build_report(result, path, case=case, ref_tensors=rt, cand_tensors=ct,
                                      tensors_note=tensors_note))
         except Exception as exc:  # noqa: BLE001 - the bisection's result must not be lost to a plotting error
-            note = f"parity.report failed ({type(exc).__name__}: {exc})"
+            note = f"parity.present.report failed ({type(exc).__name__}: {exc})"
     fd = result.first_divergence
-    page = render("trial_fallback.html.j2", note=note or "parity.report unavailable", verdict=result.verdict,
+    page = render("trial_fallback.html.j2", note=note or "parity.present.report unavailable", verdict=result.verdict,
                   first=fd.headline_json() if fd else {}, findings=result.findings, stages=result.stages)
     write_output(path, page)
     return path

@@ -19,7 +19,7 @@ from .progress import Progress
 
 def session_patterns(spec=None) -> list[str]:
     """Capture patterns of a session run: ``None`` -> :data:`parity.stages.SESSION_PATTERNS`; ``"+a,+b"`` ->
-    those plus a, b; anything else as :func:`parity.capture.parse_stage_patterns` reads it."""
+    those plus a, b; anything else as :func:`parity.capture.recorder.parse_stage_patterns` reads it."""
     if spec is None:
         return list(SESSION_PATTERNS)
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]

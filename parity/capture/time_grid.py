@@ -9,11 +9,11 @@ grid one way: perturbing the solver's arithmetic was measured to dominate every 
 out; docs/floor.md). So for each step whose t (or dt) differs between the two traces, the check re-runs the
 *reference's* step from its own state with the candidate's t (and dt): the reference at the candidate's grid.
 The comparison then judges that step's ``v1``, ``v2``, ``v_cfg`` and ``x`` against this re-run as well
-(:func:`parity.compare.compare_loaded`, ``time_grid=``): a stage that fails against the reference and passes
+(:func:`parity.judge.compare.compare_loaded`, ``time_grid=``): a stage that fails against the reference and passes
 against the reference at the candidate's grid differs only through the grid's rounding, and passes, saying so.
 
 It runs the reference model, so it belongs to the capture side (like the step-local run and the chunk-mask
-check): :func:`parity.session.run_case` calls :func:`check` with the model at hand; ``parity compare`` loads the
+check): :func:`parity.harness.run_case` calls :func:`check` with the model at hand; ``parity compare`` loads the
 model the reference trace names (:func:`check_saved`). A grid that really differs (another step count, schedule
 or time scale) is not re-judged: only t/dt differences within the grid's rounding (:data:`MAX_UNITS` units of
 2^-23) are.

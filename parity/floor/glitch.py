@@ -1,6 +1,6 @@
 """The chunk-boundary glitch detectors' thresholds of a streaming session, measured as its floors are.
 
-:func:`parity.streaming_metrics.detect_glitches` scores every chunk boundary of a candidate stream (first- and
+:func:`parity.measure.streaming_metrics.detect_glitches` scores every chunk boundary of a candidate stream (first- and
 second-difference discontinuity, spectral flux, the differential DC step) and flags a score above a fixed multiple
 of the local ceiling (the largest the reference, or the candidate away from the boundary, shows within 100 ms).
 Those multiples (2.0, 1.5, 2.5) were set by hand from a few legitimate streams of the tiny model.

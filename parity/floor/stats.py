@@ -11,8 +11,8 @@ Three statistics per stage, all in float64:
   samples, STFT frames or F0 frames); stages without a time axis are one block.
 
 and, for the perceptual view of reduced precision, the domain statistics of ``f0`` (cents over frames
-voiced in both, :func:`parity.audio_metrics.f0_metrics`) and of ``audio``/``audio_preclamp`` (log-mel L1
-through the pipeline's own mel recipe, :func:`parity.audio_metrics.logmel_distance`).
+voiced in both, :func:`parity.measure.audio_metrics.f0_metrics`) and of ``audio``/``audio_preclamp`` (log-mel L1
+through the pipeline's own mel recipe, :func:`parity.measure.audio_metrics.logmel_distance`).
 
 Non-finite values are never folded away: a pair where either side holds NaN or Inf is ``finite=False``
 and its statistics are +inf.

@@ -1,6 +1,6 @@
-"""Where a comparison's floor comes from: the floor store a :class:`parity.session.Session` owns (like its
-:class:`parity.session.ReferenceCache`, it builds its own keys; callers never compose one), the shipped
-floors of the fixture bundles, and the choice handed to :func:`parity.compare.compare_loaded`.
+"""Where a comparison's floor comes from: the floor store a :class:`parity.harness.Harness` owns (like its
+:class:`parity.harness.ReferenceCache`, it builds its own keys; callers never compose one), the shipped
+floors of the fixture bundles, and the choice handed to :func:`parity.judge.compare.compare_loaded`.
 
 A candidate is judged against the floor of the reference it is compared with: the fp32 noise floor for an
 fp32 candidate, the emulated envelope of its precision (:func:`envelope_spec`) for a bf16/fp16/int8 one.

@@ -105,7 +105,7 @@ def _upcast(t: torch.Tensor) -> np.ndarray:
 
 
 def domain_metrics(name: str, ra: torch.Tensor, ca: torch.Tensor) -> dict:
-    """Stage-specific statistics the policy can gate on (:func:`parity.domain.domain_statistics`, the ones the
+    """Stage-specific statistics the policy can gate on (:func:`parity.measure.domain.domain_statistics`, the ones the
     floor records too): F0 in cents/GPE/VDE for ``f0``; log-mel L1 and MCD for ``audio``/``audio_preclamp``. A
     session stage gets the statistics of the single-call stage it corresponds to."""
     out = domain_statistics(session_rule_stage(name) or name, ra, ca, mcd=True)
@@ -387,7 +387,7 @@ def compare_loaded(ref: Loaded, cand: Loaded, spec: ComparisonSpec | None = None
 
 
 def _source_difference(ref: Loaded, cand: Loaded, entry: StageResult | None) -> None:
-    """The harmonic source's difference statistics (:func:`parity.diff_shape.noise_likeness`, into the stage's
+    """The harmonic source's difference statistics (:func:`parity.measure.diff_shape.noise_likeness`, into the stage's
     metrics as ``difference``): per F0 frame of ``len(source) / len(f0)`` samples (480 when f0 is absent)."""
     if entry is None or not entry.compared or not (entry.metrics or {}).get("finite_ok"):
         return

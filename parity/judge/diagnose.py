@@ -129,13 +129,13 @@ def _judged(entry: StageResult) -> str:
 
 
 # A difference of the harmonic source that is the candidate's own noise (measured with
-# parity.diff_shape.noise_likeness on the fixture bundles, tiny model): mlx-audio-plus drawing its own HiFT noise
+# parity.measure.diff_shape.noise_likeness on the fixture bundles, tiny model): mlx-audio-plus drawing its own HiFT noise
 # gives |lag1| <= 0.006, flatness >= 0.989, |ref_corr| <= 0.01 (short, medium, long); the smooth-sine fault (a
 # wrong phase) lag1 0.97, flatness 0.000, ref_corr -0.64..-0.72; a 1 % gain ref_corr 1.000. The limits sit between.
 NOISE_MAX_LAG1 = 0.2
 NOISE_MIN_FLATNESS = 0.5
 NOISE_MAX_REF_CORR = 0.2
-# A difference confined to the edges (parity.diff_shape.edge_profile): frames above the interior's level only
+# A difference confined to the edges (parity.measure.diff_shape.edge_profile): frames above the interior's level only
 # within the 8 at either end, and the interior at most a tenth of the largest difference. mlx-audio-plus's
 # zero-padded STFT, fixture bundles: 2 frames at each end (of 2881 / 9601 / 26401), the largest edge difference
 # 1.56 / 1.09 / 2.2 (0.66 single-call streaming, long), the interior (the source's own rounding, which passes its
@@ -144,7 +144,7 @@ EDGE_INTERIOR_REL = 0.1
 
 
 def noise_like(nl: dict | None) -> bool:
-    """The difference statistics of :func:`parity.diff_shape.noise_likeness` say: independent white noise."""
+    """The difference statistics of :func:`parity.measure.diff_shape.noise_likeness` say: independent white noise."""
     if not nl:
         return False
     lag1, flat, corr = nl.get("lag1"), nl.get("flatness"), nl.get("ref_corr")
@@ -154,7 +154,7 @@ def noise_like(nl: dict | None) -> bool:
 
 
 def edge_confined(edge: dict | None) -> bool:
-    """The difference of :func:`parity.diff_shape.edge_profile` lies in a few frames at the ends only."""
+    """The difference of :func:`parity.measure.diff_shape.edge_profile` lies in a few frames at the ends only."""
     if not edge or not edge.get("max"):
         return False
     h, t, inner = edge.get("head", 0), edge.get("tail", 0), edge.get("interior_max", edge["max"])

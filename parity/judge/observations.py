@@ -20,7 +20,7 @@ _f = Finding.at
 def time_grid_findings(stages: list[StageResult]) -> list[Finding]:
     """Information: the candidate's time grid differs from the reference's by rounding (judged in grid units,
     :mod:`parity.floor.judge`), and which step stages passed against the reference re-run at its grid
-    (:mod:`parity.time_grid`)."""
+    (:mod:`parity.capture.time_grid`)."""
     from ..floor.judge import TIME_GRID_UNIT, is_time_grid
 
     grid = [s for s in stages if is_time_grid(s.name) and s.status == "pass"

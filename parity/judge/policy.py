@@ -1,5 +1,5 @@
 """Tolerance policy: which statistic and which limit apply to a stage, for a candidate's precision and
-attention kernel. Metrics (parity.metrics) are separate; this module only decides.
+attention kernel. Metrics (parity.measure.metrics) are separate; this module only decides.
 
 A policy is a TOML file of rules (the default is ``fixtures/tolerances.toml``; ``[tool.parity.tolerances]``
 in pyproject.toml and ``--policy FILE`` add rules on top)::
@@ -227,7 +227,7 @@ class Judgement:
 
 
 def judge(rule: Rule, m: dict, arbiter: dict | None = None) -> Judgement:
-    """Apply ``rule`` to the pair metrics ``m`` (from parity.metrics.pair_metrics, computed with the rule's
+    """Apply ``rule`` to the pair metrics ``m`` (from parity.measure.metrics.pair_metrics, computed with the rule's
     atol/rtol). A non-finite mismatch always fails, even on a skipped stage: NaN never compares equal."""
     if not m.get("finite_ok", True):
         nf = m.get("nonfinite", {})

@@ -3,7 +3,7 @@
 ``parity run``, ``parity compare``, ``parity-report``, the pytest plugin and ``parity bisect`` (switches,
 precision, git) all build a :class:`ComparisonSpec` from their options (:meth:`ComparisonSpec.from_args`, the
 plugin from its configuration) and hand it to :func:`parity.judge.compare.compare_loaded` (directly, or through
-:func:`parity.harness.run_case` / :func:`parity.judge.compare.compare_paths`). What it holds:
+:func:`parity.harness.run_case` / :func:`parity.harness.compare_paths`). What it holds:
 
 * ``policy``: the flat tolerances (the defaults, the project's ``[tool.parity.tolerances]``, ``--policy``);
 * ``floors``: the floor store (:class:`parity.floor.store.FloorStore`: ``--floor`` files, the shipped floors, the

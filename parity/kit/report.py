@@ -1,5 +1,5 @@
 """Presenting a kit check: the terminal table, the JSON result (schema ``tts-parity-kit-check/1``) and the HTML page
-(the harness's jinja environment, :func:`parity.render.render`). Display only: every number comes from the
+(the harness's jinja environment, :func:`parity.present.render.render`). Display only: every number comes from the
 :class:`parity.kit.check.KitCheck`."""
 
 from __future__ import annotations

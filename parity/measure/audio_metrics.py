@@ -19,10 +19,10 @@ Conventions
     * :func:`audio_report` is the JSON-facing entry point. It counts non-finite values in every input
       *before* anything else, computes the other metrics on a copy with them replaced (audio and F0 by
       0.0, log-mel by the floor ``ln(1e-5)``), says so in ``sanitized`` / ``notes`` and sets
-      ``finite_ok`` False. Its scalars follow :mod:`parity.metrics`' JSON convention: never NaN/Inf;
+      ``finite_ok`` False. Its scalars follow :mod:`parity.measure.metrics`' JSON convention: never NaN/Inf;
       a ``None`` that stands for an infinite/undefined value is named in the ``special`` map *of the
       dict that holds it* (``"+inf"``, ``"-inf"``, ``"undefined"``). Per-frame vectors are numpy
-      arrays under ``per_frame`` (convert with :func:`parity.metrics.to_jsonable`); they are always
+      arrays under ``per_frame`` (convert with :func:`parity.measure.metrics.to_jsonable`); they are always
       finite, with a boolean mask where a value does not apply.
 """
 

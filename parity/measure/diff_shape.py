@@ -1,6 +1,6 @@
 """The shape of a difference: where it lies along time (at the edges only?) and what it looks like (noise?).
 
-Pure measurements of ``cand - ref`` (float64), no thresholds: the diagnosis (:mod:`parity.diagnose`) decides
+Pure measurements of ``cand - ref`` (float64), no thresholds: the diagnosis (:mod:`parity.judge.diagnose`) decides
 what they mean, with the limits and the measurements behind them written there.
 
 * :func:`edge_profile`: the largest |difference| per frame along the time axis; the largest one between the

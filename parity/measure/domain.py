@@ -1,6 +1,6 @@
 """The domain statistics of the stages they fit, computed in one place for the comparison (as metrics the policy
 can gate on) and for the noise floor (what its members do there): F0 in cents, Hz and voicing for ``f0``;
-log-mel L1 (and MCD when asked) through the pipeline's own mel recipe (:func:`parity.melspec.audio_mel`) for
+log-mel L1 (and MCD when asked) through the pipeline's own mel recipe (:func:`parity.measure.melspec.audio_mel`) for
 ``audio`` and ``audio_preclamp``. Pure measurement: no limits here."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A port as a candidate pipeline: the object :func:`parity.session.run_case` drives (``provenance``, ``run``,
+"""A port as a candidate pipeline: the object :func:`parity.harness.run_case` drives (``provenance``, ``run``,
 ``run_metadata``, ``vocode`` for the vocoder's own error, ``step`` for the step-local errors), built around a
 :class:`parity.ports.base.PortAdapter` and the reference model whose weights and noise it is given.
 

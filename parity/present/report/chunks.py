@@ -1,6 +1,6 @@
 """The streaming-session part of a report: both schedules, the chunk timeline (streams with their call boundaries,
 per-chunk error bars, a zoom on the worst boundary), the chunk table, the glitch findings, stream vs offline, and
-per-chunk players. Every number comes from ``Comparison.session`` (built by :mod:`parity.session_compare`); the
+per-chunk players. Every number comes from ``Comparison.session`` (built by :mod:`parity.judge.stream`); the
 only tensors used are the traces' chunk and stream audio, for the plots and the players."""
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def summary_banner(cases, session: dict | None = None) -> str:
 
 
 def build_summary_page(cases, path, session: dict | None = None) -> Path:
-    """One page with a row per case (:class:`parity.session.CaseSummary`), linking (relative links) to each
+    """One page with a row per case (:class:`parity.harness.CaseSummary`), linking (relative links) to each
     case's report; fault cases in a group of their own. ``session``: the pytest session it summarises
     (``exitstatus``, ``counts`` of test outcomes, ``notes``): cases then count by their tests' outcomes."""
     path = Path(path)

@@ -267,7 +267,7 @@ class Media:
     waveform: dict
     listen: dict
     floor: dict | None = None
-    session: dict | None = None  # the streaming-session section (parity.report.chunks)
+    session: dict | None = None  # the streaming-session section (parity.present.report.chunks)
 
 
 def _step_limits(result: Comparison) -> dict[str, float]:
@@ -477,7 +477,7 @@ SECTION_IDS = ("verdict", "diagnosis", "provenance", "stages", "floor", "session
 
 
 def mask_check_line(mc: dict | None) -> str | None:
-    """The streaming chunk-mask check (:mod:`parity.streaming_mask`) as one line, numbers from the result."""
+    """The streaming chunk-mask check (:mod:`parity.capture.mask_check`) as one line, numbers from the result."""
     if not mc:
         return None
     if not mc.get("checked"):
