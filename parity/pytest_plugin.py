@@ -456,7 +456,7 @@ def pytest_sessionfinish(session, exitstatus):
     counts by its test's outcome (an injected fault the test catches is a pass for the suite); the page shows
     the pytest exit status and the fault cases in a group of their own."""
     config = session.config
-    if not getattr(config, "_parity", None) or not config._parity.present.report:
+    if not getattr(config, "_parity", None) or not config._parity.report:
         return
     from .harness import CaseSummary
 
@@ -487,7 +487,7 @@ def pytest_sessionfinish(session, exitstatus):
     from .present.report import build_summary_page, summary_banner
 
     info = {"exitstatus": int(exitstatus), "counts": tally.counts(), "notes": lost}
-    path = build_summary_page(rows, Path(config._parity.present.report), session=info)
+    path = build_summary_page(rows, Path(config._parity.report), session=info)
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         tr.write_line(f"parity: session report {path}: {summary_banner(rows, info)} ({len(rows)} cases)")
