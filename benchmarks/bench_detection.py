@@ -180,7 +180,7 @@ def _first_changed_fp16(twin: dict, cand: dict, result) -> str | None:
 
 def run_fp16_dumps(model, bundle: Path, cases, floors: FloorStore, log) -> dict:
     """The fp16 suite as foreign dumps judged by the envelope of the layout their stored dtypes show."""
-    from parity.capture import Recorder
+    from parity.capture.recorder import Recorder
     from reference.probe import Probe
 
     inputs = load_bundle(bundle, **bundle_dims(model.cfg))

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from parity.floor import Recipe, estimate_envelope, estimate_floor, judge, spec_from_switches
 from parity.floor.batched import batch_groups, members_on_batch_axis, split_members
 from parity.floor.members import Member, fp32_members, run_members, run_reference

@@ -9,7 +9,7 @@ import torch
 
 from candidate.pipeline import CandidateToken2Wav
 from candidate.switches import switches_from
-from parity.capture import Recorder
+from parity.capture.recorder import Recorder
 from parity.judge.compare import compare_loaded
 from parity.judge.spec import ComparisonSpec
 from parity.floor.layout import choose_layout, match, parts_from_tensors

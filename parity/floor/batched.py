@@ -69,7 +69,7 @@ class _BatchedFlow:
 
     def inference(self, token, prompt_token, prompt_feat, embedding, noise, *, streaming: bool = False,
                   finalize: bool = True, n_timesteps: int | None = None, probe=NO_PROBE):
-        from parity.capture import Recorder
+        from parity.capture.recorder import Recorder
         from reference.probe import Probe
 
         flow = self.flow

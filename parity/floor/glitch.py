@@ -42,7 +42,7 @@ def _stream(tensors: dict) -> tuple[np.ndarray, list[int]] | None:
 def scores(tensors: dict, ref: dict, sample_rate: int = 24000) -> dict | None:
     """{(chunk, sample): {detector: score}} of the stream in ``tensors`` against the stream in ``ref`` (None: no
     stream, or the chunk counts do not add up)."""
-    from ..streaming_metrics import detect_glitches
+    from ..measure.streaming_metrics import detect_glitches
 
     a, b = _stream(tensors), _stream(ref)
     if a is None or b is None:
@@ -78,7 +78,7 @@ def judge_boundaries(report, glitch: dict, k: float) -> tuple[list[dict], list]:
     """(per-boundary ratios, GlitchFindings) of a candidate's :class:`GlitchReport` against a session floor's
     ``glitch`` record. A boundary the floor does not hold (the candidate's calls differ) is not judged here (its
     counts are)."""
-    from ..streaming_metrics import GlitchFinding
+    from ..measure.streaming_metrics import GlitchFinding
 
     by = {(r["chunk"], r["sample"]): r for r in glitch.get("boundaries") or []}
     rows, found = [], []

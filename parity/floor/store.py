@@ -489,7 +489,7 @@ class FloorStore:
         (which then covers the stages it has); the full ensemble runs its own plain run then."""
         if not tensors:
             return None
-        from ..capture import Recorder
+        from ..capture.recorder import Recorder
         from ..stages import DEFAULT_PATTERNS
         from .estimate import recipe_patterns
 
