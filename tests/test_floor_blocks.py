@@ -86,7 +86,8 @@ def test_a_slip_inside_the_dit_is_named_at_its_block_by_the_floor_gate(model, sh
     small = estimate_floor(model, load_bundle(SHORT), recipe=Recipe(n_seeds=3, n_held_out=2,
                                                                     patterns=tuple(DEFAULT_PATTERNS)))
     flat_blocks = compare_loaded(Loaded(case.ref_tensors, case.ref_meta, "ref"),
-                                 Loaded(case.cand_tensors, case.cand_meta, "cand"), policy, floor=small)
+                                 Loaded(case.cand_tensors, case.cand_meta, "cand"), ComparisonSpec(policy=policy),
+                                 floor=small)
     assert flat_blocks.stage("step1.block1").gate == "flat" and flat_blocks.stage("step1.block1").status == "pass"
     fd = flat_blocks.first_divergence
     assert fd is None or fd.stage != "step1.block1"

@@ -170,7 +170,8 @@ class GitBisect:
         model (the one that froze it, else the one its provenance names, loaded once)."""
         if not self.streaming or not self.spec.mask_check:
             return None
-        from ..capture.mask_check import check_saved, model_from_provenance, not_checked
+        from ..capture.mask_check import check_saved, not_checked
+        from ..capture.trace_model import model_from_provenance
 
         ref = self.refs[i]
         if self._mask_model is None and self._mask_why is None:

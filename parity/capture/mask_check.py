@@ -76,39 +76,17 @@ def check(model, ref: dict, cand: dict, *, streaming: bool) -> dict | None:
     return first
 
 
-def model_from_provenance(ref_meta: dict):
-    """``(model, None)``: the reference model a trace's provenance names (``model`` = ``preset:NAME`` or
-    ``model_dir:PATH``), loaded here and with the trace's weights hash; else ``(None, why not)``."""
-    mid = str(ref_meta.get("model") or "")
-    kind, _, name = mid.partition(":")
-    try:
-        from reference.model import Token2Wav
-
-        if kind == "preset" and name:
-            model = Token2Wav.from_preset(name)
-        elif kind == "model_dir" and name:
-            model = Token2Wav.from_model_dir(name)
-        else:
-            return None, (f"the reference trace does not name a model this harness can load (model "
-                          f"{mid or 'not recorded'})")
-    except Exception as exc:  # noqa: BLE001 - a model that cannot be loaded here: say so, compare the rest
-        return None, f"the reference model {mid} could not be loaded here ({type(exc).__name__}: {str(exc)[:160]})"
-    want = ref_meta.get("weights_sha256")
-    have = model.provenance(streaming=True)["weights_sha256"]
-    if want and str(want) != have:
-        return None, f"the reference model {mid} loaded here has other weights ({have}) than the trace ({want})"
-    return model, None
-
-
 def check_saved(ref_meta: dict, ref: dict, cand: dict, *, streaming: bool, model=None) -> dict | None:
     """:func:`check` for two saved traces (``parity compare``, ``parity bisect git``): with ``model``, or the
-    reference model loaded from the reference trace's provenance (:func:`model_from_provenance`); when it cannot
+    reference model loaded from the reference trace's provenance (:func:`.trace_model.model_from_provenance`); when it cannot
     be, the result says why the check was not run."""
     if not streaming:
         return None
     if not _prefixes(ref, cand):
         return check(None, ref, cand, streaming=True)
     if model is None:
+        from .trace_model import model_from_provenance
+
         model, why = model_from_provenance(ref_meta)
         if model is None:
             return not_checked(why)

@@ -103,7 +103,7 @@ def check_saved(ref_meta: dict, ref: dict, cand: dict, *, streaming: bool = Fals
     if not any(max(u for u in (d["t_units"], d["dt_units"]) if u is not None) <= MAX_UNITS for d in diff.values()):
         return None  # nothing differs, or only by more than rounding: no step to re-run, no model to load
     if model is None:
-        from .mask_check import model_from_provenance
+        from .trace_model import model_from_provenance
 
         model, _why = model_from_provenance(ref_meta)
         if model is None:

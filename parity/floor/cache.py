@@ -150,7 +150,7 @@ class FloorCache:
         return self.dir / "calibrations" / f"{family}.cal"
 
     def _index_calibration(self, floor: Floor) -> None:
-        from .transfer import calibration
+        from .calibrate import calibration
 
         if floor.kind != "fp32" or floor.recipe.get("method") == "transfer" or not floor.calibration:
             return

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
+from reference.errors import InputError
+
 from ..stages import is_vocoder_stage, parse_step, position
-from .chop import PrecisionSpec
+from .chop import PrecisionSpec, spec_from_switches
 
 # the emulated layouts a foreign dump is matched against, per precision: (profile, the parts in the precision)
 LAYOUTS = {
@@ -60,10 +62,48 @@ class LayoutChoice:
                 "parts": list(self.parts)}
 
 
+# ---------------------------------------------------------------------------------------------
+# the layout of a candidate of this project (its switches)
+
+def envelope_spec(sw) -> tuple[PrecisionSpec | None, str]:
+    """The reduced-precision emulation for a candidate's :class:`candidate.switches.Switches` (None for an
+    fp32 candidate, or with the reason when its precision layout is not emulated)."""
+    prec = sw.precision
+    if prec == "fp32":
+        return None, "fp32"
+    if sw.flow_dtype != "fp32" and not (sw.keeps("time_grid") and sw.keeps("euler")):
+        return None, (f"the solver's time grid or Euler state runs in {prec} (keep_fp32 lacks time_grid/euler): the "
+                      f"emulation keeps the solver fp32, as the upstream fixes do")
+    if sw.onnx:
+        if sw.onnx_fp16:  # the whole exported estimator in fp16 (inputs and outputs kept fp32); the front end,
+            # solver and vocoder stay the candidate's fp32 PyTorch code
+            keep = ("flow.input_embedding", "flow.spk_embed_affine_layer", "flow.pre_lookahead_layer")
+            return PrecisionSpec("fp16", flow=True, hift=False, keep=keep, residual_fp32=False), ""
+        return None, f"the ONNX estimator's {prec} layout is not emulated"
+    try:
+        return spec_from_switches(sw), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def switches_of(meta: dict):
+    """A candidate trace's switches (its ``switches`` metadata), or None (a foreign dump)."""
+    d = meta.get("switches") if isinstance(meta, dict) else None
+    if not isinstance(d, dict):
+        return None
+    import dataclasses
+
+    from candidate.switches import Switches
+
+    names = {f.name for f in dataclasses.fields(Switches)}
+    try:
+        return Switches(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+    except (InputError, TypeError, ValueError):
+        return None
+
+
 def _spec_of(profile: str) -> tuple[PrecisionSpec | None, str]:
     from candidate.switches import switches_from
-
-    from .store import envelope_spec
 
     return envelope_spec(switches_from(profile))
 
@@ -134,8 +174,6 @@ def match(fmt: str, parts: set) -> tuple[str | None, bool, str]:
 def choose_layout(precision: str, cand_meta: dict | None, cand_tensors: dict | None = None,
                   explicit: str | None = None) -> LayoutChoice:
     """The layout whose envelope judges a ``precision`` candidate (see the module docstring)."""
-    from .store import envelope_spec, switches_of
-
     meta = cand_meta or {}
     if explicit:
         from candidate.switches import PROFILES

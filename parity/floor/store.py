@@ -35,53 +35,13 @@ from reference.errors import InputError
 
 from ..stages import is_block_stage
 from .cache import FloorCache, family_digest, key_from_trace
-from .chop import PrecisionSpec, spec_from_switches
 from .estimate import EstimateLog, Recipe, estimate_envelope, estimate_floor, floor_key, recipe_dict
+from .layout import envelope_spec, switches_of  # noqa: F401 - the store's callers ask it
 from .types import Floor
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "fixtures" / "golden"
 SHIPPED_SUFFIX = ".floor.json.gz"
 _DIGEST_RE = re.compile(rb'"digest":\s*"([0-9a-f]{64})"')
-
-
-# ---------------------------------------------------------------------------------------------
-# which floor a candidate needs
-
-def envelope_spec(sw) -> tuple[PrecisionSpec | None, str]:
-    """The reduced-precision emulation for a candidate's :class:`candidate.switches.Switches` (None for an
-    fp32 candidate, or with the reason when its precision layout is not emulated)."""
-    prec = sw.precision
-    if prec == "fp32":
-        return None, "fp32"
-    if sw.flow_dtype != "fp32" and not (sw.keeps("time_grid") and sw.keeps("euler")):
-        return None, (f"the solver's time grid or Euler state runs in {prec} (keep_fp32 lacks time_grid/euler): the "
-                      f"emulation keeps the solver fp32, as the upstream fixes do")
-    if sw.onnx:
-        if sw.onnx_fp16:  # the whole exported estimator in fp16 (inputs and outputs kept fp32); the front end,
-            # solver and vocoder stay the candidate's fp32 PyTorch code
-            keep = ("flow.input_embedding", "flow.spk_embed_affine_layer", "flow.pre_lookahead_layer")
-            return PrecisionSpec("fp16", flow=True, hift=False, keep=keep, residual_fp32=False), ""
-        return None, f"the ONNX estimator's {prec} layout is not emulated"
-    try:
-        return spec_from_switches(sw), ""
-    except ValueError as exc:
-        return None, str(exc)
-
-
-def switches_of(meta: dict):
-    """A candidate trace's switches (its ``switches`` metadata), or None (a foreign dump)."""
-    d = meta.get("switches") if isinstance(meta, dict) else None
-    if not isinstance(d, dict):
-        return None
-    import dataclasses
-
-    from candidate.switches import Switches
-
-    names = {f.name for f in dataclasses.fields(Switches)}
-    try:
-        return Switches(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
-    except (InputError, TypeError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +123,7 @@ class ShippedFloors:
 
     def calibrations(self, family: str) -> dict:
         """{digest: calibration} of the shipped full fp32 floors of one model, mode and recipe (any bundle)."""
-        from .transfer import calibration
+        from .calibrate import calibration
 
         if self._cal is None:
             self._cal = {}
@@ -455,7 +415,9 @@ class FloorStore:
         if not (self.compute and load_model):
             return FloorChoice(None, "none", "no shipped, cached or embedded floor for this reference trace, and "
                                              "computing is off", seconds=time.perf_counter() - t0, tried=tried)
-        model, why = model_from_provenance(ref_meta)
+        from ..capture.trace_model import model_from_provenance
+
+        model, why = model_from_provenance(ref_meta, rebuild_noise=True)
         if model is None:
             return FloorChoice(None, "none", f"no shipped, cached or embedded floor for this reference trace, and it "
                                              f"cannot be computed here: {why}", seconds=time.perf_counter() - t0,
@@ -491,7 +453,7 @@ class FloorStore:
             return None
         from ..capture.recorder import Recorder
         from ..stages import DEFAULT_PATTERNS
-        from .estimate import recipe_patterns
+        from .recipe import recipe_patterns
 
         want = Recorder(recipe_patterns(self.recipe, session))
         base = {n: t for n, t in tensors.items() if want.wants(n)}
@@ -570,7 +532,7 @@ def store_from_args(args, log=None) -> FloorStore | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# a floor embedded in a trace, the model a trace names
+# a floor embedded in a trace
 
 EMBED_KEY = "floor"
 
@@ -589,25 +551,3 @@ def embedded_floor(meta: dict) -> Floor | None:
         return Floor.from_dict(v, "embedded floor")
     except InputError:
         return None
-
-
-def model_from_provenance(meta: dict):
-    """(the reference model a trace's ``model`` field names, or None with the reason)."""
-    mid = str(meta.get("model") or "")
-    noise = meta.get("noise") if isinstance(meta.get("noise"), dict) else {}
-    src = str(noise.get("source") or "")
-    if src and not src.startswith("upstream") and "recipe" not in src:
-        return None, f"its noise came from {src!r}, which cannot be rebuilt here"
-    from reference.model import Token2Wav
-
-    try:
-        if mid.startswith("preset:"):
-            return Token2Wav.from_preset(mid[len("preset:"):]), ""
-        if mid.startswith("model_dir:"):
-            d = Path(mid[len("model_dir:"):])
-            if not d.is_dir():
-                return None, f"its model directory {d} does not exist here"
-            return Token2Wav.from_model_dir(d), ""
-    except InputError as exc:
-        return None, f"its model {mid!r} cannot be loaded ({exc})"
-    return None, f"its metadata names no loadable model (model = {mid or 'none'!r})"

@@ -32,91 +32,11 @@ import torch
 from ..stages import sort_stages
 from . import aggregate as AG
 from .cache import make_key
-from .members import Member, run_members
+from .members import run_members
 from .stats import n_blocks, pair_stats, stage_scale
+from .calibrate import (CHEAP_FAMILY, CHEAP_SEEDS, STATS, TRANSFER_FACTOR, calibration,  # noqa: F401
+                        cheap_envelope, cheap_members, combine, envelope_calibration)
 from .types import Floor, StageFloor
-
-CHEAP_FAMILY = "mca-ops"
-CHEAP_SEEDS = (0, 1, 2)  # fit seeds of every recipe: the calibration reads them from the full floor's table
-# the measured worst ratio full floor / transferred floor (factor 1) over the 12 ordered pairs of the tiny fixture
-# bundles, both modes: 2.32 (the envelope of step6.v2, short -> medium; max_abs and rel_l2 at most 1.82), rounded
-# up; benchmarks/bench_floor_transfer.py, docs/benchmarks.md "Floors for new bundles"
-TRANSFER_FACTOR = 2.4
-STATS = ("max_abs", "rel_l2")
-
-
-def cheap_members(seeds=CHEAP_SEEDS) -> list[Member]:
-    return [Member(f"{CHEAP_FAMILY}#{s}", CHEAP_FAMILY, seed=s) for s in seeds]
-
-
-def _smooth(env: torch.Tensor) -> torch.Tensor:
-    if AG.SMOOTH_BLOCKS and env.numel() > 1:
-        w = 2 * AG.SMOOTH_BLOCKS + 1
-        return torch.nn.functional.max_pool1d(env.reshape(1, 1, -1), w, 1, AG.SMOOTH_BLOCKS).reshape(-1)
-    return env
-
-
-def cheap_envelope(stats: list, name: str) -> torch.Tensor:
-    """The few members' mean envelope of one stage, smoothed as a floor's (``stats``: their PairStats by stage)."""
-    return _smooth(torch.tensor([list(s[name].envelope) for s in stats], dtype=torch.float64).mean(dim=0))
-
-
-def envelope_calibration(stages: dict, stats: dict, seeds=CHEAP_SEEDS) -> dict:
-    """Per stage: the largest ratio over the blocks of the full floor's envelope to the cheap members' smoothed
-    mean envelope (blocks where both are non-zero). What :func:`estimate._estimate` records in an fp32 floor's
-    ``calibration``; empty when the cheap members are not among the fit members."""
-    names = [m.name for m in cheap_members(seeds)]
-    if any(n not in stats for n in names):
-        return {}
-    out = {}
-    for name, sf in stages.items():
-        mine = cheap_envelope([stats[n] for n in names], name)
-        full = torch.tensor(sf.envelope, dtype=torch.float64)
-        ok = (full > 0) & (mine > 0)
-        out[name] = float((full[ok] / mine[ok]).max()) if bool(ok.any()) else None
-    return {"family": CHEAP_FAMILY, "seeds": list(seeds), "statistic": "mean", "envelope": out}
-
-
-def calibration(floor: Floor, seeds=CHEAP_SEEDS) -> dict:
-    """Per stage and statistic: the full floor / the mean of the cheap members (None where they are all 0), the
-    envelope's factor (the floor's recorded :func:`envelope_calibration`), and the full floor relative to the
-    reference's scale (the fallback of stages the cheap members leave unchanged). Plus the floor's k, digest,
-    bundle and mode. ValueError for a floor without what it takes (not fp32, no cheap members, no calibration)."""
-    names = [m.name for m in cheap_members(seeds)]
-    missing = [n for n in names if n not in floor.per_member]
-    env_cal = (floor.calibration or {}).get("envelope")
-    if floor.kind != "fp32" or missing or not env_cal or list(floor.calibration.get("seeds", [])) != list(seeds):
-        raise ValueError(f"floor {floor.digest[:12]}: not an fp32 ensemble floor with its members "
-                         f"{', '.join(names)} and their envelope calibration (recompute it with this version)")
-    stages = {}
-    for name, sf in floor.stages.items():
-        row = {}
-        for i, st in enumerate(STATS):
-            full = sf.value(st)
-            cheap = sum(floor.per_member[m][name][i] for m in names) / len(names)
-            row[st] = full / cheap if cheap > 0 else None
-            row[f"{st}_rel"] = (full / sf.scale if sf.scale > 0 else 0.0) if st == "max_abs" else full
-        row["envelope"] = env_cal.get(name)
-        stages[name] = row
-    prov = floor.provenance
-    core = (floor.k_basis or {}).get("core") or {}
-    return {"digest": floor.digest, "bundle": prov.get("bundle"), "bundle_sha256": floor.key.get("bundle"),
-            "k": floor.k, "k_core": core.get("k", floor.k), "seeds": list(seeds),
-            "streaming": prov.get("streaming"), "finalize": prov.get("finalize"), "stages": stages}
-
-
-def _combine(cals: list[dict]) -> dict:
-    """Stage by stage the largest factor of several calibrations (the conservative one)."""
-    out: dict = {}
-    for c in cals:
-        for name, row in c["stages"].items():
-            cur = out.setdefault(name, {})
-            for k, v in row.items():
-                if v is not None and (cur.get(k) is None or v > cur[k]):
-                    cur[k] = v
-                else:
-                    cur.setdefault(k, None)
-    return out
 
 
 def transferred_floor(model, inputs: dict, calibrations: list[dict], *, streaming: bool = False,
@@ -124,7 +44,7 @@ def transferred_floor(model, inputs: dict, calibrations: list[dict], *, streamin
                       factor: float = TRANSFER_FACTOR, log=None) -> Floor:
     """The fp32 floor of ``inputs`` from :func:`calibration` s of full floors of ``model`` on other bundles (same mode).
     ``base``: the plain reference run's stages (reused; else run). ``log``: an :class:`EstimateLog`."""
-    from .estimate import EstimateLog, Recipe, _provenance, recipe_patterns
+    from .recipe import EstimateLog, Recipe, provenance, recipe_patterns
     from .members import run_reference
 
     if not calibrations:
@@ -147,7 +67,7 @@ def transferred_floor(model, inputs: dict, calibrations: list[dict], *, streamin
     for m in members:
         log.member_seconds[m.name] = sec / len(members)
     stats = [{n: pair_stats(n, base[n], tens[n], blocks[n]) for n in base} for tens in outs]
-    cal = _combine(calibrations)
+    cal = combine(calibrations)
     stages: dict = {}
     for name, t in base.items():
         if name not in cal:
@@ -185,7 +105,7 @@ def transferred_floor(model, inputs: dict, calibrations: list[dict], *, streamin
              "core": {"k": k_core, "stages": "every stage but the DiT blocks and the HiFT internals",
                       "largest": k_core, "gumbel_quantile": None, "n_samples": 0, "worst": None}}
     per_member = {m.name: {n: [s[n].max_abs, s[n].rel_l2] for n in base} for m, s in zip(members, stats)}
-    prov = _provenance(meta, inputs, bundle_name, n_mel or 0, None, len(members))
+    prov = provenance(meta, inputs, bundle_name, n_mel or 0, None, len(members))
     prov["transfer"] = {"sources": basis["sources"], "factor": factor, "members": [m.name for m in members]}
     floor = Floor("fp32", key, digest, k, basis, stages, tuple(m.to_dict() for m in members), per_member, rdict, prov)
     log.seconds = time.perf_counter() - t0
@@ -195,7 +115,7 @@ def transferred_floor(model, inputs: dict, calibrations: list[dict], *, streamin
 def covered(base: dict, recipe=None) -> list[str]:
     """The recipe's capture patterns that ``base`` (a reference run) holds stages for: what a transferred floor
     on it covers."""
-    from .estimate import Recipe, covers, recipe_patterns
+    from .recipe import Recipe, covers, recipe_patterns
 
     return [p for p in recipe_patterns(recipe or Recipe()) if covers(base, [p])]
 
@@ -204,7 +124,7 @@ def transfer_recipe(recipe, calibrations: list[dict], factor: float = TRANSFER_F
     """The recipe of a transferred floor as it enters the key: the ensemble recipe it is calibrated on, the method,
     the cheap members, the factor, the calibrating floors' digests and the capture patterns it covers (None: all
     of the recipe's)."""
-    from .estimate import recipe_dict, recipe_patterns
+    from .recipe import recipe_dict, recipe_patterns
 
     if patterns is not None and list(patterns) == recipe_patterns(recipe):
         patterns = None
