@@ -4,6 +4,8 @@ reference trace)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def model_from_provenance(ref_meta: dict, *, rebuild_noise: bool = False):
     """``(model, None)``: the reference model a trace's provenance names (``model`` = ``preset:NAME`` or
@@ -15,6 +17,8 @@ def model_from_provenance(ref_meta: dict, *, rebuild_noise: bool = False):
     if rebuild_noise and src and not src.startswith("upstream") and "recipe" not in src:
         return None, f"its noise came from {src!r}, which cannot be rebuilt here"
     kind, _, name = mid.partition(":")
+    if kind == "model_dir" and name and not Path(name).is_dir():
+        return None, f"its model directory {name} does not exist here"
     try:
         from reference.model import Token2Wav
 
