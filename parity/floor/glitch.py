@@ -39,7 +39,7 @@ def _stream(tensors: dict) -> tuple[np.ndarray, list[int]] | None:
     return (y, counts) if counts and sum(counts) == len(y) else None
 
 
-def scores(tensors: dict, ref: dict, sample_rate: int = 24000) -> dict | None:
+def scores(tensors: dict, ref: dict, sample_rate: int) -> dict | None:
     """{(chunk, sample): {detector: score}} of the stream in ``tensors`` against the stream in ``ref`` (None: no
     stream, or the chunk counts do not add up)."""
     from ..measure.streaming_metrics import detect_glitches
@@ -51,7 +51,7 @@ def scores(tensors: dict, ref: dict, sample_rate: int = 24000) -> dict | None:
     return {(bs.chunk, bs.sample): {"d1": bs.d1, "d2": bs.d2, "flux": bs.flux, "dc": bs.dc} for bs in rep.boundaries}
 
 
-def glitch_floor(base: dict, member_scores: dict, members, sample_rate: int = 24000) -> dict:
+def glitch_floor(base: dict, member_scores: dict, members, sample_rate: int) -> dict:
     """The per-boundary floors from the fit members' scores (``member_scores``: {member name: :func:`scores`})."""
     own = scores(base, base, sample_rate)
     if not own:
