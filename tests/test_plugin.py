@@ -94,8 +94,9 @@ from pathlib import Path
 
 import parity.floor.store as S
 
-def _record(model, bundle, *, streaming, profiles=(), directory=S.SHIPPED_DIR, log=None):
-    print(f"\\nfloorstub: write_shipped {Path(bundle).stem} {'streaming' if streaming else 'offline'} -> {directory}")
+def _record(model, bundle, *, streaming, profiles=(), directory=S.SHIPPED_DIR, log=None, session=None, label=None):
+    print(f"\\nfloorstub: write_shipped {Path(bundle).stem} {'streaming' if streaming else 'offline'} -> {directory}"
+          f" session={session is not None}")
     return []
 
 S.write_shipped = _record
@@ -111,7 +112,7 @@ S.write_shipped = _record
     assert "golden short-offline.safetensors written" in r.stdout.str()
     assert gold.exists()
     for mode in ("offline", "streaming"):
-        assert f"floorstub: write_shipped short {mode} -> {gold.parent}" in r.stdout.str()
+        assert f"floorstub: write_shipped short {mode} -> {gold.parent} session=False" in r.stdout.str()
     r = pytester.runpytest_subprocess(*args)
     r.assert_outcomes(passed=2)
     # a deliberately changed reference: one constant (the guidance rate) moved by 1.4 %
