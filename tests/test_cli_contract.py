@@ -137,6 +137,41 @@ def test_an_output_under_a_file_fails_before_the_work(which, tmp_path, capsys, m
     assert seconds < 60  # (a bound against a hang, not a timing assertion)
 
 
+KIT_BROKEN = {"kit --out": ("--out", lambda f, kit: ["kit", "--preset", "tiny", "--inputs", SHORT, "-q",
+                                                    "--units", "f0_predictor", "--out", f / "kit"]),
+              "kit run --out": ("--out", lambda f, kit: ["kit", "run", kit, "--out", f / "o.safetensors"]),
+              "kit check --json": ("--json", lambda f, kit: ["kit", "check", kit, kit / "manifest.json",
+                                                             "--json", f / "x.json"]),
+              "kit check --report": ("--report", lambda f, kit: ["kit", "check", kit, kit / "manifest.json",
+                                                                 "--report", f / "x.html"])}
+
+
+@pytest.fixture(scope="module")
+def one_vector_kit(tmp_path_factory) -> Path:
+    """A port kit of one vector (the F0 predictor, 2 + 1 seeds: 0.2 s on the tiny model)."""
+    out = tmp_path_factory.mktemp("kit") / "k"
+    assert main(["kit", "--preset", "tiny", "--inputs", str(SHORT), "--out", str(out), "--units", "f0_predictor",
+                 "--seeds", "2", "--held-out", "1", "-q"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("which", sorted(KIT_BROKEN))
+def test_a_kit_output_under_a_file_fails_before_the_work(which, one_vector_kit, tmp_path, capsys, monkeypatch):
+    """The port kit's commands keep the output contract: an output path under a file is one line naming the
+    option and the file, exit 2, and nothing written or run."""
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "ref.wav"
+    f.write_bytes(b"RIFF")
+    option, argv = KIT_BROKEN[which]
+    capsys.readouterr()
+    rc = main([str(a) for a in argv(f, one_vector_kit)])
+    out, err = capsys.readouterr()
+    line = assert_one_line_error(rc, err, option, "ref.wav")
+    assert "is a file, not a directory" in line
+    assert out == "", f"work was done before the output was checked: {out[:300]}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.wav"]
+
+
 def test_parity_report_output_under_a_file_fails_before_the_work(tmp_path, capsys):
     f = tmp_path / "ref.wav"
     f.write_bytes(b"RIFF")
