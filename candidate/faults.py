@@ -63,6 +63,11 @@ def register(fault: Fault, replace: bool = False) -> Fault:
     return fault
 
 
+def unregister(name: str) -> None:
+    """Remove a registered fault (a test's or a user's own; unknown names are ignored)."""
+    _REGISTRY.pop(name, None)
+
+
 def catalogue(mode: str = "call") -> dict[str, Fault]:
     """Registered faults of one mode: ``"call"`` (single token2wav calls; the default, what the single-call
     suite runs), ``"session"`` (the streaming session loop), or ``"all"``."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from candidate.faults import Fault, catalogue, register
+from candidate.faults import Fault, catalogue, register, unregister
 from candidate.pipeline import CandidateToken2Wav
 from candidate.provenance import check_required_kernel
 from candidate.switches import Switches, resolve_profile, switches_from
@@ -220,8 +220,12 @@ def test_fault_with_parameters_and_user_registered_fault(model, inputs, ref_stag
         cand(model, faults=("nan-at-block:bogus=1",))
     register(Fault("test-mu-offset", "adds 0.1 to mu (a user's own regression)", "mu",
                    hooks={"mu": lambda t, ctx, params: t + 0.1}), replace=True)
-    out = _run(cand(model, faults=("test-mu-offset",)), inputs)
+    try:  # the registry is process-wide: a fault left in it joins the catalogue other tests enumerate
+        out = _run(cand(model, faults=("test-mu-offset",)), inputs)
+    finally:
+        unregister("test-mu-offset")
     assert _first_diff(out, ref_stages[False]) == "mu"
+    assert "test-mu-offset" not in catalogue("all")
 
 
 def test_user_profiles_from_pyproject(tmp_path, model, inputs):
