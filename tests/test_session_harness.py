@@ -128,6 +128,10 @@ def test_fp32_session_passes_with_the_inner_stages_rules(cases):
     assert mel.rule["stage"] == "flow_mel" and mel.extra["rule_from"] == "flow_mel" and mel.gate == "floor"
     assert "judged by the rule of flow_mel (floor gate)" in mel.detail
     assert r.floor["source"] == "shipped" and r.floor["key"]["session"]["kind"] == "streaming"
+    from parity.present.summary import render
+
+    head = render(r, color=False).splitlines()[0]  # the case line names the session's mode, as its files do
+    assert head.endswith("bundle stream.safetensors, streaming-session"), head
     assert aud.gate == "floor" and aud.ratio < r.floor["k"] and not r.gates.get("flat")
     tok = r.stage("chunk3.tokens")  # exact in every member: a zero floor, and the token rule's exactness kept too
     assert r.stage("chunk0.step3.v1").rule["stage"] == "step*.v*" and tok.status == "pass" and tok.ratio == 0.0

@@ -77,8 +77,7 @@ def render(result: Comparison, *, color: bool | None = None, verbose: bool = Fal
         head += f" with {len(warns)} warning{'s' if len(warns) > 1 else ''} ({warns[0].code}: {warns[0].message})"
     case = result.case or {}
     if case.get("profile") or case.get("bundle"):  # the case: what was run, on what, how
-        mode = ("streaming" if case.get("streaming") else "offline") + (
-            f"-{case['session']}" if case.get("session") else "")
+        mode = case.get("mode") or ("streaming" if case.get("streaming") else "offline")  # a session: its label
         lines.append(f"parity: {head}   profile {case.get('profile')}, bundle {case.get('bundle')}, {mode}")
         lines.append(f"  reference {src.get('ref')}  vs  candidate {src.get('cand')}")
     else:
