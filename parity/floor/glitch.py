@@ -28,6 +28,12 @@ KIND = {"d1": "sample_discontinuity", "d2": "sample_discontinuity", "flux": "spe
 LABEL = {"d1": "first-difference", "d2": "second-difference", "flux": "log-spectral flux", "dc": "DC step"}
 
 
+def _expected(d: str, ref: float) -> float:
+    """What a legitimate stream scores at a boundary: the reference's own score; 0 for the DC step (a
+    differential detector: the reference against itself has none)."""
+    return 0.0 if d == "dc" else ref
+
+
 def _stream(tensors: dict) -> tuple[np.ndarray, list[int]] | None:
     if "stream.audio" not in tensors:
         return None
@@ -67,7 +73,7 @@ def glitch_floor(base: dict, member_scores: dict, members, sample_rate: int) -> 
             for m in fit:
                 s = member_scores[m.name].get((c, b), {}).get(d)
                 if s is not None and math.isfinite(s) and math.isfinite(ref[d]):
-                    vals[m.name] = abs(s - (0.0 if d == "dc" else ref[d]))
+                    vals[m.name] = abs(s - _expected(d, ref[d]))
             floors[d] = AG._ev_floor(vals, fam, seeded)[0] if vals else None
         rows.append({"chunk": c, "sample": b, "ref": {d: ref[d] for d in DETECTORS}, "floor": floors})
     return {"detectors": list(DETECTORS), "boundaries": rows,
@@ -93,7 +99,8 @@ def judge_boundaries(report, glitch: dict, k: float) -> tuple[list[dict], list]:
             v, ref, f = getattr(bs, d), fl["ref"].get(d), fl["floor"].get(d)
             if v is None or ref is None or f is None or not (math.isfinite(v) and math.isfinite(ref)):
                 continue
-            dev = abs(v - (0.0 if d == "dc" else ref))
+            dev = abs(v - _expected(d, ref))
+            # a zero floor (every member scored this boundary bit for bit alike): one fp32 half-ulp of the score
             unit = f if f > 0 else 2.0 ** -24 * max(abs(ref), 1e-12)
             r = dev / unit
             row["ratios"][d] = r
@@ -101,7 +108,7 @@ def judge_boundaries(report, glitch: dict, k: float) -> tuple[list[dict], list]:
             if r > k and isinstance(local, float) and local > 1.0 and KIND[d] not in seen:
                 seen.add(KIND[d])
                 found.append(GlitchFinding(
-                    KIND[d], bs.chunk, bs.sample, bs.time_s, v, (0.0 if d == "dc" else ref) + k * unit, ref,
+                    KIND[d], bs.chunk, bs.sample, bs.time_s, v, _expected(d, ref) + k * unit, ref,
                     f"chunk {bs.chunk} starts at sample {bs.sample} ({bs.time_s:.3f} s) with a {LABEL[d]} score of "
                     f"{v:.3g}, {r:.3g}x the floor of what legitimate re-computations of this session move it by "
                     f"({f:.3g}; gate {k:g}x) and above its local ceiling ({local:.3g}x)"))

@@ -231,11 +231,6 @@ def _stage_compare(name: str, r: torch.Tensor, c: torch.Tensor, rule: Rule | Non
     return entry
 
 
-def candidate_context(cand: Loaded, spec: ComparisonSpec | None = None) -> tuple[str, str]:
-    """(precision class, attention) the policy and the floor lookup are asked with."""
-    return _cand_context(cand, spec or ComparisonSpec())
-
-
 def _floor_for(floor, precision: str):
     """(FloorChoice, the Floor that gates this candidate or None, why none)."""
     from ..floor.store import FloorChoice
@@ -250,7 +245,7 @@ def _floor_for(floor, precision: str):
     f = choice.floor
     if f is None:
         return choice, None, choice.reason or "no floor"
-    want = "fp32" if precision == "fp32" else precision
+    want = precision
     if f.kind != want:
         return choice, None, (f"the floor is the {f.kind} {'noise floor' if f.kind == 'fp32' else 'envelope'}, the "
                               f"candidate is {precision}: it needs the {want} "

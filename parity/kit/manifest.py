@@ -110,10 +110,6 @@ def load_vector(kit: str | Path, entry: dict) -> tuple[dict[str, torch.Tensor], 
     return out
 
 
-def vector_ids(manifest: dict) -> list[str]:
-    return [v["id"] for v in manifest["vectors"]]
-
-
 def output_keys(manifest: dict) -> dict[str, tuple[dict, dict]]:
     """``<vector id>/<output>`` -> (vector entry, output entry): the names a port's outputs go by."""
     out = {}
